@@ -1,0 +1,187 @@
+"""Create the training workspace: folders, configs/dataset.yaml, configs/training.yaml, base model.
+
+Run it once per workspace (it is safe to run again: it only adds what is missing and never
+changes a file you edited; --force regenerates the configs and keeps your old ones as .bak).
+
+Classes come from --classes, else from the production model ROOT/yolov8_model.pt, else from an
+existing managed dataset. With a production model, the base model training/models/yolov8_base.pt
+is a verified copy of it (training fine-tunes it); without one, the base is an architecture
+(--arch) and the first training run starts from scratch.
+
+Usage:
+    python setup_training.py --root D:/inspection                  # classes from yolov8_model.pt
+    python setup_training.py --root ./ws --classes scratch,dent,rust --arch yolov8s.yaml
+    python setup_training.py --root ./ws --force --json            # regenerate the configs
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.cli import build_parser, run_main
+from toolkit.config import TRAINING_YAML_TEMPLATE, read_training_yaml
+from toolkit.datafile import read_class_names, write_dataset_yaml
+from toolkit.errors import UserError
+from toolkit.files import atomic_copy, atomic_write_text, sha256_file
+from toolkit.layout import Workspace
+from toolkit.offline import model_class_names
+
+logger = logging.getLogger(__name__)
+
+_ARCH_RE = re.compile(r"^yolov8[nsmlx]\.yaml$")
+
+
+@dataclass(frozen=True)
+class SetupConfig:
+    root: Path
+    classes: tuple[str, ...] | None = None  # --classes a,b,c
+    arch: str = "yolov8n.yaml"              # --arch: used when there is no production model
+    force: bool = False                     # --force: rewrite the generated configs (keeping .bak)
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    root: Path
+    created: tuple[str, ...]
+    dataset_yaml: Path
+    training_yaml: Path
+    base_model: str            # a .pt path (fine-tune) or an architecture yaml (from scratch)
+    classes: tuple[str, ...]
+    from_scratch: bool
+    notes: tuple[str, ...]
+
+
+def normalize_arch(arch: str) -> str:
+    """``n`` / ``yolov8s`` / ``yolov8m.yaml`` -> ``yolov8?.yaml``; anything else is an error."""
+    value = arch.strip().lower()
+    if value in ("n", "s", "m", "l", "x"):
+        value = f"yolov8{value}"
+    if not value.endswith(".yaml"):
+        value += ".yaml"
+    if not _ARCH_RE.match(value):
+        raise UserError(f"--arch {arch!r} is not a YOLOv8 architecture; use one of yolov8n/s/m/l/x.yaml")
+    return value
+
+
+def parse_classes(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise UserError("--classes is empty; give the class names separated by commas, e.g. --classes scratch,dent")
+    if len(set(names)) != len(names):
+        raise UserError(f"--classes lists a class twice: {', '.join(names)}")
+    return names
+
+
+def resolve_classes(workspace: Workspace, requested: tuple[str, ...] | None) -> tuple[str, ...]:
+    """--classes, else the production model's names, else the managed dataset's."""
+    production = None
+    if workspace.production_model.exists():
+        production = tuple(model_class_names(workspace.production_model, workspace.cache / "ultralytics"))
+    if requested is not None:
+        if production is not None and production != requested:
+            raise UserError(f"--classes {list(requested)} differ from the production model's classes "
+                            f"{list(production)}; drop --classes or give the same names in the same order")
+        return requested
+    if production is not None:
+        return production
+    if workspace.dataset_yaml.exists():
+        return tuple(read_class_names(workspace.dataset_yaml))
+    raise UserError(f"no classes known: pass --classes a,b,c or put your production model at {workspace.production_model}")
+
+
+def run(config: SetupConfig) -> SetupResult:
+    workspace = Workspace.at(config.root)
+    arch = normalize_arch(config.arch)
+    classes = resolve_classes(workspace, config.classes)
+    created: list[str] = []
+    notes: list[str] = []
+
+    for folder in workspace.tree():
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            created.append(str(folder))
+
+    if workspace.dataset_yaml.exists() and not config.force:
+        existing = tuple(read_class_names(workspace.dataset_yaml))
+        if existing != classes:
+            raise UserError(f"{workspace.dataset_yaml} has classes {list(existing)} but setup resolved {list(classes)}; "
+                            "rerun with --force to regenerate it (a .bak is kept)")
+    else:
+        _keep_backup(workspace.dataset_yaml, created)
+        write_dataset_yaml(workspace, classes)
+        created.append(str(workspace.dataset_yaml))
+
+    if workspace.training_yaml.exists() and not config.force:
+        read_training_yaml(workspace.training_yaml)  # a broken edit is reported now, not mid-run
+    else:
+        _keep_backup(workspace.training_yaml, created)
+        text = TRAINING_YAML_TEMPLATE.replace("arch: yolov8n.yaml", f"arch: {arch}", 1)
+        atomic_write_text(workspace.training_yaml, text)
+        created.append(str(workspace.training_yaml))
+
+    if workspace.production_model.exists():
+        base_model = str(workspace.base_model)
+        expected = sha256_file(workspace.production_model)
+        if not workspace.base_model.exists() or sha256_file(workspace.base_model) != expected:
+            atomic_copy(workspace.production_model, workspace.base_model, expected_sha256=expected)
+            created.append(str(workspace.base_model))
+        from_scratch = False
+        notes.append(f"base model: verified copy of the production model (sha256 {expected[:12]})")
+    else:
+        base_model = arch
+        from_scratch = True
+        notes.append(f"no production model at {workspace.production_model}: the first training run "
+                     f"trains {arch} from scratch")
+    for note in notes:
+        logger.info(note)
+    return SetupResult(workspace.root, tuple(created), workspace.dataset_yaml, workspace.training_yaml,
+                       base_model, classes, from_scratch, tuple(notes))
+
+
+def _keep_backup(path: Path, created: list[str]) -> None:
+    if path.exists():
+        backup = path.with_name(path.name + ".bak")
+        shutil.copy2(path, backup)
+        created.append(str(backup))
+        logger.info("kept your previous %s as %s", path.name, backup.name)
+
+
+def describe(result: SetupResult) -> str:
+    lines = [f"Workspace ready at {result.root}",
+             f"  classes ({len(result.classes)}): {', '.join(result.classes)}",
+             f"  dataset.yaml:  {result.dataset_yaml}",
+             f"  training.yaml: {result.training_yaml}  (edit it to change training and promotion settings)",
+             f"  base model:    {result.base_model}" + ("  (first run trains from scratch)" if result.from_scratch else ""),
+             f"  created {len(result.created)} item(s)" if result.created else "  nothing to create: already set up"]
+    lines.append("Next: put labelled batches in training/incoming/ and run dataset_preparer.py --incoming")
+    return "\n".join(lines)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = build_parser(__doc__, prog="setup_training.py")
+    parser.add_argument("--classes", help="class names in model order, comma-separated (default: from yolov8_model.pt)")
+    parser.add_argument("--arch", default="yolov8n.yaml",
+                        help="architecture when there is no production model: yolov8n/s/m/l/x.yaml")
+    parser.add_argument("--force", action="store_true",
+                        help="regenerate dataset.yaml and training.yaml (your old ones are kept as .bak)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+
+    def execute(a: argparse.Namespace) -> SetupResult:
+        return run(SetupConfig(root=Workspace.at(a.root).root, classes=parse_classes(a.classes),
+                               arch=a.arch, force=a.force))
+
+    return run_main(args, execute, describe)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

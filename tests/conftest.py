@@ -1,0 +1,74 @@
+"""Shared fixtures: paths to ../shared (skipped with a reason where absent), synthetic data, a tiny model."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the scripts live at the top level, next to toolkit/
+    sys.path.insert(0, str(REPO))
+
+SHARED = Path(os.environ.get("TOOLKIT_SHARED", REPO.parent / "shared")).resolve()
+NEU_DIR = SHARED / "datasets" / "NEU-DET"
+MODELS_DIR = SHARED / "models"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long test (real training or the full NEU test split); run with -m slow")
+
+
+@pytest.fixture(scope="session")
+def neu_dir() -> Path:
+    if not (NEU_DIR / "ANNOTATIONS").is_dir():
+        pytest.skip(f"NEU-DET not found at {NEU_DIR} (it lives in ../shared, which a user's clone does not have)")
+    return NEU_DIR
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    if not (MODELS_DIR / "neu_v1.0_half.pt").is_file():
+        pytest.skip(f"shared models not found at {MODELS_DIR} (../shared is not part of a user's clone)")
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def ultralytics_config_dir(tmp_path_factory) -> Path:
+    """One ultralytics settings folder for the whole test session (never the user's home)."""
+    from toolkit.offline import prepare_ultralytics
+
+    path = tmp_path_factory.mktemp("ultralytics_cfg")
+    prepare_ultralytics(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small synthetic YOLO dataset (train/val folders + data yaml) made by the generator."""
+    import yaml
+
+    from toolkit.synthetic import NEU_CLASSES, write_batch
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    train = write_batch(root / "train", n_images=24, fmt="yolo", size=64, seed=11)
+    val = write_batch(root / "val", n_images=12, fmt="yolo", size=64, seed=12)
+    data = {"path": str(root), "train": "train/images", "val": "val/images",
+            "names": dict(enumerate(NEU_CLASSES))}
+    (root / "data.yaml").write_text(yaml.safe_dump(data))
+    return {"root": root, "yaml": root / "data.yaml", "train": train, "val": val}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dataset, ultralytics_config_dir, tmp_path_factory) -> Path:
+    """A real YOLOv8n trained for one epoch at imgsz=64 on synthetic images (about 20 s on 2 cores)."""
+    from ultralytics import YOLO
+
+    project = tmp_path_factory.mktemp("tiny_model_runs")
+    model = YOLO("yolov8n.yaml")
+    model.train(data=str(tiny_dataset["yaml"]), epochs=1, imgsz=64, batch=8, device="cpu", workers=0,
+                project=str(project), name="run", exist_ok=True, plots=False, verbose=False, amp=False)
+    best = project / "run" / "weights" / "best.pt"
+    assert best.is_file()
+    return best

@@ -1,0 +1,1 @@
+"""Shared modules of the retraining toolkit, one topic each (see DESIGN.md)."""

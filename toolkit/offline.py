@@ -1,0 +1,143 @@
+"""Prepare ultralytics to run with no network: nothing downloaded, nothing waited on.
+
+Call ``prepare_ultralytics(workspace)`` before the first ``import ultralytics`` of a stage
+(it imports it for you and returns the module). What it does, and why:
+
+- ``YOLO_OFFLINE=1``: ultralytics' own online check answers "offline" at once instead of
+  resolving DNS names (which can take seconds per try on a closed network).
+- ``YOLO_AUTOINSTALL=false``: ultralytics never tries ``pip install`` behind the user's back.
+- ``YOLO_CONFIG_DIR`` inside the workspace (``training/cache/ultralytics``): its settings file
+  and fonts stay there, never in the user's home; every workspace is self-contained.
+- Its fonts (Arial.ttf, Arial.Unicode.ttf) are provided from matplotlib's bundled DejaVu Sans,
+  so plotting and dataset checks never try to download them.
+- Settings ``sync`` and every logger integration (hub, wandb, mlflow, ...) off: no uploads.
+- The GPU AMP self-check (which downloads a checkpoint) is replaced by a check that runs the
+  model itself; on a CPU ultralytics skips it anyway.
+- Its offline / download warnings are kept out of the user's way (debug log with ``-v``).
+The environment variables are inherited by ultralytics' DDP workers (several GPUs).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+logger = logging.getLogger(__name__)
+
+_FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")
+_prepared_dir: Path | None = None
+
+
+def _install_fonts(config_dir: Path) -> None:
+    try:
+        import matplotlib
+
+        dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    except Exception:  # matplotlib missing: ultralytics falls back to PIL's default font
+        return
+    for name in _FONT_NAMES:
+        target = config_dir / name
+        if not target.exists() and dejavu.exists():
+            shutil.copyfile(dejavu, target)
+
+
+class _OfflineNoiseFilter(logging.Filter):
+    """Ultralytics' messages about being offline say nothing the user can act on."""
+
+    _PHRASES = ("offline", "unable to download", "downloading https", "retry", "internet")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage().lower()
+        if any(p in message for p in self._PHRASES):
+            logger.debug("ultralytics (offline): %s", record.getMessage())
+            return False
+        return True
+
+
+def _amp_check_without_download(model) -> bool:
+    """AMP on for CUDA, off elsewhere - without ultralytics' downloaded reference model."""
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        return False
+    if device.type != "cuda":
+        return False
+    logger.info("AMP: on (offline run: ultralytics' download-based AMP self-check skipped; "
+                "add --set amp=False if losses turn NaN)")
+    return True
+
+
+def configure_environment(config_dir: str | Path) -> Path:
+    """Set the environment variables; safe to call before or without importing ultralytics."""
+    config_dir = Path(config_dir).resolve()
+    config_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "false"
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    # ultralytics keeps its settings and fonts in the "Ultralytics" sub-folder of that dir
+    fonts_dir = config_dir / "Ultralytics"
+    fonts_dir.mkdir(exist_ok=True)
+    _install_fonts(fonts_dir)
+    return config_dir
+
+
+def prepare_ultralytics(config_dir: str | Path, verbose: bool | None = None) -> ModuleType:
+    """Make ultralytics offline-safe with its settings in ``config_dir``; return the module.
+
+    ``config_dir`` is usually ``Workspace.cache / "ultralytics"``. Ultralytics reads its config
+    folder once, at first import: a second call with another folder in the same process keeps the
+    first (logged at debug level), which is harmless since the settings written are the same.
+    """
+    global _prepared_dir
+    config_dir = Path(config_dir).resolve()
+    if _prepared_dir is None:
+        configure_environment(config_dir)
+        if verbose is not None:
+            os.environ["YOLO_VERBOSE"] = "true" if verbose else "false"
+        _prepared_dir = config_dir
+    elif _prepared_dir != config_dir:
+        logger.debug("ultralytics already prepared with %s; keeping it", _prepared_dir)
+
+    import ultralytics
+    from ultralytics.utils import LOGGER, SETTINGS
+
+    wanted = {"sync": False, "hub": False, "clearml": False, "comet": False, "dvc": False, "mlflow": False,
+              "neptune": False, "raytune": False, "tensorboard": False, "wandb": False, "vscode_msg": False,
+              "openvino_msg": False}
+    changes = {k: v for k, v in wanted.items() if k in SETTINGS and SETTINGS[k] != v}
+    if changes:
+        SETTINGS.update(changes)
+    if not any(isinstance(f, _OfflineNoiseFilter) for f in LOGGER.filters):
+        LOGGER.addFilter(_OfflineNoiseFilter())
+    try:
+        import ultralytics.engine.trainer as trainer_module
+
+        trainer_module.check_amp = _amp_check_without_download
+    except ImportError:  # pragma: no cover - layout of another ultralytics release
+        logger.debug("could not replace ultralytics' AMP check", exc_info=True)
+    return ultralytics
+
+
+def load_yolo(path: str | Path, config_dir: str | Path):
+    """``ultralytics.YOLO(path)`` for a local .pt or .yaml, offline; a clear error when missing."""
+    from toolkit.errors import UserError
+
+    path_str = str(path)
+    if not path_str.endswith((".yaml", ".yml")) and not Path(path).is_file():
+        raise UserError(f"model file not found: {path} (give the path of a YOLOv8 .pt file)")
+    ultralytics = prepare_ultralytics(config_dir)
+    try:
+        return ultralytics.YOLO(path_str)
+    except Exception as exc:
+        raise UserError(f"cannot load model {path}: {exc} (is it a YOLOv8 detection model?)") from None
+
+
+def model_class_names(path: str | Path, config_dir: str | Path) -> list[str]:
+    """Class names of a YOLO checkpoint, in class-id order."""
+    model = load_yolo(path, config_dir)
+    names = model.names
+    if isinstance(names, dict):
+        return [names[i] for i in sorted(names)]
+    return list(names)
