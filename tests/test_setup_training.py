@@ -1,0 +1,144 @@
+"""Setup stage and the foundation it stands on: settings precedence, CLI contract, idempotence."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import setup_training
+from toolkit.config import DEFAULTS, TRAINING_YAML_TEMPLATE, parse_set_pairs, resolve_settings
+from toolkit.errors import ConfigError, UserError
+from toolkit.files import sha256_file
+from toolkit.layout import Workspace
+
+REPO = Path(__file__).resolve().parent.parent
+SETUP_KEYS = {"root", "created", "dataset_yaml", "training_yaml", "base_model"}
+
+
+# --- settings -------------------------------------------------------------------------------
+
+def test_template_is_the_defaults():
+    assert DEFAULTS == yaml.safe_load(TRAINING_YAML_TEMPLATE)
+    assert DEFAULTS["training"]["epochs"] == 100
+    assert DEFAULTS["promotion"]["metric"] == "map50_95"
+
+
+def test_precedence_defaults_then_yaml_then_flags(tmp_path):
+    cfg = tmp_path / "training.yaml"
+    cfg.write_text("training:\n  epochs: 30\n  imgsz: 320\n  augment:\n    flipud: 0.0\n")
+    settings = resolve_settings(cfg, {"training": {"epochs": 5, "imgsz": None}})
+    assert settings["training"]["epochs"] == 5          # flag beats yaml
+    assert settings["training"]["imgsz"] == 320         # yaml beats default; None flag = not given
+    assert settings["training"]["batch"] == DEFAULTS["training"]["batch"]  # default kept
+    assert settings["training"]["augment"]["flipud"] == 0.0
+    assert settings["training"]["augment"]["fliplr"] == DEFAULTS["training"]["augment"]["fliplr"]
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    cfg = tmp_path / "training.yaml"
+    cfg.write_text("training:\n  epoch: 30\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'training\.epoch'"):
+        resolve_settings(cfg)
+    cfg.write_text("trainig:\n  epochs: 30\n")
+    with pytest.raises(ConfigError, match="unknown key 'trainig'"):
+        resolve_settings(cfg)
+
+
+def test_wrong_type_and_broken_yaml_are_errors(tmp_path):
+    cfg = tmp_path / "training.yaml"
+    cfg.write_text("training:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match="training.epochs"):
+        resolve_settings(cfg)
+    cfg.write_text("training:\n  epochs: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve_settings(cfg)
+
+
+def test_set_pairs_parse_values():
+    assert parse_set_pairs(["lr0=0.005", "cos_lr=true", "name=x"]) == {"lr0": 0.005, "cos_lr": True, "name": "x"}
+    with pytest.raises(ConfigError):
+        parse_set_pairs(["novalue"])
+
+
+# --- setup ----------------------------------------------------------------------------------
+
+def test_setup_json_creates_tree_and_keeps_user_edits(tmp_path, capsys):
+    root = tmp_path / "ws"
+    assert setup_training.main(["--root", str(root), "--classes", "a,b", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert SETUP_KEYS <= set(out)
+    ws = Workspace.at(root)
+    for folder in ws.tree():
+        assert folder.is_dir(), folder
+    assert yaml.safe_load(ws.dataset_yaml.read_text())["names"] == {0: "a", 1: "b"}
+    assert out["base_model"] == "yolov8n.yaml"
+
+    edited = ws.training_yaml.read_text().replace("epochs: 100", "epochs: 7")
+    ws.training_yaml.write_text(edited)
+    assert setup_training.main(["--root", str(root), "--classes", "a,b", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["created"] == []
+    assert ws.training_yaml.read_text() == edited
+
+    assert setup_training.main(["--root", str(root), "--classes", "a,b", "--force", "--json"]) == 0
+    capsys.readouterr()
+    assert "epochs: 100" in ws.training_yaml.read_text()
+    assert (ws.configs / "training.yaml.bak").read_text() == edited
+
+
+def test_setup_recreates_what_is_missing(tmp_path):
+    root = tmp_path / "ws"
+    setup_training.run(setup_training.SetupConfig(root=root, classes=("a",)))
+    ws = Workspace.at(root)
+    ws.reports.rmdir()
+    result = setup_training.run(setup_training.SetupConfig(root=root, classes=("a",)))
+    assert result.created == (str(ws.reports),)
+
+
+def test_setup_without_classes_or_model_says_what_to_do(tmp_path, capsys):
+    assert setup_training.main(["--root", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no classes known: pass --classes")
+    assert len(err.splitlines()) == 1
+
+
+def test_bad_arch_and_usage_errors(tmp_path, capsys):
+    assert setup_training.main(["--root", str(tmp_path), "--classes", "a", "--arch", "resnet50"]) == 1
+    assert "yolov8n/s/m/l/x" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        setup_training.main(["--no-such-flag"])
+    assert exc.value.code == 2
+    assert setup_training.normalize_arch("s") == "yolov8s.yaml"
+
+
+def test_setup_takes_classes_from_production_model(tmp_path, shared_models):
+    import shutil
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    shutil.copyfile(shared_models / "neu_v1.0_half.pt", root / "yolov8_model.pt")
+    result = setup_training.run(setup_training.SetupConfig(root=root))
+    assert result.classes == ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
+    assert not result.from_scratch
+    assert sha256_file(result.base_model) == sha256_file(shared_models / "neu_v1.0_half.pt")
+    assert Path(result.base_model).read_bytes() == (shared_models / "neu_v1.0_half.pt").read_bytes()
+    with pytest.raises(UserError, match=r"differ from the production model's classes \['crazing'"):
+        setup_training.run(setup_training.SetupConfig(root=root, classes=("a", "b")))
+
+
+def test_every_script_help_is_fast():
+    scripts = sorted(p.name for p in REPO.glob("*.py"))
+    assert "setup_training.py" in scripts
+    for script in scripts:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        elapsed = time.perf_counter() - start
+        assert proc.returncode == 0, (script, proc.stderr)
+        assert "--root" in proc.stdout and "--json" in proc.stdout, script
+        # the contract is "under 2 s"; importing torch or ultralytics alone takes longer than that here
+        assert elapsed < 2.0, f"{script} --help took {elapsed:.2f}s: a heavy import at module level?"
