@@ -1,0 +1,416 @@
+"""The whole retraining loop in one process: analyze -> setup -> prepare -> train -> compare -> promote.
+
+Run it by hand, from train.bat, or every night from a scheduler. It promotes the new model to
+ROOT/yolov8_model.pt only when the comparator approved it on the held-out test split; the old
+model stays archived in training/models/ and comes back with --rollback. It never prompts.
+
+Usage:
+    python training_pipeline.py --demo                          # try everything on synthetic data
+    python training_pipeline.py --root D:/inspection            # new batches from training/incoming/
+    python training_pipeline.py --root D:/inspection --source D:/labelled/batch7 --format voc
+    python training_pipeline.py --root D:/inspection --if-new-data --json   # nightly (exit 0 either way)
+    python training_pipeline.py --root D:/inspection --candidate //gpu-server/runs/best.pt
+    python training_pipeline.py --root D:/inspection --status
+    python training_pipeline.py --root D:/inspection --rollback        # back to the previous version
+    python training_pipeline.py --root D:/inspection --dry-run         # say what would happen
+
+Exit codes: 0 whether the model was promoted, kept or the run skipped (the JSON says which);
+1 a failure (production is left untouched; rerunning is safe); 2 a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from toolkit.cli import build_parser, configure_logging, run_main, to_jsonable
+from toolkit.errors import UserError
+from toolkit.files import sha256_file
+from toolkit.layout import Workspace
+from toolkit.lock import workspace_lock
+from toolkit.registry import Registry, append_history, read_history
+from toolkit.reports import report_path, timestamp, utc_now_iso, write_report
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("analyze", "setup", "prepare", "train", "compare", "promote")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    root: Path
+    source: Path | None = None          # --source: a labelled batch to import first
+    fmt: str = "auto"                   # --format of that batch: auto, yolo, voc, coco
+    candidate: Path | None = None       # --candidate: evaluate this model instead of training one
+    if_new_data: bool = False           # --if-new-data: skip the run when no new batch arrived
+    dry_run: bool = False               # --dry-run: report the plan, change nothing
+    major: bool = False                 # --major: promote as 2.0 instead of 1.x
+    start_from: str | None = None       # --from production|scratch|PATH (training's starting point)
+    epochs: int | None = None
+    imgsz: int | None = None
+    batch: int | None = None
+    device: str | None = None
+    compare_subset: int | None = None   # evaluate on the first N test images only (quick checks)
+    analyze: bool = True                # --no-analyze: skip the memory-bank analysis
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    decision: str                       # "promoted" | "kept" | "skipped"
+    production: dict[str, Any]          # {version, path, sha256}
+    stages: dict[str, Any]
+    report: Path | None
+    reasons: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    dry_run: bool = False
+    html_report: Path | None = None
+    log: Path | None = None
+
+
+def _fmt_seconds(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+class _StageRunner:
+    """Runs the stages in order, one log line each: ``[3/6] train ... 4m12s``."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+
+    def _prefix(self, name: str) -> str:
+        return f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name}"
+
+    def run(self, name: str, fn: Callable[[], Any], outcome: Callable[[Any], str] = lambda r: "done") -> Any:
+        logger.info("%s ...", self._prefix(name))
+        start = time.perf_counter()
+        result = fn()
+        self.timings[name] = round(time.perf_counter() - start, 2)
+        self.results[name] = result
+        logger.info("%s: %s (%s)", self._prefix(name), outcome(result), _fmt_seconds(self.timings[name]))
+        return result
+
+    def skip(self, name: str, why: str) -> None:
+        self.results[name] = {"skipped": why}
+        logger.info("%s: skipped - %s", self._prefix(name), why)
+
+
+def production_info(workspace: Workspace, registry: Registry | None = None) -> dict[str, Any]:
+    if not workspace.production_model.exists():
+        return {"version": None, "path": str(workspace.production_model), "sha256": None}
+    registry = registry or Registry.load(workspace)
+    entry = registry.production_entry()
+    return {"version": entry["version"] if entry else None, "path": str(workspace.production_model),
+            "sha256": sha256_file(workspace.production_model)}
+
+
+def _pending_batches(workspace: Workspace) -> list[Path]:
+    from toolkit.dataset import pending_incoming_batches
+
+    return pending_incoming_batches(workspace) if workspace.incoming.exists() else []
+
+
+def _needs_setup(workspace: Workspace) -> bool:
+    return not (workspace.dataset_yaml.exists() and workspace.training_yaml.exists()
+                and all(p.exists() for p in workspace.tree()))
+
+
+def plan(config: PipelineConfig) -> dict[str, Any]:
+    """What a run would do, computed without changing anything (``--dry-run``)."""
+    ws = Workspace.at(config.root)
+    pending = [str(p) for p in _pending_batches(ws)]
+    new_data = bool(config.source) or bool(pending)
+    steps = {
+        "analyze": "run" if config.analyze and ws.detections.exists() else "skip (no memory bank)",
+        "setup": "run" if _needs_setup(ws) else "skip (workspace ready)",
+        "prepare": (f"import {config.source}" if config.source else
+                    f"import {len(pending)} new batch(es) from training/incoming" if pending else "skip (no new batch)"),
+        "train": ("skip (--candidate given)" if config.candidate else
+                  f"train from {config.start_from or ('production' if ws.production_model.exists() else 'scratch')}"),
+        "compare": "evaluate candidate vs production on the test split",
+        "promote": "promote if the comparator approves",
+    }
+    if config.if_new_data and not new_data:
+        steps = {name: "skip (no new data)" for name in STAGES}
+    return {"new_batches": pending, "new_data": new_data, "steps": steps, "production": production_info(ws)}
+
+
+def run(config: PipelineConfig) -> PipelineResult:
+    ws = Workspace.at(config.root)
+    if config.candidate is not None and not Path(config.candidate).is_file():
+        raise UserError(f"--candidate {config.candidate}: file not found (give the path of a trained .pt)")
+    if config.dry_run:
+        the_plan = plan(config)
+        for name, step in the_plan["steps"].items():
+            logger.info("[dry run] %-8s %s", name, step)
+        return PipelineResult("skipped", the_plan["production"], {"plan": the_plan}, None,
+                              ("dry run: nothing was changed",), dry_run=True)
+    if not ws.root.exists():
+        raise UserError(f"workspace {ws.root} does not exist; create it or run setup_training.py --root {ws.root}")
+
+    with workspace_lock(ws):
+        started, start = utc_now_iso(), time.perf_counter()
+        stamp = timestamp()
+        runner = _StageRunner()
+        try:
+            result = _run_locked(config, ws, runner, stamp)
+        except BaseException as exc:
+            append_history(ws, {"run": stamp, "started_at": started, "finished_at": utc_now_iso(),
+                                "decision": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                "production": production_info(ws), "timings": runner.timings})
+            raise
+        append_history(ws, {"run": stamp, "started_at": started, "finished_at": utc_now_iso(),
+                            "seconds": round(time.perf_counter() - start, 1), "decision": result.decision,
+                            "reasons": list(result.reasons), "production": result.production,
+                            "dataset_version": _get(result.stages.get("prepare"), "dataset_version"),
+                            "candidate": _get(result.stages.get("train"), "best") or (str(config.candidate) if config.candidate else None),
+                            "report": str(result.report) if result.report else None, "timings": result.timings})
+        return result
+
+
+def _get(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _run_locked(config: PipelineConfig, ws: Workspace, runner: _StageRunner, stamp: str) -> PipelineResult:
+    pending = _pending_batches(ws)
+    if config.if_new_data and not config.source and not pending:
+        logger.info("no new batch in %s since the last run: nothing to do", ws.incoming)
+        for name in STAGES:
+            runner.skip(name, "no new data")
+        return _finish(config, ws, runner, stamp, "skipped", ["no new labelled batch since the last run"])
+
+    # 1. analyze
+    if config.analyze and ws.detections.exists():
+        import training_analyzer
+
+        runner.run("analyze", lambda: training_analyzer.run(training_analyzer.AnalyzeConfig(root=ws.root)),
+                   lambda r: f"{r.records} records, top priority: {r.priorities[0]['class'] if r.priorities else 'none'}")
+    else:
+        runner.skip("analyze", "no memory bank" if config.analyze else "--no-analyze")
+
+    # 2. setup
+    if _needs_setup(ws):
+        import setup_training
+
+        runner.run("setup", lambda: setup_training.run(setup_training.SetupConfig(root=ws.root)),
+                   lambda r: f"{len(r.created)} item(s) created")
+    else:
+        runner.skip("setup", "workspace ready")
+
+    # 3. prepare
+    if config.source or pending:
+        import dataset_preparer
+
+        prep_config = dataset_preparer.PrepareConfig(root=ws.root, source=config.source, fmt=config.fmt,
+                                                     incoming=config.source is None)
+        runner.run("prepare", lambda: dataset_preparer.run(prep_config),
+                   lambda r: f"dataset v{r.dataset_version}: +{r.added} images, {len(r.rejected)} rejected")
+    else:
+        runner.skip("prepare", "no new batch")
+
+    # 4. train
+    if config.candidate is not None:
+        candidate = Path(config.candidate).resolve()
+        runner.skip("train", f"candidate given: {candidate}")
+    else:
+        import train_yolov8
+
+        train_config = train_yolov8.TrainConfig(root=ws.root, start_from=config.start_from, epochs=config.epochs,
+                                                imgsz=config.imgsz, batch=config.batch, device=config.device,
+                                                name="pipeline")
+        trained = runner.run("train", lambda: train_yolov8.run(train_config),
+                             lambda r: f"{r.epochs_completed} epochs, val mAP50 {r.metrics['map50']:.3f}")
+        candidate = Path(trained.best)
+
+    # 5. compare
+    import model_comparator
+
+    production = ws.production_model if ws.production_model.exists() else None
+    registry = Registry.load(ws)
+    if production is not None:
+        registry.register_existing_production()
+    compare_config = model_comparator.CompareConfig(root=ws.root, production=production, candidates=(candidate,),
+                                                    subset=config.compare_subset)
+    compared = runner.run("compare", lambda: model_comparator.run(compare_config),
+                          lambda r: ("candidate approved" if r.decision["promote"] else "production kept"))
+    reasons = list(compared.decision["reasons"])
+
+    # 6. promote
+    if not compared.decision["promote"]:
+        runner.skip("promote", "the comparator did not approve the candidate")
+        return _finish(config, ws, runner, stamp, "kept", reasons)
+    cand = next(m for m in compared.models if Path(m["path"]).resolve() == Path(compared.winner).resolve())
+    from toolkit.offline import model_class_names
+
+    classes = model_class_names(cand["path"], ws.cache / "ultralytics")  # must load before it goes live
+    metrics = {k: cand[k] for k in ("map50", "map50_95", "precision", "recall") if k in cand}
+    dataset_version = _get(runner.results.get("prepare"), "dataset_version") or _get(compared, "dataset_version")
+    entry = runner.run("promote", lambda: registry.promote(
+        Path(cand["path"]), major=config.major, metrics=metrics, reasons=reasons, dataset_version=dataset_version,
+        run_dir=_get(runner.results.get("train"), "run_dir"), classes=classes,
+        source="pipeline" if config.candidate is None else f"candidate {config.candidate}"),
+        lambda e: f"version {e['version']} is now in production")
+    return _finish(config, ws, runner, stamp, "promoted", reasons)
+
+
+def _finish(config: PipelineConfig, ws: Workspace, runner: _StageRunner, stamp: str, decision: str,
+            reasons: list[str]) -> PipelineResult:
+    registry = Registry.load(ws)
+    production = production_info(ws, registry)
+    json_path = report_path(ws, "pipeline", stamp)
+    stages = {name: to_jsonable(value) for name, value in runner.results.items()}
+    data = {"title": f"Retraining run {stamp}", "generated_at": utc_now_iso(), "root": str(ws.root),
+            "decision": decision, "reasons": reasons, "production": production, "stages": stages,
+            "timings": runner.timings, "history": registry.versions}
+    html_path = json_path.with_suffix(".html")
+    try:
+        from toolkit.html_report import write_pipeline_report
+
+        write_pipeline_report(html_path, data)
+    except Exception as exc:  # a report failure must not undo a promotion that already happened
+        logger.warning("could not write the HTML report: %s", exc)
+        html_path = None
+    data["html_report"] = str(html_path) if html_path else None
+    write_report(json_path, data, _markdown(data))
+    logger.info("decision: %s - production is version %s", decision.upper(), production["version"])
+    return PipelineResult(decision, production, stages, json_path, tuple(reasons), dict(runner.timings),
+                          html_report=html_path)
+
+
+def _markdown(data: dict[str, Any]) -> str:
+    lines = [f"# {data['title']}", "", f"**Decision: {data['decision']}** - production version "
+             f"{data['production']['version']}", ""]
+    lines += [f"- {r}" for r in data["reasons"]] + ["", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in data["timings"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- status and rollback -------------------------------------------------------------------------
+
+def status(root: Path) -> dict[str, Any]:
+    ws = Workspace.at(root)
+    registry = Registry.load(ws)
+    return {"root": str(ws.root), "production": production_info(ws, registry),
+            "versions": registry.versions, "events": registry.data["events"][-10:],
+            "last_runs": read_history(ws, last=10),
+            "pending_batches": [str(p) for p in _pending_batches(ws)] if ws.incoming.exists() else []}
+
+
+def rollback(root: Path, version: str | None) -> dict[str, Any]:
+    ws = Workspace.at(root)
+    with workspace_lock(ws, what="rollback"):
+        registry = Registry.load(ws)
+        before = registry.production_entry()
+        entry = registry.rollback(version)
+        append_history(ws, {"run": timestamp(), "finished_at": utc_now_iso(), "decision": "rollback",
+                            "from_version": before["version"] if before else None, "production": production_info(ws, registry)})
+    logger.info("rolled back: version %s is in production again", entry["version"])
+    return {"decision": "rollback", "production": production_info(ws, registry),
+            "from_version": before["version"] if before else None}
+
+
+def describe(result: Any) -> str:
+    if isinstance(result, PipelineResult):
+        if result.dry_run:
+            steps = result.stages["plan"]["steps"]
+            return "Dry run (nothing changed):\n" + "\n".join(f"  {k:8s} {v}" for k, v in steps.items())
+        lines = [f"Decision: {result.decision.upper()}",
+                 f"Production model: {result.production['path']} (version {result.production['version']})"]
+        lines += [f"  - {r}" for r in result.reasons]
+        if result.html_report:
+            lines.append(f"Report: {result.html_report}")
+        elif result.report:
+            lines.append(f"Report: {result.report}")
+        return "\n".join(lines)
+    if "versions" in result:
+        prod = result["production"]
+        lines = [f"Production: {prod['path']} version {prod['version']} (sha256 {str(prod['sha256'])[:12]})",
+                 "Versions:"]
+        lines += [f"  {v['version']:6s} {v['sha256'][:12]} {v.get('registered_at', '')} {v.get('source', '')}"
+                  for v in result["versions"]] or ["  (none registered yet)"]
+        lines.append("Last runs:")
+        lines += [f"  {r.get('finished_at', '')} {r.get('decision', '')} {r.get('error', '')}"
+                  for r in result["last_runs"]] or ["  (none yet)"]
+        return "\n".join(lines)
+    return f"Production is now version {result['production']['version']} (was {result.get('from_version')})"
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = build_parser(__doc__, prog="training_pipeline.py")
+    what = parser.add_argument_group("what to run (default: the full pipeline)")
+    what.add_argument("--demo", action="store_true",
+                      help="run the whole loop on synthetic data in a demo workspace (--root, default ./demo)")
+    what.add_argument("--status", action="store_true", help="show the production version, versions and last runs")
+    what.add_argument("--rollback", nargs="?", const="previous", metavar="VERSION",
+                      help="restore an archived version (default: the previous one), after checking its sha256")
+    what.add_argument("--dry-run", action="store_true", help="say what would happen and change nothing")
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--source", type=Path, help="a labelled batch to import (else new batches in training/incoming/)")
+    data.add_argument("--format", dest="fmt", default="auto", choices=("auto", "yolo", "voc", "coco"),
+                      help="label format of --source")
+    data.add_argument("--candidate", type=Path, help="skip training: evaluate and maybe promote this .pt")
+    data.add_argument("--if-new-data", action="store_true",
+                      help="end at once (decision 'skipped') when no new batch arrived since the last run")
+    data.add_argument("--major", action="store_true", help="promote as a new major version (1.4 -> 2.0)")
+    data.add_argument("--no-analyze", dest="analyze", action="store_false", help="skip the memory-bank analysis")
+    train = parser.add_argument_group("training (default: training/configs/training.yaml)")
+    train.add_argument("--from", dest="start_from", help="production | scratch | PATH to a .pt")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--imgsz", type=int)
+    train.add_argument("--batch", type=int)
+    train.add_argument("--device", help="cpu, 0, or 0,1,2,3 for several GPUs")
+    train.add_argument("--compare-subset", type=int, help="compare on the first N test images only")
+    return parser
+
+
+def _add_log_file(root: Path | None) -> Path | None:
+    ws = Workspace.at(root)
+    if not ws.training.exists():
+        return None
+    ws.logs.mkdir(parents=True, exist_ok=True)
+    path = ws.logs / f"pipeline_{timestamp()}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    if sum(bool(x) for x in (args.demo, args.status, args.rollback)) > 1:
+        parser.error("choose one of --demo, --status, --rollback")
+
+    def execute(a: argparse.Namespace) -> Any:
+        if a.demo:
+            from toolkit.demo import run_demo
+
+            return run_demo(a.root)
+        root = Workspace.at(a.root).root
+        if a.status:
+            return status(root)
+        if a.rollback:
+            return rollback(root, None if a.rollback == "previous" else a.rollback)
+        if not a.dry_run:
+            _add_log_file(root)
+        return run(PipelineConfig(root=root, source=a.source.resolve() if a.source else None, fmt=a.fmt,
+                                  candidate=a.candidate.resolve() if a.candidate else None,
+                                  if_new_data=a.if_new_data, dry_run=a.dry_run, major=a.major,
+                                  start_from=a.start_from, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch,
+                                  device=a.device, compare_subset=a.compare_subset, analyze=a.analyze))
+
+    return run_main(args, execute, describe)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
