@@ -1,0 +1,556 @@
+"""What the memory bank says about the production model: per-class figures, priorities, picks.
+
+Everything here works on the columns of ``toolkit.memory_bank.MemoryBank`` with numpy
+(bincounts over class / week / version ids), so a million records cost a few array passes.
+
+Per class: detections, images, mean confidence, a 10-bin confidence histogram, the share of
+detections in the uncertain band [lo, hi), figures per model version and per ISO week (with the
+drift from the first to the last week), and on reviewed images (``review.labels``) precision,
+recall, wrong-class confusions and missed defects by greedy IoU matching.
+
+Priority score of a class (0..100, higher = label it first):
+
+    score = 100 * E * (0.35*U + 0.25*(1-P) + 0.25*(1-R) + 0.10*G + 0.05*D)
+
+    U  share of the class's detections in the uncertain band
+    P  reviewed precision, R reviewed recall (taken as 1, i.e. no evidence of a problem,
+       when fewer than MIN_REVIEWED reviewed detections / labels of the class exist)
+    G  under-representation in the managed dataset: max(0, 1 - dataset_share / production_share)
+       (0 when there is no dataset)
+    D  confidence drift: min(1, drop of mean confidence from the first to the last week / 0.2)
+    E  evidence: min(1, (detections + reviewed labels) / 20), so 3 detections cannot top the list
+
+Images needed (a heuristic, not a guarantee): 0 when score < 5, else
+``ceil10(score/100 * max(200, dataset_instances / 2))``: a severe class needs up to 200 new images
+from scratch, or up to half as many again as its training instances, scaled by severity.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from toolkit.memory_bank import MemoryBank
+
+logger = logging.getLogger(__name__)
+
+HIST_BINS = 10
+MIN_REVIEWED = 5       # reviewed detections/labels of a class before P / R count in the score
+MIN_WEEK_DETECTIONS = 20  # a week with fewer detections is too noisy for a drift figure
+WEIGHTS = {"uncertain": 0.35, "precision": 0.25, "recall": 0.25, "underrepresented": 0.10, "drift": 0.05}
+EVIDENCE_FULL = 20
+WEAK_THRESHOLD = 0.9   # precision/recall below this gets a reason line
+
+
+@dataclass
+class Analysis:
+    classes: dict[str, dict[str, Any]]
+    priorities: list[dict[str, Any]]
+    weeks: list[str]
+    versions: list[str]
+    reviewed_images: int
+    uncertain: tuple[float, float]
+    iou_match: float
+    score: dict[str, float] = field(default_factory=dict)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # noqa: D401 - kept for callers with arrays
+    """IoU of every box of ``a`` (n x 4) with every box of ``b`` (m x 4), x1y1x2y2."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def match_image(det_cls: list[int], det_box: list[tuple], label_cls: list[int], label_box: list[tuple],
+                iou_min: float) -> tuple[list[tuple[int, int]], list[int], list[int], list[tuple[int, int]]]:
+    """Greedy IoU matching of one image's detections against its reviewed labels.
+
+    Returns (matches [(det, label)] of the same class, false-positive detections, missed labels,
+    confusions [(det, label)]: a leftover detection overlapping a leftover label of another class).
+    Pairs are taken by decreasing IoU, same-class pairs first; a confusion is also a false
+    positive and a miss. Plain Python: an image holds a handful of boxes, where numpy's
+    per-call overhead would dominate.
+    """
+    pairs = []
+    for d, db in enumerate(det_box):
+        for lab, lb in enumerate(label_box):
+            iou = _iou(db, lb)
+            if iou >= iou_min:
+                pairs.append((det_cls[d] != label_cls[lab], -iou, d, lab))
+    pairs.sort()
+    used_d: set[int] = set()
+    used_l: set[int] = set()
+    matches: list[tuple[int, int]] = []
+    confusions: list[tuple[int, int]] = []
+    for other_class, _, d, lab in pairs:
+        if d in used_d or lab in used_l:
+            continue
+        used_d.add(d)
+        used_l.add(lab)
+        (confusions if other_class else matches).append((d, lab))
+    conf_d = {d for d, _ in confusions}
+    conf_l = {lab for _, lab in confusions}
+    false_pos = [d for d in range(len(det_cls)) if d not in used_d or d in conf_d]
+    missed = [lab for lab in range(len(label_cls)) if lab not in used_l or lab in conf_l]
+    return matches, false_pos, missed, confusions
+
+
+def _images_per_class(rec: np.ndarray, cls: np.ndarray, n_records: int, n_cls: int) -> np.ndarray:
+    """Records holding at least one detection of each class."""
+    if len(rec) == 0:
+        return np.zeros(n_cls, np.int64)
+    if n_records * n_cls <= 200_000_000:  # a boolean matrix beats np.unique (no sort)
+        seen = np.zeros((n_records, n_cls), dtype=bool)
+        seen[rec, cls] = True
+        return seen.sum(axis=0)
+    pair = np.unique(rec * n_cls + cls)
+    return np.bincount(pair % n_cls, minlength=n_cls)
+
+
+def iso_week(monday_days: int) -> str:
+    """Epoch day of a Monday -> '2026-W10'."""
+    year, week, _ = (date(1970, 1, 1) + timedelta(days=int(monday_days))).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den else None
+
+
+def analyze_memory_bank(bank: MemoryBank, uncertain: tuple[float, float], iou_match: float,
+                        dataset_instances: dict[str, int] | None = None,
+                        class_order: list[str] | None = None) -> Analysis:
+    """Every per-class figure and the priorities. ``class_order`` puts known classes first (model order)."""
+    lo, hi = uncertain
+    names = list(class_order or [])
+    names += [c for c in bank.classes if c not in names]
+    if dataset_instances:
+        names += [c for c in dataset_instances if c not in names]
+    index = {c: i for i, c in enumerate(names)}
+    n_cls = len(names)
+    # bank class ids -> our order
+    remap = np.array([index[c] for c in bank.classes], dtype=np.int64) if bank.classes else np.zeros(0, np.int64)
+    cls = remap[bank.det_cls] if len(bank.det_cls) else np.zeros(0, np.int64)
+    conf = bank.det_conf
+    rec = bank.det_record()
+
+    detections = np.bincount(cls, minlength=n_cls)
+    conf_sum = np.bincount(cls, weights=conf, minlength=n_cls)
+    in_band = (conf >= lo) & (conf < hi)
+    band_count = np.bincount(cls[in_band], minlength=n_cls)
+    bins = np.minimum((conf * HIST_BINS).astype(np.int64), HIST_BINS - 1)
+    hist = np.bincount(cls * HIST_BINS + bins, minlength=n_cls * HIST_BINS).reshape(n_cls, HIST_BINS)
+    images = _images_per_class(rec, cls, bank.records, n_cls)
+
+    # per model version
+    versions = bank.versions + ["unknown"]
+    ver = bank.version[rec].astype(np.int64)
+    ver = np.where(ver < 0, len(versions) - 1, ver)
+    vkey = ver * n_cls + cls
+    v_count = np.bincount(vkey, minlength=len(versions) * n_cls).reshape(len(versions), n_cls)
+    v_conf = np.bincount(vkey, weights=conf, minlength=len(versions) * n_cls).reshape(len(versions), n_cls)
+    v_band = np.bincount(vkey[in_band], minlength=len(versions) * n_cls).reshape(len(versions), n_cls)
+    rec_ver = np.where(bank.version < 0, len(versions) - 1, bank.version).astype(np.int64)
+    v_images = np.bincount(rec_ver, minlength=len(versions))
+
+    # per ISO week (Monday-based; epoch day 0 was a Thursday)
+    days = np.floor(bank.ts / 86400.0).astype(np.int64)
+    mondays = days - (days + 3) % 7
+    week_days, rec_week = np.unique(mondays, return_inverse=True)
+    weeks = [iso_week(d) for d in week_days]
+    n_w = len(weeks)
+    wkey = rec_week[rec] * n_cls + cls if len(rec) else np.zeros(0, np.int64)
+    w_count = np.bincount(wkey, minlength=n_w * n_cls).reshape(n_w, n_cls)
+    w_conf = np.bincount(wkey, weights=conf, minlength=n_w * n_cls).reshape(n_w, n_cls)
+    w_band = np.bincount(wkey[in_band], minlength=n_w * n_cls).reshape(n_w, n_cls)
+    w_images = np.bincount(rec_week, minlength=n_w)
+
+    # reviewed images
+    tp, fp, fn = [0] * n_cls, [0] * n_cls, [0] * n_cls   # lists: cheaper than numpy for += 1
+    rev_images, fp_images = [0] * n_cls, [0] * n_cls
+    confusions: dict[tuple[int, int], int] = {}
+    remap_list = remap.tolist()
+    starts = bank.det_start
+    for r, labels in bank.reviews.items():
+        s, e = int(starts[r]), int(starts[r + 1])
+        d_cls = cls[s:e].tolist()
+        d_box = [tuple(b) for b in bank.det_box[s:e].tolist()]
+        l_cls = [remap_list[lab[0]] for lab in labels]
+        l_box = [lab[1:] for lab in labels]
+        matches, false_pos, missed, confused = match_image(d_cls, d_box, l_cls, l_box, iou_match)
+        for d, _ in matches:
+            tp[d_cls[d]] += 1
+        for d in false_pos:
+            fp[d_cls[d]] += 1
+        for lab in missed:
+            fn[l_cls[lab]] += 1
+        for d, lab in confused:
+            key = (l_cls[lab], d_cls[d])
+            confusions[key] = confusions.get(key, 0) + 1
+        present = set(d_cls) | set(l_cls)
+        for c in present:
+            rev_images[c] += 1
+        for c in {d_cls[d] for d in false_pos}:
+            fp_images[c] += 1
+    reviewed_total = len(bank.reviews)
+
+    total_dets = int(detections.sum())
+    data_total = sum(dataset_instances.values()) if dataset_instances else 0
+    classes: dict[str, dict[str, Any]] = {}
+    for c, name in enumerate(names):
+        n = int(detections[c])
+        by_version = {v: {"detections": int(v_count[i, c]), "images": int(v_images[i]),
+                          "mean_confidence": _ratio(v_conf[i, c], v_count[i, c]),
+                          "uncertain_share": _ratio(v_band[i, c], v_count[i, c])}
+                      for i, v in enumerate(versions) if v_images[i] or v_count[i, c]}
+        by_week = {w: {"detections": int(w_count[i, c]), "per_100_images": 100.0 * w_count[i, c] / w_images[i],
+                       "mean_confidence": _ratio(w_conf[i, c], w_count[i, c]),
+                       "uncertain_share": _ratio(w_band[i, c], w_count[i, c])}
+                   for i, w in enumerate(weeks)}
+        solid = [i for i in range(n_w) if w_count[i, c] >= MIN_WEEK_DETECTIONS]
+        drift = None
+        if len(solid) >= 2:
+            a, b = solid[0], solid[-1]
+            drift = {"first_week": weeks[a], "last_week": weeks[b],
+                     "mean_confidence_first": float(w_conf[a, c] / w_count[a, c]),
+                     "mean_confidence_last": float(w_conf[b, c] / w_count[b, c]),
+                     "mean_confidence_change": float(w_conf[b, c] / w_count[b, c] - w_conf[a, c] / w_count[a, c]),
+                     "per_100_images_change": float(100.0 * (w_count[b, c] / w_images[b] - w_count[a, c] / w_images[a]))}
+        conf_with = {names[p]: k for (t, p), k in sorted(confusions.items(), key=lambda kv: -kv[1]) if t == c}
+        inst = int(dataset_instances.get(name, 0)) if dataset_instances else None
+        classes[name] = {
+            "detections": n,
+            "images": int(images[c]),
+            "mean_confidence": _ratio(conf_sum[c], n),
+            "uncertain_share": _ratio(band_count[c], n),
+            "uncertain_detections": int(band_count[c]),
+            "confidence_histogram": {"bins": [round(i / HIST_BINS, 2) for i in range(HIST_BINS + 1)],
+                                     "counts": hist[c].tolist()},
+            "production_share": _ratio(n, total_dets),
+            "by_model_version": by_version,
+            "by_week": by_week,
+            "drift": drift,
+            "reviewed": {"images": int(rev_images[c]), "tp": int(tp[c]), "fp": int(fp[c]), "fn": int(fn[c]),
+                         "precision": _ratio(tp[c], tp[c] + fp[c]), "recall": _ratio(tp[c], tp[c] + fn[c]),
+                         "false_positive_images": int(fp_images[c])},
+            "confusions": conf_with,   # true class -> {predicted as: n}
+            "missed": int(fn[c]),
+            "dataset_instances": inst,
+            "dataset_share": _ratio(inst, data_total) if inst is not None else None,
+        }
+    analysis = Analysis(classes, [], weeks, versions[:-1] if not v_images[-1] else versions, reviewed_total,
+                        (lo, hi), iou_match)
+    analysis.priorities = rank_priorities(analysis)
+    analysis.score = {p["class"]: p["score"] for p in analysis.priorities}
+    return analysis
+
+
+def class_score(stats: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """The documented score (module docstring) and its parts."""
+    rev = stats["reviewed"]
+    u = stats["uncertain_share"] or 0.0
+    p = rev["precision"] if rev["tp"] + rev["fp"] >= MIN_REVIEWED and rev["precision"] is not None else 1.0
+    r = rev["recall"] if rev["tp"] + rev["fn"] >= MIN_REVIEWED and rev["recall"] is not None else 1.0
+    g = 0.0
+    if stats["dataset_share"] is not None and stats["production_share"]:
+        g = max(0.0, 1.0 - stats["dataset_share"] / stats["production_share"])
+    d = 0.0
+    if stats["drift"] is not None:
+        d = min(1.0, max(0.0, -stats["drift"]["mean_confidence_change"]) / 0.2)
+    evidence = min(1.0, (stats["detections"] + rev["tp"] + rev["fn"]) / EVIDENCE_FULL)
+    parts = {"uncertain": u, "precision": 1.0 - p, "recall": 1.0 - r, "underrepresented": g, "drift": d}
+    score = 100.0 * evidence * sum(WEIGHTS[k] * v for k, v in parts.items())
+    return round(score, 2), parts
+
+
+def images_needed(score: float, dataset_instances: int | None) -> int:
+    """The documented heuristic (module docstring)."""
+    if score < 5:
+        return 0
+    base = max(200.0, (dataset_instances or 0) / 2.0)
+    return int(math.ceil(score / 100.0 * base / 10.0) * 10)
+
+
+def reasons_for(name: str, stats: dict[str, Any], uncertain: tuple[float, float], reviewed_total: int) -> list[str]:
+    """Why a class ranks where it does, in words."""
+    out: list[str] = []
+    lo, hi = uncertain
+    rev = stats["reviewed"]
+    u = stats["uncertain_share"]
+    if u is not None and u >= 0.2 and stats["detections"]:
+        out.append(f"{u:.0%} of {name} detections are in the uncertain band {lo:.2f}-{hi:.2f} "
+                   f"(mean confidence {stats['mean_confidence']:.2f})")
+    if rev["tp"] + rev["fp"] >= MIN_REVIEWED and rev["precision"] is not None and rev["precision"] < WEAK_THRESHOLD:
+        out.append(f"reviewed precision of {name} is {rev['precision']:.2f}: {rev['fp']} false positives "
+                   f"in {reviewed_total} reviewed images")
+    if rev["tp"] + rev["fn"] >= MIN_REVIEWED and rev["recall"] is not None and rev["recall"] < WEAK_THRESHOLD:
+        wrong = sum(stats["confusions"].values())
+        extra = f", {wrong} of them detected as another class" if wrong else ""
+        out.append(f"reviewed recall of {name} is {rev['recall']:.2f}: {rev['fn']} of {rev['tp'] + rev['fn']} "
+                   f"labelled defects missed{extra}")
+    if stats["confusions"]:
+        other, k = next(iter(stats["confusions"].items()))
+        out.append(f"{name} was detected as {other} {k} time(s) in reviewed images")
+    if stats["dataset_share"] is not None and stats["production_share"]:
+        if stats["dataset_share"] < 0.5 * stats["production_share"]:
+            out.append(f"{name} is {stats['production_share']:.0%} of production detections but "
+                       f"{stats['dataset_share']:.0%} of training instances ({stats['dataset_instances']})")
+    drift = stats["drift"]
+    if drift is not None and drift["mean_confidence_change"] <= -0.1:
+        out.append(f"mean confidence of {name} fell from {drift['mean_confidence_first']:.2f} "
+                   f"({drift['first_week']}) to {drift['mean_confidence_last']:.2f} ({drift['last_week']})")
+    if stats["detections"] + rev["tp"] + rev["fn"] < EVIDENCE_FULL:
+        out.append(f"little evidence: {stats['detections']} detection(s), {rev['tp'] + rev['fn']} reviewed label(s)")
+    if not out:
+        out.append("no sign of weakness in the logged data")
+    return out
+
+
+def rank_priorities(analysis: Analysis) -> list[dict[str, Any]]:
+    ranked = []
+    for name, stats in analysis.classes.items():
+        score, parts = class_score(stats)
+        ranked.append({"class": name, "score": score,
+                       "reasons": reasons_for(name, stats, analysis.uncertain, analysis.reviewed_images),
+                       "images_needed": images_needed(score, stats["dataset_instances"]),
+                       "parts": {k: round(v, 4) for k, v in parts.items()}})
+    ranked.sort(key=lambda p: (-p["score"], p["class"]))
+    return ranked
+
+
+# --- choosing images to label -------------------------------------------------------------------
+
+def candidate_order(bank: MemoryBank, analysis: Analysis, class_order: list[str]) -> Iterator[tuple[int, str]]:
+    """Records to label, best first, with the reason: (record index, reason).
+
+    1. records holding an uncertain detection, shared among classes by priority score (weighted
+       round robin: a class with twice the score gets twice the picks), most uncertain first
+       (closest to the middle of the band);
+    2. then records with other detections of the prioritised classes, lowest confidence first;
+    3. then records without any detection (a possible missed defect).
+    Reviewed records are left out: they already carry the truth (see the reviewed batch).
+    """
+    lo, hi = analysis.uncertain
+    mid = (lo + hi) / 2.0
+    index = {c: i for i, c in enumerate(class_order)}
+    remap = np.array([index[c] for c in bank.classes], dtype=np.int64) if bank.classes else np.zeros(0, np.int64)
+    cls = remap[bank.det_cls] if len(bank.det_cls) else np.zeros(0, np.int64)
+    conf = bank.det_conf
+    rec = bank.det_record()
+    reviewed = np.zeros(bank.records, dtype=bool)
+    if bank.reviews:
+        reviewed[np.fromiter(bank.reviews.keys(), dtype=np.int64)] = True
+    open_det = ~reviewed[rec] if len(rec) else np.zeros(0, bool)
+    in_band = (conf >= lo) & (conf < hi) & open_det
+
+    def queue(mask: np.ndarray, key: np.ndarray, c: int) -> list[tuple[int, float]]:
+        sel = np.flatnonzero(mask & (cls == c))
+        sel = sel[np.argsort(key[sel], kind="stable")]
+        recs = rec[sel]
+        _, first = np.unique(recs, return_index=True)
+        first.sort()
+        return [(int(recs[i]), float(conf[sel[i]])) for i in first]
+
+    scores = {p["class"]: p["score"] for p in analysis.priorities}
+    ranked = [c for c in sorted(index, key=lambda c: -scores.get(c, 0.0))]
+    distance = np.abs(conf - mid)
+    queues = {c: queue(in_band, distance, index[c]) for c in ranked}
+    taken = {c: 0 for c in ranked}
+    heads = {c: 0 for c in ranked}
+    seen: set[int] = set()
+    while True:
+        live = [c for c in ranked if heads[c] < len(queues[c])]
+        if not live:
+            break
+        c = min(live, key=lambda k: (taken[k] + 1) / max(scores.get(k, 0.0), 0.01))
+        r, p = queues[c][heads[c]]
+        heads[c] += 1
+        if r in seen:
+            continue
+        seen.add(r)
+        taken[c] += 1
+        yield r, f"uncertain {c} detection (confidence {p:.2f}, band {lo:.2f}-{hi:.2f}; class priority score {scores.get(c, 0):.1f})"
+    for c in ranked:
+        if scores.get(c, 0.0) <= 0:
+            continue
+        for r, p in queue(open_det & ~in_band, conf, index[c]):
+            if r not in seen:
+                seen.add(r)
+                yield r, f"{c} detection at confidence {p:.2f} (class priority score {scores[c]:.1f})"
+    empty = np.flatnonzero((np.diff(bank.det_start) == 0) & ~reviewed)
+    for r in empty:
+        if int(r) not in seen:
+            yield int(r), "no detection: a defect may have been missed"
+
+
+# --- writing the export: images to label + the reviewed batch -----------------------------------
+
+@dataclass
+class ExportResult:
+    export_dir: Path | None
+    exported: int
+    incoming_batch: Path | None
+    reviewed_exported: int
+    near_duplicates: int
+    missing: list[str]
+
+
+def resolve_image(raw: str, bank_path: Path) -> Path:
+    """A logged image path; a relative one is taken relative to the memory bank's folder."""
+    path = Path(raw)
+    return path if path.is_absolute() else (bank_path.parent / path)
+
+
+def dhash_and_size(path: Path) -> tuple[int, tuple[int, int]] | None:
+    """64-bit difference hash (cheap perceptual hash) and (width, height); None if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            small = np.asarray(img.convert("L").resize((9, 8), Image.BILINEAR), dtype=np.int16)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0]), size
+
+
+def yolo_lines(boxes: list[tuple[int, float, float, float, float]], width: int, height: int) -> str:
+    """(class id, x1, y1, x2, y2) in pixels -> YOLO txt (normalised centre, size; clipped to the image)."""
+    out = []
+    for c, x1, y1, x2, y2 in boxes:
+        x1, x2 = max(0.0, min(x1, width)), max(0.0, min(x2, width))
+        y1, y2 = max(0.0, min(y1, height)), max(0.0, min(y2, height))
+        if x2 <= x1 or y2 <= y1:
+            continue
+        out.append(f"{c} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                   f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _unique_name(folder: Path, name: str, taken: set[str]) -> str:
+    stem, suffix = Path(name).stem, Path(name).suffix
+    candidate, k = name, 1
+    while candidate.lower() in taken:
+        candidate = f"{stem}_{k}{suffix}"
+        k += 1
+    taken.add(candidate.lower())
+    return candidate
+
+
+def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int, stamp: str,
+                         near_duplicate_bits: int) -> ExportResult:
+    """Copy the ``n`` most useful images to ``training/to_label/<stamp>/`` and the reviewed ones to incoming/.
+
+    to_label/<stamp>/: images/, labels/ (YOLO pre-labels from the detections), classes.txt,
+    selection.csv. incoming/reviewed_<stamp>/: images/ + labels/ (the operators' review labels)
+    + classes.txt, the YOLO batch layout dataset_preparer.py imports. Source images are only read;
+    missing or unreadable ones are listed, never fatal.
+    """
+    import csv
+    import shutil
+
+    class_names = list(analysis.classes)
+    index = {c: i for i, c in enumerate(class_names)}
+    remap = [index[c] for c in bank.classes]
+    missing: list[str] = []
+    export_dir = workspace.to_label / stamp
+    taken: set[str] = set()
+    hashes: list[int] = []
+    near = 0
+    rows = []
+    for r, reason in candidate_order(bank, analysis, class_names):
+        if len(rows) >= n:
+            break
+        src = resolve_image(bank.image[r], bank.path)
+        info = dhash_and_size(src) if src.is_file() else None
+        if info is None:
+            missing.append(bank.image[r])
+            continue
+        digest, (w_img, h_img) = info
+        if any(bin(digest ^ h).count("1") <= near_duplicate_bits for h in hashes):
+            near += 1
+            continue
+        hashes.append(digest)
+        width = int(bank.width[r]) or w_img
+        height = int(bank.height[r]) or h_img
+        name = _unique_name(export_dir, src.name, taken)
+        (export_dir / "images").mkdir(parents=True, exist_ok=True)
+        (export_dir / "labels").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, export_dir / "images" / name)
+        s, e = int(bank.det_start[r]), int(bank.det_start[r + 1])
+        boxes = [(remap[int(bank.det_cls[k])], *bank.det_box[k].tolist()) for k in range(s, e)]
+        (export_dir / "labels" / f"{Path(name).stem}.txt").write_text(yolo_lines(boxes, width, height), encoding="utf-8")
+        dets = "; ".join(f"{bank.classes[int(bank.det_cls[k])]} {bank.det_conf[k]:.2f}" for k in range(s, e))
+        rows.append({"rank": len(rows) + 1, "file": f"images/{name}", "source": bank.image[r], "reason": reason,
+                     "detections": dets, "model_version": _name(bank.versions, int(bank.version[r])),
+                     "memory_bank_line": int(bank.line[r])})
+    if rows:
+        (export_dir / "classes.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
+        with open(export_dir / "selection.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    incoming, reviewed = _write_reviewed_batch(workspace, bank, class_names, remap, stamp, missing)
+    logger.info("exported %d image(s) to label, %d reviewed image(s) as a batch; %d missing, %d near-duplicate(s)",
+                len(rows), reviewed, len(missing), near)
+    return ExportResult(export_dir if rows else None, len(rows), incoming, reviewed, near, missing)
+
+
+def _name(table: list[str], i: int) -> str:
+    return table[i] if 0 <= i < len(table) else ""
+
+
+def _write_reviewed_batch(workspace, bank: MemoryBank, class_names: list[str], remap: list[int], stamp: str,
+                          missing: list[str]) -> tuple[Path | None, int]:
+    import shutil
+
+    if not bank.reviews:
+        return None, 0
+    batch = workspace.incoming / f"reviewed_{stamp}"
+    latest: dict[str, int] = {}
+    for r in bank.reviews:  # the latest review of an image wins
+        latest[bank.image[r]] = r
+    taken: set[str] = set()
+    written = 0
+    for raw, r in latest.items():
+        src = resolve_image(raw, bank.path)
+        info = dhash_and_size(src) if src.is_file() else None
+        if info is None:
+            missing.append(raw)
+            continue
+        _, (w_img, h_img) = info
+        width = int(bank.width[r]) or w_img
+        height = int(bank.height[r]) or h_img
+        name = _unique_name(batch, src.name, taken)
+        (batch / "images").mkdir(parents=True, exist_ok=True)
+        (batch / "labels").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, batch / "images" / name)
+        boxes = [(remap[c], x1, y1, x2, y2) for c, x1, y1, x2, y2 in bank.reviews[r]]
+        (batch / "labels" / f"{Path(name).stem}.txt").write_text(yolo_lines(boxes, width, height), encoding="utf-8")
+        written += 1
+    if not written:
+        return None, 0
+    (batch / "classes.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
+    return batch, written

@@ -1,0 +1,397 @@
+"""Read the memory bank: what the production model is weak at, and which images to label next.
+
+Reads ROOT/memory-bank/detections.jsonl (or --memory-bank PATH: JSONL, a JSON array, CSV or
+SQLite; see memory-bank/README.md), skipping malformed records with their line numbers, and
+reports per class: detections, confidence distribution, share in the uncertain band, trend per
+week and per model version, and - on images an operator reviewed - precision, recall, wrong-class
+confusions and missed defects. Classes are ranked by a documented priority score
+(toolkit/analysis.py) with reasons in words and an estimate of the images each one needs.
+
+--export N copies the N most useful images to training/to_label/<stamp>/ with YOLO pre-labels
+from the detections and selection.csv (why each was chosen), and writes the reviewed images as a
+labelled batch into training/incoming/reviewed_<stamp>/ for dataset_preparer.py.
+--scan DIR first runs the production model over a folder of images and appends one record per
+image to the memory bank, so a user with no detection history still gets priorities and an export.
+
+Usage:
+    python training_analyzer.py --root D:/inspection
+    python training_analyzer.py --root D:/inspection --since 2026-03-01 --export 200
+    python training_analyzer.py --root ./ws --memory-bank exports/line3.csv --model-version 1.0 --json
+    python training_analyzer.py --root ./ws --scan D:/unlabelled --export 50
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.cli import build_parser, run_main
+from toolkit.config import resolve_settings
+from toolkit.errors import UserError
+from toolkit.layout import Workspace
+
+logger = logging.getLogger(__name__)
+
+LIST_CAP = 200  # lists in the result are capped; their counts stay exact
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    root: Path
+    memory_bank: Path | None = None             # --memory-bank: default ROOT/memory-bank/detections.jsonl
+    since: str | None = None                    # --since: date (2026-03-01) or ISO timestamp, inclusive
+    until: str | None = None                    # --until: a date includes that whole day
+    model_version: str | None = None            # --model-version: only records of this model
+    uncertain: tuple[float, float] | None = None  # --uncertain lo,hi (training.yaml analyzer.uncertain)
+    export: int = 0                             # --export N images to label (0: analyse only)
+    scan: Path | None = None                    # --scan DIR of images to run the production model on
+    scan_model: Path | None = None              # --scan-model (default ROOT/yolov8_model.pt)
+    iou_match: float | None = None              # --iou-match (training.yaml analyzer.iou_match)
+    scan_batch: int = 16                        # --scan-batch images per inference batch
+    scan_conf: float = 0.25                     # --scan-conf lowest confidence a scan logs
+
+
+@dataclass(frozen=True)
+class AnalyzeResult:
+    memory_bank: Path
+    format: str
+    records: int
+    skipped_records: int
+    malformed: tuple[dict[str, Any], ...]       # first LIST_CAP of {line, reason}
+    filtered_out: int
+    uncertain: tuple[float, float]
+    iou_match: float
+    reviewed_images: int
+    weeks: tuple[str, ...]
+    model_versions: tuple[str, ...]
+    classes: dict[str, dict[str, Any]]
+    priorities: tuple[dict[str, Any], ...]
+    exported: int
+    export_dir: Path | None
+    incoming_batch: Path | None
+    reviewed_exported: int
+    near_duplicates_skipped: int
+    missing_images: tuple[str, ...]             # first LIST_CAP
+    missing_images_count: int
+    scanned: int | None
+    report: Path
+    plots: tuple[Path, ...]
+
+
+def parse_band(text: str | None) -> tuple[float, float] | None:
+    """``0.25,0.6`` -> (0.25, 0.6)."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--uncertain {text!r}: give two confidences as lo,hi, e.g. --uncertain 0.25,0.6") from None
+    return lo, hi
+
+
+def resolve_config(config: AnalyzeConfig, workspace: Workspace) -> tuple[tuple[float, float], float, dict]:
+    flags = {"analyzer": {"uncertain": list(config.uncertain) if config.uncertain is not None else None,
+                          "iou_match": config.iou_match}}
+    settings = resolve_settings(workspace.training_yaml, flags)
+    band = settings["analyzer"]["uncertain"]
+    if not (isinstance(band, (list, tuple)) and len(band) == 2 and 0.0 <= float(band[0]) < float(band[1]) <= 1.0):
+        raise UserError(f"uncertain band {band!r} must be two confidences lo < hi within 0..1, e.g. [0.25, 0.6]")
+    iou = float(settings["analyzer"]["iou_match"])
+    if not 0.0 < iou <= 1.0:
+        raise UserError(f"iou_match {iou} must be in (0, 1]; 0.5 is the usual value")
+    if config.export < 0:
+        raise UserError("--export must be 0 or a positive number of images")
+    return (float(band[0]), float(band[1])), iou, settings
+
+
+def known_classes(workspace: Workspace) -> list[str]:
+    """Model order of the classes: dataset.yaml, else the production sidecar; [] if neither."""
+    from toolkit.datafile import read_class_names
+
+    if workspace.dataset_yaml.exists():
+        try:
+            return read_class_names(workspace.dataset_yaml)
+        except UserError as exc:
+            logger.warning("%s", exc)
+    sidecar = _read_sidecar(workspace)
+    names = sidecar.get("classes")
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names, key=lambda k: int(k))]
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def _read_sidecar(workspace: Workspace) -> dict[str, Any]:
+    import json
+
+    if not workspace.production_sidecar.exists():
+        return {}
+    try:
+        data = json.loads(workspace.production_sidecar.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        logger.warning("cannot read %s; going on without it", workspace.production_sidecar)
+        return {}
+
+
+def dataset_instances(workspace: Workspace, names: list[str]) -> dict[str, int] | None:
+    """Training instances per class of the managed dataset (manifest, else YOLO labels); None if none."""
+    import json
+
+    if workspace.manifest.exists():
+        try:
+            manifest = json.loads(workspace.manifest.read_text(encoding="utf-8"))
+            counts: dict[str, int] = {str(c): 0 for c in manifest.get("classes", [])}
+            images = manifest.get("images", [])
+            has_split = any(isinstance(i, dict) and "split" in i for i in images)
+            for item in images:
+                if not isinstance(item, dict) or (has_split and item.get("split") != "train"):
+                    continue
+                for name, n in (item.get("boxes") or {}).items():
+                    counts[str(name)] = counts.get(str(name), 0) + int(n)
+            if counts:
+                return counts
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            logger.warning("cannot read %s (%s); counting label files instead", workspace.manifest, exc)
+    label_dir = workspace.labels_dir("train")
+    if not label_dir.is_dir() or not names:
+        return None
+    counts = {n: 0 for n in names}
+    found = False
+    for txt in label_dir.glob("*.txt"):
+        found = True
+        for row in txt.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = row.split()
+            if parts and parts[0].isdigit() and int(parts[0]) < len(names):
+                counts[names[int(parts[0])]] += 1
+    return counts if found else None
+
+
+def run(config: AnalyzeConfig) -> AnalyzeResult:
+    from toolkit.analysis import analyze_memory_bank
+    from toolkit.memory_bank import parse_date_bound, read_memory_bank
+    from toolkit.reports import report_path, timestamp
+
+    workspace = Workspace.at(config.root)
+    band, iou, settings = resolve_config(config, workspace)
+    bank_path = Path(config.memory_bank).expanduser().resolve() if config.memory_bank else workspace.detections
+    since = parse_date_bound(config.since) if config.since else None
+    until = parse_date_bound(config.until, end=True) if config.until else None
+    if since is not None and until is not None and since >= until:
+        raise UserError(f"--since {config.since} is not before --until {config.until}")
+    scanned = None
+    if config.scan is not None:
+        from toolkit.memory_bank import scan_folder
+
+        scanned = scan_folder(workspace, Path(config.scan), Path(config.scan_model or workspace.production_model),
+                              bank_path, batch=config.scan_batch, conf=config.scan_conf)
+    bank = read_memory_bank(bank_path, since=since, until=until, model_version=config.model_version)
+    logger.info("memory bank %s: %d record(s), %d malformed (skipped), %d outside the filters",
+                bank_path, bank.records, bank.skipped, bank.filtered_out)
+    for item in bank.malformed.items[:10]:
+        logger.warning("line %d skipped: %s", item["line"], item["reason"])
+    names = known_classes(workspace)
+    analysis = analyze_memory_bank(bank, band, iou, dataset_instances(workspace, names), names)
+
+    stamp = timestamp()
+    export = None
+    if config.export > 0:
+        from toolkit.analysis import export_for_labelling
+
+        export = export_for_labelling(workspace, bank, analysis, config.export, stamp,
+                                      int(settings["dataset"]["near_duplicate_bits"]))
+    json_path = report_path(workspace, "analyze", stamp)
+    plots = write_plots(analysis, json_path)
+    result = AnalyzeResult(
+        memory_bank=bank_path, format=bank.fmt, records=bank.records, skipped_records=bank.skipped,
+        malformed=tuple(bank.malformed.items), filtered_out=bank.filtered_out, uncertain=band, iou_match=iou,
+        reviewed_images=analysis.reviewed_images, weeks=tuple(analysis.weeks), model_versions=tuple(analysis.versions),
+        classes=analysis.classes, priorities=tuple(analysis.priorities),
+        exported=export.exported if export else 0, export_dir=export.export_dir if export else None,
+        incoming_batch=export.incoming_batch if export else None,
+        reviewed_exported=export.reviewed_exported if export else 0,
+        near_duplicates_skipped=export.near_duplicates if export else 0,
+        missing_images=tuple(export.missing[:LIST_CAP]) if export else (),
+        missing_images_count=len(export.missing) if export else 0,
+        scanned=scanned, report=json_path, plots=tuple(plots))
+    from toolkit.reports import write_report
+
+    write_report(json_path, result, markdown_report(result))
+    return result
+
+
+def write_plots(analysis, json_path: Path) -> list[Path]:
+    """Confidence histogram per class, weekly trend, reviewed precision/recall (PNG, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+    names = [n for n, s in analysis.classes.items() if s["detections"] or s["reviewed"]["tp"] + s["reviewed"]["fn"]]
+    if not names:
+        return paths
+    stem = json_path.with_suffix("")
+    cols = min(3, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    lo, hi = analysis.uncertain
+    for ax, name in zip(axes.flat, names):
+        hist = analysis.classes[name]["confidence_histogram"]
+        ax.bar([b + 0.05 for b in hist["bins"][:-1]], hist["counts"], width=0.09, color="#4878a8")
+        ax.axvspan(lo, hi, color="#f0a030", alpha=0.2, label="uncertain band")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlim(0, 1)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Confidence of detections per class")
+    fig.tight_layout()
+    paths.append(_save(fig, Path(f"{stem}_confidence.png"), plt))
+
+    if len(analysis.weeks) >= 1:
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(analysis.weeks) + 3), 6), sharex=True)
+        x = range(len(analysis.weeks))
+        for name in names:
+            weeks = analysis.classes[name]["by_week"]
+            ax1.plot(x, [weeks[w]["mean_confidence"] if weeks[w]["mean_confidence"] is not None else float("nan")
+                         for w in analysis.weeks], marker="o", label=name)
+            ax2.plot(x, [weeks[w]["per_100_images"] for w in analysis.weeks], marker="o", label=name)
+        ax1.set_ylabel("mean confidence")
+        ax2.set_ylabel("detections / 100 images")
+        ax2.set_xticks(list(x), analysis.weeks, rotation=45, ha="right", fontsize=8)
+        ax1.legend(fontsize=7, ncol=3)
+        fig.suptitle("Weekly trend per class")
+        fig.tight_layout()
+        paths.append(_save(fig, Path(f"{stem}_weekly.png"), plt))
+
+    if analysis.reviewed_images:
+        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.5))
+        pos = range(len(names))
+        prec = [analysis.classes[n]["reviewed"]["precision"] or 0.0 for n in names]
+        rec = [analysis.classes[n]["reviewed"]["recall"] or 0.0 for n in names]
+        ax.bar([p - 0.2 for p in pos], prec, width=0.4, label="precision")
+        ax.bar([p + 0.2 for p in pos], rec, width=0.4, label="recall")
+        ax.set_xticks(list(pos), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+        ax.set_title(f"Reviewed precision / recall ({analysis.reviewed_images} reviewed images)")
+        fig.tight_layout()
+        paths.append(_save(fig, Path(f"{stem}_reviewed.png"), plt))
+    return paths
+
+
+def _save(fig, path: Path, plt) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def markdown_report(result: AnalyzeResult) -> str:
+    from toolkit.reports import markdown_table
+
+    lo, hi = result.uncertain
+    lines = [f"# Memory-bank analysis", "",
+             f"- memory bank: `{result.memory_bank}` ({result.format})",
+             f"- records analysed: {result.records}; malformed and skipped: {result.skipped_records}; "
+             f"outside the filters: {result.filtered_out}",
+             f"- reviewed images: {result.reviewed_images}; uncertain band: {lo:.2f}-{hi:.2f}; "
+             f"IoU match: {result.iou_match:.2f}",
+             f"- weeks: {result.weeks[0]} to {result.weeks[-1]}" if result.weeks else "- weeks: none",
+             f"- model versions: {', '.join(result.model_versions) or 'none'}", ""]
+    if result.scanned is not None:
+        lines += [f"Scanned {result.scanned} image(s) with the production model first.", ""]
+    lines += ["## Priorities", ""]
+    rows = [[i + 1, p["class"], p["score"], p["images_needed"], "; ".join(p["reasons"])]
+            for i, p in enumerate(result.priorities)]
+    lines += [markdown_table(["rank", "class", "score", "images needed", "reasons"], rows), ""]
+    lines += ["## Per class", ""]
+    rows = []
+    for name, s in result.classes.items():
+        rev = s["reviewed"]
+        rows.append([name, s["detections"], s["images"], _fmt(s["mean_confidence"]),
+                     _fmt(s["uncertain_share"], "{:.0%}"), _fmt(rev["precision"]), _fmt(rev["recall"]),
+                     rev["tp"], rev["fp"], rev["fn"],
+                     ", ".join(f"{k}: {v}" for k, v in s["confusions"].items()) or "-",
+                     "-" if s["dataset_instances"] is None else s["dataset_instances"]])
+    lines += [markdown_table(["class", "detections", "images", "mean conf", "uncertain", "precision", "recall",
+                              "tp", "fp", "fn", "detected as", "dataset instances"], rows), ""]
+    if result.exported or result.export_dir or result.incoming_batch:
+        lines += ["## Export", "",
+                  f"- {result.exported} image(s) to label in `{result.export_dir}` (selection.csv says why)",
+                  f"- {result.reviewed_exported} reviewed image(s) as a labelled batch in `{result.incoming_batch}`",
+                  f"- near-duplicates skipped: {result.near_duplicates_skipped}; missing image files: "
+                  f"{result.missing_images_count}", ""]
+        lines += [f"  - missing: `{m}`" for m in result.missing_images[:20]]
+        lines.append("")
+    if result.malformed:
+        lines += ["## Malformed records (skipped)", ""]
+        lines += [f"- line {m['line']}: {m['reason']}" for m in result.malformed[:50]]
+        if result.skipped_records > 50:
+            lines.append(f"- ... {result.skipped_records - 50} more (all in the JSON report, up to {LIST_CAP})")
+        lines.append("")
+    for plot in result.plots:
+        lines += [f"![{plot.stem}]({plot.name})", ""]
+    return "\n".join(lines)
+
+
+def describe(result: AnalyzeResult) -> str:
+    lines = [f"Analysed {result.records} record(s) from {result.memory_bank} "
+             f"({result.skipped_records} malformed skipped, {result.reviewed_images} reviewed)"]
+    if result.scanned is not None:
+        lines.append(f"  scanned {result.scanned} image(s) into the memory bank first")
+    lines.append("Priorities (label these classes first):")
+    for p in result.priorities[:10]:
+        lines.append(f"  {p['score']:6.1f}  {p['class']}: ~{p['images_needed']} image(s)")
+        lines += [f"          - {r}" for r in p["reasons"]]
+    if result.export_dir:
+        lines.append(f"Exported {result.exported} image(s) to label: {result.export_dir}")
+    if result.incoming_batch:
+        lines.append(f"Reviewed images as a labelled batch: {result.incoming_batch} "
+                     "(import it with dataset_preparer.py)")
+    if result.missing_images_count:
+        lines.append(f"  {result.missing_images_count} image file(s) not found (listed in the report)")
+    lines.append(f"Report: {result.report}")
+    return "\n".join(lines)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = build_parser(__doc__, prog="training_analyzer.py")
+    parser.add_argument("--memory-bank", type=Path, help="memory bank file: .jsonl, .json, .csv or SQLite "
+                        "(default ROOT/memory-bank/detections.jsonl)")
+    parser.add_argument("--since", help="only records from this date / ISO timestamp on")
+    parser.add_argument("--until", help="only records up to this date (inclusive) / ISO timestamp")
+    parser.add_argument("--model-version", help="only records of this production model version")
+    parser.add_argument("--uncertain", help="confidence band lo,hi where the model is unsure "
+                        "(default: training.yaml analyzer.uncertain, 0.25,0.6)")
+    parser.add_argument("--iou-match", type=float, help="IoU at which a detection matches a reviewed label "
+                        "(default: training.yaml analyzer.iou_match, 0.5)")
+    parser.add_argument("--export", type=int, default=0, metavar="N",
+                        help="copy N images to label to training/to_label/<stamp>/ (and reviewed images to incoming/)")
+    parser.add_argument("--scan", type=Path, metavar="DIR",
+                        help="first run the production model over these images and log them to the memory bank")
+    parser.add_argument("--scan-model", type=Path, help="model for --scan (default ROOT/yolov8_model.pt)")
+    parser.add_argument("--scan-batch", type=int, default=16, help="images per inference batch for --scan")
+    parser.add_argument("--scan-conf", type=float, default=0.25, help="lowest confidence --scan logs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+
+    def execute(a: argparse.Namespace) -> AnalyzeResult:
+        return run(AnalyzeConfig(root=Workspace.at(a.root).root, memory_bank=a.memory_bank, since=a.since,
+                                 until=a.until, model_version=a.model_version, uncertain=parse_band(a.uncertain),
+                                 export=a.export, scan=a.scan, scan_model=a.scan_model, iou_match=a.iou_match,
+                                 scan_batch=a.scan_batch, scan_conf=a.scan_conf))
+
+    return run_main(args, execute, describe)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
