@@ -1,0 +1,392 @@
+"""Train or fine-tune the YOLOv8 defect model on the managed dataset, offline, and leave a readable run.
+
+Starting point (--from): "production" fine-tunes ROOT/yolov8_model.pt (the default when it
+exists), "scratch" builds the architecture of training.yaml (training.arch), a PATH starts from
+any .pt checkpoint (e.g. an earlier run's weights/best.pt).
+
+Training always uses the whole managed dataset (old + new images, training/configs/dataset.yaml),
+never the new images alone: a model fine-tuned only on new images forgets what it knew about the
+old ones (catastrophic forgetting), so its score on the fixed test split drops.
+
+Settings: built-in defaults < training/configs/training.yaml (section training:) < flags; any
+other ultralytics argument with --set key=value (checked against ultralytics' own list).
+A dataset whose classes differ from the starting model's is an error showing both lists, unless
+--new-classes is given: then the class layers of the head start afresh and the rest is kept.
+
+Each run gets its own folder training/runs/<UTC stamp>-<name>/ (never overwritten): settings.yaml
+(the resolved settings), epochs.jsonl (one record per epoch: losses, precision, recall, mAP50,
+mAP50-95, lr, seconds, ETA), weights/best.pt and last.pt, summary.json, report.md + curves.png.
+On a terminal ultralytics shows its progress bars; otherwise (scheduled runs) the log has one
+line per epoch. Nothing is downloaded or waited on: the run works with no network.
+
+Usage:
+    python train_yolov8.py --root D:/inspection                       # fine-tune production
+    python train_yolov8.py --root ./ws --from scratch --epochs 150 --imgsz 640
+    python train_yolov8.py --root ./ws --device 0,1,2,3 --batch 64    # 4 GPUs (ultralytics DDP)
+    python train_yolov8.py --root ./ws --time-limit 6 --name nightly  # stop cleanly after 6 hours
+    python train_yolov8.py --root ./ws --set lr0=0.005 --set cos_lr=true
+    python train_yolov8.py --root ./ws --resume                       # continue the last interrupted run
+    python train_yolov8.py --root ./ws --from training/runs/<run>/weights/best.pt   # train further
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.cli import build_parser, run_main, to_jsonable
+from toolkit.config import resolve_settings
+from toolkit.datafile import read_class_names
+from toolkit.errors import UserError
+from toolkit.files import atomic_write_json, atomic_write_text
+from toolkit.layout import Workspace
+from toolkit import training as tr
+
+logger = logging.getLogger(__name__)
+
+# Settings a resumed run may change (ultralytics keeps the checkpoint's values for the others).
+_RESUME_ALLOWED = ("device", "workers", "batch", "patience", "time_limit")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    root: Path
+    start_from: str | Path | None = None  # --from production | scratch | PATH.pt
+    data: Path | None = None              # --data: default ROOT/training/configs/dataset.yaml
+    epochs: int | None = None
+    imgsz: int | None = None
+    batch: int | None = None
+    device: str | None = None             # "cpu", "0", "0,1,2,3"
+    workers: int | None = None
+    patience: int | None = None           # epochs without val improvement before stopping
+    seed: int | None = None
+    time_limit: float | None = None       # hours; 0 = none
+    name: str | None = None               # run folder suffix (default "train")
+    extra: Any = ()                       # --set pairs: ("lr0=0.01",) or (("lr0", 0.01),) or a dict
+    new_classes: bool = False             # --new-classes
+    resume: str | Path | bool | None = None  # --resume [RUN]: True/"last" = newest interrupted run
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    best: Path
+    last: Path
+    epochs_completed: int
+    epochs_planned: int
+    metrics: dict            # map50, map50_95, precision, recall of best.pt on the val split
+    seconds: float           # wall time of this call
+    start_from: str          # the checkpoint or architecture yaml the run started from
+    start_mode: str          # production | scratch | path | resume
+    classes: tuple[str, ...]
+    stopped_early: bool
+    stop_reason: str         # completed | early_stopping | time_limit | time_budget
+    resumed: bool
+    device: str
+    data: Path
+    report: Path
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ----------------------------------------------------------------------------- settings
+def _flags(config: TrainConfig) -> dict[str, Any]:
+    start = config.start_from
+    return {"training": {
+        "start_from": str(start) if start is not None else None, "epochs": config.epochs, "imgsz": config.imgsz,
+        "batch": config.batch, "device": None if config.device is None else str(config.device),
+        "workers": config.workers, "patience": config.patience, "seed": config.seed,
+        "time_limit": config.time_limit,
+    }}
+
+
+def resolve_start(workspace: Workspace, start_from: str, arch: str) -> tuple[str, str]:
+    """``(mode, model)``: mode production | scratch | path; model a .pt path or a yaml name."""
+    value = (start_from or "").strip()
+    if value == "":
+        value = "production" if workspace.production_model.exists() else "scratch"
+    if value == "production":
+        if not workspace.production_model.exists():
+            raise UserError(f"--from production: no production model at {workspace.production_model}; "
+                            "use --from scratch or --from PATH.pt")
+        return "production", str(workspace.production_model)
+    if value == "scratch":
+        arch = str(arch).strip()
+        if not arch.endswith((".yaml", ".yml")):
+            raise UserError(f"training.arch {arch!r} in training.yaml must be an architecture yaml such as yolov8n.yaml")
+        return "scratch", arch
+    path = Path(value).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = workspace.root / path
+    if not path.is_file():
+        raise UserError(f"--from {start_from}: no such file; give production, scratch or the path of a .pt checkpoint")
+    if path.suffix != ".pt":
+        raise UserError(f"--from {start_from}: expected a .pt checkpoint (or production / scratch)")
+    return "path", str(path.resolve())
+
+
+def _check_dataset(data: Path) -> list[str]:
+    if not data.is_file():
+        raise UserError(f"no dataset file at {data}; run setup_training.py and dataset_preparer.py first "
+                        "(or pass --data DATA.yaml)")
+    classes = read_class_names(data)
+    import yaml
+
+    spec = yaml.safe_load(data.read_text(encoding="utf-8")) or {}
+    base = Path(spec.get("path") or data.parent)
+    if not base.is_absolute():
+        base = (data.parent / base).resolve()
+    for split in ("train", "val"):
+        entry = spec.get(split)
+        if not entry:
+            raise UserError(f"{data} has no '{split}:' entry; regenerate it with dataset_preparer.py")
+        folder = Path(entry) if Path(entry).is_absolute() else base / entry
+        if folder.is_dir() and not any(p.is_file() for p in folder.iterdir()):
+            raise UserError(f"the {split} split has no images ({folder}); import labelled images with "
+                            "dataset_preparer.py first")
+    return classes
+
+
+def _names(model) -> list[str]:
+    names = model.names
+    return [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+
+
+# ----------------------------------------------------------------------------- run
+def run(config: TrainConfig) -> TrainResult:
+    """Train one run (or resume one) and return what the next stage needs."""
+    workspace = Workspace.at(config.root)
+    from toolkit.offline import prepare_ultralytics
+
+    # ultralytics' first import in a fresh workspace announces its new settings file on stdout,
+    # where --json wants one object only; its logger keeps the stream it finds at import.
+    with contextlib.redirect_stdout(sys.stderr):
+        prepare_ultralytics(workspace.cache / "ultralytics")
+    if config.resume not in (None, False):
+        return _resume(workspace, config)
+
+    settings = resolve_settings(workspace.training_yaml, _flags(config))
+    ts = settings["training"]
+    data = Path(config.data).expanduser().resolve() if config.data else workspace.dataset_yaml
+    classes = _check_dataset(data)
+    mode, start = resolve_start(workspace, ts["start_from"], ts["arch"])
+    name = tr.check_run_name(config.name or "train")
+    extra = tr.parse_extra(config.extra)
+
+    from ultralytics import YOLO
+
+    notes: list[str] = []
+    try:
+        model = YOLO(start)
+    except Exception as exc:
+        raise UserError(f"cannot load the starting model {start}: {exc}") from None
+    reinit_head = False
+    if mode != "scratch":
+        model_classes = _names(model)
+        if model_classes != classes:
+            if not config.new_classes:
+                raise UserError(f"the dataset's classes {classes} differ from the starting model's {model_classes} "
+                                f"({start}); fix the dataset, or pass --new-classes to train a new class head")
+            reinit_head = True
+            notes.append(f"new classes: {model_classes} -> {classes}; the class layers of the head were "
+                         "re-initialised, backbone, neck and box layers kept from the starting model")
+        elif config.new_classes:
+            notes.append("--new-classes ignored: the dataset has the starting model's classes")
+
+    args: dict[str, Any] = {
+        "data": str(data), "epochs": int(ts["epochs"]), "imgsz": int(ts["imgsz"]), "batch": ts["batch"],
+        "device": str(ts["device"]) if str(ts["device"]).strip() != "" else None,
+        "workers": int(ts["workers"]), "patience": int(ts["patience"]), "seed": int(ts["seed"]),
+        "cache": ts["cache"] if ts["cache"] not in ("", None, False) else False,
+        "optimizer": ts["optimizer"], **(ts.get("augment") or {}),
+    }
+    args.update(extra)
+    tr.validate_ultralytics_args(args, extra)
+    run_dir = tr.new_run_dir(workspace.runs, name)
+    args.update({"project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True})
+    saved = {"toolkit": {"start_mode": mode, "start_from": start, "data": str(data), "classes": classes,
+                         "new_classes": bool(reinit_head), "time_limit": float(ts["time_limit"] or 0),
+                         "name": name, "training": ts},
+             "ultralytics": args}
+    import yaml
+
+    atomic_write_text(run_dir / tr.SETTINGS_NAME, yaml.safe_dump(to_jsonable(saved), sort_keys=False))
+    logger.info("training run %s: from %s (%s), %d epochs at imgsz %d, %d classes", run_dir, start, mode,
+                args["epochs"], args["imgsz"], len(classes))
+    for note in notes:
+        logger.info(note)
+    return _train(model, args, run_dir, saved["toolkit"], resumed=False, notes=notes, reinit_head=reinit_head)
+
+
+def _resume(workspace: Workspace, config: TrainConfig) -> TrainResult:
+    given = [f for f in ("start_from", "data", "epochs", "imgsz", "seed", "name") if getattr(config, f) is not None]
+    if config.new_classes or tr.parse_extra(config.extra):
+        given.append("new_classes" if config.new_classes else "extra")
+    if given:
+        raise UserError(f"--resume continues a run with its own settings; drop {', '.join(given)} "
+                        f"(a resumed run may change only {', '.join(_RESUME_ALLOWED)}), or start a new run")
+    run_dir = tr.resolve_resume_dir(workspace.runs, config.resume)
+    import yaml
+
+    settings_file = run_dir / tr.SETTINGS_NAME
+    saved = yaml.safe_load(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+    toolkit_saved = dict(saved.get("toolkit") or {})
+    last = run_dir / "weights" / "last.pt"
+    from ultralytics import YOLO
+
+    try:
+        model = YOLO(str(last))
+    except Exception as exc:
+        raise UserError(f"cannot load {last} to resume: {exc}; start a new run with --from {last}") from None
+    ckpt = model.ckpt or {}
+    done = int(ckpt.get("epoch", -1)) + 1
+    planned = int((ckpt.get("train_args") or {}).get("epochs", 0))
+    if ckpt.get("optimizer") is None or done >= planned:
+        raise UserError(f"run {run_dir.name} is finished ({done} epochs), nothing to resume; to train further "
+                        f"start a new run with --from {run_dir / 'weights' / 'best.pt'}")
+    dropped = tr.truncate_epochs(run_dir / tr.EPOCHS_NAME, done)
+    if dropped:
+        logger.debug("dropped %d epoch record(s) past last.pt's epoch %d", dropped, done)
+    args: dict[str, Any] = {"resume": True, "save_dir": str(run_dir)}
+    data = toolkit_saved.get("data") or (saved.get("ultralytics") or {}).get("data")
+    if data:
+        args["data"] = data
+    for key in ("device", "workers", "batch", "patience"):
+        value = getattr(config, key)
+        if value is not None:
+            args[key] = str(value) if key == "device" else value
+    if config.time_limit is not None:
+        toolkit_saved["time_limit"] = float(config.time_limit)
+    toolkit_saved.setdefault("classes", _names(model))
+    toolkit_saved.setdefault("start_from", str(last))
+    toolkit_saved["start_mode"] = f"resume of {toolkit_saved.get('start_mode', 'a run')}"
+    logger.info("resuming run %s after epoch %d of %d", run_dir.name, done, planned)
+    return _train(model, args, run_dir, toolkit_saved, resumed=True, notes=[f"resumed after epoch {done}"],
+                  reinit_head=False)
+
+
+def _train(model, args: dict, run_dir: Path, info: dict, resumed: bool, notes: list[str],
+           reinit_head: bool) -> TrainResult:
+    from toolkit.progress import progress_enabled
+
+    show = progress_enabled() or logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    monitor = tr.EpochMonitor(run_dir / tr.EPOCHS_NAME, time_limit_hours=float(info.get("time_limit") or 0),
+                              reinit_class_head=reinit_head)
+    monitor.attach(model)
+    t0 = time.time()
+    try:
+        with tr.ultralytics_output(show_progress=show), tr.sigterm_as_interrupt():
+            returned = model.train(**args)
+    except KeyboardInterrupt:
+        logger.warning("training interrupted after epoch %d; its last saved epoch is in %s - continue with: "
+                       "python train_yolov8.py --root %s --resume %s", monitor.last_epoch,
+                       run_dir / "weights" / "last.pt", run_dir.parent.parent.parent, run_dir)
+        raise
+    seconds = time.time() - t0
+    trainer = getattr(model, "trainer", None)
+
+    records = tr.read_epochs(run_dir / tr.EPOCHS_NAME)
+    if not records:  # DDP: the callbacks ran in ultralytics' worker processes; use its results.csv
+        records = tr.epochs_from_results_csv(run_dir / "results.csv")
+        if records:
+            atomic_write_text(run_dir / tr.EPOCHS_NAME, "".join(json.dumps(r) + "\n" for r in records))
+    metrics = monitor.final_metrics
+    if metrics is None:
+        results = getattr(returned, "results_dict", returned if isinstance(returned, dict) else None)
+        metrics = tr.metrics_from_ultralytics(results)
+    epochs_completed = monitor.last_epoch or (records[-1]["epoch"] if records else 0)
+    epochs_planned = int(getattr(trainer, "epochs", 0) or args.get("epochs") or monitor.planned_epochs)
+    if monitor.stopped_by_time:
+        reason = "time_limit"
+    elif (trainer is not None and getattr(trainer.args, "time", None)) or args.get("time"):
+        reason = "time_budget"
+    elif epochs_completed < epochs_planned:
+        reason = "early_stopping"
+        notes.append(f"early stopping: no improvement for {monitor.patience} epochs after epoch {monitor.best_epoch}")
+    else:
+        reason = "completed"
+    if reason == "time_limit":
+        notes.append(f"time limit of {info.get('time_limit')} h reached: stopped after epoch {epochs_completed}")
+    best = run_dir / "weights" / "best.pt"
+    last = run_dir / "weights" / "last.pt"
+    if not best.is_file():
+        raise UserError(f"training ended without a best.pt in {run_dir / 'weights'}; see the log above")
+    device = str(getattr(trainer, "device", "") or args.get("device") or "")
+    result = TrainResult(
+        run_dir=run_dir, best=best, last=last, epochs_completed=int(epochs_completed),
+        epochs_planned=epochs_planned, metrics=metrics, seconds=round(seconds, 2),
+        start_from=str(info.get("start_from")), start_mode=str(info.get("start_mode")),
+        classes=tuple(info.get("classes") or ()), stopped_early=reason != "completed", stop_reason=reason,
+        resumed=resumed, device=device, data=Path(str(info.get("data") or args.get("data"))),
+        report=run_dir / tr.REPORT_NAME, notes=tuple(notes))
+    summary = to_jsonable(result)
+    curves = tr.plot_curves(records, run_dir / tr.CURVES_NAME)
+    atomic_write_text(result.report, tr.report_markdown(summary, records, curves.name if curves else None))
+    atomic_write_json(run_dir / tr.SUMMARY_NAME, summary)  # written last: its presence marks the run finished
+    logger.info("run finished (%s): %d epochs, best mAP50 %s mAP50-95 %s -> %s", reason, epochs_completed,
+                _fmt(metrics.get("map50")), _fmt(metrics.get("map50_95")), best)
+    return result
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def describe(result: TrainResult) -> str:
+    m = result.metrics
+    lines = [f"Training run {result.run_dir}",
+             f"  from:    {result.start_from} ({result.start_mode})",
+             f"  epochs:  {result.epochs_completed}/{result.epochs_planned} ({result.stop_reason}) "
+             f"in {tr.format_duration(result.seconds)} on {result.device or 'auto'}",
+             f"  best:    {result.best}",
+             f"  val:     mAP50 {_fmt(m.get('map50'))}  mAP50-95 {_fmt(m.get('map50_95'))}  "
+             f"P {_fmt(m.get('precision'))}  R {_fmt(m.get('recall'))}",
+             f"  report:  {result.report}"]
+    lines += [f"  note:    {n}" for n in result.notes]
+    lines.append("Next: compare the candidate with production on the test split (model_comparator.py)")
+    return "\n".join(lines)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = build_parser(__doc__, prog="train_yolov8.py")
+    parser.add_argument("--from", dest="start_from", metavar="production|scratch|PATH",
+                        help="starting point (default from training.yaml; empty: production if yolov8_model.pt exists)")
+    parser.add_argument("--data", type=Path, help="ultralytics data yaml (default: the managed dataset)")
+    parser.add_argument("--epochs", type=int, help="training epochs (training.yaml: training.epochs)")
+    parser.add_argument("--imgsz", type=int, help="image size in pixels")
+    parser.add_argument("--batch", type=int, help="images per batch (-1: as many as fit one GPU)")
+    parser.add_argument("--device", help="cpu | 0 | 0,1,2,3 (several GPUs: ultralytics DDP); default: GPU 0 if any")
+    parser.add_argument("--workers", type=int, help="data loader processes")
+    parser.add_argument("--patience", type=int, help="stop after this many epochs without val improvement (0: never)")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--time-limit", type=float, metavar="HOURS",
+                        help="stop cleanly at the first epoch end that would pass this many hours (best.pt kept)")
+    parser.add_argument("--name", help="run folder suffix: training/runs/<stamp>-NAME (default: train)")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other ultralytics training argument, e.g. --set lr0=0.005 (repeatable)")
+    parser.add_argument("--new-classes", action="store_true",
+                        help="allow a dataset whose classes differ from the starting model's (new class head)")
+    parser.add_argument("--resume", nargs="?", const="last", metavar="RUN",
+                        help="continue the last interrupted run, or the run folder RUN, from its last epoch")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+
+    def execute(a: argparse.Namespace) -> TrainResult:
+        return run(TrainConfig(root=Workspace.at(a.root).root, start_from=a.start_from, data=a.data,
+                               epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, device=a.device, workers=a.workers,
+                               patience=a.patience, seed=a.seed, time_limit=a.time_limit, name=a.name,
+                               extra=tuple(a.extra), new_classes=a.new_classes, resume=a.resume))
+
+    return run_main(args, execute, describe)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
