@@ -204,7 +204,8 @@ def _bbox(value: Any, what: str) -> tuple[float, float, float, float]:
         kind = type(v)
         if kind is not float and kind is not int:
             raise BadRecord(f"{what} bbox must hold 4 numbers, got {value!r:.60}")
-    if not (x2 > x1 and y2 > y1) or x1 < 0 or y1 < 0:
+    # a box a little outside the image (-0.5) is a sloppy logger, not nonsense: it is clipped on export
+    if not (x2 > x1 and y2 > y1):
         raise BadRecord(f"{what} bbox {value!r:.60} is not x1 < x2, y1 < y2 in pixels")
     return x1, y1, x2, y2
 
@@ -294,7 +295,7 @@ class _Reader:
         cols = self.cols
         class_ids = cols.class_ids
         c_cls, c_conf, c_box = cols.det_cls, cols.det_conf, cols.det_box
-        mark = len(c_cls)
+        mark, class_mark = len(c_cls), len(class_ids)
         # The hot loop: one try block, comparisons that raise TypeError on non-numbers; the
         # precise reason is worked out only for a bad detection (rare), in _detection_problem.
         # Appends go straight into the columns and are rolled back if the record turns out bad.
@@ -304,7 +305,7 @@ class _Reader:
                 conf = det["confidence"]
                 box = det["bbox"]
                 x1, y1, x2, y2 = box
-                if not (type(name) is str and name and 0.0 <= conf <= 1.0 and 0 <= x1 < x2 and 0 <= y1 < y2
+                if not (type(name) is str and name and 0.0 <= conf <= 1.0 and x1 < x2 and y1 < y2
                         and type(box) is list):
                     raise TypeError
                 cid = class_ids.get(name)
@@ -314,12 +315,12 @@ class _Reader:
                 c_conf.append(conf)
                 c_box.extend(box)
         except (KeyError, TypeError, ValueError):
-            del c_cls[mark:], c_conf[mark:], c_box[4 * mark:]
+            self._roll_back(mark, class_mark)
             raise BadRecord(_detection_problem(dets)) from None
         try:
             labels = self._review(obj.get("review"))
         except BadRecord:
-            del c_cls[mark:], c_conf[mark:], c_box[4 * mark:]
+            self._roll_back(mark, class_mark)
             raise
         # everything valid: append the record
         index = len(cols.image)
@@ -333,6 +334,13 @@ class _Reader:
         cols.det_start.append(len(c_cls))
         if labels is not None:
             cols.reviews[index] = labels
+
+    def _roll_back(self, mark: int, class_mark: int) -> None:
+        """Forget the detections (and class names) a record added before it turned out bad."""
+        cols = self.cols
+        del cols.det_cls[mark:], cols.det_conf[mark:], cols.det_box[4 * mark:]
+        while len(cols.class_ids) > class_mark:
+            cols.class_ids.popitem()  # dicts pop the newest entry first
 
     def _review(self, review: Any) -> list[tuple[int, float, float, float, float]] | None:
         if review is None:

@@ -1,0 +1,173 @@
+"""training_analyzer.py: matching, priorities, export, scan, the command line."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import training_analyzer
+from toolkit.analysis import images_needed, match_image, yolo_lines
+from toolkit.memory_bank import read_memory_bank
+from toolkit.synthetic import write_batch, write_memory_bank
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def line_workspace(tmp_path_factory):
+    """A workspace whose memory bank logs 120 generated images: crazing weak, patches hallucinated."""
+    root = tmp_path_factory.mktemp("analyzer_ws")
+    batch = write_batch(root / "line3", n_images=120, size=128, seed=3)
+    write_memory_bank(root / "memory-bank" / "detections.jsonl", batch, seed=3,
+                      weak_class="crazing", false_positive_class="patches", review_fraction=0.5)
+    return root, batch
+
+
+def test_match_image_greedy_by_iou_with_confusions_and_misses():
+    dets_cls = [0, 0, 1, 2]
+    dets = [(0, 0, 10, 10), (1, 1, 11, 11), (50, 50, 60, 60), (80, 80, 90, 90)]
+    labels_cls = [0, 2, 1]
+    labels = [(0, 0, 10, 10), (50, 50, 61, 61), (200, 200, 210, 210)]
+    matches, false_pos, missed, confusions = match_image(dets_cls, dets, labels_cls, labels, 0.5)
+    assert matches == [(0, 0)]                 # the exact box wins over the shifted one
+    assert confusions == [(2, 1)]              # class 1 detected where the label says class 2
+    assert sorted(false_pos) == [1, 2, 3]      # duplicate, confused, nothing there
+    assert sorted(missed) == [1, 2]            # the confused label and the one never detected
+
+
+def test_images_needed_grows_with_the_score_and_the_dataset():
+    assert images_needed(2.0, None) == 0
+    assert 0 < images_needed(20, None) < images_needed(60, None)
+    assert images_needed(60, 4000) > images_needed(60, 0)
+    assert images_needed(60, None) % 10 == 0
+
+
+def test_yolo_lines_clip_to_the_image():
+    text = yolo_lines([(1, -4.0, 10.0, 50.0, 30.0), (0, 5, 5, 5, 9)], 100, 50)
+    assert text == "1 0.250000 0.400000 0.500000 0.400000\n"  # the degenerate box is dropped
+
+
+def test_weak_and_false_positive_classes_rank_at_the_top(line_workspace):
+    root, _ = line_workspace
+    result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=root))
+    assert result.records == 120 and result.skipped_records == 0 and result.reviewed_images > 30
+    top = {p["class"]: p for p in result.priorities[:2]}
+    assert set(top) == {"crazing", "patches"}
+    assert result.priorities[2]["score"] < 0.5 * min(p["score"] for p in top.values())
+    crazing_reasons = " ".join(top["crazing"]["reasons"])
+    assert "uncertain band 0.25-0.60" in crazing_reasons and "% of crazing detections" in crazing_reasons
+    patches_reasons = " ".join(top["patches"]["reasons"])
+    assert "reviewed precision of patches" in patches_reasons and "false positives" in patches_reasons
+    assert top["crazing"]["images_needed"] > 0 and top["patches"]["images_needed"] > 0
+    stats = result.classes["patches"]
+    assert stats["reviewed"]["fp"] > stats["reviewed"]["tp"] * 0.5
+    assert result.classes["crazing"]["uncertain_share"] == 1.0
+    assert result.classes["crazing"]["reviewed"]["fn"] > 0
+    assert sum(result.classes["scratches"]["confidence_histogram"]["counts"]) == result.classes["scratches"]["detections"]
+    # the report: JSON with the DESIGN keys, markdown and the three plots
+    data = json.loads(result.report.read_text())
+    for key in ("records", "skipped_records", "classes", "priorities", "exported", "report"):
+        assert key in data
+    markdown = result.report.with_suffix(".md").read_text()
+    assert sum(line.startswith("| crazing |") for line in markdown.splitlines()) == 1   # per-class table
+    assert f"| 1 | {result.priorities[0]['class']} |" in markdown                     # priorities table
+    assert sorted(p.name.rsplit("_", 1)[-1] for p in result.plots) == ["confidence.png", "reviewed.png", "weekly.png"]
+    assert all(p.stat().st_size > 1000 for p in result.plots)
+    assert result.exported == 0 and not any((root / "training" / "to_label").glob("*"))
+
+
+def test_export_copies_prelabelled_images_and_reports_missing_ones(line_workspace, tmp_path):
+    root, batch = line_workspace
+    # a copy of the workspace whose source images exist only partly
+    ws = tmp_path / "ws"
+    shutil.copytree(root / "memory-bank", ws / "memory-bank")
+    src = tmp_path / "line3"
+    shutil.copytree(batch.root, src)
+    bank_file = ws / "memory-bank" / "detections.jsonl"
+    bank_file.write_text(bank_file.read_text().replace(str(batch.root), str(src)))
+    records = [json.loads(line) for line in bank_file.read_text().splitlines()]
+    gone = [r["image"] for i, r in enumerate(records) if i % 4 == 0]
+    for image in gone:
+        Path(image).unlink()
+    before = sorted(p.name for p in (src / "images").iterdir())
+
+    result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=ws, export=12))
+    assert result.exported == 12
+    out = result.export_dir
+    images = sorted((out / "images").iterdir())
+    assert len(images) == 12 and (out / "classes.txt").read_text().split() == list(result.classes)
+    by_image = {r["image"]: r for r in records}
+    rows = list(csv.DictReader(open(out / "selection.csv", newline="")))
+    assert len(rows) == 12 and all(r["reason"] for r in rows)
+    assert rows[0]["reason"].startswith("uncertain")
+    for row in rows:
+        record = by_image[row["source"]]
+        assert "review" not in record                     # reviewed images go to incoming instead
+        label = out / "labels" / (Path(row["file"]).stem + ".txt")
+        assert len(label.read_text().splitlines()) == len(record["detections"])
+        assert (out / row["file"]).read_bytes() == Path(row["source"]).read_bytes()
+    assert result.missing_images_count > 0 and set(result.missing_images) <= set(gone)
+    # reviewed images with a file became a labelled YOLO batch
+    reviewed = [r for r in records if "review" in r and r["image"] not in gone]
+    batch_dir = result.incoming_batch
+    assert batch_dir.parent == ws / "training" / "incoming" and result.reviewed_exported == len(reviewed)
+    assert len(list((batch_dir / "images").iterdir())) == len(reviewed)
+    for r in reviewed:
+        label = batch_dir / "labels" / (Path(r["image"]).stem + ".txt")
+        assert len(label.read_text().splitlines()) == len(r["review"]["labels"])
+    assert sorted(p.name for p in (src / "images").iterdir()) == before  # sources untouched
+    try:
+        from toolkit.labels import read_source
+    except ImportError:  # the preparer's reader is written in parallel
+        return
+    source = read_source(batch_dir, fmt="yolo")
+    assert source.class_names == tuple(result.classes) and len(source.images) == len(reviewed)
+    assert not source.problems and not any(i.problems for i in source.images)
+
+
+def test_scan_appends_schema_records_with_a_trained_model(tiny_model, tmp_path):
+    root = tmp_path / "ws"
+    root.mkdir()
+    shutil.copy(tiny_model, root / "yolov8_model.pt")
+    (root / "yolov8_model.json").write_text(json.dumps({"version": "7"}))
+    folder = tmp_path / "unlabelled"
+    write_batch(folder, n_images=10, size=64, seed=21)
+    result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=root, scan=folder / "images",
+                                                                   scan_batch=4, scan_conf=0.001))
+    assert result.scanned == 10 and result.records == 10 and result.skipped_records == 0
+    lines = (root / "memory-bank" / "detections.jsonl").read_text().splitlines()
+    assert len(lines) == 10
+    for line in lines:
+        record = json.loads(line)
+        assert record["source"] == "scan" and record["model_version"] == "7"
+        assert record["image_width"] == 64 and record["image_height"] == 64
+        assert Path(record["image"]).is_file()
+        for det in record["detections"]:
+            assert set(det) == {"class", "confidence", "bbox"} and 0 <= det["confidence"] <= 1
+    bank = read_memory_bank(root / "memory-bank" / "detections.jsonl")
+    assert bank.records == 10 and bank.skipped == 0 and len(bank.det_cls) > 0
+
+
+def test_main_json_and_user_errors(line_workspace, tmp_path, capsys):
+    root, _ = line_workspace
+    assert training_analyzer.main(["--root", str(root), "--json", "-q", "--since", "2026-03-10",
+                                   "--uncertain", "0.3,0.7"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["uncertain"] == [0.3, 0.7] and 0 < data["records"] < 120 and data["filtered_out"] > 0
+    assert training_analyzer.main(["--root", str(root), "--uncertain", "0.7,0.3"]) == 1
+    assert "uncertain band" in capsys.readouterr().err
+    assert training_analyzer.main(["--root", str(tmp_path / "empty")]) == 1
+    assert "memory bank not found" in capsys.readouterr().err
+
+
+def test_help_does_not_import_heavy_modules():
+    code = ("import sys; sys.argv=['x','--help']; import training_analyzer\n"
+            "try:\n    training_analyzer.main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'ultralytics', 'cv2', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
