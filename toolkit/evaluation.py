@@ -51,7 +51,7 @@ class EvalSettings:
     conf: float = 0.001
     iou: float = 0.7
     device: str = ""          # "" = first GPU if any, else cpu
-    speed_images: int = 32    # images timed for ms_per_image (after one warm-up batch)
+    speed_images: int = 16    # images timed for ms_per_image, per round (after a warm-up batch)
 
     @classmethod
     def from_settings(cls, evaluation: Mapping[str, Any]) -> "EvalSettings":
@@ -451,7 +451,7 @@ def _prepare_batch(paths: Sequence[Path], new_shape: tuple[int, int], imgsz: int
     return _Letterboxed(tensor, gains, pads)
 
 
-def _check_names(model_path: Path, model_names: Sequence[str], data_names: Sequence[str], data_yaml: Path) -> None:
+def check_names(model_path: Path, model_names: Sequence[str], data_names: Sequence[str], data_yaml: Path) -> None:
     model_names, data_names = list(model_names), list(data_names)
     if model_names == data_names:
         return
@@ -547,23 +547,38 @@ def run_inference(model: LoadedModel, data: SplitData, settings: EvalSettings,
     return ev
 
 
-def measure_speed(model: LoadedModel, data: SplitData, settings: EvalSettings) -> float:
-    """Milliseconds per image of network + NMS, after a warm-up batch, on the same images for every model.
+def measure_speeds(models: Sequence[LoadedModel], data: SplitData, settings: EvalSettings,
+                   rounds: int = 2) -> list[float]:
+    """Milliseconds per image (network + NMS) of each model, on the same images and batch size.
 
-    Measured afresh in every comparison (even when the accuracy comes from the cache), so the
-    slowdown ratio compares models under the same machine load.
+    Every model is warmed up first, then the models take turns over ``rounds`` rounds and each
+    keeps its fastest round: a load spike on a shared machine then hits no model in particular.
+    Measured afresh in every comparison (even when accuracy comes from the cache), so the
+    slowdown ratio compares models under the same conditions.
     """
-    imgsz = imgsz_for(settings, model.stride)
+    if not models:
+        return []
+    stride = max(m.stride for m in models)
+    imgsz = imgsz_for(settings, stride)
     n = min(len(data), settings.speed_images)
-    batches = rect_batches(data.shapes[:n], settings.batch, imgsz, model.stride)
-    prepared = [_prepare_batch([data.images[i] for i in idx], shape, imgsz, model.device) for idx, shape in batches]
-    model.forward(prepared[0].tensor, settings, 300)  # warm-up: allocations, kernel selection
-    model.synchronize()
-    start = time.perf_counter()
-    for lb in prepared:
-        model.forward(lb.tensor, settings, 300)
-    model.synchronize()
-    return (time.perf_counter() - start) * 1000 / n
+    batches = rect_batches(data.shapes[:n], settings.batch, imgsz, stride)
+    prepared = {}
+    for m in models:  # tensors per device, prepared once and outside the timed region
+        if str(m.device) not in prepared:
+            prepared[str(m.device)] = [_prepare_batch([data.images[i] for i in idx], shape, imgsz, m.device)
+                                       for idx, shape in batches]
+    for m in models:  # warm-up: allocations, kernel selection, lazy initialisation
+        m.forward(prepared[str(m.device)][0].tensor, settings, 300)
+        m.synchronize()
+    best = [math.inf] * len(models)
+    for _ in range(rounds):
+        for k, m in enumerate(models):
+            start = time.perf_counter()
+            for lb in prepared[str(m.device)]:
+                m.forward(lb.tensor, settings, 300)
+            m.synchronize()
+            best[k] = min(best[k], (time.perf_counter() - start) * 1000 / n)
+    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,46 +621,51 @@ def load_cached(path: Path, key: str, model_path: Path) -> ModelEvaluation | Non
         return None
 
 
-def evaluate(model_path: str | Path, data: SplitData, settings: EvalSettings, cache_dir: str | Path,
-             config_dir: str | Path, dataset_version: str, subset: int | None = None, use_cache: bool = True,
-             measure: bool = True, data_yaml: Path | None = None, progress=None) -> ModelEvaluation:
-    """Evaluate one model on ``data`` (from the cache when an identical evaluation exists)."""
-    model_path = Path(model_path).resolve()
-    if not model_path.is_file():
-        raise UserError(f"model file not found: {model_path} (give the path of a YOLOv8 .pt file)")
-    sha = sha256_file(model_path)
-    model = LoadedModel(model_path, settings, Path(config_dir))
-    _check_names(model_path, model.names, data.names, data_yaml or Path("the data yaml"))
+def evaluate(model: LoadedModel, data: SplitData, settings: EvalSettings, cache_dir: str | Path,
+             dataset_version: str, subset: int | None = None, use_cache: bool = True,
+             progress=None) -> ModelEvaluation:
+    """Evaluate one loaded model on ``data``, from the cache when an identical evaluation exists."""
+    sha = sha256_file(model.path)
     key = cache_key(sha, data, settings, dataset_version, subset, model.device.type)
     cache_file = Path(cache_dir) / f"{sha[:16]}_{key[:16]}.npz"
-    ev = load_cached(cache_file, key, model_path) if use_cache else None
+    ev = load_cached(cache_file, key, model.path) if use_cache else None
     if ev is not None:
-        logger.info("%s: evaluation reused from the cache (%s)", model_path.name, cache_file.name)
-    else:
-        logger.info("%s: evaluating on %d %s images", model_path.name, len(data), data.split)
-        ev = run_inference(model, data, settings, progress=progress)
-        ev.sha256 = sha
-        if use_cache:
-            save_cached(cache_file, ev, key)
-            ev.cache_file = cache_file
-    if measure:
-        ev.ms_per_image = measure_speed(model, data, settings)
+        logger.info("%s: evaluation reused from the cache (%s)", model.path.name, cache_file.name)
+        return ev
+    logger.info("%s: evaluating on %d %s images", model.path.name, len(data), data.split)
+    ev = run_inference(model, data, settings, progress=progress)
+    ev.sha256 = sha
+    if use_cache:
+        save_cached(cache_file, ev, key)
+        ev.cache_file = cache_file
     return ev
+
+
+def load_model(path: str | Path, data: SplitData, settings: EvalSettings, config_dir: str | Path,
+               data_yaml: Path | None = None) -> LoadedModel:
+    """Load a checkpoint for evaluation; a UserError when its classes differ from the dataset's."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise UserError(f"model file not found: {path} (give the path of a YOLOv8 .pt file)")
+    model = LoadedModel(path, settings, Path(config_dir))
+    check_names(path, model.names, data.names, data_yaml or Path("the data yaml"))
+    return model
 
 
 def evaluate_model(path: str | Path, data_yaml: str | Path, split: str, settings: Mapping[str, Any],
                    cache_dir: str | Path, subset: int | None = None, use_cache: bool = True,
-                   config_dir: str | Path | None = None) -> dict[str, Any]:
-    """The per-model entry of a comparison for one model (what the pipeline needs after training).
+                   config_dir: str | Path | None = None, dataset_version: str | None = None) -> dict[str, Any]:
+    """The per-model entry of a comparison, for one model (what the pipeline needs after training).
 
-    ``settings`` is the resolved settings dict (its ``evaluation:`` section) or that section itself.
+    ``settings``: the resolved settings (its ``evaluation:`` section is used) or that section.
     """
-    evaluation = settings.get("evaluation", settings)
-    eval_settings = EvalSettings.from_settings(evaluation)
+    eval_settings = EvalSettings.from_settings(settings.get("evaluation", settings))
     data = load_split(data_yaml, split, subset)
     config_dir = Path(config_dir) if config_dir else Path(cache_dir).parent / "ultralytics"
-    ev = evaluate(path, data, eval_settings, cache_dir, config_dir, dataset_version="sha-" + data.fingerprint[:12],
-                  subset=subset, use_cache=use_cache, data_yaml=Path(data_yaml))
+    model = load_model(path, data, eval_settings, config_dir, Path(data_yaml))
+    ev = evaluate(model, data, eval_settings, cache_dir, dataset_version or "sha-" + data.fingerprint[:12],
+                  subset=subset, use_cache=use_cache)
+    ev.ms_per_image = measure_speeds([model], data, eval_settings)[0]
     return model_entry(ev, role="candidate")
 
 

@@ -1,0 +1,276 @@
+"""Compare candidate models with the production model on the same held-out split, and decide.
+
+Every model is scored on the same split (default: test) of the managed dataset with identical
+settings (imgsz, conf, iou, batch, device), exactly as `ultralytics val` scores it: mAP50,
+mAP50-95, precision, recall, and the same per class; speed in ms per image after a warm-up.
+A paired bootstrap over the test images (1000+ resamples, no re-inference) gives the 95%
+interval of each candidate's gain. The promotion rules of training.yaml (`promotion:`) then
+decide, and the reasons say why in words, naming every class that regressed.
+A model's evaluation is cached (by its sha256, the dataset version, split and settings), so a
+nightly run does not evaluate an unchanged production model again.
+Report: training/reports/compare_<time>.json, .md and .png (per-class AP50 side by side).
+Nothing is promoted here: training_pipeline.py promotes the winner.
+
+Usage:
+    python model_comparator.py --candidates training/runs/train/weights/best.pt
+    python model_comparator.py --root D:/inspection --production old.pt --candidates a.pt b.pt --json
+    python model_comparator.py --candidates best.pt --data other/data.yaml --split val --subset 60
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from toolkit.cli import build_parser, run_main
+from toolkit.config import resolve_settings
+from toolkit.decision import PromotionRules, decide, judge_candidate
+from toolkit.errors import UserError
+from toolkit.layout import Workspace
+from toolkit.progress import progress_bar
+from toolkit.reports import markdown_table, report_path, timestamp, write_report
+
+logger = logging.getLogger(__name__)
+
+BOOTSTRAP_SEED = 0  # fixed: the same inputs give the same interval, night after night
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    root: Path
+    production: Path | None = None          # --production (default ROOT/yolov8_model.pt)
+    candidates: tuple[Path, ...] = ()       # --candidates PATH...
+    data: Path | None = None                # --data (default training/configs/dataset.yaml)
+    split: str | None = None                # --split; None: training.yaml evaluation.split
+    imgsz: int | None = None
+    batch: int | None = None
+    conf: float | None = None
+    iou: float | None = None
+    device: str | None = None
+    subset: int | None = None               # --subset N: first N images of the split, by name
+    resamples: int | None = None            # --resamples; None: promotion.bootstrap_resamples
+    use_cache: bool = True                  # --no-cache evaluates every model again
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    split: str
+    images: int
+    dataset_version: str
+    models: tuple[dict[str, Any], ...]      # production first, then the candidates
+    winner: str
+    decision: dict[str, Any]                # promote, reasons, gain, ci95, metric, candidates
+    report: Path
+    markdown: Path
+    chart: Path | None
+    data: Path
+    settings: dict[str, Any]
+    skipped: tuple[dict[str, str], ...]     # images left out of the split, with the reason
+    seconds: float
+
+
+def dataset_version_of(workspace: Workspace, data_yaml: Path, fingerprint: str) -> str:
+    """The manifest's version for the managed dataset, else a hash of the split's files and labels."""
+    if data_yaml.resolve() == workspace.dataset_yaml.resolve() and workspace.manifest.is_file():
+        try:
+            version = json.loads(workspace.manifest.read_text(encoding="utf-8")).get("version")
+        except (OSError, ValueError):
+            version = None
+        if version is not None:
+            return str(version)
+    return "sha-" + fingerprint[:12]
+
+
+def _resolve_models(workspace: Workspace, config: CompareConfig) -> tuple[Path | None, list[Path]]:
+    candidates = [Path(c).expanduser().resolve() for c in config.candidates]
+    for c in candidates:
+        if not c.is_file():
+            raise UserError(f"candidate model not found: {c}; give the path of a trained .pt (e.g. a run's weights/best.pt)")
+    if config.production is not None:
+        production = Path(config.production).expanduser().resolve()
+        if not production.is_file():
+            raise UserError(f"production model not found: {production}; fix --production or leave it out")
+        return production, candidates
+    if workspace.production_model.is_file():
+        return workspace.production_model, candidates
+    if not candidates:
+        raise UserError(f"no production model at {workspace.production_model} and no --candidates: nothing to compare")
+    logger.info("no production model at %s: scoring the candidates only", workspace.production_model)
+    return None, candidates
+
+
+def run(config: CompareConfig, progress: Callable | None = None) -> CompareResult:
+    from toolkit import evaluation as ev_mod
+    from toolkit.offline import prepare_ultralytics
+
+    started = time.perf_counter()
+    workspace = Workspace.at(config.root)
+    flags = {"evaluation": {"split": config.split, "imgsz": config.imgsz, "batch": config.batch,
+                            "conf": config.conf, "iou": config.iou, "device": config.device},
+             "promotion": {"bootstrap_resamples": config.resamples}}
+    settings = resolve_settings(workspace.training_yaml, flags)
+    eval_settings = ev_mod.EvalSettings.from_settings(settings["evaluation"])
+    rules = PromotionRules.from_settings(settings["promotion"])
+    split = str(settings["evaluation"]["split"])
+    data_yaml = Path(config.data).expanduser().resolve() if config.data else workspace.dataset_yaml
+    production_path, candidate_paths = _resolve_models(workspace, config)
+
+    data = ev_mod.load_split(data_yaml, split, config.subset)
+    version = dataset_version_of(workspace, data_yaml, data.fingerprint)
+    config_dir = workspace.cache / "ultralytics"
+    prepare_ultralytics(config_dir)
+    paths = ([production_path] if production_path else []) + candidate_paths
+    roles = (["production"] if production_path else []) + ["candidate"] * len(candidate_paths)
+    # every model is loaded (and its classes checked) before the first long inference pass
+    models = [ev_mod.load_model(p, data, eval_settings, config_dir, data_yaml) for p in paths]
+    bar = progress or (lambda it, n, name: progress_bar(it, total=n, desc=name))
+    evaluations = []
+    for model in models:
+        evaluations.append(ev_mod.evaluate(model, data, eval_settings, workspace.cache / "evaluations", version,
+                                           subset=config.subset, use_cache=config.use_cache,
+                                           progress=lambda it, n, name=model.path.name: bar(it, n, name)))
+    logger.info("measuring speed on %d images per model", min(len(data), eval_settings.speed_images))
+    for ev, ms in zip(evaluations, ev_mod.measure_speeds(models, data, eval_settings)):
+        ev.ms_per_image = ms
+    entries = [ev_mod.model_entry(ev, role) for ev, role in zip(evaluations, roles)]
+
+    verdicts = []
+    production_entry = entries[0] if production_path else None
+    if production_entry is not None:
+        for ev, entry in zip(evaluations[1:], entries[1:]):
+            gains = ev_mod.paired_bootstrap(evaluations[0], ev, rules.metric, rules.bootstrap_resamples,
+                                            seed=BOOTSTRAP_SEED)
+            ci95 = ev_mod.interval95(gains)
+            entry["gain"], entry["ci95"] = entry[rules.metric] - production_entry[rules.metric], list(ci95)
+            verdicts.append(judge_candidate(production_entry, entry, rules, ci95))
+    decision = decide(production_entry, verdicts, rules, entries if production_entry is None else ())
+    winner = decision.pop("winner")
+    for line in decision["reasons"]:
+        logger.info("  %s", line)
+
+    json_path = report_path(workspace, "compare", timestamp())
+    chart = write_chart(json_path.with_suffix(".png"), entries, data.names)
+    result = CompareResult(
+        split=split, images=len(data), dataset_version=version, models=tuple(entries), winner=winner,
+        decision=decision, report=json_path, markdown=json_path.with_suffix(".md"), chart=chart,
+        data=data_yaml, settings={"evaluation": {**vars(eval_settings)}, "promotion": {**vars(rules)},
+                                  "subset": config.subset, "bootstrap_seed": BOOTSTRAP_SEED},
+        skipped=data.skipped, seconds=round(time.perf_counter() - started, 2))
+    write_report(json_path, result, markdown_report(result, data.names))
+    return result
+
+
+def write_chart(path: Path, entries: list[dict[str, Any]], names: tuple[str, ...]) -> Path | None:
+    """Per-class AP50 of every model side by side (PNG); None when matplotlib cannot draw."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # the numbers are in the JSON and markdown anyway
+        logger.warning("matplotlib unavailable: no chart written", exc_info=True)
+        return None
+    import numpy as np
+
+    x = np.arange(len(names))
+    width = 0.8 / max(len(entries), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(names) + 2), 4.2))
+    for k, entry in enumerate(entries):
+        values = [(entry["per_class"].get(n) or {}).get("ap50") or 0.0 for n in names]
+        label = f"{entry['role']}: {Path(entry['path']).name} (mAP50 {entry['map50']:.3f})"
+        bars = ax.bar(x - 0.4 + width * (k + 0.5), values, width, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylim(0, 1.15 + 0.07 * len(entries))  # headroom for the legend above the bars
+    ax.set_ylabel("AP50")
+    ax.set_title("Per-class AP50 on the same test images")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:
+    d = result.decision
+    verdict = "PROMOTE" if d["promote"] else "KEEP PRODUCTION"
+    lines = [f"# Model comparison: {verdict}", "",
+             f"Split `{result.split}` of `{result.data}`: {result.images} images, dataset version {result.dataset_version}.",
+             f"Settings: {', '.join(f'{k} {v}' for k, v in result.settings['evaluation'].items())}.", "",
+             "| role | model | mAP50 | mAP50-95 | precision | recall | ms/image | cached |", "|---|---|---|---|---|---|---|---|"]
+    for m in result.models:
+        ms = f"{m['ms_per_image']:.1f}" if m.get("ms_per_image") else "-"
+        lines.append(f"| {m['role']} | {Path(m['path']).name} | {m['map50']:.3f} | {m['map50_95']:.3f} | "
+                     f"{m['precision']:.3f} | {m['recall']:.3f} | {ms} | {'yes' if m['cached'] else 'no'} |")
+    headers = ["class"] + [f"{Path(m['path']).name} AP50" for m in result.models]
+    rows = [[n] + [(m["per_class"].get(n) or {}).get("ap50") for m in result.models] for n in names]
+    rows = [[r[0]] + ["-" if v is None else v for v in r[1:]] for r in rows]
+    lines += ["", "## Per-class AP50", "", markdown_table(headers, rows)]
+    if result.chart:
+        lines += [f"![per-class AP50]({result.chart.name})", ""]
+    lines += ["## Decision", "", f"Winner: `{result.winner}`", ""]
+    if d.get("gain") is not None and d.get("ci95"):
+        lines += [f"Gain on {d['metric']}: {d['gain']:+.3f}, 95% bootstrap interval "
+                  f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] ({result.settings['promotion']['bootstrap_resamples']} "
+                  "paired resamples of the images)", ""]
+    lines += [f"- {r}" for r in d["reasons"]]
+    if result.skipped:
+        lines += ["", "## Images left out", ""] + [f"- {s['path']}: {s['reason']}" for s in result.skipped]
+    return "\n".join(lines) + "\n"
+
+
+def describe(result: CompareResult) -> str:
+    lines = [f"{result.images} {result.split} images (dataset version {result.dataset_version})"]
+    for m in result.models:
+        ms = f"{m['ms_per_image']:.1f} ms/img" if m.get("ms_per_image") else ""
+        lines.append(f"  {m['role']:<10} {Path(m['path']).name:<28} mAP50 {m['map50']:.3f}  mAP50-95 "
+                     f"{m['map50_95']:.3f}  {ms}{'  (cached)' if m['cached'] else ''}")
+    d = result.decision
+    lines.append(("PROMOTE " + Path(result.winner).name) if d["promote"] else "KEEP production")
+    lines += [f"  - {r}" for r in d["reasons"]]
+    lines.append(f"Report: {result.report}")
+    return "\n".join(lines)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = build_parser(__doc__, prog="model_comparator.py")
+    parser.add_argument("--production", type=Path, help="production model (default: ROOT/yolov8_model.pt)")
+    parser.add_argument("--candidates", type=Path, nargs="+", default=[], metavar="PATH",
+                        help="candidate model(s) to compare with production")
+    parser.add_argument("--data", type=Path, help="ultralytics data yaml (default: training/configs/dataset.yaml)")
+    parser.add_argument("--split", help="split to score on (default: training.yaml evaluation.split, test)")
+    parser.add_argument("--imgsz", type=int, help="image size (default: training.yaml evaluation.imgsz)")
+    parser.add_argument("--batch", type=int, help="images per inference batch (default: evaluation.batch)")
+    parser.add_argument("--conf", type=float, help="confidence threshold; keep it low for mAP (default 0.001)")
+    parser.add_argument("--iou", type=float, help="NMS IoU threshold (default 0.7)")
+    parser.add_argument("--device", help='"cpu", "0", ... (default: evaluation.device, "" = GPU if any)')
+    parser.add_argument("--subset", type=int, help="score only the first N images of the split (by name): quick checks")
+    parser.add_argument("--resamples", type=int, help="bootstrap resamples (default: promotion.bootstrap_resamples)")
+    parser.add_argument("--no-cache", action="store_true", help="evaluate every model again, ignoring the cache")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+
+    def execute(a: argparse.Namespace) -> CompareResult:
+        # ultralytics prints to stdout (e.g. when it creates its settings file at first import):
+        # on the command line stdout belongs to --json, so anything printed goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            return run(CompareConfig(root=Workspace.at(a.root).root, production=a.production,
+                                     candidates=tuple(a.candidates), data=a.data, split=a.split, imgsz=a.imgsz,
+                                     batch=a.batch, conf=a.conf, iou=a.iou, device=a.device, subset=a.subset,
+                                     resamples=a.resamples, use_cache=not a.no_cache))
+
+    return run_main(args, execute, describe)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

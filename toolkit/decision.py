@@ -1,0 +1,157 @@
+"""Promotion rules: is a candidate better than production, and why (or why not), in words.
+
+The rules come from the ``promotion:`` section of training.yaml. A candidate passes when
+  - its gain on the decision metric (mAP50-95 by default) reaches ``min_gain``,
+  - the bootstrap 95% interval of that gain lies above zero (when ``require_significance``),
+  - no class's AP50 falls by more than ``max_class_drop``,
+  - it is at most ``max_slowdown`` times slower than production,
+  - and it is not the production file itself.
+The winner is the passing candidate with the highest metric; without one, production stays.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from toolkit.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("map50_95", "map50")
+_METRIC_LABEL = {"map50_95": "mAP50-95", "map50": "mAP50"}
+
+
+@dataclass(frozen=True)
+class PromotionRules:
+    metric: str = "map50_95"
+    min_gain: float = 0.005
+    max_class_drop: float = 0.05
+    require_significance: bool = True
+    bootstrap_resamples: int = 1000
+    max_slowdown: float = 1.5
+
+    @classmethod
+    def from_settings(cls, promotion: Mapping[str, Any]) -> "PromotionRules":
+        """From the ``promotion:`` section of the resolved settings, checked once."""
+        metric = str(promotion.get("metric", "map50_95")).replace("-", "_").lower()
+        if metric not in METRICS:
+            raise UserError(f"promotion metric {promotion.get('metric')!r} is unknown; use map50_95 or map50")
+        rules = cls(metric=metric, min_gain=float(promotion.get("min_gain", 0.005)),
+                    max_class_drop=float(promotion.get("max_class_drop", 0.05)),
+                    require_significance=bool(promotion.get("require_significance", True)),
+                    bootstrap_resamples=int(promotion.get("bootstrap_resamples", 1000)),
+                    max_slowdown=float(promotion.get("max_slowdown", 1.5)))
+        if rules.bootstrap_resamples < 100:
+            raise UserError(f"promotion bootstrap_resamples {rules.bootstrap_resamples} is too few for a 95% "
+                            "interval; use 1000 or more")
+        if rules.max_class_drop < 0 or rules.max_slowdown <= 0:
+            raise UserError("promotion max_class_drop must be >= 0 and max_slowdown > 0 (1.5 = 50% slower allowed)")
+        return rules
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One candidate judged against production."""
+
+    path: str
+    passes: bool
+    metric_value: float
+    gain: float
+    ci95: tuple[float, float] | None
+    reasons: tuple[str, ...]          # every failed rule, or why it passes
+    regressed_classes: tuple[str, ...]
+
+
+def judge_candidate(production: Mapping[str, Any], candidate: Mapping[str, Any], rules: PromotionRules,
+                    ci95: tuple[float, float] | None) -> Verdict:
+    """Apply every rule to ``candidate`` (model entries as in the comparison's ``models`` list)."""
+    label = _METRIC_LABEL[rules.metric]
+    before, after = float(production[rules.metric]), float(candidate[rules.metric])
+    gain = after - before
+    failures: list[str] = []
+    same_file = bool(candidate.get("sha256")) and candidate.get("sha256") == production.get("sha256")
+    if same_file:
+        failures.append("the candidate is the production model itself (same sha256): there is no gain to promote")
+    if gain < rules.min_gain:
+        failures.append(f"{label} changed by {gain:+.3f} ({before:.3f} -> {after:.3f}), below the required gain "
+                        f"of {rules.min_gain:.3f}")
+    if rules.require_significance and not same_file:
+        if ci95 is None:
+            failures.append("no bootstrap interval of the gain could be computed, and significance is required")
+        elif ci95[1] < 0:
+            failures.append(f"the candidate is significantly worse: the 95% bootstrap interval of the gain "
+                            f"[{ci95[0]:+.3f}, {ci95[1]:+.3f}] lies below zero")
+        elif ci95[0] <= 0:
+            failures.append(f"the gain is not significant: its 95% bootstrap interval [{ci95[0]:+.3f}, {ci95[1]:+.3f}] "
+                            "includes zero (more test images would narrow it)")
+    regressed = []
+    for name, prod_cls in production.get("per_class", {}).items():
+        cand_cls = candidate.get("per_class", {}).get(name) or {}
+        old, new = prod_cls.get("ap50"), cand_cls.get("ap50")
+        if old is None or new is None:
+            continue  # the class has no test instances: nothing to judge
+        drop = old - new
+        if drop > rules.max_class_drop + 1e-12:
+            regressed.append(name)
+            failures.append(f"{name} AP50 fell {drop:.3f} ({old:.3f} -> {new:.3f}), more than the allowed "
+                            f"{rules.max_class_drop:.2f}")
+    prod_ms, cand_ms = production.get("ms_per_image"), candidate.get("ms_per_image")
+    if prod_ms and cand_ms and cand_ms / prod_ms > rules.max_slowdown:
+        failures.append(f"inference is {cand_ms / prod_ms:.2f}x as slow as production ({cand_ms:.1f} vs "
+                        f"{prod_ms:.1f} ms/image), more than the allowed {rules.max_slowdown:.2f}x")
+    if failures:
+        return Verdict(str(candidate["path"]), False, after, gain, ci95, tuple(failures), tuple(regressed))
+    reasons = [f"{label} rose {gain:+.3f} ({before:.3f} -> {after:.3f}), at least the required {rules.min_gain:.3f}"]
+    if ci95 is not None:
+        reasons.append(f"the gain is significant: its 95% bootstrap interval [{ci95[0]:+.3f}, {ci95[1]:+.3f}] "
+                       "lies above zero" if ci95[0] > 0 else
+                       f"95% bootstrap interval of the gain [{ci95[0]:+.3f}, {ci95[1]:+.3f}] (significance not required)")
+    reasons.append(f"no class's AP50 fell by more than {rules.max_class_drop:.2f}")
+    if prod_ms and cand_ms:
+        reasons.append(f"speed {cand_ms:.1f} ms/image vs production {prod_ms:.1f} "
+                       f"({cand_ms / prod_ms:.2f}x, allowed {rules.max_slowdown:.2f}x)")
+    return Verdict(str(candidate["path"]), True, after, gain, ci95, tuple(reasons), ())
+
+
+def decide(production: Mapping[str, Any] | None, verdicts: Sequence[Verdict], rules: PromotionRules,
+           candidates: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The comparison's ``decision`` and ``winner`` from the candidates' verdicts.
+
+    Without a production model (a first run) the best candidate by the metric wins: there is
+    nothing to regress from, and it has been loaded and evaluated.
+    """
+    label = _METRIC_LABEL[rules.metric]
+    if production is None:
+        if not candidates:
+            raise UserError("nothing to compare: no production model and no --candidates")
+        best = max(candidates, key=lambda c: c[rules.metric])
+        return {"promote": True, "winner": str(best["path"]), "metric": rules.metric, "gain": None, "ci95": None,
+                "reasons": [f"no production model yet: {Path(best['path']).name} becomes the first "
+                            f"({label} {best[rules.metric]:.3f})"], "candidates": []}
+    if not verdicts:
+        return {"promote": False, "winner": str(production["path"]), "metric": rules.metric, "gain": None,
+                "ci95": None, "reasons": ["no candidate given: production was evaluated only"], "candidates": []}
+    passing = [v for v in verdicts if v.passes]
+    chosen = max(passing or verdicts, key=lambda v: v.metric_value)
+    many = len(verdicts) > 1
+    reasons: list[str] = []
+    if passing:
+        reasons.append(f"promote {Path(chosen.path).name}: it passes every promotion rule")
+        reasons += list(chosen.reasons)
+        for v in verdicts:
+            if v is not chosen:
+                why = "; ".join(v.reasons) if not v.passes else f"{label} {v.metric_value:.3f} is lower than the winner's"
+                reasons.append(f"{Path(v.path).name} not chosen: {why}")
+    else:
+        reasons.append("keep production: " + ("no candidate passes the promotion rules" if many
+                                              else f"{Path(chosen.path).name} does not pass the promotion rules"))
+        for v in verdicts:
+            reasons += [f"{Path(v.path).name}: {r}" if many else r for r in v.reasons]
+    return {"promote": bool(passing), "winner": chosen.path if passing else str(production["path"]),
+            "metric": rules.metric, "gain": chosen.gain, "ci95": list(chosen.ci95) if chosen.ci95 else None,
+            "reasons": reasons,
+            "candidates": [{"path": v.path, "passes": v.passes, "gain": v.gain,
+                            "ci95": list(v.ci95) if v.ci95 else None, "regressed_classes": list(v.regressed_classes),
+                            "reasons": list(v.reasons)} for v in verdicts]}
