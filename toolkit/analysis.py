@@ -20,6 +20,10 @@ Priority score of a class (0..100, higher = label it first):
     D  confidence drift: min(1, drop of mean confidence from the first to the last week / 0.2)
     E  evidence: min(1, (detections + reviewed labels) / 20), so 3 detections cannot top the list
 
+Export (``export_for_labelling``): the next images to label, chosen by ``candidate_order``
+(uncertain detections first, shared among classes by score, no near-duplicates by a 64-bit
+difference hash), copied with YOLO pre-labels; reviewed images become a labelled YOLO batch.
+
 Images needed (a heuristic, not a guarantee): 0 when score < 5, else
 ``ceil10(score/100 * max(200, dataset_instances / 2))``: a severe class needs up to 200 new images
 from scratch, or up to half as many again as its training instances, scaled by severity.
@@ -57,20 +61,6 @@ class Analysis:
     uncertain: tuple[float, float]
     iou_match: float
     score: dict[str, float] = field(default_factory=dict)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # noqa: D401 - kept for callers with arrays
-    """IoU of every box of ``a`` (n x 4) with every box of ``b`` (m x 4), x1y1x2y2."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def _iou(a: tuple, b: tuple) -> float:

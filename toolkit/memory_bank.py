@@ -189,13 +189,6 @@ def parse_date_bound(text: str, end: bool = False) -> float:
     return seconds
 
 
-def _number(value: Any, what: str) -> float:
-    kind = type(value)
-    if kind is float or kind is int:
-        return value
-    raise BadRecord(f"{what} must be a number, got {value!r:.40}")
-
-
 def _bbox(value: Any, what: str) -> tuple[float, float, float, float]:
     if type(value) is not list or len(value) != 4:
         raise BadRecord(f"{what} bbox must be [x1, y1, x2, y2], got {value!r:.60}")
@@ -371,8 +364,21 @@ class _Reader:
                 try:
                     obj = loads(raw)
                 except errors as exc:
+                    if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a BOM from a Windows editor
+                        raw = raw[3:]
+                        if raw.strip():
+                            try:
+                                obj = loads(raw)
+                            except errors:
+                                pass
+                            else:
+                                try:
+                                    add(obj, number)
+                                except BadRecord as bad:
+                                    malformed.add(number, str(bad))
+                                continue
                     if raw.strip():
-                        self.malformed.add(number, f"broken JSON: {_short(exc)}")
+                        malformed.add(number, f"broken JSON: {_short(exc)}")
                     continue
                 try:
                     add(obj, number)
