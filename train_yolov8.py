@@ -207,10 +207,16 @@ def run(config: TrainConfig) -> TrainResult:
     }
     args.update(extra)
     tr.validate_ultralytics_args(args, extra)
+    time_limit = float(ts["time_limit"] or 0)
+    if time_limit and "," in str(args["device"] or ""):
+        # several GPUs: ultralytics trains in DDP worker processes, where the toolkit's callbacks do not
+        # run; its own 'time' budget stops the run instead (it also fits the epochs to the time)
+        args["time"], time_limit = time_limit, 0.0
+        notes.append("several GPUs: --time-limit passed to ultralytics as its 'time' budget (epochs fitted to it)")
     run_dir = tr.new_run_dir(workspace.runs, name)
     args.update({"project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True})
     saved = {"toolkit": {"start_mode": mode, "start_from": start, "data": str(data), "classes": classes,
-                         "new_classes": bool(reinit_head), "time_limit": float(ts["time_limit"] or 0),
+                         "new_classes": bool(reinit_head), "time_limit": time_limit,
                          "name": name, "training": ts},
              "ultralytics": args}
     import yaml
