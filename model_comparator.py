@@ -55,6 +55,7 @@ class CompareConfig:
     device: str | None = None
     subset: int | None = None               # --subset N: first N images of the split, by name
     resamples: int | None = None            # --resamples; None: promotion.bootstrap_resamples
+    speed_images: int | None = None         # --speed-images; None: evaluation.speed_images (0: no timing)
     use_cache: bool = True                  # --no-cache evaluates every model again
 
 
@@ -112,7 +113,8 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
     started = time.perf_counter()
     workspace = Workspace.at(config.root)
     flags = {"evaluation": {"split": config.split, "imgsz": config.imgsz, "batch": config.batch,
-                            "conf": config.conf, "iou": config.iou, "device": config.device},
+                            "conf": config.conf, "iou": config.iou, "device": config.device,
+                            "speed_images": config.speed_images},
              "promotion": {"bootstrap_resamples": config.resamples}}
     settings = resolve_settings(workspace.training_yaml, flags)
     eval_settings = ev_mod.EvalSettings.from_settings(settings["evaluation"])
@@ -135,7 +137,8 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
         evaluations.append(ev_mod.evaluate(model, data, eval_settings, workspace.cache / "evaluations", version,
                                            subset=config.subset, use_cache=config.use_cache,
                                            progress=lambda it, n, name=model.path.name: bar(it, n, name)))
-    logger.info("measuring speed on %d images per model", min(len(data), eval_settings.speed_images))
+    if eval_settings.speed_images:
+        logger.info("measuring speed on %d images per model", min(len(data), eval_settings.speed_images))
     for ev, ms in zip(evaluations, ev_mod.measure_speeds(models, data, eval_settings)):
         ev.ms_per_image = ms
     entries = [ev_mod.model_entry(ev, role) for ev, role in zip(evaluations, roles)]
@@ -253,6 +256,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help='"cpu", "0", ... (default: evaluation.device, "" = GPU if any)')
     parser.add_argument("--subset", type=int, help="score only the first N images of the split (by name): quick checks")
     parser.add_argument("--resamples", type=int, help="bootstrap resamples (default: promotion.bootstrap_resamples)")
+    parser.add_argument("--speed-images", type=int,
+                        help="images timed per model for ms/image (default: evaluation.speed_images; 0 = no timing)")
     parser.add_argument("--no-cache", action="store_true", help="evaluate every model again, ignoring the cache")
     return parser
 
@@ -267,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             return run(CompareConfig(root=Workspace.at(a.root).root, production=a.production,
                                      candidates=tuple(a.candidates), data=a.data, split=a.split, imgsz=a.imgsz,
                                      batch=a.batch, conf=a.conf, iou=a.iou, device=a.device, subset=a.subset,
-                                     resamples=a.resamples, use_cache=not a.no_cache))
+                                     resamples=a.resamples, speed_images=a.speed_images,
+                                     use_cache=not a.no_cache))
 
     return run_main(args, execute, describe)
 

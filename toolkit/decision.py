@@ -112,6 +112,8 @@ def judge_candidate(production: Mapping[str, Any], candidate: Mapping[str, Any],
     if prod_ms and cand_ms:
         reasons.append(f"speed {cand_ms:.1f} ms/image vs production {prod_ms:.1f} "
                        f"({cand_ms / prod_ms:.2f}x, allowed {rules.max_slowdown:.2f}x)")
+    else:
+        reasons.append("speed was not measured (evaluation speed_images 0): the slowdown rule was not applied")
     return Verdict(str(candidate["path"]), True, after, gain, ci95, tuple(reasons), ())
 
 

@@ -51,7 +51,7 @@ class EvalSettings:
     conf: float = 0.001
     iou: float = 0.7
     device: str = ""          # "" = first GPU if any, else cpu
-    speed_images: int = 16    # images timed for ms_per_image, per round (after a warm-up batch)
+    speed_images: int = 16    # images timed for ms_per_image, per round (after a warm-up batch); 0: no timing
 
     @classmethod
     def from_settings(cls, evaluation: Mapping[str, Any]) -> "EvalSettings":
@@ -68,7 +68,10 @@ class EvalSettings:
         if not 0 <= conf < 1 or not 0 < iou <= 1:
             raise UserError(f"evaluation conf {conf} / iou {iou} must lie in [0, 1); mAP needs a low conf such as 0.001")
         device = str(evaluation.get("device") or "").strip()
-        return cls(imgsz=imgsz, batch=batch, conf=conf, iou=iou, device=device)
+        speed_images = int(evaluation.get("speed_images", cls.speed_images) or 0)
+        if speed_images < 0:
+            raise UserError(f"evaluation speed_images {speed_images} must be 0 (no timing) or more")
+        return cls(imgsz=imgsz, batch=batch, conf=conf, iou=iou, device=device, speed_images=speed_images)
 
 
 @dataclass(frozen=True)
@@ -548,7 +551,7 @@ def run_inference(model: LoadedModel, data: SplitData, settings: EvalSettings,
 
 
 def measure_speeds(models: Sequence[LoadedModel], data: SplitData, settings: EvalSettings,
-                   rounds: int = 2) -> list[float]:
+                   rounds: int = 2) -> list[float | None]:
     """Milliseconds per image (network + NMS) of each model, on the same images and batch size.
 
     Every model is warmed up first, then the models take turns over ``rounds`` rounds and each
@@ -556,8 +559,8 @@ def measure_speeds(models: Sequence[LoadedModel], data: SplitData, settings: Eva
     Measured afresh in every comparison (even when accuracy comes from the cache), so the
     slowdown ratio compares models under the same conditions.
     """
-    if not models:
-        return []
+    if not models or settings.speed_images == 0:
+        return [None] * len(models)
     stride = max(m.stride for m in models)
     imgsz = imgsz_for(settings, stride)
     n = min(len(data), settings.speed_images)

@@ -1,0 +1,225 @@
+"""model_comparator.py on real NEU-DET images with the two real shared models.
+
+The evaluation data is built here from the NEU VOC files (copies in tmp_path, the source is only
+read): the default tests use 6 test images per class (36), on which v1.1's gain over v1.0 is
+significant with room to spare (interval about [+0.056, +0.124] on mAP50-95); the full
+180-image acceptance test is marked slow.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+import model_comparator
+from model_comparator import CompareConfig, run
+from toolkit import evaluation
+from toolkit.errors import UserError
+
+NEU_NAMES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
+V10, V11 = "neu_v1.0_half.pt", "neu_v1.1_full.pt"
+PER_CLASS = 6
+FAST = {"device": "cpu", "speed_images": 4}  # speed timing is not under test in most runs
+
+
+def neu_pair(neu_dir: Path, stem: str) -> tuple[Path, Path]:
+    for image_dir, xml_dir in (("IMAGES", "ANNOTATIONS"), ("Validation_Images", "Validation_Annotations")):
+        image, xml = neu_dir / image_dir / f"{stem}.jpg", neu_dir / xml_dir / f"{stem}.xml"
+        if image.is_file() and xml.is_file():
+            return image, xml
+    raise FileNotFoundError(f"{stem} not in {neu_dir}")
+
+
+def voc_to_yolo(xml: Path) -> str:
+    root = ET.parse(xml).getroot()
+    w, h = float(root.findtext("size/width")), float(root.findtext("size/height"))
+    lines = []
+    for obj in root.iter("object"):  # 'difficult' boxes included, as in the reference figures
+        box = obj.find("bndbox")
+        x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        lines.append(f"{NEU_NAMES.index(obj.findtext('name').strip())} {(x1 + x2) / 2 / w:.6f} "
+                     f"{(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+    return "\n".join(lines) + "\n"
+
+
+def write_neu_yolo(neu_dir: Path, stems: list[str], dest: Path, names=NEU_NAMES) -> Path:
+    """Copy the images of ``stems`` and their VOC boxes as a YOLO test split; return the data yaml."""
+    for sub in ("images/test", "labels/test"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        image, xml = neu_pair(neu_dir, stem)
+        shutil.copyfile(image, dest / "images" / "test" / image.name)
+        (dest / "labels" / "test" / f"{stem}.txt").write_text(voc_to_yolo(xml))
+    data = {"path": str(dest), "train": "images/test", "val": "images/test", "test": "images/test",
+            "names": dict(enumerate(names))}
+    (dest / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest / "data.yaml"
+
+
+def test_stems(neu_dir: Path, per_class: int | None = None) -> list[str]:
+    stems = (neu_dir / "splits" / "test.txt").read_text().split()
+    if per_class is None:
+        return stems
+    return [s for c in NEU_NAMES for s in sorted(x for x in stems if x.startswith(c + "_"))[:per_class]]
+
+
+test_stems.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="module")
+def subset_yaml(neu_dir, tmp_path_factory) -> Path:
+    return write_neu_yolo(neu_dir, test_stems(neu_dir, PER_CLASS), tmp_path_factory.mktemp("neu36"))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """One workspace for the module: its evaluation cache is shared by the tests below."""
+    return tmp_path_factory.mktemp("compare_ws")
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace, subset_yaml, shared_models):
+    """v1.0 production against the v1.1 candidate, cold cache, with speed timing on."""
+    result = run(CompareConfig(root=workspace, production=shared_models / V10, candidates=(shared_models / V11,),
+                               data=subset_yaml, device="cpu", speed_images=8))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (workspace / "training" / "cache" / "evaluations").iterdir()}
+    return result, mtimes
+
+
+def entry(result, name: str) -> dict:
+    return next(m for m in result.models if Path(m["path"]).name == name)
+
+
+def test_candidate_v11_beats_v10_and_is_promoted(first_run, shared_models, workspace):
+    result, _ = first_run
+    assert result.images == PER_CLASS * len(NEU_NAMES) and result.split == "test"
+    old, new = entry(result, V10), entry(result, V11)
+    assert [old["role"], new["role"]] == ["production", "candidate"]
+    for m in (old, new):
+        assert set(m["per_class"]) == set(NEU_NAMES)
+        assert all(0 <= v["ap50"] <= 1 and 0 <= v["ap50_95"] <= v["ap50"] for v in m["per_class"].values())
+        assert m["ms_per_image"] > 0 and not m["cached"] and len(m["sha256"]) == 64
+    assert new["map50"] > old["map50"] and new["map50_95"] > old["map50_95"]
+    d = result.decision
+    assert d["promote"] is True and result.winner == str((shared_models / V11).resolve())
+    assert d["metric"] == "map50_95"
+    assert d["gain"] == pytest.approx(new["map50_95"] - old["map50_95"])
+    lo, hi = d["ci95"]
+    assert 0 < lo < d["gain"] < hi
+    assert any("significant" in r for r in d["reasons"])
+    # the report: JSON with the DESIGN keys, markdown twin and the chart, all in training/reports
+    report = json.loads(result.report.read_text())
+    for key in ("split", "images", "models", "winner", "decision", "report", "dataset_version", "chart"):
+        assert key in report
+    assert report["decision"]["promote"] is True and report["models"][1]["per_class"]["crazing"]["ap50"] is not None
+    assert result.report.parent == workspace / "training" / "reports"
+    assert result.markdown.is_file() and "| crazing |" in result.markdown.read_text()
+    assert result.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_identical_run_reuses_cached_evaluations(first_run, workspace, subset_yaml, shared_models,
+                                                        monkeypatch):
+    first, mtimes = first_run
+    passes = []
+    real = evaluation.run_inference
+
+    def counting_inference(*args, **kwargs):  # a spy: it counts and calls the real thing
+        passes.append(args[0].path.name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "run_inference", counting_inference)
+    again = run(CompareConfig(root=workspace, production=shared_models / V10, candidates=(shared_models / V11,),
+                              data=subset_yaml, **FAST))
+    assert passes == []  # no inference pass at all
+    assert [m["cached"] for m in again.models] == [True, True]
+    cache_dir = workspace / "training" / "cache" / "evaluations"
+    assert {p.name: p.stat().st_mtime_ns for p in cache_dir.iterdir()} == mtimes  # untouched
+    for a, b in zip(first.models, again.models):
+        assert (a["map50"], a["map50_95"], a["per_class"]) == (b["map50"], b["map50_95"], b["per_class"])
+    assert again.decision["ci95"] == first.decision["ci95"]  # same seed, same resamples
+
+    # a changed setting is a different evaluation: the cache is not used
+    changed = run(CompareConfig(root=workspace, production=shared_models / V10, data=subset_yaml,
+                                conf=0.01, subset=6, **FAST))
+    assert passes == [V10] and changed.models[0]["cached"] is False
+
+
+def test_roles_reversed_is_not_promoted_and_names_regressed_classes(first_run, workspace, subset_yaml, shared_models):
+    result = run(CompareConfig(root=workspace, production=shared_models / V11, candidates=(shared_models / V10,),
+                               data=subset_yaml, **FAST))
+    d = result.decision
+    assert d["promote"] is False and result.winner == str((shared_models / V11).resolve())
+    assert d["ci95"][1] < 0
+    prod, cand = entry(result, V11), entry(result, V10)
+    regressed = [n for n in NEU_NAMES
+                 if prod["per_class"][n]["ap50"] - cand["per_class"][n]["ap50"] > 0.05]
+    assert "crazing" in regressed and "rolled-in_scale" in regressed
+    assert d["candidates"][0]["regressed_classes"] == regressed
+    for name in regressed:
+        old, new = prod["per_class"][name]["ap50"], cand["per_class"][name]["ap50"]
+        line = f"{name} AP50 fell {old - new:.3f} ({old:.3f} -> {new:.3f}), more than the allowed 0.05"
+        assert line in d["reasons"]
+
+
+def test_same_model_as_production_and_candidate_is_not_promoted(first_run, workspace, subset_yaml, shared_models):
+    result = run(CompareConfig(root=workspace, production=shared_models / V11, candidates=(shared_models / V11,),
+                               data=subset_yaml, **FAST))
+    d = result.decision
+    assert d["promote"] is False and d["gain"] == 0 and d["ci95"] == [0.0, 0.0]
+    assert any("same sha256" in r for r in d["reasons"])
+    assert result.winner == str((shared_models / V11).resolve())
+
+
+def test_models_whose_classes_differ_from_the_dataset_are_refused(neu_dir, shared_models, tmp_path):
+    renamed = ("cracks",) + NEU_NAMES[1:]
+    data_yaml = write_neu_yolo(neu_dir, test_stems(neu_dir, 1), tmp_path / "data", names=renamed)
+    with pytest.raises(UserError, match=r"lacks \['cracks'\].*has \['crazing'\]"):
+        run(CompareConfig(root=tmp_path / "ws", production=shared_models / V10, data=data_yaml, **FAST))
+    assert not (tmp_path / "ws" / "training" / "cache" / "evaluations").exists()  # refused before any inference
+
+
+def test_cli_json_on_stdout_and_exit_codes(first_run, workspace, subset_yaml, shared_models, capsys):
+    code = model_comparator.main(["--root", str(workspace), "--production", str(shared_models / V10),
+                                  "--candidates", str(shared_models / V11), "--data", str(subset_yaml),
+                                  "--device", "cpu", "--speed-images", "4", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out)  # stdout holds the JSON object only
+    assert result["decision"]["promote"] is True and len(result["models"]) == 2
+    for key in ("path", "map50", "map50_95", "precision", "recall", "per_class", "ms_per_image"):
+        assert key in result["models"][0]
+    # no production model in an empty workspace and no candidate: one line saying what to do
+    code = model_comparator.main(["--root", str(workspace / "empty"), "--data", str(subset_yaml)])
+    err = capsys.readouterr().err
+    assert code == 1 and "no production model" in err and "--candidates" in err
+
+
+def test_source_data_is_left_untouched(first_run, subset_yaml):
+    """The evaluation reads the dataset only: no label cache, no re-saved images beside it."""
+    root = subset_yaml.parent
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert files == sorted(["data.yaml"] + [f"images/test/{s}.jpg" for s in _stems(root)]
+                           + [f"labels/test/{s}.txt" for s in _stems(root)])
+
+
+def _stems(root: Path) -> list[str]:
+    return [p.stem for p in (root / "images" / "test").iterdir()]
+
+
+@pytest.mark.slow
+def test_full_neu_test_split_reproduces_ultralytics_val(neu_dir, shared_models, tmp_path):
+    """All 180 test images: the reference figures of ultralytics 8.4.190 val (conf 0.001, iou 0.7, 640)."""
+    data_yaml = write_neu_yolo(neu_dir, test_stems(neu_dir), tmp_path / "neu_test")
+    result = run(CompareConfig(root=tmp_path / "ws", production=shared_models / V10,
+                               candidates=(shared_models / V11,), data=data_yaml, device="cpu"))
+    assert result.images == 180
+    old, new = entry(result, V10), entry(result, V11)
+    assert old["map50"] == pytest.approx(0.696, abs=0.01) and old["map50_95"] == pytest.approx(0.376, abs=0.01)
+    assert new["map50"] == pytest.approx(0.786, abs=0.01) and new["map50_95"] == pytest.approx(0.453, abs=0.01)
+    assert set(old["per_class"]) == set(new["per_class"]) == set(NEU_NAMES)
+    assert result.decision["promote"] is True and result.decision["ci95"][0] > 0
+    assert result.winner == str((shared_models / V11).resolve())
