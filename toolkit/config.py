@@ -78,6 +78,8 @@ evaluation:
   conf: 0.001
   iou: 0.7
   device: ""
+  # Images timed per model for ms_per_image, after a warm-up batch (0 = do not time).
+  speed_images: 16
 
 promotion:
   # Metric that decides: map50_95 (stricter, default) or map50.
