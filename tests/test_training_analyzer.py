@@ -171,3 +171,35 @@ def test_help_does_not_import_heavy_modules():
             "print(sorted(m for m in ('torch', 'ultralytics', 'cv2', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_dataset_instances_from_the_manifest_or_the_label_files(line_workspace, tmp_path):
+    from toolkit.datafile import write_dataset_yaml
+    from toolkit.layout import Workspace
+    from toolkit.synthetic import NEU_CLASSES
+
+    root, _ = line_workspace
+    ws = Workspace.at(tmp_path / "ws")
+    shutil.copytree(root / "memory-bank", ws.memory_bank)
+    write_dataset_yaml(ws, NEU_CLASSES)
+    ws.datasets.mkdir(parents=True, exist_ok=True)
+    images = [{"boxes": {name: 40 for name in NEU_CLASSES if name != "inclusion"} | {"inclusion": 1}, "split": "train"},
+              {"boxes": {"inclusion": 500}, "split": "test"}]  # test instances do not count
+    ws.manifest.write_text(json.dumps({"classes": list(NEU_CLASSES), "images": images}))
+    result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=ws.root))
+    assert list(result.classes) == list(NEU_CLASSES)            # model order from dataset.yaml
+    assert result.classes["inclusion"]["dataset_instances"] == 1
+    assert result.classes["scratches"]["dataset_instances"] == 40
+    inclusion = next(p for p in result.priorities if p["class"] == "inclusion")
+    assert any("of training instances (1)" in r for r in inclusion["reasons"])
+    assert inclusion["parts"]["underrepresented"] > 0.9
+    # without a manifest: YOLO label files of the train split, named by dataset.yaml
+    ws.manifest.unlink()
+    labels = ws.labels_dir("train")
+    labels.mkdir(parents=True)
+    (labels / "a.txt").write_text("5 0.5 0.5 0.1 0.1\n5 0.2 0.2 0.1 0.1\n0 0.5 0.5 0.2 0.2\n")
+    (labels / "b.txt").write_text("")
+    result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=ws.root))
+    assert result.classes["scratches"]["dataset_instances"] == 2
+    assert result.classes["crazing"]["dataset_instances"] == 1
+    assert result.classes["inclusion"]["dataset_instances"] == 0
