@@ -178,7 +178,7 @@ def run(config: AnalyzeConfig) -> AnalyzeResult:
     bank_path = Path(config.memory_bank).expanduser().resolve() if config.memory_bank else workspace.detections
     since = parse_date_bound(config.since) if config.since else None
     until = parse_date_bound(config.until, end=True) if config.until else None
-    if since is not None and until is not None and since >= until:
+    if since is not None and until is not None and since > until:
         raise UserError(f"--since {config.since} is not before --until {config.until}")
     scanned = None
     if config.scan is not None:

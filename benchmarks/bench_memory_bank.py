@@ -1,11 +1,12 @@
 """Speed and memory of the memory-bank analysis against a bare ``json.loads`` loop.
 
-Generates a JSONL memory bank (1 million records, about 240 MB, by default) in benchmarks/out/
+Generates a JSONL memory bank (1 million records, about 300 MB, by default) in benchmarks/out/
 (git-ignored), then in the same run times, each in its own subprocess:
   baseline:  for line in f: json.loads(line)           (the yardstick of issue 7; broken lines caught)
-  analyze:   training_analyzer.analyze_memory_bank()    (read + validate + every per-class figure)
-and prints the ratio analyze / baseline (goal <= 1.5, ideally < 1) and each one's peak memory
-(ru_maxrss of the child; goal < 1.5 GB).
+  analyze:   read_memory_bank() + analyze_memory_bank()  (read, validate, every per-class figure
+             and the priorities: what training_analyzer.run does before its report)
+and prints the ratio analyze / baseline (goal <= 1.5, ideally < 1) and the analysis's peak
+memory (ru_maxrss of its child process; goal < 1.5 GB).
 
 Usage:
     python benchmarks/bench_memory_bank.py                  # 1,000,000 records

@@ -185,7 +185,7 @@ def parse_date_bound(text: str, end: bool = False) -> float:
         moment = moment.replace(tzinfo=_UTC)
     seconds = moment.timestamp()
     if end and len(text.strip()) == 10:  # a bare date: up to the end of that day
-        seconds += 86400.0
+        seconds += 86400.0 - 1e-6
     return seconds
 
 
@@ -279,7 +279,7 @@ class _Reader:
         if self.model_version is not None and version != self.model_version:
             self.filtered_out += 1
             return
-        if (self.since is not None and seconds < self.since) or (self.until is not None and seconds >= self.until):
+        if (self.since is not None and seconds < self.since) or (self.until is not None and seconds > self.until):
             self.filtered_out += 1
             return
         width = _optional_int(obj, "image_width")
@@ -584,7 +584,7 @@ def _sqlite_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def read_memory_bank(path: str | Path, fmt: str | None = None, since: float | None = None,
                      until: float | None = None, model_version: str | None = None) -> MemoryBank:
-    """Read a memory bank of any accepted format; ``since``/``until`` are epoch seconds (until exclusive)."""
+    """Read a memory bank of any accepted format; ``since``/``until`` are epoch seconds, both inclusive."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"memory bank not found: {path} (give --memory-bank PATH, or --scan DIR to build one)")
