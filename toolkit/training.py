@@ -99,7 +99,7 @@ def resolve_resume_dir(runs: Path, requested: str | Path | bool | None) -> Path:
             if runs.is_dir() else []
         for run_dir in candidates:
             if (run_dir / "weights" / "last.pt").is_file() and not run_is_finished(run_dir):
-                return run_dir
+                return run_dir.resolve()
         finished = [p for p in candidates if run_is_finished(p)]
         if finished:
             raise UserError(f"no interrupted run to resume in {runs}: the latest run {finished[0].name} is finished; "
