@@ -49,6 +49,7 @@ CSV_OPTIONAL_COLUMNS = ("source", "image_width", "image_height", "kind")
 SQLITE_TABLE = "detections"
 MALFORMED_LIST_CAP = 200  # the list in results is capped; the count stays exact
 _UTC = timezone.utc
+_fromisoformat = datetime.fromisoformat
 
 
 class BadRecord(ValueError):
@@ -270,21 +271,37 @@ class _Reader:
             dets = obj["detections"]
         except KeyError as exc:
             raise BadRecord(f"missing required field '{exc.args[0]}'") from None
-        seconds = parse_timestamp(ts)
+        # the common cases inline (this runs a million times); the helpers give the reasons
+        if type(ts) is str:
+            try:
+                moment = _fromisoformat(ts)
+            except ValueError:
+                raise BadRecord(f"timestamp {ts[:40]!r} is not ISO 8601 (e.g. 2026-03-01T08:15:02Z)") from None
+            seconds = (moment if moment.tzinfo is not None else moment.replace(tzinfo=_UTC)).timestamp()
+        else:
+            seconds = parse_timestamp(ts)
         if type(image) is not str or not image:
             raise BadRecord(f"image must be a non-empty string, got {image!r:.40}")
         if type(dets) is not list:
             raise BadRecord(f"detections must be a list, got {type(dets).__name__}")
-        version = _optional_str(obj, "model_version")
+        version = obj.get("model_version")
+        if version is not None and type(version) is not str:
+            version = _optional_str(obj, "model_version")
         if self.model_version is not None and version != self.model_version:
             self.filtered_out += 1
             return
         if (self.since is not None and seconds < self.since) or (self.until is not None and seconds > self.until):
             self.filtered_out += 1
             return
-        width = _optional_int(obj, "image_width")
-        height = _optional_int(obj, "image_height")
-        source = _optional_str(obj, "source")
+        width = obj.get("image_width", 0)
+        if type(width) is not int or width <= 0:
+            width = _optional_int(obj, "image_width")
+        height = obj.get("image_height", 0)
+        if type(height) is not int or height <= 0:
+            height = _optional_int(obj, "image_height")
+        source = obj.get("source")
+        if source is not None and type(source) is not str:
+            source = _optional_str(obj, "source")
         cols = self.cols
         class_ids = cols.class_ids
         c_cls, c_conf, c_box = cols.det_cls, cols.det_conf, cols.det_box
@@ -310,8 +327,9 @@ class _Reader:
         except (KeyError, TypeError, ValueError):
             self._roll_back(mark, class_mark)
             raise BadRecord(_detection_problem(dets)) from None
+        review = obj.get("review")
         try:
-            labels = self._review(obj.get("review"))
+            labels = self._review(review) if review is not None else None
         except BadRecord:
             self._roll_back(mark, class_mark)
             raise
@@ -320,8 +338,8 @@ class _Reader:
         cols.line.append(line)
         cols.ts.append(seconds)
         cols.image.append(image)
-        cols.version.append(cols._id(cols.version_ids, version))
-        cols.source.append(cols._id(cols.source_ids, source))
+        cols.version.append(-1 if version is None else cols._id(cols.version_ids, version))
+        cols.source.append(-1 if source is None else cols._id(cols.source_ids, source))
         cols.width.append(width)
         cols.height.append(height)
         cols.det_start.append(len(c_cls))
