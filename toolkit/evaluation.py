@@ -67,7 +67,8 @@ class EvalSettings:
             raise UserError(f"evaluation batch {batch} must be 1 or more (auto batch -1 is for training only)")
         if not 0 <= conf < 1 or not 0 < iou <= 1:
             raise UserError(f"evaluation conf {conf} / iou {iou} must lie in [0, 1); mAP needs a low conf such as 0.001")
-        device = str(evaluation.get("device") or "").strip()
+        device = evaluation.get("device")
+        device = "" if device is None else str(device).strip()  # YAML `device: 0` is a number
         speed_images = int(evaluation.get("speed_images", cls.speed_images) or 0)
         if speed_images < 0:
             raise UserError(f"evaluation speed_images {speed_images} must be 0 (no timing) or more")
