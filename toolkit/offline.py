@@ -18,8 +18,10 @@ The environment variables are inherited by ultralytics' DDP workers (several GPU
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -100,8 +102,11 @@ def prepare_ultralytics(config_dir: str | Path, verbose: bool | None = None) -> 
     elif _prepared_dir != config_dir:
         logger.debug("ultralytics already prepared with %s; keeping it", _prepared_dir)
 
-    import ultralytics
-    from ultralytics.utils import LOGGER, SETTINGS
+    # On its first import in a new config folder ultralytics prints a settings notice on stdout,
+    # which would corrupt a stage's --json output: send it to stderr with the other logs.
+    with contextlib.redirect_stdout(sys.stderr):
+        import ultralytics
+        from ultralytics.utils import LOGGER, SETTINGS
 
     wanted = {"sync": False, "hub": False, "clearml": False, "comet": False, "dvc": False, "mlflow": False,
               "neptune": False, "raytune": False, "tensorboard": False, "wandb": False, "vscode_msg": False,
