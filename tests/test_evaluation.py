@@ -204,3 +204,16 @@ def test_settings_are_checked_with_a_message_that_says_what_to_fix():
     with pytest.raises(UserError, match="batch"):
         E.EvalSettings.from_settings({"imgsz": 640, "batch": 0, "conf": 0.001, "iou": 0.7})
     assert E.EvalSettings.from_settings({"imgsz": 320, "batch": 4, "conf": 0.001, "iou": 0.7, "device": 0}).device == "0"
+
+
+@pytest.mark.parametrize("hw,new_shape", [((200, 200), (672, 672)), ((640, 320), (672, 352)), ((100, 300), (128, 320)),
+                                          ((700, 500), (640, 480))])
+def test_letterbox_equals_ultralytics_val_letterbox(hw, new_shape):
+    from ultralytics.data.augment import LetterBox
+
+    im = np.random.default_rng(0).integers(0, 255, (*hw, 3), dtype=np.uint8)
+    ours, r, (left, top) = E.letterbox(im, new_shape)
+    ref = LetterBox(new_shape=new_shape, scaleup=False)(image=im)
+    np.testing.assert_array_equal(ours, ref)
+    assert ours.shape[:2] == new_shape and r <= 1
+    assert (ours[:top] == 114).all() and (ours[:, :left] == 114).all()

@@ -43,7 +43,7 @@ class PromotionRules:
                     require_significance=bool(promotion.get("require_significance", True)),
                     bootstrap_resamples=int(promotion.get("bootstrap_resamples", 1000)),
                     max_slowdown=float(promotion.get("max_slowdown", 1.5)))
-        if rules.bootstrap_resamples < 100:
+        if rules.bootstrap_resamples < 1000:
             raise UserError(f"promotion bootstrap_resamples {rules.bootstrap_resamples} is too few for a 95% "
                             "interval; use 1000 or more")
         if rules.max_class_drop < 0 or rules.max_slowdown <= 0:

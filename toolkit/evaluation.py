@@ -436,20 +436,34 @@ class _Letterboxed:
         self.tensor, self.gains, self.pads = tensor, gains, pads
 
 
+def letterbox(im: np.ndarray, new_shape: tuple[int, int]) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Pad (and only ever shrink) ``im`` into ``new_shape`` (h, w), centred, grey 114: val's LetterBox.
+
+    Returns the image, the scale applied and the (left, top) padding.
+    """
+    import cv2
+
+    h, w = im.shape[:2]
+    r = min(new_shape[0] / h, new_shape[1] / w, 1.0)  # scaleup=False, as ultralytics val
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    dw, dh = (new_shape[1] - new_w) / 2, (new_shape[0] - new_h) / 2
+    if (w, h) != (new_w, new_h):
+        im = cv2.resize(im, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom, left, right = round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1)
+    im = cv2.copyMakeBorder(im, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    return im, r, (left, top)
+
+
 def _prepare_batch(paths: Sequence[Path], new_shape: tuple[int, int], imgsz: int, device):
     import torch
-    from ultralytics.data.augment import LetterBox
 
-    letterbox = LetterBox(new_shape=new_shape, scaleup=False)
     ims, gains, pads = [], [], []
     for p in paths:
         im = _resize_long_side(_read_image(p), imgsz)
-        params = letterbox.get_params({"img": im})
-        im = letterbox.apply_image({"img": im}, params)["img"]
-        rh, rw = params["orig_shape"]
-        r = params["ratio"][0]
+        rh, rw = im.shape[:2]
+        im, r, pad = letterbox(im, new_shape)
         gains.append((rw * r, rh * r))  # normalised label -> letterboxed pixels
-        pads.append((params["left"], params["top"]))
+        pads.append(pad)
         ims.append(np.ascontiguousarray(im.transpose(2, 0, 1)[::-1]))  # HWC BGR -> CHW RGB
     tensor = torch.from_numpy(np.stack(ims)).to(device).float() / 255
     return _Letterboxed(tensor, gains, pads)
