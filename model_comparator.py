@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 import time
@@ -76,18 +75,6 @@ class CompareResult:
     seconds: float
 
 
-def dataset_version_of(workspace: Workspace, data_yaml: Path, fingerprint: str) -> str:
-    """The manifest's version for the managed dataset, else a hash of the split's files and labels."""
-    if data_yaml.resolve() == workspace.dataset_yaml.resolve() and workspace.manifest.is_file():
-        try:
-            version = json.loads(workspace.manifest.read_text(encoding="utf-8")).get("version")
-        except (OSError, ValueError):
-            version = None
-        if version is not None:
-            return str(version)
-    return "sha-" + fingerprint[:12]
-
-
 def _resolve_models(workspace: Workspace, config: CompareConfig) -> tuple[Path | None, list[Path]]:
     candidates = [Path(c).expanduser().resolve() for c in config.candidates]
     for c in candidates:
@@ -124,7 +111,7 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
     production_path, candidate_paths = _resolve_models(workspace, config)
 
     data = ev_mod.load_split(data_yaml, split, config.subset)
-    version = dataset_version_of(workspace, data_yaml, data.fingerprint)
+    version = ev_mod.dataset_version_of(workspace, data_yaml, data.fingerprint)
     config_dir = workspace.cache / "ultralytics"
     prepare_ultralytics(config_dir)
     paths = ([production_path] if production_path else []) + candidate_paths

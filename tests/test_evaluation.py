@@ -217,3 +217,17 @@ def test_letterbox_equals_ultralytics_val_letterbox(hw, new_shape):
     np.testing.assert_array_equal(ours, ref)
     assert ours.shape[:2] == new_shape and r <= 1
     assert (ours[:top] == 114).all() and (ours[:, :left] == 114).all()
+
+
+def test_dataset_version_from_manifest_for_the_managed_dataset_only(tmp_path):
+    import json
+
+    from toolkit.layout import Workspace
+
+    ws = Workspace.at(tmp_path)
+    fingerprint = "ab" * 32
+    assert E.dataset_version_of(ws, ws.dataset_yaml, fingerprint) == "sha-" + fingerprint[:12]
+    ws.manifest.parent.mkdir(parents=True)
+    ws.manifest.write_text(json.dumps({"version": 7}))
+    assert E.dataset_version_of(ws, ws.dataset_yaml, fingerprint) == "7"
+    assert E.dataset_version_of(ws, tmp_path / "other.yaml", fingerprint) == "sha-" + fingerprint[:12]

@@ -223,3 +223,16 @@ def test_full_neu_test_split_reproduces_ultralytics_val(neu_dir, shared_models, 
     assert set(old["per_class"]) == set(new["per_class"]) == set(NEU_NAMES)
     assert result.decision["promote"] is True and result.decision["ci95"][0] > 0
     assert result.winner == str((shared_models / V11).resolve())
+
+
+def test_evaluate_model_helper_shares_the_comparators_cache(first_run, workspace, subset_yaml, shared_models):
+    """What the pipeline calls after training: the same entry, answered from the same cache."""
+    from toolkit.config import DEFAULTS
+
+    first, _ = first_run
+    settings = {**DEFAULTS["evaluation"], "device": "cpu", "speed_images": 2}
+    got = evaluation.evaluate_model(shared_models / V11, subset_yaml, "test", settings, root=workspace)
+    want = entry(first, V11)
+    assert got["cached"] is True and got["sha256"] == want["sha256"]
+    assert (got["map50"], got["map50_95"], got["per_class"]) == (want["map50"], want["map50_95"], want["per_class"])
+    assert got["ms_per_image"] > 0

@@ -670,19 +670,41 @@ def load_model(path: str | Path, data: SplitData, settings: EvalSettings, config
     return model
 
 
+def dataset_version_of(workspace, data_yaml: Path, fingerprint: str) -> str:
+    """The manifest's version for the managed dataset, else a hash of the split's files and labels."""
+    if Path(data_yaml).resolve() == workspace.dataset_yaml.resolve() and workspace.manifest.is_file():
+        try:
+            version = json.loads(workspace.manifest.read_text(encoding="utf-8")).get("version")
+        except (OSError, ValueError, AttributeError):
+            version = None
+        if version is not None:
+            return str(version)
+    return "sha-" + fingerprint[:12]
+
+
 def evaluate_model(path: str | Path, data_yaml: str | Path, split: str, settings: Mapping[str, Any],
-                   cache_dir: str | Path, subset: int | None = None, use_cache: bool = True,
-                   config_dir: str | Path | None = None, dataset_version: str | None = None) -> dict[str, Any]:
-    """The per-model entry of a comparison, for one model (what the pipeline needs after training).
+                   cache_dir: str | Path | None = None, subset: int | None = None, use_cache: bool = True,
+                   root: str | Path | None = None) -> dict[str, Any]:
+    """The per-model entry of a comparison for one model (what the pipeline needs after training).
 
     ``settings``: the resolved settings (its ``evaluation:`` section is used) or that section.
+    ``root``: the workspace, whose cache (``training/cache/evaluations``) and dataset version are
+    then shared with model_comparator.py, so neither evaluates the same model twice.
     """
+    from toolkit.layout import Workspace
+
+    workspace = Workspace.at(root) if root is not None else None
     eval_settings = EvalSettings.from_settings(settings.get("evaluation", settings))
+    data_yaml = Path(data_yaml).resolve()
     data = load_split(data_yaml, split, subset)
-    config_dir = Path(config_dir) if config_dir else Path(cache_dir).parent / "ultralytics"
-    model = load_model(path, data, eval_settings, config_dir, Path(data_yaml))
-    ev = evaluate(model, data, eval_settings, cache_dir, dataset_version or "sha-" + data.fingerprint[:12],
-                  subset=subset, use_cache=use_cache)
+    if cache_dir is None:
+        if workspace is None:
+            raise ValueError("evaluate_model needs cache_dir or root")
+        cache_dir = workspace.cache / "evaluations"
+    config_dir = workspace.cache / "ultralytics" if workspace else Path(cache_dir).parent / "ultralytics"
+    version = dataset_version_of(workspace, data_yaml, data.fingerprint) if workspace else "sha-" + data.fingerprint[:12]
+    model = load_model(path, data, eval_settings, config_dir, data_yaml)
+    ev = evaluate(model, data, eval_settings, cache_dir, version, subset=subset, use_cache=use_cache)
     ev.ms_per_image = measure_speeds([model], data, eval_settings)[0]
     return model_entry(ev, role="candidate")
 
