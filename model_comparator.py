@@ -159,10 +159,7 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
 def write_chart(path: Path, entries: list[dict[str, Any]], names: tuple[str, ...]) -> Path | None:
     """Per-class AP50 of every model side by side (PNG); None when matplotlib cannot draw."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
     except Exception:  # the numbers are in the JSON and markdown anyway
         logger.warning("matplotlib unavailable: no chart written", exc_info=True)
         return None
@@ -170,7 +167,8 @@ def write_chart(path: Path, entries: list[dict[str, Any]], names: tuple[str, ...
 
     x = np.arange(len(names))
     width = 0.8 / max(len(entries), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(names) + 2), 4.2))
+    fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 4.2))
+    ax = fig.subplots()
     for k, entry in enumerate(entries):
         values = [(entry["per_class"].get(n) or {}).get("ap50") or 0.0 for n in names]
         label = f"{entry['role']}: {Path(entry['path']).name} (mAP50 {entry['map50']:.3f})"
@@ -178,13 +176,13 @@ def write_chart(path: Path, entries: list[dict[str, Any]], names: tuple[str, ...
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set_ylim(0, 1.15 + 0.07 * len(entries))  # headroom for the legend above the bars
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("AP50")
     ax.set_title("Per-class AP50 on the same test images")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
