@@ -319,7 +319,8 @@ def rollback(root: Path, version: str | None) -> dict[str, Any]:
 
 
 def describe(result: Any) -> str:
-    if isinstance(result, PipelineResult):
+    # duck-typed: under --demo the result's class comes from the imported module, not __main__
+    if hasattr(result, "decision") and hasattr(result, "stages"):
         if result.dry_run:
             steps = result.stages["plan"]["steps"]
             return "Dry run (nothing changed):\n" + "\n".join(f"  {k:8s} {v}" for k, v in steps.items())

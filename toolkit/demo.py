@@ -20,12 +20,14 @@ logger = logging.getLogger(__name__)
 
 MARKER = ".toolkit-demo"
 IMAGE_SIZE = 64
-FIRST_BATCH, NEW_BATCH = 240, 120
+FIRST_BATCH, NEW_BATCH = 300, 300
+# The synthetic "production" model is trained briefly, as a first model on a new line would be.
+FIRST_MODEL_EPOCHS = 20
 
 # Small images, no mosaic (at 64 px a mosaic shrinks defects to a few pixels), short schedules.
 _DEMO_SETTINGS = {
     r"(\n  imgsz:) 640": r"\1 64",
-    r"(\n  epochs:) 100": r"\1 30",
+    r"(\n  epochs:) 100": r"\1 15",
     r"(\n  patience:) 20": r"\1 10",
     r"(\n    mosaic:) 1.0": r"\1 0.0",
     r"(\n    close_mosaic:) 10": r"\1 0",
@@ -73,7 +75,8 @@ def run_demo(root: str | Path | None = None):
         import train_yolov8
 
         dataset_preparer.run(dataset_preparer.PrepareConfig(root=ws.root, incoming=True))
-        first = train_yolov8.run(train_yolov8.TrainConfig(root=ws.root, start_from="scratch", name="demo-v1.0"))
+        first = train_yolov8.run(train_yolov8.TrainConfig(root=ws.root, start_from="scratch", name="demo-v1.0",
+                                                          epochs=FIRST_MODEL_EPOCHS))
         Registry.load(ws).promote(Path(first.best), metrics=dict(first.metrics), source="demo initial model",
                                   reasons=["demo: first model of the synthetic line"], classes=list(NEU_CLASSES),
                                   run_dir=str(first.run_dir))
@@ -85,6 +88,6 @@ def run_demo(root: str | Path | None = None):
     production = Registry.load(ws).production_entry()
     write_memory_bank(ws.detections, batch, seed=number, model_version=production["version"] if production else "1.0")
     logger.info("demo: new labelled batch %s arrived; running the pipeline", batch.root.name)
-    result = training_pipeline.run(training_pipeline.PipelineConfig(root=ws.root, epochs=15))
+    result = training_pipeline.run(training_pipeline.PipelineConfig(root=ws.root))
     logger.info("demo: production model %s, report %s", ws.production_model, result.html_report or result.report)
     return result

@@ -74,15 +74,14 @@ def _draw_defect(cv2, img: np.ndarray, rng: np.random.Generator, cls_name: str, 
     """Draw one defect in place; return its box (x1, y1, x2, y2) in pixels."""
     dark, bright = 35.0, 230.0
     s = size
-    if cls_name == "scratches":  # long thin straight lines, bright
-        x = rng.uniform(0.15, 0.85) * s
-        y1, y2 = sorted(rng.uniform(0.05, 0.95, 2) * s)
-        y2 = max(y2, y1 + 0.4 * s)
-        y2 = min(y2, 0.97 * s)
-        dx = rng.uniform(-0.08, 0.08) * s
-        cv2.line(img, (int(x), int(y1)), (int(x + dx), int(y2)), bright, max(1, s // 60))
+    if cls_name == "scratches":  # long bright straight lines, slightly slanted
+        x = rng.uniform(0.2, 0.8) * s
+        y1 = rng.uniform(0.03, 0.4) * s
+        y2 = min(y1 + rng.uniform(0.45, 0.9) * s, 0.97 * s)
+        dx = rng.uniform(-0.2, 0.2) * s
+        cv2.line(img, (int(x), int(y1)), (int(x + dx), int(y2)), bright, max(2, s // 40))
         xa, xb = sorted((x, x + dx))
-        return xa - 2, y1 - 2, xb + 2, y2 + 2
+        return xa - 3, y1 - 2, xb + 3, y2 + 2
     # a region for the area-like classes
     w = rng.uniform(0.25, 0.45) * s
     h = rng.uniform(0.25, 0.45) * s
