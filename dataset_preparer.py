@@ -1,0 +1,469 @@
+"""Import labelled batches into the managed dataset: validate, de-duplicate, split, version.
+
+Reads YOLO (images/ + labels/, side-by-side .txt, or a data yaml), Pascal VOC XML and COCO JSON
+(CVAT, Label Studio) and turns them into one ultralytics dataset under training/datasets/
+with a manifest. Source files are only read: the dataset holds validated copies.
+
+- Every image is fully decoded and its labels checked; an image with any bad label is left out
+  whole, and every problem is one line {path, reason} in the result and the report.
+- An exact duplicate (same bytes) of an image already managed is not added again; near-duplicates
+  (perceptual hash) always share one split.
+- Split per class (default 80/10/10 from training.yaml); an image keeps its split forever, so a
+  test image never becomes a training image. --keep-split keeps the split a source carries.
+- Each change raises the dataset version; old manifests stay in training/datasets/manifests/.
+
+Decisions worth knowing:
+- EXIF orientation: the copy is written upright (re-encoded without the tag) and the labels are
+  taken as drawn on the upright image, as labelling tools and ultralytics show it; a VOC/COCO size
+  that matches only the un-rotated pixels gets the image rejected.
+- Repeated identical boxes are kept (ultralytics drops the repeat) and reported as warnings;
+  NEU-DET has three. The same bytes twice in one batch: dropped if the labels agree too, else both
+  kept as near-duplicates (NEU-DET's patches_101 / patches_105).
+- Without dataset.yaml the classes come from the source: COCO category order, the YOLO names
+  list, and VOC names sorted (NEU-DET's six names then get the ids every NEU model uses).
+- Re-running on an unchanged batch (same files, sizes and mtimes, same options) reads nothing.
+
+Usage:
+    python dataset_preparer.py --source D:/new_batch                 # format detected
+    python dataset_preparer.py --source ../shared/datasets/NEU-DET --format voc
+    python dataset_preparer.py --incoming                            # every new batch in training/incoming/
+    python dataset_preparer.py --source export/ --keep-split --map scratch=scratches
+    python dataset_preparer.py --source D:/new_batch --check         # validate only, change nothing
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from toolkit.cli import build_parser, run_main
+from toolkit.config import resolve_settings
+from toolkit.datafile import read_class_names, write_dataset_yaml
+from toolkit.dataset import (batch_fingerprint, check_image, default_workers, empty_manifest, load_manifest,
+                             parallel_map, pending_incoming_batches, plan_import, resolve_classes, save_manifest,
+                             set_aside_unmanaged, split_counts, write_copy)
+from toolkit.errors import UserError
+from toolkit.labels import SourceImage, read_source
+from toolkit.layout import SPLITS, Workspace
+from toolkit.progress import progress_enabled
+from toolkit.reports import markdown_table, report_path, utc_now_iso, write_report
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    root: Path
+    source: Path | None = None          # --source: a batch folder (or a data yaml / COCO json)
+    fmt: str = "auto"                   # --format: auto, yolo, voc, coco
+    incoming: bool = False              # --incoming: every unimported sub-folder of training/incoming/
+    keep_split: bool = False            # --keep-split: keep the train/val/test split the source carries
+    check: bool = False                 # --check: validate and report, change nothing
+    class_map: tuple = ()               # --map old=new (strings "old=new" or (old, new) pairs)
+    split: Mapping[str, float] | None = None  # --split: ratios for new images (default training.yaml)
+    max_bad_fraction: float | None = None     # --max-bad-fraction (default training.yaml)
+    workers: int | None = None          # --workers: parallel checks (default: CPU cores, at most 8)
+    near_duplicate_bits: int | None = None    # --near-duplicate-bits (default training.yaml)
+    executor: str = "thread"            # thread or process pool for the checks (threads measured faster)
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    dataset_version: int | None
+    images: dict[str, int]              # managed images per split (after this run)
+    boxes_per_class: dict[str, int]     # managed boxes per class (after this run)
+    added: int
+    duplicates: int
+    rejected: tuple[dict, ...]          # [{path, reason}], one per problem
+    report: Path | None
+    batches: tuple[str, ...] = ()       # the batch folders read
+    background_images: int = 0
+    classes: tuple[str, ...] = ()
+    added_per_split: dict[str, int] = field(default_factory=dict)
+    duplicate_files: tuple[dict, ...] = ()   # [{path, duplicate_of, kind}]
+    near_duplicates: tuple[dict, ...] = ()   # new images placed beside a near-duplicate
+    warnings: tuple[dict, ...] = ()          # accepted, but worth a look (EXIF, repeated boxes)
+    difficult_boxes: int = 0
+    formats: dict[str, str] = field(default_factory=dict)  # batch folder -> what was found
+    changed: bool = False
+    check_only: bool = False
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+
+# --------------------------------------------------------------------------- settings
+
+def parse_class_map(pairs: Sequence) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        if isinstance(pair, str):
+            old, sep, new = pair.partition("=")
+            if not sep:
+                raise UserError(f"--map {pair!r}: write it as old=new, e.g. --map scratch=scratches")
+        else:
+            old, new = pair
+        old, new = str(old).strip(), str(new).strip()
+        if not old or not new:
+            raise UserError(f"--map {pair!r}: both names are needed, e.g. --map scratch=scratches")
+        out[old] = new
+    return out
+
+
+def parse_split(text: str | None) -> dict[str, float] | None:
+    """``80/10/10``, ``0.8,0.1,0.1`` or ``train=0.7,val=0.2,test=0.1`` -> ratios."""
+    if text is None:
+        return None
+    parts = [p for p in text.replace("/", ",").split(",") if p.strip()]
+    try:
+        if all("=" in p for p in parts):
+            ratios = {k.strip(): float(v) for k, v in (p.split("=", 1) for p in parts)}
+        elif len(parts) == 3:
+            ratios = dict(zip(SPLITS, (float(p) for p in parts)))
+        else:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--split {text!r}: give three numbers for train/val/test, e.g. --split 80/10/10") from None
+    return ratios
+
+
+def _ratios(value: Mapping[str, Any]) -> dict[str, float]:
+    bad = [k for k in value if k not in SPLITS]
+    if bad:
+        raise UserError(f"dataset.split: unknown split(s) {bad}; use train, val and test")
+    ratios = {s: float(value.get(s, 0) or 0) for s in SPLITS}
+    if any(v < 0 for v in ratios.values()) or ratios["train"] <= 0:
+        raise UserError(f"dataset.split {ratios}: ratios must be >= 0 and train > 0")
+    total = sum(ratios.values())
+    return {s: v / total for s, v in ratios.items()}
+
+
+# --------------------------------------------------------------------------- report
+
+def _markdown(result: PrepareResult, counts: dict, classes: Sequence[str], bad_by_batch: Mapping) -> str:
+    lines = [f"# Dataset preparation{' (check only: nothing changed)' if result.check_only else ''}", "",
+             f"- dataset version: {result.dataset_version}", f"- added: {result.added} "
+             f"({', '.join(f'{s} {n}' for s, n in result.added_per_split.items())})",
+             f"- duplicates (not added): {result.duplicates}", f"- rejected problems: {len(result.rejected)}",
+             f"- background images (no defect): {result.background_images}",
+             f"- difficult boxes imported (kept): {result.difficult_boxes}", ""]
+    for src, what in result.formats.items():
+        bad, total = bad_by_batch.get(src, (0, 0))
+        lines.append(f"- batch `{src}`: {what}; bad {bad} of {total}")
+    lines += ["", "## Images per class and split (managed dataset)", ""]
+    rows = []
+    for c in classes:
+        ci, cb = counts["class_images"].get(c, {}), counts["class_boxes"].get(c, {})
+        total = sum(ci.values()) or 1
+        rows.append([c, *(ci.get(s, 0) for s in SPLITS), *(f"{100 * ci.get(s, 0) / total:.0f}%" for s in SPLITS),
+                     sum(cb.values())])
+    rows.append(["(background)", *(counts["background"][s] for s in SPLITS), "", "", "", 0])
+    rows.append(["all images", *(counts["images"][s] for s in SPLITS), "", "", "", sum(result.boxes_per_class.values())])
+    lines.append(markdown_table(["class", *SPLITS, *(f"{s} %" for s in SPLITS), "boxes"], rows))
+
+    def listing(title: str, items: Sequence[dict], keys: Sequence[str], limit: int = 200) -> None:
+        lines.extend([f"## {title} ({len(items)})", ""])
+        if items:
+            lines.append(markdown_table(list(keys), [[str(i.get(k, "")) for k in keys] for i in items[:limit]]))
+            if len(items) > limit:
+                lines.append(f"... and {len(items) - limit} more (see the JSON report)\n")
+        lines.append("")
+
+    listing("Rejected", result.rejected, ("path", "reason"))
+    listing("Duplicates", result.duplicate_files, ("path", "kind", "duplicate_of"))
+    listing("Near-duplicates placed together", result.near_duplicates, ("path", "split", "near"))
+    listing("Warnings", result.warnings, ("path", "reason"))
+    if result.notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in result.notes), ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- run
+
+class _Bar:
+    def __init__(self, progress: Progress | None, stage: str, total: int) -> None:
+        self.progress, self.stage, self.total, self.done = progress, stage, total, 0
+        self.tqdm = None
+        if progress is None and progress_enabled() and total:
+            from tqdm import tqdm
+
+            self.tqdm = tqdm(total=total, desc=stage, unit="img", leave=False, file=sys.stderr)
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.tqdm is not None:
+            self.tqdm.update(n)
+        elif self.progress is not None:
+            self.progress(self.stage, self.done, self.total)
+
+    def close(self) -> None:
+        if self.tqdm is not None:
+            self.tqdm.close()
+
+
+def _check_source_path(workspace: Workspace, source: Path) -> None:
+    datasets = workspace.datasets.resolve()
+    if source == datasets or datasets in source.parents:
+        raise UserError(f"--source {source} is inside the managed dataset; give the folder of a new batch")
+    if source in datasets.parents:
+        raise UserError(f"--source {source} contains the managed dataset ({datasets}); give the batch folder itself")
+
+
+def _import_key(config: PrepareConfig, class_map: Mapping[str, str], classes: Sequence[str] | None) -> str:
+    """What, besides the files, decides an import's outcome; a batch with the same fingerprint and
+    key was imported exactly so before and is skipped without being read again."""
+    what = {"fmt": config.fmt, "keep_split": config.keep_split, "map": sorted(class_map.items()),
+            "classes": list(classes or [])}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sources(config: PrepareConfig, workspace: Workspace, notes: list[str]) -> list[Path]:
+    if config.source is not None and config.incoming:
+        raise UserError("give either --source or --incoming, not both")
+    if config.source is not None:
+        source = Path(config.source).expanduser().resolve()
+        _check_source_path(workspace, source)
+        return [source]
+    if not workspace.incoming.is_dir():
+        notes.append(f"no folder {workspace.incoming}: nothing to import (run setup_training.py, then drop batches there)")
+        return []
+    loose = [p for p in workspace.incoming.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if loose:
+        notes.append(f"{len(loose)} file(s) lie directly in {workspace.incoming} and are not read: "
+                     "put each batch in its own sub-folder")
+    pending = pending_incoming_batches(workspace)
+    if not pending:
+        notes.append(f"no new batch in {workspace.incoming}")
+    return pending
+
+
+def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResult:
+    """Import the source (or the new batches of training/incoming/) into the managed dataset."""
+    t0 = time.perf_counter()
+    workspace = Workspace.at(config.root)
+    # A split given here names every ratio: a missing one is 0, not training.yaml's value.
+    unknown = sorted(set(config.split or {}) - set(SPLITS))
+    if unknown:
+        raise UserError(f"--split: unknown split(s) {unknown}; use train, val and test")
+    split = {s: float(config.split.get(s, 0) or 0) for s in SPLITS} if config.split else None
+    given = {"split": split, "max_bad_fraction": config.max_bad_fraction,
+             "near_duplicate_bits": config.near_duplicate_bits}
+    flags = {"dataset": {k: v for k, v in given.items() if v is not None}}
+    settings = resolve_settings(workspace.training_yaml if workspace.training_yaml.exists() else None, flags)
+    ratios = _ratios(settings["dataset"]["split"])
+    max_bad = float(settings["dataset"]["max_bad_fraction"])
+    bits = int(settings["dataset"]["near_duplicate_bits"])
+    class_map = parse_class_map(config.class_map)
+    workers = config.workers or default_workers()
+    notes: list[str] = []
+
+    timings: dict[str, float] = {}
+    lap = [time.perf_counter()]
+
+    def phase(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(timings.get(name, 0.0) + now - lap[0], 3)
+        lap[0] = now
+
+    sources = _sources(config, workspace, notes)
+    manifest = load_manifest(workspace)
+    known_classes = (read_class_names(workspace.dataset_yaml) if workspace.dataset_yaml.exists()
+                     else (manifest or {}).get("classes") or None)
+    key = _import_key(config, class_map, known_classes)
+    done_before = {(b.get("fingerprint"), b.get("settings")): b for b in (manifest or {}).get("batches", [])}
+    todo: list[tuple[Path, str]] = []
+    for source in sources:
+        fp = batch_fingerprint(source if source.is_dir() else source.parent)
+        before = done_before.get((fp, key))
+        if before is not None and not config.check:
+            notes.append(f"{source}: unchanged since it was imported as batch {before['id']} "
+                         f"({before.get('imported_at')}): nothing to do")
+            continue
+        todo.append((source, fp))
+
+    phase("fingerprint")
+    batches = [read_source(source, config.fmt) for source, _ in todo]
+    for batch in batches:
+        if config.keep_split and not batch.has_split:
+            raise UserError(f"--keep-split: {batch.root} carries no train/val/test split (folders or data yaml); "
+                            "drop --keep-split to split it by class")
+        if batch.has_split and not config.keep_split:
+            notes.append(f"{batch.root} carries its own split; ignored (pass --keep-split to keep it)")
+        notes += [f"{batch.root.name}: {n}" for n in batch.notes]
+    if batches:
+        classes, new_classes = resolve_classes(workspace, manifest, batches, class_map)
+        missing = sorted({v for v in class_map.values() if v not in classes})
+        if missing:
+            raise UserError(f"--map target(s) {missing} are not dataset classes ({', '.join(classes)})")
+    else:
+        classes, new_classes = list(known_classes or []), False
+    current = manifest or empty_manifest(classes)
+
+    # A file imported before from the same path, with the same size and mtime, is not read again.
+    by_source = {e["source"]: e for e in current["images"]}
+    already: dict[Path, dict] = {}
+    to_check: list[SourceImage] = []
+    for batch in batches:
+        for item in batch.images:
+            entry = by_source.get(str(item.image))
+            if entry is not None:
+                try:
+                    st = item.image.stat()
+                    if st.st_size == entry.get("source_size") and st.st_mtime_ns == entry.get("source_mtime_ns"):
+                        already[item.image] = entry
+                        continue
+                except OSError:
+                    pass
+            to_check.append(item)
+    phase("read")
+    bar = _Bar(progress, "check", len(to_check))
+    try:
+        checked = {r.source.image: r for r in parallel_map(check_image, to_check, workers, config.executor, bar)}
+    finally:
+        bar.close()
+
+    phase("check")
+    first_id = len(current["batches"]) + 1
+    batch_ids = [(batch, f"b{first_id + i:04d}") for i, batch in enumerate(batches)]
+    plan = plan_import(batch_ids, checked, already, current, classes, class_map, ratios, bits, config.keep_split)
+    notes += plan.notes
+    too_bad = [f"{src}: {bad} of {total} files bad ({bad / total:.0%})"
+               for src, (bad, total) in plan.bad_by_batch.items() if total and bad / total > max_bad]
+
+    phase("plan")
+    added: list[dict] = []
+    changed = False
+    version = current["version"] if manifest else None
+    if config.check or too_bad:
+        added = plan.entries  # what an import would add (reported; nothing written)
+        current = dict(current, images=current["images"] + added)
+    elif batches:
+        notes += set_aside_unmanaged(workspace, manifest)
+        for split in SPLITS:
+            workspace.images_dir(split).mkdir(parents=True, exist_ok=True)
+            workspace.labels_dir(split).mkdir(parents=True, exist_ok=True)
+        bar = _Bar(progress, "copy", len(plan.tasks))
+        try:
+            # File creation waits on the disk, not the CPU: twice the threads keep it busy.
+            written = parallel_map(lambda task: write_copy(task, workspace.datasets), plan.tasks, 2 * workers,
+                                   "thread", bar)
+        finally:
+            bar.close()
+        for entry, problem in written:
+            if problem is not None:
+                plan.rejected.append(problem)
+            else:
+                added.append(entry)
+        phase("copy")
+        if hasattr(os, "sync"):
+            os.sync()  # the copies reach the disk before the manifest that lists them
+        phase("sync")
+        per_batch = {bid: sum(e["batch"] == bid for e in added) for _, bid in batch_ids}
+        key = _import_key(config, class_map, classes)  # as the next run will compute it
+        records = [{"id": bid, "source": str(batch.root), "fingerprint": fp, "settings": key,
+                    "imported_at": utc_now_iso(), "format": batch.fmt, "added": per_batch[bid],
+                    "rejected": plan.bad_by_batch[str(batch.root)][0], "files": plan.bad_by_batch[str(batch.root)][1]}
+                   for (batch, bid), (_, fp) in zip(batch_ids, todo)]
+        changed = bool(added) or new_classes or manifest is None
+        updated = dict(current, classes=list(classes), images=current["images"] + added,
+                       batches=current["batches"] + records, updated_at=utc_now_iso())
+        if changed:
+            updated["version"] = int(current["version"]) + 1
+        save_manifest(workspace, updated)
+        version = updated["version"]
+        current = updated
+    if (changed or (manifest is not None and not workspace.dataset_yaml.exists())) and not config.check:
+        write_dataset_yaml(workspace, classes, version)
+
+    phase("manifest")
+    counts = split_counts(current, classes)
+    n_added = 0 if too_bad else len(added)
+    result = PrepareResult(
+        dataset_version=version, images=counts["images"],
+        boxes_per_class={c: sum(counts["class_boxes"].get(c, {}).values()) for c in classes},
+        added=n_added, duplicates=len(plan.duplicates), rejected=tuple(p.as_dict() for p in plan.rejected),
+        report=None, batches=tuple(str(b.root) for b in batches),
+        background_images=sum(counts["background"].values()), classes=tuple(classes),
+        added_per_split={s: 0 if too_bad else sum(e["split"] == s for e in added) for s in SPLITS},
+        duplicate_files=tuple(plan.duplicates), near_duplicates=tuple(plan.near),
+        warnings=tuple(p.as_dict() for p in plan.warnings), difficult_boxes=plan.difficult,
+        formats={str(b.root): b.description for b in batches}, changed=changed, check_only=config.check,
+        notes=tuple(notes), seconds=round(time.perf_counter() - t0, 3), timings=timings)
+    if not config.check or workspace.reports.is_dir():
+        path = report_path(workspace, "prepare-check" if config.check else "prepare")
+        result = replace(result, report=path)
+        write_report(path, result, _markdown(result, counts, classes, plan.bad_by_batch))
+    if too_bad:
+        first = "; ".join(f"{p.path.name}: {p.reason}" for p in plan.rejected[:3])
+        raise UserError(f"stopped, nothing imported: {'; '.join(too_bad)}, more than max_bad_fraction "
+                        f"{max_bad:.0%} (first problems: {first}); fix the batch or raise dataset.max_bad_fraction"
+                        + (f" - full list in {result.report}" if result.report else ""))
+    logger.info("dataset version %s: added %d, duplicates %d, problems %d (%.1f s)", result.dataset_version,
+                result.added, result.duplicates, len(result.rejected), result.seconds)
+    return result
+
+
+# --------------------------------------------------------------------------- CLI
+
+def describe(result: PrepareResult) -> str:
+    head = "Check only, nothing changed. An import would add" if result.check_only else "Added"
+    lines = [f"{head} {result.added} image(s): " + ", ".join(f"{s} {n}" for s, n in result.added_per_split.items()),
+             f"  duplicates not added: {result.duplicates};  problems: {len(result.rejected)};  warnings: {len(result.warnings)}",
+             f"  dataset version {result.dataset_version}: " + ", ".join(f"{s} {n}" for s, n in result.images.items())
+             + f" images; {sum(result.boxes_per_class.values())} boxes; {result.background_images} background"]
+    for r in result.rejected[:10]:
+        lines.append(f"  rejected {r['path']}: {r['reason']}")
+    if len(result.rejected) > 10:
+        lines.append(f"  ... {len(result.rejected) - 10} more in the report")
+    for n in result.notes:
+        lines.append(f"  note: {n}")
+    if result.report:
+        lines.append(f"  report: {result.report}")
+    return "\n".join(lines)
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = build_parser(__doc__, prog="dataset_preparer.py")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--source", type=Path, help="a labelled batch: a folder, a data yaml or a COCO .json")
+    what.add_argument("--incoming", action="store_true",
+                      help="import every new sub-folder of training/incoming/ (the default without --source)")
+    parser.add_argument("--format", dest="fmt", default="auto", choices=("auto", "yolo", "voc", "coco"),
+                        help="label format of the source")
+    parser.add_argument("--keep-split", action="store_true",
+                        help="keep the train/val/test split the source carries (folders or data yaml)")
+    parser.add_argument("--check", action="store_true", help="validate and report only; change nothing")
+    parser.add_argument("--map", dest="class_map", action="append", default=[], metavar="OLD=NEW",
+                        help="rename a source class to a dataset class (repeatable)")
+    parser.add_argument("--split", default=None, help="ratios for new images, e.g. 80/10/10 (default: training.yaml)")
+    parser.add_argument("--max-bad-fraction", type=float, default=None,
+                        help="stop when a larger share of a batch is bad (default: training.yaml)")
+    parser.add_argument("--near-duplicate-bits", type=int, default=None,
+                        help="perceptual-hash distance (of 64 bits) for near-duplicates (default: training.yaml)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel checks (default: CPU cores, at most 8)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+
+    def execute(a: argparse.Namespace) -> PrepareResult:
+        return run(PrepareConfig(root=Workspace.at(a.root).root, source=a.source, fmt=a.fmt, incoming=a.incoming,
+                                 keep_split=a.keep_split, check=a.check, class_map=tuple(a.class_map),
+                                 split=parse_split(a.split), max_bad_fraction=a.max_bad_fraction,
+                                 workers=a.workers, near_duplicate_bits=a.near_duplicate_bits))
+
+    return run_main(args, execute, describe)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
