@@ -1,0 +1,260 @@
+"""The pipeline's HTML page: every section, embedded pictures only, escaped user strings, the
+fallbacks (epochs.jsonl, ultralytics' results.csv, a drawn chart), and headless Chromium."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import struct
+import subprocess
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from toolkit.html_report import NOT_RUN, SECTION_IDS, render_pipeline_report, write_pipeline_report
+
+CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+EVIL = '<script>alert("x")</script> & "quotes"'
+
+
+def png_bytes(width: int = 8, height: int = 6, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A valid RGB PNG, made by hand (no imaging library)."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+class Page(HTMLParser):
+    """What a browser would see: ids of sections, pictures, links, scripts and the text of each section."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.sections: dict[str, str] = {}
+        self.srcs: list[str] = []
+        self.hrefs: list[str] = []
+        self.tags: list[str] = []
+        self.svg_shapes: dict[str, dict[str, int]] = {}
+        self._current: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "section":
+            self._current = attrs.get("id")
+            self.sections[self._current] = ""
+            self.svg_shapes[self._current] = {}
+        if self._current and tag in ("polyline", "rect", "circle", "img", "svg"):
+            shapes = self.svg_shapes[self._current]
+            shapes[tag] = shapes.get(tag, 0) + 1
+        for name, value in attrs.items():
+            if name == "src":
+                self.srcs.append(value or "")
+            if name == "href":
+                self.hrefs.append(value or "")
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self._current = None
+
+    def handle_data(self, data):
+        if self._current:
+            self.sections[self._current] += data
+
+
+def full_data(tmp_path: Path) -> dict:
+    chart = tmp_path / "compare_chart.png"
+    chart.write_bytes(png_bytes(rgb=(0, 114, 178)))
+    extra = tmp_path / "analyzer weeks.png"
+    extra.write_bytes(png_bytes(rgb=(0, 158, 115)))
+    per_class = lambda base: {c: {"ap50": round(base + 0.05 * i, 3), "ap50_95": round(base / 2 + 0.03 * i, 3)}  # noqa: E731
+                                 for i, c in enumerate(CLASSES)}
+    return {
+        "title": "Retraining run 20260301-020000",
+        "generated_at": "2026-03-01T02:14:00Z",
+        "root": tmp_path / "plant & line <3>",  # a Path, as a careless caller might pass
+        "decision": "promoted",
+        "reasons": ["candidate mAP50 0.786 beats production 0.696 by +0.090", EVIL],
+        "production": {"version": "1.1", "path": str(tmp_path / "yolov8_model.pt"), "sha256": "ab" * 32},
+        "previous_version": "1.0",
+        "dry_run": False,
+        "timings": {"analyze": 1.2, "prepare": 14.0, "train": 252.4, "compare": 31.0, "promote": 0.4},
+        "stages": {
+            "analyze": {"records": 1200, "skipped_records": 3, "exported": 40, "report": "r/analyze.json",
+                        "priorities": [{"class": "crazing", "score": 0.81, "images_needed": 120,
+                                        "reasons": ["recall 0.41 on reviewed images", EVIL]},
+                                       {"class": "patches", "score": 0.44, "images_needed": 30,
+                                        "reasons": ["many false positives"]}],
+                        "classes": {"crazing": {"recall": 0.41, "false_positives": 3, "nested": {"x": 1}}}},
+            "prepare": {"dataset_version": 3, "images": {"train": 1440, "val": 180, "test": 180},
+                        "boxes_per_class": {c: 400 + i for i, c in enumerate(CLASSES)}, "added": 120,
+                        "duplicates": 4, "report": "r/prepare.json",
+                        "rejected": [{"path": "D:/batch/<bad>&name.jpg", "reason": "corrupt JPEG"}]
+                        + [{"path": f"D:/batch/x{i}.jpg", "reason": "unknown class"} for i in range(60)]},
+            "train": {"run_dir": str(tmp_path / "run"), "best": str(tmp_path / "run/weights/best.pt"),
+                      "epochs_completed": 3, "epochs_planned": 3, "seconds": 252.4, "stop_reason": "completed",
+                      "metrics": {"map50": 0.786, "map50_95": 0.453, "precision": 0.74, "recall": 0.71},
+                      "epochs": [{"epoch": e, "map50": 0.5 + 0.1 * e, "map50_95": 0.3 + 0.05 * e,
+                                  "precision": 0.6 + 0.05 * e, "recall": 0.55 + 0.05 * e,
+                                  "box_loss": 2.0 - 0.3 * e, "cls_loss": 3.0 - 0.5 * e} for e in (1, 2, 3)]},
+            "compare": {"split": "test", "images": 180, "winner": str(tmp_path / "run/weights/best.pt"),
+                        "chart": str(chart), "report": "r/compare.json",
+                        "models": [{"path": str(tmp_path / "yolov8_model.pt"), "role": "production",
+                                    "map50": 0.696, "map50_95": 0.376, "precision": 0.66, "recall": 0.64,
+                                    "per_class": per_class(0.5), "ms_per_image": 41.5},
+                                   {"path": str(tmp_path / "run/weights/best.pt"), "role": "candidate",
+                                    "map50": 0.786, "map50_95": 0.453, "precision": 0.74, "recall": 0.71,
+                                    "per_class": per_class(0.6), "ms_per_image": 40.9,
+                                    "gain": 0.09, "ci95": [0.05, 0.13]}],
+                        "decision": {"promote": True, "reasons": ["gain above 0.01 with 95% confidence"],
+                                     "gain": 0.09, "ci95": [0.05, 0.13], "metric": "map50"}},
+            "promote": {"version": "1.1", "file": "yolov8_v1.1.pt", "sha256": "ab" * 32, "parent": "1.0"},
+        },
+        "images": {"Detections per week <from the analyzer>": str(extra)},
+        "history": [{"version": "1.0", "sha256": "cd" * 32, "promoted_at": "2026-02-01T02:00:00Z",
+                     "metrics": {"map50": 0.696, "map50_95": 0.376}, "dataset_version": 1,
+                     "reasons": ["first production model"]},
+                    {"version": "1.1", "sha256": "ab" * 32, "promoted_at": "2026-03-01T02:14:00Z",
+                     "metrics": {"map50": 0.786, "map50_95": 0.453}, "dataset_version": 3, "reasons": [EVIL]}],
+    }
+
+
+def assert_self_contained(text: str, page: Page) -> None:
+    assert "script" not in page.tags and "link" not in page.tags and "iframe" not in page.tags
+    assert all(src.startswith("data:image/") for src in page.srcs), page.srcs
+    for ref in page.srcs + page.hrefs:
+        assert not ref.lower().startswith(("http://", "https://", "//", "file:")), ref
+    assert "url(" not in text  # no CSS fetches (fonts, backgrounds)
+
+
+def test_full_report_has_every_section_embeds_its_pictures_and_escapes_user_strings(tmp_path):
+    data = full_data(tmp_path)
+    text = render_pipeline_report(data)
+    page = Page(text)
+    assert set(SECTION_IDS) <= set(page.sections)
+    assert "images" in page.sections
+    assert_self_contained(text, page)
+    chart_uri = "data:image/png;base64," + base64.b64encode(Path(data["stages"]["compare"]["chart"]).read_bytes()).decode()
+    extra_uri = "data:image/png;base64," + base64.b64encode(Path(data["images"]["Detections per week <from the analyzer>"]).read_bytes()).decode()
+    assert page.srcs.count(chart_uri) == 1 and page.srcs.count(extra_uri) == 1
+    # escaped: the browser shows the user's text as text, and no tag of it exists
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert EVIL in page.sections["summary"] and EVIL in page.sections["decision"]
+    assert EVIL in page.sections["priorities"] and EVIL in page.sections["versions"]
+    assert "D:/batch/<bad>&name.jpg" in page.sections["dataset"]
+    assert "plant & line <3>" in text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    for sid in ("priorities", "dataset", "training", "comparison", "chart"):
+        assert NOT_RUN not in page.sections[sid]
+    # the figures themselves
+    assert "PROMOTED" in page.sections["summary"] and "1.1" in page.sections["summary"]
+    assert "0.786" in page.sections["training"] and "0.696" in page.sections["comparison"]
+    assert "+0.090" in page.sections["comparison"] and "[0.050, 0.130]" in page.sections["decision"]
+    assert all(c in page.sections["comparison"] for c in CLASSES)
+    assert "and 36 more" in page.sections["dataset"]  # 61 rejected, 25 shown
+    assert page.svg_shapes["training"]["polyline"] == 6  # 4 metrics + 2 losses, one line each
+    assert page.svg_shapes["chart"].get("img") == 1 and "svg" not in page.svg_shapes["chart"]
+    assert "yolov8_v1.1.pt" in page.sections["decision"]
+
+
+def test_minimal_report_says_which_stages_did_not_run(tmp_path):
+    text = render_pipeline_report({"decision": "skipped", "reasons": ["no new batch since the last run"]})
+    page = Page(text)
+    assert set(SECTION_IDS) <= set(page.sections)
+    assert_self_contained(text, page)
+    for sid in ("priorities", "dataset", "training", "comparison", "chart"):
+        assert NOT_RUN in page.sections[sid], sid
+    assert NOT_RUN in page.sections["decision"]  # promote did not run either
+    assert "SKIPPED" in page.sections["summary"] and "no new batch" in page.sections["summary"]
+    assert "no versions recorded yet" in page.sections["versions"]
+    assert Page(render_pipeline_report({})).sections.keys() >= set(SECTION_IDS)
+
+
+def test_a_skipped_stage_shows_why(tmp_path):
+    data = {"decision": "kept", "stages": {"promote": {"skipped": "the comparator did not approve the candidate"},
+                                           "analyze": {"skipped": "no memory bank"}}}
+    page = Page(render_pipeline_report(data))
+    assert "the comparator did not approve the candidate" in page.sections["decision"]
+    assert "no memory bank" in page.sections["priorities"]
+
+
+def test_training_curves_come_from_epochs_jsonl_when_the_result_has_none(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    records = [{"epoch": e, "epochs": 4, "losses": {"box_loss": 2 - 0.2 * e, "cls_loss": 3 - 0.4 * e, "dfl_loss": 1.5},
+                "map50": 0.2 * e, "map50_95": 0.1 * e, "precision": None, "recall": 0.15 * e} for e in (1, 2, 3, 4)]
+    (run_dir / "epochs.jsonl").write_text("\n".join(json.dumps(r) for r in records) + '\n{"epoch": 5, "map')
+    train = {"run_dir": str(run_dir), "epochs_completed": 4, "metrics": {"map50": 0.8}}
+    page = Page(render_pipeline_report({"stages": {"train": train}}))
+    shapes = page.svg_shapes["training"]
+    assert shapes["svg"] == 2 and shapes["polyline"] == 3 + 3  # precision is all None: no line
+    assert shapes["circle"] == 4 * 3 + 4 * 3
+    assert "no per-epoch records" not in page.sections["training"]
+    page = Page(render_pipeline_report({"stages": {"train": {"run_dir": str(tmp_path / "gone")}}}))
+    assert "no per-epoch records" in page.sections["training"]
+
+
+def test_training_curves_from_a_real_ultralytics_results_csv(tiny_model):
+    from toolkit.html_report import epoch_records
+
+    run_dir = tiny_model.parent.parent
+    assert (run_dir / "results.csv").is_file() and not (run_dir / "epochs.jsonl").exists()
+    records = epoch_records({"run_dir": str(run_dir)})
+    assert [r["epoch"] for r in records] == [1.0]
+    assert all(isinstance(records[0][k], float) for k in ("map50", "map50_95", "precision", "recall", "box_loss"))
+    page = Page(render_pipeline_report({"stages": {"train": {"run_dir": str(run_dir)}}}))
+    assert page.svg_shapes["training"]["svg"] == 2 and page.svg_shapes["training"]["circle"] == 4 + 3
+
+
+def test_per_class_chart_is_drawn_when_the_comparators_png_is_missing(tmp_path):
+    data = full_data(tmp_path)
+    data["stages"]["compare"]["chart"] = str(tmp_path / "deleted.png")
+    page = Page(render_pipeline_report(data))
+    shapes = page.svg_shapes["chart"]
+    assert "img" not in shapes and shapes["svg"] == 1
+    assert shapes["rect"] == len(CLASSES) * 2 + 2 + 1  # bars, legend swatches, frame
+    assert all(c in page.sections["chart"] for c in CLASSES)
+
+
+def test_one_malformed_stage_costs_only_its_own_section(tmp_path):
+    data = full_data(tmp_path)
+    data["stages"]["compare"]["models"][0]["per_class"] = {"crazing": 0.5}  # not {ap50, ap50_95}
+    page = Page(render_pipeline_report(data))
+    assert "could not be drawn" in page.sections["comparison"]
+    assert "could not be drawn" not in page.sections["training"] and "0.786" in page.sections["training"]
+
+
+def test_write_pipeline_report_writes_the_page(tmp_path):
+    dest = tmp_path / "reports" / "pipeline_x.html"
+    assert write_pipeline_report(dest, full_data(tmp_path)) == dest
+    text = dest.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and set(SECTION_IDS) <= set(Page(text).sections)
+    assert [p.name for p in dest.parent.iterdir()] == ["pipeline_x.html"]  # no temp file left
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
+def test_headless_chromium_shows_every_section(tmp_path):
+    page_path = write_pipeline_report(tmp_path / "report dir" / "pipeline.html", full_data(tmp_path))
+    shot = tmp_path / "shot.png"
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000"]
+    dom = subprocess.run(flags + ["--dump-dom", page_path.as_uri()], capture_output=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr.decode(errors="replace")[-2000:]
+    rendered = Page(dom.stdout.decode("utf-8", "replace"))
+    assert set(SECTION_IDS) <= set(rendered.sections)
+    assert EVIL in rendered.sections["summary"] and "script" not in rendered.tags
+    assert rendered.svg_shapes["training"]["polyline"] == 6 and rendered.svg_shapes["chart"]["img"] == 1
+    done = subprocess.run(flags + [f"--screenshot={shot}", page_path.as_uri()], capture_output=True, timeout=120)
+    assert done.returncode == 0 and shot.is_file(), done.stderr.decode(errors="replace")[-2000:]
+    import cv2
+
+    picture = cv2.imread(str(shot))
+    assert picture is not None and picture.shape[:2] == (3000, 1200)
+    assert picture.std() > 10  # drawn on, not a blank page
