@@ -67,6 +67,7 @@ class Page(HTMLParser):
 
 
 def full_data(tmp_path: Path) -> dict:
+    (tmp_path / "analyze_weekly.png").write_bytes(png_bytes(rgb=(230, 159, 0)))
     chart = tmp_path / "compare_chart.png"
     chart.write_bytes(png_bytes(rgb=(0, 114, 178)))
     extra = tmp_path / "analyzer weeks.png"
@@ -89,7 +90,9 @@ def full_data(tmp_path: Path) -> dict:
                                         "reasons": ["recall 0.41 on reviewed images", EVIL]},
                                        {"class": "patches", "score": 0.44, "images_needed": 30,
                                         "reasons": ["many false positives"]}],
-                        "classes": {"crazing": {"recall": 0.41, "false_positives": 3, "nested": {"x": 1}}}},
+                        "classes": {"crazing": {"recall": 0.41, "false_positives": 3, "drift": None},
+                                    "patches": {"recall": 0.9, "false_positives": 92, "drift": {"weeks": 3}}},
+                        "plots": [str(tmp_path / "analyze_weekly.png")]},
             "prepare": {"dataset_version": 3, "images": {"train": 1440, "val": 180, "test": 180},
                         "boxes_per_class": {c: 400 + i for i, c in enumerate(CLASSES)}, "added": 120,
                         "duplicates": 4, "report": "r/prepare.json",
@@ -141,6 +144,9 @@ def test_full_report_has_every_section_embeds_its_pictures_and_escapes_user_stri
     chart_uri = "data:image/png;base64," + base64.b64encode(Path(data["stages"]["compare"]["chart"]).read_bytes()).decode()
     extra_uri = "data:image/png;base64," + base64.b64encode(Path(data["images"]["Detections per week <from the analyzer>"]).read_bytes()).decode()
     assert page.srcs.count(chart_uri) == 1 and page.srcs.count(extra_uri) == 1
+    weekly_uri = "data:image/png;base64," + base64.b64encode((tmp_path / "analyze_weekly.png").read_bytes()).decode()
+    assert page.srcs.count(weekly_uri) == 1 and page.svg_shapes["priorities"]["img"] == 1
+    assert "false positives" in page.sections["priorities"] and "drift" not in page.sections["priorities"]
     # escaped: the browser shows the user's text as text, and no tag of it exists
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert EVIL in page.sections["summary"] and EVIL in page.sections["decision"]

@@ -47,8 +47,8 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;colo
 h1{font-size:1.6em;margin:.2em 0}h2{font-size:1.25em;border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 h3{font-size:1.05em;margin:1.2em 0 .4em}
 .meta{color:#555;font-size:.9em}.muted{color:#666;font-style:italic}
-table{border-collapse:collapse;margin:.5em 0 1em;font-size:.92em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.92em;max-width:100%}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.best{font-weight:bold}.path{font-family:ui-monospace,Consolas,monospace;font-size:.9em;word-break:break-all}
 .decision{display:inline-block;font-size:2.4em;font-weight:800;letter-spacing:.06em;padding:.1em .5em;
@@ -356,15 +356,19 @@ def _priorities(stage: dict[str, Any]) -> str:
         parts.append(_note("no priorities: the memory bank gave no reason to favour a class"))
     classes = stage.get("classes")
     if isinstance(classes, dict) and classes:
-        keys: list[str] = []
-        for info in classes.values():
-            for k, v in (info.items() if isinstance(info, dict) else ()):
-                if k not in keys and (v is None or isinstance(v, (int, float, str))) and len(keys) < 8:
-                    keys.append(k)
+        infos = [info if isinstance(info, dict) else {} for info in classes.values()]
+        keys = [k for k in dict.fromkeys(k for info in infos for k in info)  # scalar columns only
+                if all(info.get(k) is None or isinstance(info.get(k), (int, float, str)) for info in infos)
+                and any(info.get(k) is not None for info in infos)][:8]
         if keys:
             parts.append("<h3>Per-class figures from the memory bank</h3>" + _table(
-                ["class"] + keys, [[name] + [(info or {}).get(k) for k in keys] for name, info in classes.items()],
+                ["class"] + [k.replace("_", " ") for k in keys], [[name] + [(info or {}).get(k) for k in keys] for name, info in classes.items()],
                 numeric=range(1, len(keys) + 1)))
+    plots = stage.get("plots")  # the analyzer's own charts: a list of paths or {caption: path}
+    if isinstance(plots, (list, tuple)):
+        plots = {Path(str(p)).stem.replace("_", " "): p for p in plots}
+    if isinstance(plots, dict) and plots:
+        parts.append("<h3>The analyzer's charts</h3>" + _images(plots))
     return "".join(parts)
 
 
