@@ -29,16 +29,21 @@ def write_dataset_yaml(workspace: Workspace, names: Sequence[str], version: int 
     return workspace.dataset_yaml
 
 
-def read_class_names(path: str | Path) -> list[str]:
-    """Class names of an ultralytics data yaml (``names`` as a list or an id->name mapping)."""
+def read_data_yaml(path: str | Path) -> tuple[dict, list[str]]:
+    """An ultralytics data yaml and its class names (``names`` as a list or an id->name mapping)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read {path}: {exc}; rerun setup_training.py --force to regenerate it") from None
-    names = data.get("names")
+    names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names, key=int)]
-    if isinstance(names, list):
-        return [str(n) for n in names]
-    raise UserError(f"{path} has no 'names:' list of classes; rerun setup_training.py --force to regenerate it")
+        names = [names[k] for k in sorted(names, key=int)]
+    if not isinstance(names, list) or not names:
+        raise UserError(f"{path} has no 'names:' list of classes; rerun setup_training.py --force to regenerate it")
+    return data, [str(n) for n in names]
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names of an ultralytics data yaml, in class-id order."""
+    return read_data_yaml(path)[1]

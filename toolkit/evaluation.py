@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
+from toolkit.datafile import read_data_yaml
 from toolkit.errors import UserError
 from toolkit.files import atomic_write_bytes, sha256_file
 
@@ -203,16 +204,8 @@ def _image_shape(path: Path) -> tuple[int, int]:
 
 
 def read_class_names_of(data_yaml: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
-    try:
-        data = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read data yaml {data_yaml}: {exc}") from None
-    names = data.get("names")
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names, key=int)]
-    if not isinstance(names, list) or not names:
-        raise UserError(f"{data_yaml} has no 'names:' list of classes; regenerate it with setup_training.py --force")
-    return data, tuple(str(n) for n in names)
+    data, names = read_data_yaml(data_yaml)
+    return data, tuple(names)
 
 
 def load_split(data_yaml: str | Path, split: str, subset: int | None = None) -> SplitData:
