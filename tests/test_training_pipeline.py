@@ -1,0 +1,171 @@
+"""The pipeline: promotion with the real NEU models, rollback, lock, kill safety, dry run, skip."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dataset_preparer
+import setup_training
+import training_pipeline
+from toolkit.layout import Workspace
+from toolkit.registry import Registry, read_history
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def neu_workspace(tmp_path_factory, neu_dir, shared_models):
+    """Production = real v1.0; the managed dataset holds NEU's fixed test split (+ a few train/val images)."""
+    from toolkit.labels import export_voc_as_yolo_splits
+
+    base = tmp_path_factory.mktemp("neu_pipeline")
+    lists = {}
+    for split, per_list in (("train", 12), ("val", 6), ("test", None)):
+        stems = (neu_dir / "splits" / f"{split}.txt").read_text().split()
+        lists[split] = base / f"{split}.txt"
+        lists[split].write_text("\n".join(stems if per_list is None else stems[::len(stems) // per_list][:per_list]))
+    export = export_voc_as_yolo_splits(neu_dir, lists, base / "export")
+    root = base / "ws"
+    root.mkdir()
+    shutil.copyfile(shared_models / "neu_v1.0_half.pt", root / "yolov8_model.pt")
+    setup_training.run(setup_training.SetupConfig(root=root))
+    dataset_preparer.run(dataset_preparer.PrepareConfig(root=root, source=export, keep_split=True))
+    return root
+
+
+def test_candidate_promoted_then_kept_then_rollback(neu_workspace, shared_models, capsys):
+    root = neu_workspace
+    ws = Workspace.at(root)
+    v10, v11 = shared_models / "neu_v1.0_half.pt", shared_models / "neu_v1.1_full.pt"
+
+    assert training_pipeline.main(["--root", str(root), "--candidate", str(v11), "--json", "--no-analyze"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["decision"] == "promoted", first["reasons"]
+    assert ws.production_model.read_bytes() == v11.read_bytes()
+    assert first["production"]["version"] == "1.1"
+    assert Path(first["html_report"]).is_file()
+
+    assert training_pipeline.main(["--root", str(root), "--candidate", str(v10), "--json", "--no-analyze"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["decision"] == "kept"
+    assert ws.production_model.read_bytes() == v11.read_bytes()
+    assert any("fell" in r or "drop" in r or "not" in r for r in second["reasons"])
+
+    assert training_pipeline.main(["--root", str(root), "--rollback", "--json"]) == 0
+    back = json.loads(capsys.readouterr().out)
+    assert back["production"]["version"] == "1.0"
+    assert ws.production_model.read_bytes() == v10.read_bytes()
+
+    # registry, sidecar and history agree
+    registry = Registry.load(ws)
+    assert [v["version"] for v in registry.versions] == ["1.0", "1.1"]
+    sidecar = json.loads(ws.production_sidecar.read_text())
+    assert sidecar["version"] == "1.0" and sidecar["sha256"] == registry.entry("1.0")["sha256"]
+    decisions = [r["decision"] for r in read_history(ws, last=100)]
+    assert decisions[-3:] == ["promoted", "kept", "rollback"]
+    status = training_pipeline.status(root)
+    assert status["production"]["version"] == "1.0"
+
+
+def test_tampered_archive_refused_by_rollback_cli(neu_workspace, capsys):
+    ws = Workspace.at(neu_workspace)
+    archive = ws.models / "yolov8_v1.1.pt"
+    if not archive.exists():
+        pytest.skip("needs the promotion test above")
+    original = archive.read_bytes()
+    try:
+        archive.write_bytes(original[:-10] + b"0123456789")
+        before = ws.production_model.read_bytes()
+        assert training_pipeline.main(["--root", str(ws.root), "--rollback", "1.1"]) == 1
+        err = capsys.readouterr().err
+        assert "does not match its recorded sha256" in err and len(err.strip().splitlines()) == 1
+        assert ws.production_model.read_bytes() == before
+    finally:
+        archive.write_bytes(original)
+
+
+def test_dry_run_and_if_new_data_change_nothing(neu_workspace, capsys):
+    root = neu_workspace
+    before = tree_digest(root / "training" / "datasets")
+    prod = (root / "yolov8_model.pt").read_bytes()
+    assert training_pipeline.main(["--root", str(root), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dry_run"] is True and plan["stages"]["plan"]["steps"]["prepare"].startswith("skip")
+    assert training_pipeline.main(["--root", str(root), "--if-new-data", "--json"]) == 0
+    skipped = json.loads(capsys.readouterr().out)
+    assert skipped["decision"] == "skipped"
+    assert tree_digest(root / "training" / "datasets") == before
+    assert (root / "yolov8_model.pt").read_bytes() == prod
+
+
+# --- synthetic workspace: training inside the pipeline ------------------------------------------
+
+@pytest.fixture
+def synthetic_workspace(tmp_path, tiny_model):
+    """Production = a tiny real model; one new synthetic batch waiting in training/incoming."""
+    from toolkit.synthetic import NEU_CLASSES, write_batch
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    shutil.copyfile(tiny_model, root / "yolov8_model.pt")
+    setup_training.run(setup_training.SetupConfig(root=root, classes=NEU_CLASSES))
+    write_batch(root / "training" / "incoming" / "batch_001", 40, size=64, seed=21)
+    return root
+
+
+def _pipeline_cmd(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "training_pipeline.py"), "--root", str(root), "--epochs", "3",
+            "--imgsz", "64", "--batch", "8", "--compare-subset", "8", "--json", *extra]
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkill_during_training_leaves_production_and_registry_untouched(synthetic_workspace):
+    root = synthetic_workspace
+    ws = Workspace.at(root)
+    prod_before = ws.production_model.read_bytes()
+    registry_before = ws.registry.read_text() if ws.registry.exists() else None
+    proc = subprocess.Popen(_pipeline_cmd(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        started = _wait_for(lambda: any(ws.runs.glob("*/epochs.jsonl")) or proc.poll() is not None, 240)
+        assert started and proc.poll() is None, "the pipeline did not reach training"
+        # a second run while the first holds the lock is refused, the first is unharmed
+        second = subprocess.run(_pipeline_cmd(root), cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and "busy" in second.stderr
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ws.production_model.read_bytes() == prod_before
+    assert (ws.registry.read_text() if ws.registry.exists() else None) == registry_before
+
+    rerun = subprocess.run(_pipeline_cmd(root), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    result = json.loads(rerun.stdout)
+    assert result["decision"] in ("promoted", "kept")
+    if result["decision"] == "kept":
+        assert ws.production_model.read_bytes() == prod_before
+    else:
+        assert Registry.load(ws).production_entry()["version"] == "1.1"
