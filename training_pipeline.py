@@ -259,18 +259,19 @@ def _run_locked(config: PipelineConfig, ws: Workspace, runner: _StageRunner, sta
         run_dir=_get(runner.results.get("train"), "run_dir"), classes=classes,
         source="pipeline" if config.candidate is None else f"candidate {config.candidate}"),
         lambda e: f"version {e['version']} is now in production")
-    return _finish(config, ws, runner, stamp, "promoted", reasons)
+    return _finish(config, ws, runner, stamp, "promoted", reasons, previous_version=entry.get("parent"))
 
 
 def _finish(config: PipelineConfig, ws: Workspace, runner: _StageRunner, stamp: str, decision: str,
-            reasons: list[str]) -> PipelineResult:
+            reasons: list[str], previous_version: str | None = None) -> PipelineResult:
     registry = Registry.load(ws)
     production = production_info(ws, registry)
     json_path = report_path(ws, "pipeline", stamp)
     stages = {name: to_jsonable(value) for name, value in runner.results.items()}
     data = {"title": f"Retraining run {stamp}", "generated_at": utc_now_iso(), "root": str(ws.root),
             "decision": decision, "reasons": reasons, "production": production, "stages": stages,
-            "timings": runner.timings, "history": registry.versions}
+            "timings": runner.timings, "history": registry.versions,
+            "previous_version": previous_version}
     html_path = json_path.with_suffix(".html")
     try:
         from toolkit.html_report import write_pipeline_report
@@ -375,7 +376,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def _add_log_file(root: Path | None) -> Path | None:
     ws = Workspace.at(root)
-    if not ws.training.exists():
+    if not ws.root.is_dir():
         return None
     ws.logs.mkdir(parents=True, exist_ok=True)
     path = ws.logs / f"pipeline_{timestamp()}.log"

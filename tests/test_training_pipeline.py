@@ -127,8 +127,8 @@ def synthetic_workspace(tmp_path, tiny_model):
     return root
 
 
-def _pipeline_cmd(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "training_pipeline.py"), "--root", str(root), "--epochs", "3",
+def _pipeline_cmd(root: Path, *extra: str, epochs: int = 3) -> list[str]:
+    return [sys.executable, str(REPO / "training_pipeline.py"), "--root", str(root), "--epochs", str(epochs),
             "--imgsz", "64", "--batch", "8", "--compare-subset", "8", "--json", *extra]
 
 
@@ -146,13 +146,20 @@ def test_sigkill_during_training_leaves_production_and_registry_untouched(synthe
     ws = Workspace.at(root)
     prod_before = ws.production_model.read_bytes()
     registry_before = ws.registry.read_text() if ws.registry.exists() else None
-    proc = subprocess.Popen(_pipeline_cmd(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # a long first run, so that it is surely still training while the second run tries its luck
+    proc = subprocess.Popen(_pipeline_cmd(root, epochs=50), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         started = _wait_for(lambda: any(ws.runs.glob("*/epochs.jsonl")) or proc.poll() is not None, 240)
         assert started and proc.poll() is None, "the pipeline did not reach training"
         # a second run while the first holds the lock is refused, the first is unharmed
         second = subprocess.run(_pipeline_cmd(root), cwd=REPO, capture_output=True, text=True, timeout=120)
         assert second.returncode == 1 and "busy" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        # ... and the first run is unharmed: still alive and still training
+        epochs_log = next(ws.runs.glob("*/epochs.jsonl"))
+        lines_before = len(epochs_log.read_text().splitlines())
+        assert _wait_for(lambda: len(epochs_log.read_text().splitlines()) > lines_before or proc.poll() is not None, 240)
+        assert proc.poll() is None, "the first run ended instead of training on"
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
