@@ -1,0 +1,32 @@
+"""The README's first command: ``training_pipeline.py --demo`` runs the whole loop on synthetic data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import training_pipeline
+from toolkit.layout import Workspace
+from toolkit.registry import Registry
+
+
+def test_demo_runs_the_whole_loop_and_says_where_things_are(tmp_path, capsys):
+    root = tmp_path / "demo"
+    assert training_pipeline.main(["--demo", "--root", str(root), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ws = Workspace.at(root)
+    assert result["decision"] in ("promoted", "kept")
+    assert ws.production_model.is_file()
+    assert Path(result["html_report"]).is_file()
+    assert set(result["stages"]) == {"analyze", "setup", "prepare", "train", "compare", "promote"}
+    assert result["stages"]["analyze"]["records"] == 600
+    assert result["stages"]["prepare"]["added"] == 300
+    versions = [v["version"] for v in Registry.load(ws).versions]
+    assert versions[0] == "1.0"
+    assert result["production"]["version"] == ("1.1" if result["decision"] == "promoted" else "1.0")
+
+
+def test_demo_refuses_a_root_with_a_production_model_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "yolov8_model.pt").write_bytes(b"the user's real model")
+    assert training_pipeline.main(["--demo", "--root", str(tmp_path)]) == 1
+    assert "did not make" in capsys.readouterr().err
+    assert (tmp_path / "yolov8_model.pt").read_bytes() == b"the user's real model"
