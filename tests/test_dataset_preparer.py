@@ -15,7 +15,7 @@ import yaml
 
 import dataset_preparer as dp
 from setup_training import SetupConfig, run as setup_run
-from toolkit.dataset import (BACKGROUND, SplitGroup, UnionFind, assign_splits, batch_fingerprint, check_image,
+from toolkit.dataset import (BACKGROUND, SplitGroup, UnionFind, assign_splits, batch_fingerprint, check_image, check_images,
                              load_manifest, managed_name, near_duplicate_pairs, pending_incoming_batches, phash64)
 from toolkit.errors import UserError
 from toolkit.labels import SourceBox, SourceImage, export_voc_as_yolo_splits, parse_voc_xml
@@ -149,6 +149,25 @@ def test_check_image_finds_each_problem(tmp_path):
     trailing.write_bytes(good.read_bytes() + b"camera junk")
     result = check(trailing)
     assert result.ok and "end marker" in result.reencode
+
+
+@pytest.mark.parametrize("kind", ["process", "auto"])
+def test_check_images_in_forked_workers_match_threads(tmp_path, kind):
+    """The forked-process checks (the default for big batches on Linux) find the same problems and
+    hashes as the in-process ones, in input order, with cv2 already used by the parent."""
+    good = jpeg_bytes(3)
+    box = SourceBox("crazing", 0.25, 0.25, 0.75, 0.75)
+    items = []
+    for i in range(300 if kind == "auto" else 12):  # auto forks from 256 items on
+        path = tmp_path / f"img{i:03d}.jpg"
+        path.write_bytes({0: good[:700], 1: b"", 2: b"not a picture"}.get(i % 7, good if i % 2 else jpeg_bytes(i)))
+        items.append(SourceImage(path, tmp_path / f"img{i:03d}.txt", (box,), normalized=True))
+    threads = check_images(items, 2, "thread")
+    forked = check_images(items, 2, kind)
+    assert forked == threads and [c.source for c in forked] == items
+    assert "truncated" in forked[0].problems[0].reason and "empty file" in forked[1].problems[0].reason
+    assert "not an image" in forked[2].problems[0].reason
+    assert forked[3].ok and forked[3].sha256 == hashlib.sha256(good).hexdigest() and forked[3].phash != 0
 
 
 def test_exif_rotated_image_is_copied_upright(tmp_path):
