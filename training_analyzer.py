@@ -296,7 +296,7 @@ def markdown_report(result: AnalyzeResult) -> str:
     from toolkit.reports import markdown_table
 
     lo, hi = result.uncertain
-    lines = [f"# Memory-bank analysis", "",
+    lines = ["# Memory-bank analysis", "",
              f"- memory bank: `{result.memory_bank}` ({result.format})",
              f"- records analysed: {result.records}; malformed and skipped: {result.skipped_records}; "
              f"outside the filters: {result.filtered_out}",

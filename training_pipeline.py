@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit.cli import build_parser, configure_logging, run_main, to_jsonable
+from toolkit.cli import build_parser, run_main, to_jsonable
 from toolkit.errors import UserError
 from toolkit.files import sha256_file
 from toolkit.layout import Workspace

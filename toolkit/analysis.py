@@ -439,6 +439,18 @@ def yolo_lines(boxes: list[tuple[int, float, float, float, float]], width: int, 
     return "\n".join(out) + ("\n" if out else "")
 
 
+def _write_labelled_copy(dest: Path, src: Path, taken: set, boxes, width: int, height: int) -> str:
+    """Copy ``src`` into ``dest/images`` (the source is only read) with its YOLO label; return the name."""
+    import shutil
+
+    name = _unique_name(dest, src.name, taken)
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    (dest / "labels").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dest / "images" / name)
+    (dest / "labels" / f"{Path(name).stem}.txt").write_text(yolo_lines(boxes, width, height), encoding="utf-8")
+    return name
+
+
 def _unique_name(folder: Path, name: str, taken: set[str]) -> str:
     stem, suffix = Path(name).stem, Path(name).suffix
     candidate, k = name, 1
@@ -459,7 +471,6 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
     missing or unreadable ones are listed, never fatal.
     """
     import csv
-    import shutil
 
     class_names = list(analysis.classes)
     index = {c: i for i, c in enumerate(class_names)}
@@ -485,13 +496,9 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
         hashes.append(digest)
         width = int(bank.width[r]) or w_img
         height = int(bank.height[r]) or h_img
-        name = _unique_name(export_dir, src.name, taken)
-        (export_dir / "images").mkdir(parents=True, exist_ok=True)
-        (export_dir / "labels").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, export_dir / "images" / name)
         s, e = int(bank.det_start[r]), int(bank.det_start[r + 1])
         boxes = [(remap[int(bank.det_cls[k])], *bank.det_box[k].tolist()) for k in range(s, e)]
-        (export_dir / "labels" / f"{Path(name).stem}.txt").write_text(yolo_lines(boxes, width, height), encoding="utf-8")
+        name = _write_labelled_copy(export_dir, src, taken, boxes, width, height)
         dets = "; ".join(f"{bank.classes[int(bank.det_cls[k])]} {bank.det_conf[k]:.2f}" for k in range(s, e))
         rows.append({"rank": len(rows) + 1, "file": f"images/{name}", "source": bank.image[r], "reason": reason,
                      "detections": dets, "model_version": _name(bank.versions, int(bank.version[r])),
@@ -514,8 +521,6 @@ def _name(table: list[str], i: int) -> str:
 
 def _write_reviewed_batch(workspace, bank: MemoryBank, class_names: list[str], remap: list[int], stamp: str,
                           missing: list[str]) -> tuple[Path | None, int]:
-    import shutil
-
     if not bank.reviews:
         return None, 0
     batch = workspace.incoming / f"reviewed_{stamp}"
@@ -533,12 +538,8 @@ def _write_reviewed_batch(workspace, bank: MemoryBank, class_names: list[str], r
         _, (w_img, h_img) = info
         width = int(bank.width[r]) or w_img
         height = int(bank.height[r]) or h_img
-        name = _unique_name(batch, src.name, taken)
-        (batch / "images").mkdir(parents=True, exist_ok=True)
-        (batch / "labels").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, batch / "images" / name)
         boxes = [(remap[c], x1, y1, x2, y2) for c, x1, y1, x2, y2 in bank.reviews[r]]
-        (batch / "labels" / f"{Path(name).stem}.txt").write_text(yolo_lines(boxes, width, height), encoding="utf-8")
+        _write_labelled_copy(batch, src, taken, boxes, width, height)
         written += 1
     if not written:
         return None, 0

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import yaml
 
 from toolkit.datafile import read_data_yaml
 from toolkit.errors import UserError
