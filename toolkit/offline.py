@@ -45,6 +45,31 @@ def _install_fonts(config_dir: Path) -> None:
             shutil.copyfile(dejavu, target)
 
 
+class _CurrentStderr:
+    """A stream that writes to whatever ``sys.stderr`` is at the moment of writing.
+
+    Ultralytics' log handler keeps the stream it was created with; binding it to this proxy sends
+    its lines to stderr (stdout holds only ``--json`` results) and survives later replacements
+    of ``sys.stderr`` (pytest's capture, a caller's redirect) instead of writing to a closed file.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stderr, "encoding", "utf-8") or "utf-8"
+
+
+_STDERR = _CurrentStderr()
+
+
 class _OfflineNoiseFilter(logging.Filter):
     """Ultralytics' messages about being offline say nothing the user can act on."""
 
@@ -114,6 +139,9 @@ def prepare_ultralytics(config_dir: str | Path, verbose: bool | None = None) -> 
     changes = {k: v for k, v in wanted.items() if k in SETTINGS and SETTINGS[k] != v}
     if changes:
         SETTINGS.update(changes)
+    for handler in LOGGER.handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is not _STDERR:  # its console handler only
+            handler.stream = _STDERR  # plain assignment: setStream would flush a possibly closed stream
     if not any(isinstance(f, _OfflineNoiseFilter) for f in LOGGER.filters):
         LOGGER.addFilter(_OfflineNoiseFilter())
     try:

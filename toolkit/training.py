@@ -358,19 +358,19 @@ def ultralytics_output(show_progress: bool) -> Iterator[None]:
     """
     from ultralytics.utils import LOGGER
 
-    handlers = [h for h in LOGGER.handlers if isinstance(h, logging.StreamHandler)]
+    handlers = [h for h in LOGGER.handlers if type(h) is logging.StreamHandler]  # not pytest's or a caller's
     streams = [h.stream for h in handlers]
     level = LOGGER.level
     try:
         for h in handlers:
-            h.setStream(sys.stderr)
+            h.stream = sys.stderr  # no setStream: it flushes the old stream, which may be closed
         if not show_progress:
             LOGGER.setLevel(logging.WARNING)  # also disables ultralytics' TQDM bars
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
         for h, s in zip(handlers, streams):
-            h.setStream(s)
+            h.stream = s
         LOGGER.setLevel(level)
 
 
