@@ -31,10 +31,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,10 +161,7 @@ def run(config: TrainConfig) -> TrainResult:
     workspace = Workspace.at(config.root)
     from toolkit.offline import prepare_ultralytics
 
-    # ultralytics' first import in a fresh workspace announces its new settings file on stdout,
-    # where --json wants one object only; its logger keeps the stream it finds at import.
-    with contextlib.redirect_stdout(sys.stderr):
-        prepare_ultralytics(workspace.cache / "ultralytics")
+    prepare_ultralytics(workspace.cache / "ultralytics")  # also keeps its notices off stdout
     if config.resume not in (None, False):
         return _resume(workspace, config)
 
