@@ -21,8 +21,9 @@ Priority score of a class (0..100, higher = label it first):
     E  evidence: min(1, (detections + reviewed labels) / 20), so 3 detections cannot top the list
 
 Export (``export_for_labelling``): the next images to label, chosen by ``candidate_order``
-(uncertain detections first, shared among classes by score, no near-duplicates by a 64-bit
-difference hash), copied with YOLO pre-labels; reviewed images become a labelled YOLO batch.
+(uncertain detections first, shared among classes by score, no near-duplicates by the toolkit's
+64-bit DCT perceptual hash, ``toolkit.phash``), copied with YOLO pre-labels; reviewed images
+become a labelled YOLO batch.
 
 Images needed (a heuristic, not a guarantee): 0 when score < 5, else
 ``ceil10(score/100 * max(200, dataset_instances / 2))``: a severe class needs up to 200 new images
@@ -40,6 +41,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from toolkit.memory_bank import MemoryBank
+from toolkit.phash import phash_file, within
 
 logger = logging.getLogger(__name__)
 
@@ -412,20 +414,6 @@ def resolve_image(raw: str, bank_path: Path) -> Path:
     return path if path.is_absolute() else (bank_path.parent / path)
 
 
-def dhash_and_size(path: Path) -> tuple[int, tuple[int, int]] | None:
-    """64-bit difference hash (cheap perceptual hash) and (width, height); None if unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            size = img.size
-            small = np.asarray(img.convert("L").resize((9, 8), Image.BILINEAR), dtype=np.int16)
-    except (OSError, ValueError, SyntaxError):
-        return None
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return int(np.packbits(bits).view(">u8")[0]), size
-
-
 def yolo_lines(boxes: list[tuple[int, float, float, float, float]], width: int, height: int) -> str:
     """(class id, x1, y1, x2, y2) in pixels -> YOLO txt (normalised centre, size; clipped to the image)."""
     out = []
@@ -485,12 +473,12 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
         if len(rows) >= n:
             break
         src = resolve_image(bank.image[r], bank.path)
-        info = dhash_and_size(src) if src.is_file() else None
+        info = phash_file(src) if src.is_file() else None
         if info is None:
             missing.append(bank.image[r])
             continue
         digest, (w_img, h_img) = info
-        if any(bin(digest ^ h).count("1") <= near_duplicate_bits for h in hashes):
+        if within(digest, hashes, near_duplicate_bits):
             near += 1
             continue
         hashes.append(digest)
@@ -531,7 +519,7 @@ def _write_reviewed_batch(workspace, bank: MemoryBank, class_names: list[str], r
     written = 0
     for raw, r in latest.items():
         src = resolve_image(raw, bank.path)
-        info = dhash_and_size(src) if src.is_file() else None
+        info = phash_file(src) if src.is_file() else None
         if info is None:
             missing.append(raw)
             continue

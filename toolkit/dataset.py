@@ -28,7 +28,6 @@ import sys
 from collections import Counter, defaultdict
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
@@ -39,6 +38,7 @@ from toolkit.errors import UserError
 from toolkit.files import atomic_write_text
 from toolkit.labels import Problem, SourceBatch, SourceImage, yolo_label_text
 from toolkit.layout import SPLITS, Workspace
+from toolkit.phash import format_phash, near_duplicate_pairs, parse_phash, phash64  # noqa: F401 (re-exported)
 from toolkit.reports import timestamp, utc_now_iso
 
 logger = logging.getLogger(__name__)
@@ -226,40 +226,6 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
            7: lambda a: cv2.rotate(cv2.transpose(a), cv2.ROTATE_180),
            8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE)}
     return ops[orientation](img) if orientation in ops else img
-
-
-@lru_cache(maxsize=64)
-def _phash_grid(h: int, w: int, n: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ys = (np.arange(n + 1) * h) // n
-    xs = (np.arange(n + 1) * w) // n
-    return ys[:, None], xs[None, :], np.outer(np.diff(ys), np.diff(xs)).astype(np.float32)
-
-
-def phash64(grey: np.ndarray) -> int:
-    """64-bit DCT perceptual hash: 32x32 cell means (exact, from an integral image), the 8x8
-    lowest frequencies of their DCT, one bit per coefficient above the median.
-
-    Chosen over the cheaper dHash after measuring NEU-DET: dHash sees the low-contrast steel
-    textures as one picture (3693 pairs within 4 bits, 206 at 0), while pHash finds only the
-    one exact duplicate and one real near-duplicate pair, and still matches an image with itself
-    re-encoded at quality 60 and resized by 10 % within 4 bits. Few numpy calls on purpose:
-    each holds the GIL, and the checks run in threads.
-    """
-    import cv2
-
-    n = 32
-    h, w = grey.shape[:2]
-    if h < n or w < n:
-        grey = cv2.resize(grey, (max(w, n), max(h, n)), interpolation=cv2.INTER_NEAREST)
-        h, w = grey.shape[:2]
-    # int32 sums are exact and twice as fast as float64 while 255 x pixels fits in 31 bits.
-    depth = cv2.CV_32S if h * w * 255 < 2 ** 31 else cv2.CV_64F
-    ys, xs, area = _phash_grid(h, w)
-    corners = cv2.integral(grey, sdepth=depth)[ys, xs]
-    sums = corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
-    low = cv2.dct(sums.astype(np.float32) / area)[:8, :8].ravel()
-    median = np.partition(low[1:], 31)[31]  # the DC term (mean brightness) does not vote
-    return int(np.packbits(low > median).view(">u8")[0])
 
 
 def _box_problems(boxes, width: int, height: int, normalized: bool, label: Path | None, image: Path):
@@ -470,67 +436,6 @@ def check_images(items: Sequence[SourceImage], workers: int | None = None, kind:
 
 
 # --------------------------------------------------------------------------- duplicates
-
-def parse_phash(value: str | int | None) -> int | None:
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, int) else int(value, 16)
-
-
-def format_phash(value: int) -> str:
-    return f"{value:016x}"
-
-
-def _pairs_brute_force(h: np.ndarray, n_new: int, bits: int, block: int = 256):
-    within, across = [], []
-    for start in range(0, n_new, block):
-        d = np.bitwise_count(h[start:min(start + block, n_new), None] ^ h[None, :])
-        for i, j in zip(*np.nonzero(d <= bits)):
-            i, j = int(start + i), int(j)
-            if j >= n_new:
-                across.append((i, j - n_new))
-            elif i < j:
-                within.append((i, j))
-    return within, across
-
-
-def near_duplicate_pairs(new: Sequence[int], old: Sequence[int], bits: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Pairs within Hamming distance ``bits``: (i, j) among ``new`` (i < j) and (i, k) new vs ``old``.
-
-    Pigeonhole index: two 64-bit hashes within ``bits`` agree exactly on at least one of
-    ``bits + 1`` disjoint bit-chunks, so only hashes sharing a chunk are compared. 5000 new
-    against 100000 managed images takes a fraction of a second instead of seconds of brute force.
-    """
-    if bits < 0 or not new:
-        return [], []
-    n_new = len(new)
-    h = np.array([int(x) for x in new] + [int(x) for x in old], dtype=np.uint64)
-    if bits >= 8 or len(h) < 512:  # chunks too narrow to help, or too few hashes to bother
-        within, across = _pairs_brute_force(h, n_new, bits)
-        return sorted(within), sorted(across)
-    within_set: set[tuple[int, int]] = set()
-    across_set: set[tuple[int, int]] = set()
-    edges = np.linspace(0, 64, bits + 2).astype(int)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        keys = (h >> np.uint64(lo)) & np.uint64((1 << int(hi - lo)) - 1)
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-        ends = np.r_[starts[1:], len(sk)]
-        for g in np.flatnonzero(ends - starts > 1):
-            members = order[starts[g]:ends[g]]
-            news = members[members < n_new]
-            if not len(news):
-                continue
-            d = np.bitwise_count(h[news][:, None] ^ h[members][None, :])
-            for a, b in zip(*np.nonzero(d <= bits)):
-                i, j = int(news[a]), int(members[b])
-                if j >= n_new:
-                    across_set.add((i, j - n_new))
-                elif i < j:
-                    within_set.add((i, j))
-    return sorted(within_set), sorted(across_set)
-
 
 class UnionFind:
     def __init__(self, n: int) -> None:
