@@ -52,6 +52,7 @@ from toolkit.dataset import (batch_fingerprint, check_images, default_workers, e
 from toolkit.errors import UserError
 from toolkit.labels import SourceImage, read_source
 from toolkit.layout import SPLITS, Workspace
+from toolkit.lock import holds_workspace_lock
 from toolkit.progress import progress_enabled
 from toolkit.reports import markdown_table, report_path, utc_now_iso, write_report
 
@@ -246,6 +247,7 @@ def _sources(config: PrepareConfig, workspace: Workspace, notes: list[str]) -> l
     return pending
 
 
+@holds_workspace_lock("prepare")
 def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResult:
     """Import the source (or the new batches of training/incoming/) into the managed dataset."""
     t0 = time.perf_counter()

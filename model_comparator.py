@@ -32,6 +32,7 @@ from toolkit.config import resolve_settings
 from toolkit.decision import PromotionRules, decide, judge_candidate
 from toolkit.errors import UserError
 from toolkit.layout import Workspace
+from toolkit.lock import holds_workspace_lock
 from toolkit.progress import progress_bar
 from toolkit.reports import markdown_table, report_path, timestamp, write_report
 
@@ -93,6 +94,7 @@ def _resolve_models(workspace: Workspace, config: CompareConfig) -> tuple[Path |
     return None, candidates
 
 
+@holds_workspace_lock("compare")
 def run(config: CompareConfig, progress: Callable | None = None) -> CompareResult:
     from toolkit import evaluation as ev_mod
     from toolkit.offline import prepare_ultralytics

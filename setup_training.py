@@ -28,6 +28,7 @@ from toolkit.datafile import read_class_names, write_dataset_yaml
 from toolkit.errors import UserError
 from toolkit.files import atomic_copy, atomic_write_text, sha256_file
 from toolkit.layout import Workspace
+from toolkit.lock import holds_workspace_lock
 from toolkit.offline import model_class_names
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def resolve_classes(workspace: Workspace, requested: tuple[str, ...] | None) -> 
     raise UserError(f"no classes known: pass --classes a,b,c or put your production model at {workspace.production_model}")
 
 
+@holds_workspace_lock("setup")
 def run(config: SetupConfig) -> SetupResult:
     workspace = Workspace.at(config.root)
     arch = normalize_arch(config.arch)

@@ -44,6 +44,7 @@ from toolkit.datafile import read_class_names
 from toolkit.errors import UserError
 from toolkit.files import atomic_write_json, atomic_write_text
 from toolkit.layout import Workspace
+from toolkit.lock import holds_workspace_lock
 from toolkit import training as tr
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def _names(model) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- run
+@holds_workspace_lock("train")
 def run(config: TrainConfig) -> TrainResult:
     """Train one run (or resume one) and return what the next stage needs."""
     workspace = Workspace.at(config.root)

@@ -31,6 +31,7 @@ from toolkit.cli import build_parser, run_main
 from toolkit.config import resolve_settings
 from toolkit.errors import UserError
 from toolkit.layout import Workspace
+from toolkit.lock import holds_workspace_lock
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ def dataset_instances(workspace: Workspace, names: list[str]) -> dict[str, int] 
     return counts if found else None
 
 
+@holds_workspace_lock("analyze", when=lambda c: c.export > 0 or c.scan is not None)
 def run(config: AnalyzeConfig) -> AnalyzeResult:
     from toolkit.analysis import analyze_memory_bank
     from toolkit.memory_bank import parse_date_bound, read_memory_bank
