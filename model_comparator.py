@@ -147,7 +147,7 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
         logger.info("  %s", line)
 
     json_path = report_path(workspace, "compare", timestamp())
-    chart = write_chart(json_path.with_suffix(".png"), entries, data.names)
+    chart = write_chart(json_path.with_suffix(".png"), entries, data.names, split)
     result = CompareResult(
         split=split, images=len(data), dataset_version=version, models=tuple(entries), winner=winner,
         decision=decision, report=json_path, markdown=json_path.with_suffix(".md"), chart=chart,
@@ -158,18 +158,27 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
     return result
 
 
-def write_chart(path: Path, entries: list[dict[str, Any]], names: tuple[str, ...]) -> Path | None:
+def write_chart(path: Path, entries: list[dict[str, Any]], names: tuple[str, ...], split: str = "test") -> Path | None:
     """Per-class AP50 of every model side by side (PNG); None when matplotlib cannot draw."""
     try:
-        from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
-    except Exception:  # the numbers are in the JSON and markdown anyway
+        fig = chart_figure(entries, names, split)
+    except ImportError:  # the numbers are in the JSON and markdown anyway
         logger.warning("matplotlib unavailable: no chart written", exc_info=True)
         return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def chart_figure(entries: list[dict[str, Any]], names: tuple[str, ...], split: str = "test"):
+    """The per-class AP50 chart as a matplotlib Figure (not saved)."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
     import numpy as np
 
     x = np.arange(len(names))
     width = 0.8 / max(len(entries), 1)
-    fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 4.2))
+    # constrained layout with the legend outside the axes: it can never cover a bar
+    fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2), 4.6), layout="constrained")
     ax = fig.subplots()
     for k, entry in enumerate(entries):
         values = [(entry["per_class"].get(n) or {}).get("ap50") or 0.0 for n in names]
@@ -177,15 +186,12 @@ def write_chart(path: Path, entries: list[dict[str, Any]], names: tuple[str, ...
         bars = ax.bar(x - 0.4 + width * (k + 0.5), values, width, label=label)
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(x, names, rotation=20, ha="right")
-    ax.set_ylim(0, 1.15 + 0.07 * len(entries))  # headroom for the legend above the bars
+    ax.set_ylim(0, 1.08)  # room for the value labels above a bar at 1.0
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("AP50")
-    ax.set_title("Per-class AP50 on the same test images")
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    ax.set_title(f"Per-class AP50 on the same {split} images")
+    fig.legend(fontsize=8, loc="outside lower center", ncol=min(len(entries), 2))
+    return fig
 
 
 def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:

@@ -252,7 +252,9 @@ def write_plots(analysis, json_path: Path) -> list[Path]:
     paths.append(_save(fig, Path(f"{stem}_confidence.png"), plt))
 
     if len(analysis.weeks) >= 1:
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(analysis.weeks) + 3), 6), sharex=True)
+        # constrained layout, legends outside the axes: a legend never covers a line or a bar
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(analysis.weeks) + 3) + 1.6, 6), sharex=True,
+                                       layout="constrained")
         x = range(len(analysis.weeks))
         for name in names:
             weeks = analysis.classes[name]["by_week"]
@@ -262,13 +264,12 @@ def write_plots(analysis, json_path: Path) -> list[Path]:
         ax1.set_ylabel("mean confidence")
         ax2.set_ylabel("detections / 100 images")
         ax2.set_xticks(list(x), analysis.weeks, rotation=45, ha="right", fontsize=8)
-        ax1.legend(fontsize=7, ncol=3)
+        fig.legend(*ax1.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
         fig.suptitle("Weekly trend per class")
-        fig.tight_layout()
         paths.append(_save(fig, Path(f"{stem}_weekly.png"), plt))
 
     if analysis.reviewed_images:
-        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.5))
+        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.8), layout="constrained")
         pos = range(len(names))
         prec = [analysis.classes[n]["reviewed"]["precision"] or 0.0 for n in names]
         rec = [analysis.classes[n]["reviewed"]["recall"] or 0.0 for n in names]
@@ -276,9 +277,8 @@ def write_plots(analysis, json_path: Path) -> list[Path]:
         ax.bar([p + 0.2 for p in pos], rec, width=0.4, label="recall")
         ax.set_xticks(list(pos), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=8)
         ax.set_title(f"Reviewed precision / recall ({analysis.reviewed_images} reviewed images)")
-        fig.tight_layout()
+        fig.legend(fontsize=8, loc="outside lower center", ncol=2)
         paths.append(_save(fig, Path(f"{stem}_reviewed.png"), plt))
     return paths
 

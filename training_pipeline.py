@@ -253,6 +253,7 @@ def _run_locked(config: PipelineConfig, ws: Workspace, runner: _StageRunner, sta
 
     classes = model_class_names(cand["path"], ws.cache / "ultralytics")  # must load before it goes live
     metrics = {k: cand[k] for k in ("map50", "map50_95", "precision", "recall") if k in cand}
+    metrics["split"] = compared.split  # the history must say which images these figures come from
     dataset_version = _get(runner.results.get("prepare"), "dataset_version") or _get(compared, "dataset_version")
     entry = runner.run("promote", lambda: registry.promote(
         Path(cand["path"]), major=config.major, metrics=metrics, reasons=reasons, dataset_version=dataset_version,

@@ -264,3 +264,51 @@ def test_headless_chromium_shows_every_section(tmp_path):
     picture = cv2.imread(str(shot))
     assert picture is not None and picture.shape[:2] == (3000, 1200)
     assert picture.std() > 10  # drawn on, not a blank page
+
+
+def test_promotion_and_verdict_tables_show_rounded_figures_not_raw_json(tmp_path):
+    data = full_data(tmp_path)
+    data["stages"]["promote"] = {"version": "1.1", "sha256": "ab" * 32,
+                                 "metrics": {"map50": 0.7864123456789012, "map50_95": 0.45312345678901234}}
+    section = Page(render_pipeline_report(data)).sections["decision"]
+    assert "0.786" in section and "0.453" in section
+    assert "0.7864123" not in section and "0.4531234" not in section
+    assert "{" not in section and '"map50"' not in section
+
+
+def test_history_says_which_split_each_versions_figures_come_from(tmp_path):
+    data = full_data(tmp_path)
+    data["history"][0]["metrics"]["split"] = "val"
+    data["history"][1]["metrics"].update(split="test", imgsz=96)
+    section = Page(render_pipeline_report(data)).sections["versions"]
+    assert "scored on" in section
+    assert "val split" in section and "test split, 96 px" in section
+    assert "not comparable" in section  # two different splits in one table get a caveat
+    data["history"][0]["metrics"]["split"] = "test"
+    data["history"][0]["metrics"]["imgsz"] = 96
+    assert "not comparable" not in Page(render_pipeline_report(data)).sections["versions"]
+
+
+def test_analyzer_charts_get_captions_that_say_what_they_show(tmp_path):
+    data = full_data(tmp_path)
+    text = render_pipeline_report(data)
+    assert "Week by week: mean confidence" in Page(text).sections["priorities"]
+    assert "analyze weekly" not in text  # the file stem is no caption
+
+
+def test_the_comparators_chart_legend_covers_no_bar():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from model_comparator import chart_figure
+
+    entries = [{"role": role, "path": f"/m/{role}.pt", "map50": 0.9,
+                "per_class": {c: {"ap50": 1.0} for c in CLASSES}} for role in ("production", "candidate")]
+    fig = chart_figure(entries, tuple(CLASSES), "test")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    (ax,) = fig.axes
+    legend_box = fig.legends[0].get_window_extent(renderer)
+    bars = [patch.get_window_extent(renderer) for patch in ax.patches]
+    assert len(bars) == 2 * len(CLASSES)
+    assert not any(legend_box.overlaps(bar) for bar in bars)
+    assert not legend_box.overlaps(ax.get_window_extent(renderer))

@@ -77,7 +77,7 @@ def run_demo(root: str | Path | None = None):
         dataset_preparer.run(dataset_preparer.PrepareConfig(root=ws.root, incoming=True))
         first = train_yolov8.run(train_yolov8.TrainConfig(root=ws.root, start_from="scratch", name="demo-v1.0",
                                                           epochs=FIRST_MODEL_EPOCHS))
-        Registry.load(ws).promote(Path(first.best), metrics=dict(first.metrics), source="demo initial model",
+        Registry.load(ws).promote(Path(first.best), metrics={**first.metrics, "split": "val"}, source="demo initial model",
                                   reasons=["demo: first model of the synthetic line"], classes=list(NEU_CLASSES),
                                   run_dir=str(first.run_dir))
         logger.info("demo: v1.0 is in production (val mAP50 %.3f)", first.metrics["map50"])

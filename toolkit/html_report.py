@@ -75,9 +75,23 @@ def _esc(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return _fmt(value)
-    if isinstance(value, (dict, list)):
-        return html.escape(json.dumps(value, default=str, ensure_ascii=False), quote=True)
+    if isinstance(value, (dict, list, tuple)):
+        return html.escape(_plain(value), quote=True)
     return html.escape(str(value), quote=True)
+
+
+def _plain(value: Any, digits: int = 3) -> str:
+    """Nested values as a person reads them: ``map50 0.786, map50_95 0.453``, floats rounded
+    (a raw JSON dump showed 16 decimals in the promotion table)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v, digits)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v, digits) for v in value) or "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else "-"
+    if value is None:
+        return "-"
+    return str(value)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -366,10 +380,24 @@ def _priorities(stage: dict[str, Any]) -> str:
                 numeric=range(1, len(keys) + 1)))
     plots = stage.get("plots")  # the analyzer's own charts: a list of paths or {caption: path}
     if isinstance(plots, (list, tuple)):
-        plots = {Path(str(p)).stem.replace("_", " "): p for p in plots}
+        plots = {_plot_caption(p): p for p in plots}
     if isinstance(plots, dict) and plots:
         parts.append("<h3>The analyzer's charts</h3>" + _images(plots))
     return "".join(parts)
+
+
+# The analyzer names its charts <report stem>_<kind>.png; a person reads what the chart shows.
+PLOT_CAPTIONS = {
+    "confidence": "Confidence of the detections per class; the shaded band is where the model is unsure.",
+    "weekly": "Week by week: mean confidence (top) and detections per 100 images (bottom) per class.",
+    "reviewed": "Precision and recall per class, measured against the operators' reviewed labels.",
+}
+
+
+def _plot_caption(path: Any) -> str:
+    stem = Path(str(path)).stem
+    kind = stem.rsplit("_", 1)[-1]
+    return PLOT_CAPTIONS.get(kind, stem.replace("_", " "))
 
 
 def _dataset(stage: dict[str, Any]) -> str:
@@ -530,10 +558,25 @@ def _versions(data: dict[str, Any]) -> str:
         rows.append([_Html(f"<b>{_esc(h.get('version'))}</b> (production)") if current else h.get("version"),
                      h.get("promoted_at") or h.get("registered_at"),
                      _Html(f'<span class="path">{_esc(str(h.get("sha256") or "")[:12]) or "-"}</span>'),
-                     h.get("dataset_version"), _num(metrics.get("map50")), _num(metrics.get("map50_95")),
+                     h.get("dataset_version"), _scored_on(metrics), _num(metrics.get("map50")),
+                     _num(metrics.get("map50_95")),
                      _Html("; ".join(_esc(r) for r in (h.get("reasons") or [])) or "-")])
-    return "".join(parts) + _table(["version", "promoted", "sha256", "dataset", "mAP50", "mAP50-95", "reasons"],
-                                   rows, numeric=(4, 5)) + _cut_note(len(history))
+    splits = {_scored_on(h.get("metrics") if isinstance(h.get("metrics"), dict) else {}) for h in history}
+    caveat = _note("Figures measured on different splits or sizes (see 'scored on') are not comparable "
+                   "with each other; the comparison section above scores both models on the same images.") \
+        if len(splits) > 1 else ""
+    return "".join(parts) + _table(["version", "promoted", "sha256", "dataset", "scored on", "mAP50", "mAP50-95",
+                                    "reasons"], rows, numeric=(5, 6)) + caveat + _cut_note(len(history))
+
+
+def _scored_on(metrics: dict[str, Any]) -> str:
+    """Which images a version's figures come from: "test split, 640 px" (validation figures of a
+    first model and test figures of a comparison must not pass for the same thing)."""
+    if not metrics.get("map50") and not metrics.get("map50_95"):
+        return "-"
+    split = metrics.get("split")
+    where = f"{split} split" if split else "unrecorded split"
+    return f"{where}, {metrics['imgsz']} px" if metrics.get("imgsz") else where
 
 
 def _images(images: dict[str, Any]) -> str:
