@@ -195,12 +195,14 @@ def run(config: TrainConfig) -> TrainResult:
         elif config.new_classes:
             notes.append("--new-classes ignored: the dataset has the starting model's classes")
 
+    machine = tr.detect_machine()
+    resolved, machine_notes = tr.resolve_machine_settings(ts, machine)
+    notes.extend(machine_notes)
     args: dict[str, Any] = {
-        "data": str(data), "epochs": int(ts["epochs"]), "imgsz": int(ts["imgsz"]), "batch": ts["batch"],
-        "device": str(ts["device"]) if str(ts["device"]).strip() != "" else None,
-        "workers": int(ts["workers"]), "patience": int(ts["patience"]), "seed": int(ts["seed"]),
+        "data": str(data), "epochs": int(ts["epochs"]), "imgsz": int(ts["imgsz"]), **resolved,
+        "patience": int(ts["patience"]), "seed": int(ts["seed"]),
         "cache": ts["cache"] if ts["cache"] not in ("", None, False) else False,
-        "optimizer": ts["optimizer"], **(ts.get("augment") or {}),
+        "optimizer": ts["optimizer"], **tr.TOOLKIT_ULTRALYTICS_DEFAULTS, **(ts.get("augment") or {}),
     }
     args.update(extra)
     tr.validate_ultralytics_args(args, extra)
@@ -214,7 +216,7 @@ def run(config: TrainConfig) -> TrainResult:
     args.update({"project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True})
     saved = {"toolkit": {"start_mode": mode, "start_from": start, "data": str(data), "classes": classes,
                          "new_classes": bool(reinit_head), "time_limit": time_limit,
-                         "name": name, "training": ts},
+                         "name": name, "machine": machine.describe(), "training": ts},
              "ultralytics": args}
     import yaml
 

@@ -228,6 +228,17 @@ def test_two_epoch_training_writes_the_run_contract(trained):
     assert "curves.png" in (run_dir / "report.md").read_text()
 
 
+def test_ultralytics_plots_are_off_by_default_and_the_machine_is_recorded(trained):
+    """Issue 11 overhead: ultralytics' plots cost time outside the epoch loop; the run's report replaces them."""
+    run_dir = Path(json.loads(trained["proc"].stdout)["run_dir"])
+    settings = yaml.safe_load((run_dir / "settings.yaml").read_text())
+    assert settings["ultralytics"]["plots"] is False
+    assert not (run_dir / "results.png").exists() and not (run_dir / "labels.jpg").exists()
+    assert not list(run_dir.glob("train_batch*.jpg"))
+    assert "CPU cores" in settings["toolkit"]["machine"]
+    assert settings["ultralytics"]["device"] == "cpu" and settings["ultralytics"]["batch"] == 8
+
+
 def test_best_pt_loads_with_the_dataset_class_names(trained, ultralytics_config_dir):
     from toolkit.offline import model_class_names
 
