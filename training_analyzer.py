@@ -138,6 +138,12 @@ def _read_sidecar(workspace: Workspace) -> dict[str, Any]:
 
 def dataset_instances(workspace: Workspace, names: list[str]) -> dict[str, int] | None:
     """Training instances per class of the managed dataset (manifest, else YOLO labels); None if none."""
+    return dataset_counts(workspace, names)[0]
+
+
+def dataset_counts(workspace: Workspace, names: list[str]) -> tuple[dict[str, int] | None, int]:
+    """(training instances per class, training images) of the managed dataset: manifest, else YOLO
+    labels of the train split; (None, 0) if neither."""
     import json
 
     if workspace.manifest.exists():
@@ -146,27 +152,29 @@ def dataset_instances(workspace: Workspace, names: list[str]) -> dict[str, int] 
             counts: dict[str, int] = {str(c): 0 for c in manifest.get("classes", [])}
             images = manifest.get("images", [])
             has_split = any(isinstance(i, dict) and "split" in i for i in images)
+            n_images = 0
             for item in images:
                 if not isinstance(item, dict) or (has_split and item.get("split") != "train"):
                     continue
+                n_images += 1
                 for name, n in (item.get("boxes") or {}).items():
                     counts[str(name)] = counts.get(str(name), 0) + int(n)
             if counts:
-                return counts
+                return counts, n_images
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             logger.warning("cannot read %s (%s); counting label files instead", workspace.manifest, exc)
     label_dir = workspace.labels_dir("train")
     if not label_dir.is_dir() or not names:
-        return None
+        return None, 0
     counts = {n: 0 for n in names}
-    found = False
+    found = 0
     for txt in label_dir.glob("*.txt"):
-        found = True
+        found += 1
         for row in txt.read_text(encoding="utf-8", errors="replace").splitlines():
             parts = row.split()
             if parts and parts[0].isdigit() and int(parts[0]) < len(names):
                 counts[names[int(parts[0])]] += 1
-    return counts if found else None
+    return (counts, found) if found else (None, 0)
 
 
 @holds_workspace_lock("analyze", when=lambda c: c.export > 0 or c.scan is not None)
@@ -194,7 +202,8 @@ def run(config: AnalyzeConfig) -> AnalyzeResult:
     for item in bank.malformed.items[:10]:
         logger.warning("line %d skipped: %s", item["line"], item["reason"])
     names = known_classes(workspace)
-    analysis = analyze_memory_bank(bank, band, iou, dataset_instances(workspace, names), names)
+    instances, train_images = dataset_counts(workspace, names)
+    analysis = analyze_memory_bank(bank, band, iou, instances, names, dataset_images=train_images)
 
     stamp = timestamp()
     export = None

@@ -203,3 +203,67 @@ def test_dataset_instances_from_the_manifest_or_the_label_files(line_workspace, 
     assert result.classes["scratches"]["dataset_instances"] == 2
     assert result.classes["crazing"]["dataset_instances"] == 1
     assert result.classes["inclusion"]["dataset_instances"] == 0
+
+
+def _never_detects(root: Path, tmp_path: Path, missed: str, keep_reviews: bool) -> Path:
+    """A workspace whose production never detects ``missed``, with a manifest saying how common it is."""
+    from toolkit.datafile import write_dataset_yaml
+    from toolkit.layout import Workspace
+    from toolkit.synthetic import NEU_CLASSES
+
+    ws = Workspace.at(tmp_path / f"ws_{missed}_{keep_reviews}")
+    ws.memory_bank.mkdir(parents=True)
+    lines = []
+    for line in (root / "memory-bank" / "detections.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        record["detections"] = [d for d in record["detections"] if d["class"] != missed]
+        if not keep_reviews:
+            record.pop("review", None)
+        lines.append(json.dumps(record))
+    ws.detections.write_text("\n".join(lines) + "\n")
+    write_dataset_yaml(ws, NEU_CLASSES)
+    ws.datasets.mkdir(parents=True, exist_ok=True)
+    # 100 training images; 17 % of their boxes are the missed class
+    images = [{"boxes": {missed: 1}, "split": "train"} for _ in range(17)]
+    others = [c for c in NEU_CLASSES if c != missed]
+    images += [{"boxes": {others[i % len(others)]: 1}, "split": "train"} for i in range(83)]
+    ws.manifest.write_text(json.dumps({"classes": list(NEU_CLASSES), "images": images}))
+    return ws.root
+
+
+@pytest.mark.parametrize("keep_reviews", [False, True], ids=["dataset-prevalence", "reviewed-prevalence"])
+def test_a_common_class_never_detected_ranks_in_the_top_two_with_a_reason(line_workspace, tmp_path, keep_reviews):
+    root, _ = line_workspace
+    ws = _never_detects(root, tmp_path, "scratches", keep_reviews)
+    result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=ws))
+    assert result.classes["scratches"]["detections"] == 0
+    ranks = [p["class"] for p in result.priorities]
+    assert "scratches" in ranks[:2], result.priorities
+    top = next(p for p in result.priorities if p["class"] == "scratches")
+    reason = top["reasons"][0]
+    assert reason.startswith("0 detections in ") and reason.endswith("likely missed"), reason
+    if keep_reviews:
+        assert "reviewed image(s)" in reason and "of reviewed labels" in reason
+        assert result.classes["scratches"]["prevalence"]["basis"] == "reviewed"
+    else:
+        assert "120 logged image(s), while 17% of the training boxes are scratches" in reason
+        assert result.classes["scratches"]["prevalence"]["basis"] == "dataset"
+    assert top["images_needed"] > 0 and not any("little evidence" in r for r in top["reasons"])
+    assert result.classes["scratches"]["prevalence"]["missed"] == 1.0
+    # classes detected at their usual rate are not called missed
+    for name in ("pitted_surface", "rolled-in_scale"):
+        assert result.classes[name]["prevalence"]["missed"] == 0.0
+        assert not any("missed" in r for r in next(p for p in result.priorities if p["class"] == name)["reasons"])
+
+
+def test_without_the_prevalence_the_missed_class_would_rank_last(line_workspace, tmp_path):
+    """The PCB finding: with no dataset and no reviews nothing is expected, so no claim is made."""
+    root, _ = line_workspace
+    ws = _never_detects(root, tmp_path, "scratches", keep_reviews=False)
+    from toolkit.layout import Workspace
+
+    Workspace.at(ws).manifest.unlink()
+    result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=ws))
+    assert result.classes["scratches"]["prevalence"] is None
+    top = next(p for p in result.priorities if p["class"] == "scratches")
+    assert top["score"] == 0 and any("little evidence: 0 detection(s)" in r for r in top["reasons"])
