@@ -76,6 +76,8 @@ class AnalyzeResult:
     near_duplicates_skipped: int
     missing_images: tuple[str, ...]             # first LIST_CAP
     missing_images_count: int
+    refused_images: tuple[str, ...]             # first LIST_CAP "path: why" (not image files: never opened)
+    refused_images_count: int
     scanned: int | None
     report: Path
     plots: tuple[Path, ...]
@@ -211,7 +213,7 @@ def run(config: AnalyzeConfig) -> AnalyzeResult:
         from toolkit.analysis import export_for_labelling
 
         export = export_for_labelling(workspace, bank, analysis, config.export, stamp,
-                                      int(settings["dataset"]["near_duplicate_bits"]))
+                                      int(settings["analyzer"]["near_duplicate_bits"]))
     json_path = report_path(workspace, "analyze", stamp)
     plots = write_plots(analysis, json_path)
     result = AnalyzeResult(
@@ -225,6 +227,8 @@ def run(config: AnalyzeConfig) -> AnalyzeResult:
         near_duplicates_skipped=export.near_duplicates if export else 0,
         missing_images=tuple(export.missing[:LIST_CAP]) if export else (),
         missing_images_count=len(export.missing) if export else 0,
+        refused_images=tuple(export.refused[:LIST_CAP]) if export else (),
+        refused_images_count=len(export.refused) if export else 0,
         scanned=scanned, report=json_path, plots=tuple(plots))
     from toolkit.reports import write_report
 
@@ -337,8 +341,9 @@ def markdown_report(result: AnalyzeResult) -> str:
                   f"- {result.exported} image(s) to label in `{result.export_dir}` (selection.csv says why)",
                   f"- {result.reviewed_exported} reviewed image(s) as a labelled batch in `{result.incoming_batch}`",
                   f"- near-duplicates skipped: {result.near_duplicates_skipped}; missing image files: "
-                  f"{result.missing_images_count}", ""]
+                  f"{result.missing_images_count}; refused (not image files): {result.refused_images_count}", ""]
         lines += [f"  - missing: `{m}`" for m in result.missing_images[:20]]
+        lines += [f"  - refused: `{m}`" for m in result.refused_images[:20]]
         lines.append("")
     if result.malformed:
         lines += ["## Malformed records (skipped)", ""]
@@ -367,6 +372,8 @@ def describe(result: AnalyzeResult) -> str:
                      "(import it with dataset_preparer.py)")
     if result.missing_images_count:
         lines.append(f"  {result.missing_images_count} image file(s) not found (listed in the report)")
+    if result.refused_images_count:
+        lines.append(f"  {result.refused_images_count} path(s) refused: not image files, never opened (listed in the report)")
     lines.append(f"Report: {result.report}")
     return "\n".join(lines)
 

@@ -267,3 +267,63 @@ def test_without_the_prevalence_the_missed_class_would_rank_last(line_workspace,
     assert result.classes["scratches"]["prevalence"] is None
     top = next(p for p in result.priorities if p["class"] == "scratches")
     assert top["score"] == 0 and any("little evidence: 0 detection(s)" in r for r in top["reasons"])
+
+
+def test_export_keeps_distinct_neu_images_drops_near_duplicates_and_refuses_non_images(neu_dir, tmp_path):
+    """NEU-DET's distinct steel images all go out; a re-encoded and a shifted copy do not; paths in the
+    memory bank that are not image files are refused without being opened; CSV cells cannot be formulas."""
+    import os
+
+    import cv2
+    import numpy as np
+
+    root = tmp_path / "ws"
+    bank_dir = root / "memory-bank"
+    bank_dir.mkdir(parents=True)
+    known_pairs = {"patches_105.jpg", "pitted_surface_292.jpg"}   # NEU-DET's own exact / near duplicates
+    distinct = [p for p in sorted((neu_dir / "IMAGES").glob("*.jpg"))[::30] if p.name not in known_pairs]
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    grey = cv2.imread(str(distinct[0]), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(copies / "reencoded.jpg"), grey, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    grey = cv2.imread(str(distinct[1]), cv2.IMREAD_GRAYSCALE)
+    moved = cv2.warpAffine(grey, np.float32([[1, 0, 2], [0, 1, 2]]), grey.shape[::-1], borderMode=cv2.BORDER_REFLECT)
+    cv2.imwrite(str(copies / "shifted.jpg"), moved, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    shutil.copy(neu_dir / "IMAGES" / "scratches_7.jpg", bank_dir / "=HYPERLINK(evil).jpg")  # a formula-like name
+    secret = tmp_path / "secret"                                   # a valid JPEG under a non-image name
+    shutil.copy(distinct[3], secret)
+    (tmp_path / "link.jpg").symlink_to(secret)                     # an image name pointing at it
+    os.mkfifo(tmp_path / "pipe.jpg")                               # would hang if opened
+    paths = [str(p) for p in distinct] + [str(copies / "reencoded.jpg"), str(copies / "shifted.jpg"),
+                                          "=HYPERLINK(evil).jpg", str(secret), str(tmp_path / "link.jpg"),
+                                          str(tmp_path / "pipe.jpg"), "/etc/shadow"]
+    lines = []
+    for i, path in enumerate(paths):  # every record uncertain; copies and oddities come after the originals
+        conf = 0.42 - 0.0005 * i
+        lines.append(json.dumps({"timestamp": f"2026-03-02T{i % 24:02d}:00:00Z", "image": path,
+                                 "detections": [{"class": "crazing", "confidence": conf, "bbox": [10, 10, 60, 60]}]}))
+    (bank_dir / "detections.jsonl").write_text("\n".join(lines) + "\n")
+
+    result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=root, export=len(paths)))
+    assert result.near_duplicates_skipped == 2            # the re-encoded and the shifted copy
+    assert result.exported == len(distinct) + 1           # not one distinct steel image dropped
+    exported = sorted(p.read_bytes() for p in (result.export_dir / "images").iterdir())
+    assert exported == sorted(p.read_bytes() for p in [*distinct, bank_dir / "=HYPERLINK(evil).jpg"])
+    refused = dict(item.split(": ", 1) for item in result.refused_images)
+    assert set(refused) == {str(secret), str(tmp_path / "link.jpg"), str(tmp_path / "pipe.jpg"), "/etc/shadow"}
+    assert "not opened" in refused["/etc/shadow"] and "not opened" in refused[str(tmp_path / "link.jpg")]
+    assert "not opened" in refused[str(tmp_path / "pipe.jpg")] and result.refused_images_count == 4
+    text = (result.export_dir / "selection.csv").read_text()
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in csv.reader(text.splitlines()) for cell in row)
+    rows = list(csv.DictReader(text.splitlines()))
+    assert "'=HYPERLINK(evil).jpg" in {r["source"] for r in rows}
+    assert all(r["prelabel_trust"] == "low" and "below 0.60" in r["prelabel_notes"] for r in rows)
+    assert all(r["prelabels"] == "1" and r["prelabel_min_confidence"] for r in rows)
+    assert "refused (not image files): 4" in result.report.with_suffix(".md").read_text()
+
+
+def test_csv_safe_escapes_formula_cells():
+    from toolkit.analysis import csv_safe
+
+    assert [csv_safe(v) for v in ("=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "ok", 3)] == \
+        ["'=1+1", "'+cmd", "'-2", "'@SUM(A1)", "'\tx", "ok", 3]

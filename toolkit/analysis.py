@@ -53,7 +53,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from toolkit.memory_bank import MemoryBank
-from toolkit.phash import phash_file, within
+from toolkit.phash import phash_bytes, within
 
 logger = logging.getLogger(__name__)
 
@@ -434,7 +434,9 @@ def candidate_order(bank: MemoryBank, analysis: Analysis, class_order: list[str]
 
     1. records holding an uncertain detection, shared among classes by priority score (weighted
        round robin: a class with twice the score gets twice the picks), most uncertain first
-       (closest to the middle of the band);
+       (closest to the middle of the band); classes detected below their expected rate (missed,
+       see ``_prevalence``) take part with their missed points through records without any
+       detection, where their defects hide;
     2. then records with other detections of the prioritised classes, lowest confidence first;
     3. then records without any detection (a possible missed defect).
     Reviewed records are left out: they already carry the truth (see the reviewed batch).
@@ -464,6 +466,16 @@ def candidate_order(bank: MemoryBank, analysis: Analysis, class_order: list[str]
     ranked = [c for c in sorted(index, key=lambda c: -scores.get(c, 0.0))]
     distance = np.abs(conf - mid)
     queues = {c: queue(in_band, distance, index[c]) for c in ranked}
+    weights = dict(scores)
+    empty = np.flatnonzero((np.diff(bank.det_start) == 0) & ~reviewed)
+    missed = {c: missed_points(analysis.classes[c]) for c in ranked if c in analysis.classes}
+    missed = {c: v for c, v in missed.items() if v > 0}
+    MISSED = "\0missed"   # the pseudo-class of records without detections, for the missed classes
+    if missed and len(empty):
+        names = ", ".join(sorted(missed, key=lambda c: -missed[c]))
+        queues[MISSED] = [(int(r), -1.0) for r in empty]
+        weights[MISSED] = sum(missed.values())
+        ranked = ranked + [MISSED]
     taken = {c: 0 for c in ranked}
     heads = {c: 0 for c in ranked}
     seen: set[int] = set()
@@ -471,14 +483,18 @@ def candidate_order(bank: MemoryBank, analysis: Analysis, class_order: list[str]
         live = [c for c in ranked if heads[c] < len(queues[c])]
         if not live:
             break
-        c = min(live, key=lambda k: (taken[k] + 1) / max(scores.get(k, 0.0), 0.01))
+        c = min(live, key=lambda k: (taken[k] + 1) / max(weights.get(k, 0.0), 0.01))
         r, p = queues[c][heads[c]]
         heads[c] += 1
         if r in seen:
             continue
         seen.add(r)
         taken[c] += 1
-        yield r, f"uncertain {c} detection (confidence {p:.2f}, band {lo:.2f}-{hi:.2f}; class priority score {scores.get(c, 0):.1f})"
+        if c == MISSED:
+            yield r, f"no detection, while {names} {'is' if len(missed) == 1 else 'are'} detected far below the expected rate"
+        else:
+            yield r, (f"uncertain {c} detection (confidence {p:.2f}, band {lo:.2f}-{hi:.2f}; "
+                      f"class priority score {scores.get(c, 0):.1f})")
     for c in ranked:
         if scores.get(c, 0.0) <= 0:
             continue
@@ -486,7 +502,6 @@ def candidate_order(bank: MemoryBank, analysis: Analysis, class_order: list[str]
             if r not in seen:
                 seen.add(r)
                 yield r, f"{c} detection at confidence {p:.2f} (class priority score {scores[c]:.1f})"
-    empty = np.flatnonzero((np.diff(bank.det_start) == 0) & ~reviewed)
     for r in empty:
         if int(r) not in seen:
             yield int(r), "no detection: a defect may have been missed"
@@ -502,12 +517,50 @@ class ExportResult:
     reviewed_exported: int
     near_duplicates: int
     missing: list[str]
+    refused: list[str] = field(default_factory=list)   # "path: why", never opened or not an image
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def resolve_image(raw: str, bank_path: Path) -> Path:
     """A logged image path; a relative one is taken relative to the memory bank's folder."""
     path = Path(raw)
     return path if path.is_absolute() else (bank_path.parent / path)
+
+
+def read_logged_image(raw: str, bank_path: Path) -> tuple[bytes, int, tuple[int, int]] | str | None:
+    """The bytes, pHash and (width, height) of a logged image; None when it does not exist; else why it
+    is refused. A memory bank is not trusted: a path whose real target (links resolved) is not named
+    like an image, or is not a regular file, is refused without being opened; one whose content is
+    not a decodable image is refused after reading it."""
+    import os
+    import stat
+
+    src = resolve_image(raw, bank_path)
+    try:
+        real = Path(os.path.realpath(src))
+        st = os.stat(real)
+    except (OSError, ValueError):
+        return None
+    if real.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"not an image file name ({real.name}; {', '.join(sorted(IMAGE_SUFFIXES))}): not opened"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file: not opened"
+    try:
+        data = real.read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    info = phash_bytes(data)
+    if info is None:
+        return "not a decodable image"
+    return data, info[0], info[1]
+
+
+def csv_safe(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text starting with = + - @ (or a tab / CR) gets a leading '."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
 def yolo_lines(boxes: list[tuple[int, float, float, float, float]], width: int, height: int) -> str:
@@ -523,14 +576,13 @@ def yolo_lines(boxes: list[tuple[int, float, float, float, float]], width: int, 
     return "\n".join(out) + ("\n" if out else "")
 
 
-def _write_labelled_copy(dest: Path, src: Path, taken: set, boxes, width: int, height: int) -> str:
-    """Copy ``src`` into ``dest/images`` (the source is only read) with its YOLO label; return the name."""
-    import shutil
-
-    name = _unique_name(dest, src.name, taken)
+def _write_labelled_copy(dest: Path, name: str, data: bytes, taken: set, boxes, width: int, height: int) -> str:
+    """Write the image bytes (read once from the source, which is never changed) into ``dest/images``
+    with its YOLO label; return the name used."""
+    name = _unique_name(dest, name, taken)
     (dest / "images").mkdir(parents=True, exist_ok=True)
     (dest / "labels").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src, dest / "images" / name)
+    (dest / "images" / name).write_bytes(data)
     (dest / "labels" / f"{Path(name).stem}.txt").write_text(yolo_lines(boxes, width, height), encoding="utf-8")
     return name
 
@@ -545,14 +597,46 @@ def _unique_name(folder: Path, name: str, taken: set[str]) -> str:
     return candidate
 
 
+def prelabel_trust(analysis: Analysis, classes: list[str], confs: list[float]) -> tuple[str, str]:
+    """How far an image's pre-labels can be trusted: ("high" | "medium" | "low", why in words).
+
+    Pre-labels are the production model's own detections: they miss what it misses and carry its
+    confusions (issue 12 found 2 of 5, 2 of 7 and 0 of 6 true defects pre-labelled on three images).
+    """
+    lo, hi = analysis.uncertain
+    notes: list[str] = []
+    level = 2
+    if not confs:
+        level = 0
+        notes.append("no pre-labels: draw every defect")
+    else:
+        low = sum(c < hi for c in confs)
+        if low:
+            level = min(level, 0 if low == len(confs) else 1)
+            notes.append(f"{low} of {len(confs)} box(es) below {hi:.2f} confidence: check class and extent")
+        for name in sorted(set(classes)):
+            rev = analysis.classes.get(name, {}).get("reviewed", {})
+            if rev.get("tp", 0) + rev.get("fp", 0) >= MIN_REVIEWED and (rev.get("precision") or 0) < WEAK_THRESHOLD:
+                level = min(level, 1)
+                notes.append(f"{name} pre-labels were right {rev['precision']:.0%} of the time in reviewed images")
+    missed = [c for c, st in analysis.classes.items() if missed_points(st) > 0]
+    if missed:
+        level = min(level, 1)
+        notes.append(f"the model misses {', '.join(missed)}: look for them")
+    if not notes:
+        notes.append("every box above the uncertain band")
+    return ("low", "medium", "high")[level], "; ".join(notes)
+
+
 def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int, stamp: str,
                          near_duplicate_bits: int) -> ExportResult:
     """Copy the ``n`` most useful images to ``training/to_label/<stamp>/`` and the reviewed ones to incoming/.
 
     to_label/<stamp>/: images/, labels/ (YOLO pre-labels from the detections), classes.txt,
-    selection.csv. incoming/reviewed_<stamp>/: images/ + labels/ (the operators' review labels)
-    + classes.txt, the YOLO batch layout dataset_preparer.py imports. Source images are only read;
-    missing or unreadable ones are listed, never fatal.
+    selection.csv (why each image, and how far its pre-labels can be trusted). incoming/reviewed_<stamp>/:
+    images/ + labels/ (the operators' review labels) + classes.txt, the YOLO batch layout
+    dataset_preparer.py imports. Source images are only read; missing ones are listed, paths that
+    are not image files are refused unopened (``read_logged_image``), neither is fatal.
     """
     import csv
 
@@ -560,43 +644,53 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
     index = {c: i for i, c in enumerate(class_names)}
     remap = [index[c] for c in bank.classes]
     missing: list[str] = []
+    refused: list[str] = []
     export_dir = workspace.to_label / stamp
     taken: set[str] = set()
-    hashes: list[int] = []
+    hashes = np.zeros(0, dtype=np.uint64)
     near = 0
     rows = []
     for r, reason in candidate_order(bank, analysis, class_names):
         if len(rows) >= n:
             break
-        src = resolve_image(bank.image[r], bank.path)
-        info = phash_file(src) if src.is_file() else None
-        if info is None:
+        got = read_logged_image(bank.image[r], bank.path)
+        if got is None:
             missing.append(bank.image[r])
             continue
-        digest, (w_img, h_img) = info
+        if isinstance(got, str):
+            refused.append(f"{bank.image[r]}: {got}")
+            continue
+        data, digest, (w_img, h_img) = got
         if within(digest, hashes, near_duplicate_bits):
             near += 1
             continue
-        hashes.append(digest)
+        hashes = np.append(hashes, np.uint64(digest))
         width = int(bank.width[r]) or w_img
         height = int(bank.height[r]) or h_img
         s, e = int(bank.det_start[r]), int(bank.det_start[r + 1])
         boxes = [(remap[int(bank.det_cls[k])], *bank.det_box[k].tolist()) for k in range(s, e)]
-        name = _write_labelled_copy(export_dir, src, taken, boxes, width, height)
-        dets = "; ".join(f"{bank.classes[int(bank.det_cls[k])]} {bank.det_conf[k]:.2f}" for k in range(s, e))
+        name = _write_labelled_copy(export_dir, Path(bank.image[r]).name, data, taken, boxes, width, height)
+        det_names = [bank.classes[int(bank.det_cls[k])] for k in range(s, e)]
+        confs = [float(bank.det_conf[k]) for k in range(s, e)]
+        trust, why = prelabel_trust(analysis, det_names, confs)
         rows.append({"rank": len(rows) + 1, "file": f"images/{name}", "source": bank.image[r], "reason": reason,
-                     "detections": dets, "model_version": _name(bank.versions, int(bank.version[r])),
+                     "detections": "; ".join(f"{c} {p:.2f}" for c, p in zip(det_names, confs)),
+                     "prelabels": len(confs), "prelabel_min_confidence": f"{min(confs):.2f}" if confs else "",
+                     "prelabel_trust": trust, "prelabel_notes": why,
+                     "model_version": _name(bank.versions, int(bank.version[r])),
                      "memory_bank_line": int(bank.line[r])})
     if rows:
         (export_dir / "classes.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
         with open(export_dir / "selection.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
-    incoming, reviewed = _write_reviewed_batch(workspace, bank, class_names, remap, stamp, missing)
-    logger.info("exported %d image(s) to label, %d reviewed image(s) as a batch; %d missing, %d near-duplicate(s)",
-                len(rows), reviewed, len(missing), near)
-    return ExportResult(export_dir if rows else None, len(rows), incoming, reviewed, near, missing)
+            writer.writerows({k: csv_safe(v) for k, v in row.items()} for row in rows)
+    incoming, reviewed = _write_reviewed_batch(workspace, bank, class_names, remap, stamp, missing, refused)
+    for item in refused[:10]:
+        logger.warning("refused %s", item)
+    logger.info("exported %d image(s) to label, %d reviewed image(s) as a batch; %d missing, %d refused, "
+                "%d near-duplicate(s)", len(rows), reviewed, len(missing), len(refused), near)
+    return ExportResult(export_dir if rows else None, len(rows), incoming, reviewed, near, missing, refused)
 
 
 def _name(table: list[str], i: int) -> str:
@@ -604,7 +698,7 @@ def _name(table: list[str], i: int) -> str:
 
 
 def _write_reviewed_batch(workspace, bank: MemoryBank, class_names: list[str], remap: list[int], stamp: str,
-                          missing: list[str]) -> tuple[Path | None, int]:
+                          missing: list[str], refused: list[str]) -> tuple[Path | None, int]:
     if not bank.reviews:
         return None, 0
     batch = workspace.incoming / f"reviewed_{stamp}"
@@ -614,16 +708,18 @@ def _write_reviewed_batch(workspace, bank: MemoryBank, class_names: list[str], r
     taken: set[str] = set()
     written = 0
     for raw, r in latest.items():
-        src = resolve_image(raw, bank.path)
-        info = phash_file(src) if src.is_file() else None
-        if info is None:
+        got = read_logged_image(raw, bank.path)
+        if got is None:
             missing.append(raw)
             continue
-        _, (w_img, h_img) = info
+        if isinstance(got, str):
+            refused.append(f"{raw}: {got}")
+            continue
+        data, _, (w_img, h_img) = got
         width = int(bank.width[r]) or w_img
         height = int(bank.height[r]) or h_img
         boxes = [(remap[c], x1, y1, x2, y2) for c, x1, y1, x2, y2 in bank.reviews[r]]
-        _write_labelled_copy(batch, src, taken, boxes, width, height)
+        _write_labelled_copy(batch, Path(raw).name, data, taken, boxes, width, height)
         written += 1
     if not written:
         return None, 0
