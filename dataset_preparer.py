@@ -54,7 +54,7 @@ from toolkit.labels import SourceImage, read_source
 from toolkit.layout import SPLITS, Workspace
 from toolkit.lock import holds_workspace_lock
 from toolkit.progress import progress_enabled
-from toolkit.reports import markdown_table, report_path, utc_now_iso, write_report
+from toolkit.reports import markdown_table, md, md_code, report_path, utc_now_iso, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _markdown(result: PrepareResult, counts: dict, classes: Sequence[str], bad_b
              f"- difficult boxes imported (kept): {result.difficult_boxes}", ""]
     for src, what in result.formats.items():
         bad, total = bad_by_batch.get(src, (0, 0))
-        lines.append(f"- batch `{src}`: {what}; bad {bad} of {total}")
+        lines.append(f"- batch {md_code(src)}: {md(what)}; bad {bad} of {total}")
     lines += ["", "## Images per class and split (managed dataset)", ""]
     rows = []
     for c in classes:
@@ -184,7 +184,7 @@ def _markdown(result: PrepareResult, counts: dict, classes: Sequence[str], bad_b
     listing("Near-duplicates placed together", result.near_duplicates, ("path", "split", "near"))
     listing("Warnings", result.warnings, ("path", "reason"))
     if result.notes:
-        lines += ["## Notes", "", *(f"- {n}" for n in result.notes), ""]
+        lines += ["## Notes", "", *(f"- {md(n)}" for n in result.notes), ""]
     return "\n".join(lines)
 
 

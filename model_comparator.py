@@ -34,7 +34,7 @@ from toolkit.errors import UserError
 from toolkit.layout import Workspace
 from toolkit.lock import holds_workspace_lock
 from toolkit.progress import progress_bar
-from toolkit.reports import markdown_table, report_path, timestamp, write_report
+from toolkit.reports import markdown_table, md, md_code, report_path, timestamp, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -198,12 +198,13 @@ def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:
     d = result.decision
     verdict = "PROMOTE" if d["promote"] else "KEEP PRODUCTION"
     lines = [f"# Model comparison: {verdict}", "",
-             f"Split `{result.split}` of `{result.data}`: {result.images} images, dataset version {result.dataset_version}.",
+             f"Split {md_code(result.split)} of {md_code(result.data)}: {result.images} images, dataset version "
+             f"{md(result.dataset_version)}.",
              f"Settings: {', '.join(f'{k} {v}' for k, v in result.settings['evaluation'].items())}.", "",
              "| role | model | mAP50 | mAP50-95 | precision | recall | ms/image | cached |", "|---|---|---|---|---|---|---|---|"]
     for m in result.models:
         ms = f"{m['ms_per_image']:.1f}" if m.get("ms_per_image") else "-"
-        lines.append(f"| {m['role']} | {Path(m['path']).name} | {m['map50']:.3f} | {m['map50_95']:.3f} | "
+        lines.append(f"| {m['role']} | {md(Path(m['path']).name)} | {m['map50']:.3f} | {m['map50_95']:.3f} | "
                      f"{m['precision']:.3f} | {m['recall']:.3f} | {ms} | {'yes' if m['cached'] else 'no'} |")
     headers = ["class"] + [f"{Path(m['path']).name} AP50" for m in result.models]
     rows = [[n] + [(m["per_class"].get(n) or {}).get("ap50") for m in result.models] for n in names]
@@ -211,14 +212,14 @@ def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:
     lines += ["", "## Per-class AP50", "", markdown_table(headers, rows)]
     if result.chart:
         lines += [f"![per-class AP50]({result.chart.name})", ""]
-    lines += ["## Decision", "", f"Winner: `{result.winner}`", ""]
+    lines += ["## Decision", "", f"Winner: {md_code(result.winner)}", ""]
     if d.get("gain") is not None and d.get("ci95"):
         lines += [f"Gain on {d['metric']}: {d['gain']:+.3f}, 95% bootstrap interval "
                   f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] ({result.settings['promotion']['bootstrap_resamples']} "
                   "paired resamples of the images)", ""]
-    lines += [f"- {r}" for r in d["reasons"]]
+    lines += [f"- {md(r)}" for r in d["reasons"]]
     if result.skipped:
-        lines += ["", "## Images left out", ""] + [f"- {s['path']}: {s['reason']}" for s in result.skipped]
+        lines += ["", "## Images left out", ""] + [f"- {md_code(s['path'])}: {md(s['reason'])}" for s in result.skipped]
     return "\n".join(lines) + "\n"
 
 

@@ -175,13 +175,10 @@ def run(config: TrainConfig) -> TrainResult:
     name = tr.check_run_name(config.name or "train")
     extra = tr.parse_extra(config.extra)
 
-    from ultralytics import YOLO
+    from toolkit.offline import load_yolo
 
     notes: list[str] = []
-    try:
-        model = YOLO(start)
-    except Exception as exc:
-        raise UserError(f"cannot load the starting model {start}: {exc}") from None
+    model = load_yolo(start, workspace.cache / "ultralytics")  # safe loading: no code from the file runs
     reinit_head = False
     if mode != "scratch":
         model_classes = _names(model)
@@ -242,12 +239,12 @@ def _resume(workspace: Workspace, config: TrainConfig) -> TrainResult:
     saved = yaml.safe_load(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
     toolkit_saved = dict(saved.get("toolkit") or {})
     last = run_dir / "weights" / "last.pt"
-    from ultralytics import YOLO
+    from toolkit.offline import load_yolo
 
     try:
-        model = YOLO(str(last))
-    except Exception as exc:
-        raise UserError(f"cannot load {last} to resume: {exc}; start a new run with --from {last}") from None
+        model = load_yolo(last, workspace.cache / "ultralytics")  # safe loading: no code from the file runs
+    except UserError as exc:
+        raise UserError(f"{exc}; to start afresh: a new run with --from {last}") from None
     ckpt = model.ckpt or {}
     done = int(ckpt.get("epoch", -1)) + 1
     planned = int((ckpt.get("train_args") or {}).get("epochs", 0))

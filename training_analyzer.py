@@ -308,17 +308,17 @@ def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
 
 
 def markdown_report(result: AnalyzeResult) -> str:
-    from toolkit.reports import markdown_table
+    from toolkit.reports import markdown_table, md, md_code
 
     lo, hi = result.uncertain
     lines = ["# Memory-bank analysis", "",
-             f"- memory bank: `{result.memory_bank}` ({result.format})",
+             f"- memory bank: {md_code(result.memory_bank)} ({md(result.format)})",
              f"- records analysed: {result.records}; malformed and skipped: {result.skipped_records}; "
              f"outside the filters: {result.filtered_out}",
              f"- reviewed images: {result.reviewed_images}; uncertain band: {lo:.2f}-{hi:.2f}; "
              f"IoU match: {result.iou_match:.2f}",
              f"- weeks: {result.weeks[0]} to {result.weeks[-1]}" if result.weeks else "- weeks: none",
-             f"- model versions: {', '.join(result.model_versions) or 'none'}", ""]
+             f"- model versions: {md(', '.join(result.model_versions)) or 'none'}", ""]
     if result.scanned is not None:
         lines += [f"Scanned {result.scanned} image(s) with the production model first.", ""]
     lines += ["## Priorities", ""]
@@ -338,16 +338,16 @@ def markdown_report(result: AnalyzeResult) -> str:
                               "tp", "fp", "fn", "detected as", "dataset instances"], rows), ""]
     if result.exported or result.export_dir or result.incoming_batch:
         lines += ["## Export", "",
-                  f"- {result.exported} image(s) to label in `{result.export_dir}` (selection.csv says why)",
-                  f"- {result.reviewed_exported} reviewed image(s) as a labelled batch in `{result.incoming_batch}`",
+                  f"- {result.exported} image(s) to label in {md_code(result.export_dir)} (selection.csv says why)",
+                  f"- {result.reviewed_exported} reviewed image(s) as a labelled batch in {md_code(result.incoming_batch)}",
                   f"- near-duplicates skipped: {result.near_duplicates_skipped}; missing image files: "
                   f"{result.missing_images_count}; refused (not image files): {result.refused_images_count}", ""]
-        lines += [f"  - missing: `{m}`" for m in result.missing_images[:20]]
-        lines += [f"  - refused: `{m}`" for m in result.refused_images[:20]]
+        lines += [f"  - missing: {md_code(m)}" for m in result.missing_images[:20]]
+        lines += [f"  - refused: {md_code(m)}" for m in result.refused_images[:20]]
         lines.append("")
     if result.malformed:
         lines += ["## Malformed records (skipped)", ""]
-        lines += [f"- line {m['line']}: {m['reason']}" for m in result.malformed[:50]]
+        lines += [f"- line {m['line']}: {md(m['reason'])}" for m in result.malformed[:50]]
         if result.skipped_records > 50:
             lines.append(f"- ... {result.skipped_records - 50} more (all in the JSON report, up to {LIST_CAP})")
         lines.append("")

@@ -289,11 +289,13 @@ def _finish(config: PipelineConfig, ws: Workspace, runner: _StageRunner, stamp: 
 
 
 def _markdown(data: dict[str, Any]) -> str:
-    lines = [f"# {data['title']}", "", f"**Decision: {data['decision']}** - production version "
-             f"{data['production']['version']}", ""]
-    lines += [f"- {r}" for r in data["reasons"]] + ["", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in data["timings"].items()]
-    return "\n".join(lines) + "\n"
+    from toolkit.reports import markdown_table, md
+
+    lines = [f"# {md(data['title'])}", "", f"**Decision: {md(data['decision'])}** - production version "
+             f"{md(data['production']['version'])}", ""]
+    lines += [f"- {md(r)}" for r in data["reasons"]] + [""]
+    lines.append(markdown_table(["stage", "seconds"], [[k, v] for k, v in data["timings"].items()]))
+    return "\n".join(lines)
 
 
 # --- status and rollback -------------------------------------------------------------------------

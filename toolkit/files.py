@@ -1,4 +1,8 @@
-"""File primitives that protect the user's data: hashing, atomic writes, verified copies."""
+"""File primitives that protect the user's data: hashing, atomic writes, verified copies.
+
+Every file written here gets the mode the umask allows (0644 with umask 022), like a file made
+with ``open()``: the detection service that reads the production model often runs as another user.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,10 +10,35 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: the OS offers no plain getter)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _new_temp(dest: Path) -> Path:
+    """An empty temp file next to ``dest`` with the mode a plain ``open(dest, "w")`` would give.
+
+    ``mkstemp`` creates files readable by their owner only (0600); a model or report renamed from
+    it would stay unreadable for the detection service running as another user. The temp file is
+    given 0666 minus the umask instead, as any other new file (0644 with the usual umask 022).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
+    return Path(tmp)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -30,13 +59,13 @@ def _atomic_replace_from(tmp: Path, dest: Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    tmp = _new_temp(dest)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(data)
-        _atomic_replace_from(Path(tmp), dest)
+        _atomic_replace_from(tmp, dest)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -62,18 +91,35 @@ def atomic_copy(src: str | Path, dest: str | Path, expected_sha256: str | None =
     The copy is hashed before it replaces ``dest``; with ``expected_sha256`` a mismatch raises
     ``OSError`` and ``dest`` is left as it was.
     """
+    tmp_path, digest = copy_to_temp(src, dest, expected_sha256)
+    commit_temp(tmp_path, dest)
+    return digest
+
+
+def copy_to_temp(src: str | Path, dest: str | Path, expected_sha256: str | None = None) -> tuple[Path, str]:
+    """Copy ``src`` into a new temp file next to ``dest``; return it and its sha256 (verified when expected).
+
+    The first half of ``atomic_copy``, for callers that do something between the copy and the
+    rename (``commit_temp``). The temp file is removed on any failure.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp(dest)
     try:
         shutil.copyfile(src, tmp_path)
         digest = sha256_file(tmp_path)
         if expected_sha256 is not None and digest != expected_sha256:
             raise OSError(f"copy of {src} does not match its expected sha256 ({digest[:12]} != {expected_sha256[:12]})")
-        _atomic_replace_from(tmp_path, dest)
-        return digest
+        return tmp_path, digest
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def commit_temp(tmp: Path, dest: str | Path) -> None:
+    """Rename a temp file of ``copy_to_temp`` onto ``dest`` (fsynced first, atomic)."""
+    try:
+        _atomic_replace_from(Path(tmp), Path(dest))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise

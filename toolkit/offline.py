@@ -14,6 +14,9 @@ Call ``prepare_ultralytics(workspace)`` before the first ``import ultralytics`` 
 - The GPU AMP self-check (which downloads a checkpoint) is replaced by a check that runs the
   model itself; on a CPU ultralytics skips it anyway.
 - Its offline / download warnings are kept out of the user's way (debug log with ``-v``).
+- ``ULTRALYTICS_SAFE_LOAD=1``: checkpoints are unpickled with ``torch.load(weights_only=True)``
+  and ultralytics' allow-list of its own and torch's model classes, so a ``.pt`` file cannot run
+  code while it loads. ``load_yolo`` is the one door through which the toolkit loads a model.
 The environment variables are inherited by ultralytics' DDP workers (several GPUs).
 """
 from __future__ import annotations
@@ -103,6 +106,7 @@ def configure_environment(config_dir: str | Path) -> Path:
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "false"
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"  # read by ultralytics at import; also patched below
     # ultralytics keeps its settings and fonts in the "Ultralytics" sub-folder of that dir
     fonts_dir = config_dir / "Ultralytics"
     fonts_dir.mkdir(exist_ok=True)
@@ -144,6 +148,7 @@ def prepare_ultralytics(config_dir: str | Path, verbose: bool | None = None) -> 
             handler.stream = _STDERR  # plain assignment: setStream would flush a possibly closed stream
     if not any(isinstance(f, _OfflineNoiseFilter) for f in LOGGER.filters):
         LOGGER.addFilter(_OfflineNoiseFilter())
+    _require_safe_loading()
     try:
         import ultralytics.engine.trainer as trainer_module
 
@@ -153,18 +158,92 @@ def prepare_ultralytics(config_dir: str | Path, verbose: bool | None = None) -> 
     return ultralytics
 
 
+def _require_safe_loading() -> None:
+    """Turn ultralytics' restricted (weights_only) checkpoint loading on for this process, or refuse.
+
+    Ultralytics reads ``ULTRALYTICS_SAFE_LOAD`` once, when it is first imported; a process that
+    imported it before ``prepare_ultralytics`` (a test, a notebook) gets the module flag set too.
+    An ultralytics or torch without restricted loading (torch < 2.6) would fall back to full
+    unpickling silently: refused instead, since a model file could then run code.
+    """
+    from toolkit.errors import UserError
+
+    try:
+        import ultralytics.nn.tasks as tasks
+        import ultralytics.utils as ul_utils
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise UserError(f"cannot import ultralytics ({exc}); reinstall requirements.txt") from None
+    if not getattr(getattr(tasks, "_SafeLoad", None), "SUPPORTED", False) or not hasattr(tasks, "SAFE_LOAD"):
+        raise UserError("this ultralytics/torch cannot load models without running code from the file "
+                        "(needs ultralytics 8.4.x with torch >= 2.6); upgrade them (requirements.txt)")
+    tasks.SAFE_LOAD = True
+    ul_utils.SAFE_LOAD = True
+
+
+def _unsafe_globals(path: str | Path) -> list[str]:
+    """The Python objects a .pt file would import while unpickling (read from its opcodes, nothing run)."""
+    try:
+        import torch
+
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a zip checkpoint (a legacy pickle): torch's refusal names the object instead
+        return []
+
+
+def _load_error(path: str | Path, exc: BaseException) -> str:
+    text = str(exc)
+    chain = [exc, exc.__cause__, exc.__context__]
+    refused = "outside the supported" in text or any(
+        type(e).__name__ == "UnpicklingError" for e in chain if e is not None)
+    if refused:
+        named = [g for g in _unsafe_globals(path)
+                 if not g.startswith(("torch.", "ultralytics.", "collections.", "numpy.", "builtins.", "pathlib."))]
+        what = f" (it would call {', '.join(named[:3])})" if named else ""
+        return (f"refused to load {path}: it is not a plain ultralytics checkpoint and loading it could run code "
+                f"from the file{what}; only models saved by ultralytics are loaded - re-export it with "
+                "ultralytics from a trusted copy")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    first = first.replace("ERROR ❌️", "").strip()
+    return f"cannot load model {path}: {first[:300]} (is it a YOLOv8 detection model?)"
+
+
 def load_yolo(path: str | Path, config_dir: str | Path):
-    """``ultralytics.YOLO(path)`` for a local .pt or .yaml, offline; a clear error when missing."""
+    """``ultralytics.YOLO(path)`` for a local .pt or .yaml: offline and without running code from the file.
+
+    Every model the toolkit loads (production, candidate, base model, archive, ``--from``,
+    ``--scan``) comes through here. A checkpoint is unpickled with ``weights_only=True`` and
+    ultralytics' allow-list; one that needs anything else (a pickle that would call a function)
+    is refused with one line before any of its code runs. Architecture ``.yaml`` files are built
+    without ``eval`` (ultralytics' restricted path).
+    """
     from toolkit.errors import UserError
 
     path_str = str(path)
     if not path_str.endswith((".yaml", ".yml")) and not Path(path).is_file():
         raise UserError(f"model file not found: {path} (give the path of a YOLOv8 .pt file)")
     ultralytics = prepare_ultralytics(config_dir)
+    _require_safe_loading()
     try:
         return ultralytics.YOLO(path_str)
     except Exception as exc:
-        raise UserError(f"cannot load model {path}: {exc} (is it a YOLOv8 detection model?)") from None
+        raise UserError(_load_error(path, exc)) from None
+
+
+def load_checkpoint(path: str | Path, config_dir: str | Path) -> dict:
+    """The checkpoint dict of a .pt file (``train_args``, ``epoch``, ...), loaded as safely as ``load_yolo``."""
+    from toolkit.errors import UserError
+
+    if not Path(path).is_file():
+        raise UserError(f"model file not found: {path} (give the path of a YOLOv8 .pt file)")
+    prepare_ultralytics(config_dir)
+    _require_safe_loading()
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        ckpt, _ = torch_safe_load(str(path), safe_only=True)
+    except Exception as exc:
+        raise UserError(_load_error(path, exc)) from None
+    return ckpt
 
 
 def model_class_names(path: str | Path, config_dir: str | Path) -> list[str]:

@@ -1,6 +1,7 @@
 """Where and how every stage writes its report: ``training/reports/<stage>_<stamp>.{json,md}``."""
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,50 @@ def write_report(json_path: Path, data: Any, markdown: str | None = None) -> Pat
     return json_path
 
 
+# Markdown punctuation that can change how a user's string renders (emphasis, links, images, code,
+# table cells, headings), and HTML, which markdown passes through: a class name or a file path
+# must show as the text it is, as the HTML report does with html.escape.
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|~#])")
+# "_" only at a word edge: snake_case_names render as they are (GFM ignores intraword underscores)
+_MD_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def md(value: Any) -> str:
+    """A user string (class name, path, reason) as markdown text that renders literally, on one line."""
+    text = " ".join(str(value).splitlines())
+    text = "".join(_HTML.get(ch, ch) for ch in text)
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return _MD_UNDERSCORE.sub(r"\\_", text)
+
+
+def md_code(value: Any, table: bool = False) -> str:
+    """A user string as an inline code span (paths): fenced with more backticks than it contains.
+
+    Inside a code span markdown shows everything literally (HTML too); only a newline or the
+    fence could break out, so newlines become spaces and the fence is longer than any backtick run.
+    In a table cell (``table=True``) a ``|`` would still end the cell: it is escaped there.
+    """
+    text = " ".join(str(value).splitlines())
+    if table:
+        text = text.replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table; every cell that is not a number is escaped with ``md``."""
     def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return str(v)
         if isinstance(v, float):
             return f"{v:.3f}"
-        return str(v).replace("|", "\\|")
+        if isinstance(v, int):
+            return str(v)
+        return md(v)
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = ["| " + " | ".join(md(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

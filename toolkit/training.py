@@ -435,7 +435,7 @@ def plot_curves(records: list[dict], png: Path) -> Path | None:
 
 
 def report_markdown(summary: Mapping[str, Any], records: list[dict], curves: str | None) -> str:
-    from toolkit.reports import markdown_table
+    from toolkit.reports import markdown_table, md, md_code
 
     m = summary.get("metrics") or {}
 
@@ -443,19 +443,19 @@ def report_markdown(summary: Mapping[str, Any], records: list[dict], curves: str
         return "n/a" if v is None else f"{v:.3f}"
 
     lines = [
-        f"# Training run {Path(str(summary['run_dir'])).name}",
+        f"# Training run {md(Path(str(summary['run_dir'])).name)}",
         "",
-        f"- started from: {summary.get('start_from')} ({summary.get('start_mode')})",
-        f"- dataset: {summary.get('data')}  ({len(summary.get('classes') or [])} classes: "
-        f"{', '.join(summary.get('classes') or [])})",
+        f"- started from: {md_code(summary.get('start_from'))} ({md(summary.get('start_mode'))})",
+        f"- dataset: {md_code(summary.get('data'))}  ({len(summary.get('classes') or [])} classes: "
+        f"{md(', '.join(summary.get('classes') or []))})",
         f"- epochs: {summary.get('epochs_completed')} of {summary.get('epochs_planned')} "
         f"({summary.get('stop_reason')}); {format_duration(summary.get('seconds'))} on {summary.get('device') or 'auto'}",
-        f"- best model: `{summary.get('best')}`",
+        f"- best model: {md_code(summary.get('best'))}",
         f"- validation of best.pt: mAP50 {num(m.get('map50'))}, mAP50-95 {num(m.get('map50_95'))}, "
         f"precision {num(m.get('precision'))}, recall {num(m.get('recall'))}",
     ]
     for note in summary.get("notes") or []:
-        lines.append(f"- {note}")
+        lines.append(f"- {md(note)}")
     lines.append("")
     if curves:
         lines += [f"![training curves]({curves})", ""]
@@ -466,7 +466,7 @@ def report_markdown(summary: Mapping[str, Any], records: list[dict], curves: str
         rows = [[("" if v is None else v) for v in row] for row in rows]
         lines += ["## Epochs", "", markdown_table(
             ["epoch", "box loss", "cls loss", "dfl loss", "P", "R", "mAP50", "mAP50-95", "time"], rows)]
-    lines += [f"Next: compare `{summary.get('best')}` with the production model on the test split "
+    lines += [f"Next: compare {md_code(summary.get('best'))} with the production model on the test split "
               "(model_comparator.py).", ""]
     return "\n".join(lines)
 
