@@ -41,7 +41,7 @@ LIST_CAP = 200  # lists in the result are capped; their counts stay exact
 @dataclass(frozen=True)
 class AnalyzeConfig:
     root: Path
-    memory_bank: Path | None = None             # --memory-bank: default ROOT/memory-bank/detections.jsonl
+    memory_bank: Path | str | None = None       # --memory-bank: file or database URL (training.yaml memory_bank.url)
     since: str | None = None                    # --since: date (2026-03-01) or ISO timestamp, inclusive
     until: str | None = None                    # --until: a date includes that whole day
     model_version: str | None = None            # --model-version: only records of this model
@@ -56,7 +56,7 @@ class AnalyzeConfig:
 
 @dataclass(frozen=True)
 class AnalyzeResult:
-    memory_bank: Path
+    memory_bank: Path | str                     # a database URL is shown with its password masked
     format: str
     records: int
     skipped_records: int
@@ -179,6 +179,27 @@ def dataset_counts(workspace: Workspace, names: list[str]) -> tuple[dict[str, in
     return (counts, found) if found else (None, 0)
 
 
+def memory_bank_location(flag: Path | str | None, setting: str | None, workspace: Workspace) -> Path | str:
+    """--memory-bank, else training.yaml memory_bank.url (a relative path: under ROOT), else the JSONL.
+
+    A database URL is returned as given (its password, if any, is masked wherever it is shown).
+    """
+    from toolkit.memory_bank_sql import is_database_url, mask_url
+
+    given = flag if flag not in (None, "") else (setting or None)
+    if given is None:
+        return workspace.detections
+    if is_database_url(given):
+        if mask_url(given) != str(given):
+            logger.warning("the memory-bank URL holds a password: it is masked in reports and logs, but keep it "
+                           "in PGPASSWORD or .pgpass instead (shell history, training.yaml)")
+        return str(given).strip()
+    path = Path(given).expanduser()
+    if flag in (None, "") and not path.is_absolute():
+        path = workspace.root / path
+    return path.resolve()
+
+
 @holds_workspace_lock("analyze", when=lambda c: c.export > 0 or c.scan is not None)
 def run(config: AnalyzeConfig) -> AnalyzeResult:
     from toolkit.analysis import analyze_memory_bank
@@ -187,7 +208,7 @@ def run(config: AnalyzeConfig) -> AnalyzeResult:
 
     workspace = Workspace.at(config.root)
     band, iou, settings = resolve_config(config, workspace)
-    bank_path = Path(config.memory_bank).expanduser().resolve() if config.memory_bank else workspace.detections
+    bank_path = memory_bank_location(config.memory_bank, settings["memory_bank"]["url"], workspace)
     since = parse_date_bound(config.since) if config.since else None
     until = parse_date_bound(config.until, end=True) if config.until else None
     if since is not None and until is not None and since > until:
@@ -198,9 +219,11 @@ def run(config: AnalyzeConfig) -> AnalyzeResult:
 
         scanned = scan_folder(workspace, Path(config.scan), Path(config.scan_model or workspace.production_model),
                               bank_path, batch=config.scan_batch, conf=config.scan_conf)
-    bank = read_memory_bank(bank_path, since=since, until=until, model_version=config.model_version)
+    bank = read_memory_bank(bank_path, since=since, until=until, model_version=config.model_version,
+                            image_root=workspace.memory_bank)
+    shown = bank.location or bank_path  # a database URL with its password masked
     logger.info("memory bank %s: %d record(s), %d malformed (skipped), %d outside the filters",
-                bank_path, bank.records, bank.skipped, bank.filtered_out)
+                shown, bank.records, bank.skipped, bank.filtered_out)
     for item in bank.malformed.items[:10]:
         logger.warning("line %d skipped: %s", item["line"], item["reason"])
     names = known_classes(workspace)
@@ -217,7 +240,7 @@ def run(config: AnalyzeConfig) -> AnalyzeResult:
     json_path = report_path(workspace, "analyze", stamp)
     plots = write_plots(analysis, json_path)
     result = AnalyzeResult(
-        memory_bank=bank_path, format=bank.fmt, records=bank.records, skipped_records=bank.skipped,
+        memory_bank=shown, format=bank.fmt, records=bank.records, skipped_records=bank.skipped,
         malformed=tuple(bank.malformed.items), filtered_out=bank.filtered_out, uncertain=band, iou_match=iou,
         reviewed_images=analysis.reviewed_images, weeks=tuple(analysis.weeks), model_versions=tuple(analysis.versions),
         classes=analysis.classes, priorities=tuple(analysis.priorities),
@@ -380,8 +403,10 @@ def describe(result: AnalyzeResult) -> str:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = build_parser(__doc__, prog="training_analyzer.py")
-    parser.add_argument("--memory-bank", type=Path, help="memory bank file: .jsonl, .json, .csv or SQLite "
-                        "(default ROOT/memory-bank/detections.jsonl)")
+    parser.add_argument("--memory-bank", metavar="PATH|URL", help="memory bank: a .jsonl, .json, .csv or SQLite "
+                        "file, or a database URL postgresql://user@host:5432/db?table=detections (password from "
+                        "PGPASSWORD or .pgpass); default training.yaml memory_bank.url, else "
+                        "ROOT/memory-bank/detections.jsonl")
     parser.add_argument("--since", help="only records from this date / ISO timestamp on")
     parser.add_argument("--until", help="only records up to this date (inclusive) / ISO timestamp")
     parser.add_argument("--model-version", help="only records of this production model version")

@@ -72,3 +72,25 @@ def tiny_model(tiny_dataset, ultralytics_config_dir, tmp_path_factory) -> Path:
     best = project / "run" / "weights" / "best.pt"
     assert best.is_file()
     return best
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server in a temporary folder for the whole session (tests/pg_server.py)."""
+    import pg_server
+
+    try:
+        server = pg_server.start()
+    except pg_server.Unavailable as exc:
+        pytest.skip(f"no PostgreSQL server could be started: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_password(monkeypatch, postgres):
+    """The client password in PGPASSWORD (as a plant sets it), never in the URL."""
+    import pg_server
+
+    monkeypatch.setenv("PGPASSWORD", pg_server.PASSWORD)
+    return pg_server.PASSWORD

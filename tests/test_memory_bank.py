@@ -7,10 +7,10 @@ import sqlite3
 import numpy as np
 import pytest
 
+from bank_helpers import iter_jsonl, write_csv, write_sqlite
 from toolkit.analysis import analyze_memory_bank
 from toolkit.errors import UserError
-from toolkit.memory_bank import (MalformedLog, detect_format, iter_jsonl, parse_date_bound, read_memory_bank,
-                                 write_csv, write_sqlite)
+from toolkit.memory_bank import MalformedLog, detect_format, parse_date_bound, read_memory_bank
 from toolkit.synthetic import write_batch, write_memory_bank
 
 
@@ -168,3 +168,19 @@ def test_format_detection_and_missing_file(tmp_path):
     assert detect_format(tmp_path / "y.dat") == "json"
     with pytest.raises(UserError, match="memory bank not found"):
         read_memory_bank(tmp_path / "nope.jsonl")
+
+
+def test_csv_field_over_the_csv_limit_is_one_malformed_record(tmp_path):
+    import csv
+
+    path = tmp_path / "log.csv"
+    huge = "x" * (csv.field_size_limit() + 10)
+    path.write_text(
+        "timestamp,image,model_version,class,confidence,x1,y1,x2,y2\n"
+        "2026-03-01T08:00:00Z,a.jpg,1.0,scratches,0.9,1,2,30,40\n"
+        f"2026-03-01T08:01:00Z,{huge},1.0,patches,0.4,5,5,20,20\n"          # line 3: a field over the limit
+        "2026-03-01T08:02:00Z,c.jpg,1.0,patches,0.5,5,5,20,20\n")
+    bank = read_memory_bank(path)
+    assert bank.records == 2 and bank.image == ["a.jpg", "c.jpg"]
+    assert bank.skipped == 1 and bank.malformed.items[0]["line"] == 3
+    assert "field larger than field limit" in bank.malformed.items[0]["reason"]

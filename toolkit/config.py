@@ -94,6 +94,13 @@ promotion:
   # Largest accepted slowdown of inference, as a ratio to production (1.5 = 50% slower).
   max_slowdown: 1.5
 
+memory_bank:
+  # Where the detection system logs. Empty: ROOT/memory-bank/detections.jsonl. Else a file
+  # (.jsonl, .json, .csv, SQLite) or a database URL such as
+  # postgresql://inspector@dbhost:5432/inspection?table=detections (the password comes from
+  # PGPASSWORD or .pgpass, never from this file). --memory-bank overrides it.
+  url: ""
+
 analyzer:
   # Confidence band where the model is unsure: those detections are the most useful to label.
   uncertain: [0.25, 0.6]

@@ -47,6 +47,11 @@ FORMATS = ("jsonl", "json", "csv", "sqlite")
 CSV_COLUMNS = ("timestamp", "image", "model_version", "class", "confidence", "x1", "y1", "x2", "y2")
 CSV_OPTIONAL_COLUMNS = ("source", "image_width", "image_height", "kind")
 SQLITE_TABLE = "detections"
+REQUIRED_COLUMNS = ("timestamp", "image", "class", "confidence", "x1", "y1", "x2", "y2")
+# the order in which a database table's columns are read (line: rowid / primary key / row number)
+ROW_COLUMNS = ("line", "timestamp", "image", "model_version", "class", "confidence", "x1", "y1", "x2", "y2",
+               "source", "image_width", "image_height", "kind")
+_ROW_ERROR = "\x00error"  # key of a CSV row that could not be parsed (no real column has this name)
 MALFORMED_LIST_CAP = 200  # the list in results is capped; the count stays exact
 _UTC = timezone.utc
 _fromisoformat = datetime.fromisoformat
@@ -102,6 +107,8 @@ class MemoryBank:
     reviews: dict[int, list[tuple[int, float, float, float, float]]]
     malformed: MalformedLog
     filtered_out: int = 0
+    location: str = ""      # a database URL (password masked); "" for a file (see ``path``)
+    rows_read: int = 0      # rows a database sent (after its WHERE clause); 0 for a file
 
     @property
     def records(self) -> int:
@@ -164,7 +171,12 @@ class _Columns:
 # --- validation: one function turns any format's record into the normalised form ----------------
 
 def parse_timestamp(value: Any) -> float:
-    """ISO 8601 (date or date-time; naive means UTC) to epoch seconds; BadRecord otherwise."""
+    """ISO 8601 (date or date-time; naive means UTC) to epoch seconds; BadRecord otherwise.
+
+    A ``datetime`` (a database ``timestamp`` column) is taken as is, naive meaning UTC as well.
+    """
+    if isinstance(value, datetime):
+        return (value if value.tzinfo is not None else value.replace(tzinfo=_UTC)).timestamp()
     if type(value) is not str:
         raise BadRecord(f"timestamp must be an ISO 8601 string, got {type(value).__name__}")
     try:
@@ -398,7 +410,11 @@ class _Reader:
                                     malformed.add(number, str(bad))
                                 continue
                     if raw.strip():
-                        malformed.add(number, f"broken JSON: {_short(exc)}")
+                        if raw[-1:] not in (b"\n", "\n"):  # the last line, unterminated
+                            malformed.add(number, "incomplete last line (a writer is still writing it, or it was "
+                                                  f"cut off by a crash): {_short(exc)}")
+                        else:
+                            malformed.add(number, f"broken JSON: {_short(exc)}")
                     continue
                 try:
                     add(obj, number)
@@ -469,6 +485,12 @@ class _Reader:
         bad: tuple[int, str] | None = None
         start = 0
         for number, row in rows:
+            if _ROW_ERROR in row:  # a row the CSV parser could not read: a malformed record of its own
+                if record is not None:
+                    self._flush(record, start, bad)
+                key, record, bad = None, None, None
+                self.malformed.add(number, row[_ROW_ERROR])
+                continue
             row_key = (row.get("timestamp"), row.get("image"), row.get("model_version"))
             if row_key != key:
                 if record is not None:
@@ -490,6 +512,59 @@ class _Reader:
                 bad = (number, str(exc))
         if record is not None:
             self._flush(record, start, bad)
+
+    def read_row_tuples(self, rows: Iterable[tuple]) -> None:
+        """Rows of a database table, as tuples in ``ROW_COLUMNS`` order (NULL and '' mean the same).
+
+        The same rules as ``read_rows`` (consecutive rows of one timestamp, image and model version
+        form a record), without a dict per row: this is the path of a million-row table.
+        """
+        no_key = object()
+        key_ts = key_image = key_version = no_key
+        record: dict[str, Any] | None = None
+        dets: list = []
+        bad: tuple[int, str] | None = None
+        start = 0
+        flush = self._flush
+        for line, ts, image, version, name, conf, x1, y1, x2, y2, source, width, height, kind in rows:
+            if ts != key_ts or image != key_image or version != key_version:
+                if record is not None:
+                    flush(record, start, bad)
+                key_ts, key_image, key_version = ts, image, version
+                start, bad, dets = line, None, []
+                record = {"timestamp": None if ts == "" else ts, "image": None if image == "" else image,
+                          "detections": dets}
+                if version is not None and version != "":
+                    record["model_version"] = version if type(version) is str else str(version)
+                if source is not None and source != "":
+                    record["source"] = source if type(source) is str else str(source)
+                if width is not None and width != "":
+                    record["image_width"] = width if type(width) is int else _int_or_text(width)
+                if height is not None and height != "":
+                    record["image_height"] = height if type(height) is int else _int_or_text(height)
+            if bad is not None:
+                continue
+            if kind is None or kind == "" or kind == "detection":
+                if name is None or name == "":
+                    continue  # an image with no detection
+                try:
+                    if type(conf) is not float:
+                        conf = _csv_float(conf, "confidence")
+                    box = [x1, y1, x2, y2]
+                    if type(x1) is not float or type(y1) is not float or type(x2) is not float or type(y2) is not float:
+                        box = [_csv_float(v, k) for v, k in zip(box, ("x1", "y1", "x2", "y2"))]
+                except BadRecord as exc:
+                    bad = (line, str(exc))
+                    continue
+                dets.append({"class": name if type(name) is str else str(name), "confidence": conf, "bbox": box})
+            else:  # review rows (few): the general path
+                try:
+                    self._row_into(record, {"kind": kind, "class": name, "confidence": conf,
+                                            "x1": x1, "y1": y1, "x2": x2, "y2": y2})
+                except BadRecord as exc:
+                    bad = (line, str(exc))
+        if record is not None:
+            flush(record, start, bad)
 
     def _flush(self, record: dict, start: int, bad: tuple[int, str] | None) -> None:
         if record.get("timestamp") is None:
@@ -565,16 +640,27 @@ def detect_format(path: Path) -> str:
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in ("timestamp", "image", "class", "confidence", "x1", "y1", "x2", "y2")
-                   if c not in (reader.fieldnames or [])]
+        try:
+            fieldnames = reader.fieldnames or []
+        except csv.Error as exc:
+            raise UserError(f"{path}: cannot read the CSV header ({_short(exc)})") from None
+        missing = [c for c in REQUIRED_COLUMNS if c not in fieldnames]
         if missing:
             raise UserError(f"{path}: CSV header lacks {', '.join(missing)}; the columns are "
                             f"{','.join(CSV_COLUMNS)} (see memory-bank/README.md)")
-        for row in reader:
+        while True:
+            starts = reader.line_num + 1  # the line where the next row begins
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # a field over the csv module's limit, a NUL byte: that row only
+                yield starts, {_ROW_ERROR: f"unreadable CSV row: {_short(exc)}"}
+                continue
             yield reader.line_num, row
 
 
-def _sqlite_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _sqlite_rows(path: Path) -> Iterator[tuple]:
     # read-only URI: the user's database is never written, not even a journal
     uri = f"file:{path.resolve().as_posix()}?mode=ro"
     try:
@@ -588,21 +674,28 @@ def _sqlite_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise UserError(f"{path}: no table '{SQLITE_TABLE}' (tables: {', '.join(tables) or 'none'}); "
                             "see memory-bank/README.md for the layout")
         columns = [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')]
-        missing = [c for c in ("timestamp", "image", "class", "confidence", "x1", "y1", "x2", "y2") if c not in columns]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise UserError(f"{path}: table '{table}' lacks column(s) {', '.join(missing)} (see memory-bank/README.md)")
-        cursor = con.execute(f'SELECT rowid, * FROM "{table}" ORDER BY rowid')
-        names = ["rowid", *columns]
-        for values in cursor:
-            row = dict(zip(names, values))
-            yield int(row.pop("rowid")), {k: ("" if v is None else v) for k, v in row.items()}
+        select = ", ".join(f'"{c}"' if c in columns else "NULL" for c in ROW_COLUMNS[1:])
+        yield from con.execute(f'SELECT rowid, {select} FROM "{table}" ORDER BY rowid')
     finally:
         con.close()
 
 
 def read_memory_bank(path: str | Path, fmt: str | None = None, since: float | None = None,
-                     until: float | None = None, model_version: str | None = None) -> MemoryBank:
-    """Read a memory bank of any accepted format; ``since``/``until`` are epoch seconds, both inclusive."""
+                     until: float | None = None, model_version: str | None = None,
+                     image_root: Path | None = None) -> MemoryBank:
+    """Read a memory bank of any accepted format; ``since``/``until`` are epoch seconds, both inclusive.
+
+    ``path`` may also be a database URL (``postgresql://user@host/db?table=detections``, see
+    toolkit/memory_bank_sql.py); relative image paths in a database are taken relative to
+    ``image_root`` (the analyzer passes ROOT/memory-bank, the folder of the default file).
+    """
+    from toolkit.memory_bank_sql import is_database_url
+
+    if is_database_url(path):
+        return _read_database(str(path), since, until, model_version, image_root)
     path = Path(path)
     if not path.is_file():
         raise UserError(f"memory bank not found: {path} (give --memory-bank PATH, or --scan DIR to build one)")
@@ -617,18 +710,41 @@ def read_memory_bank(path: str | Path, fmt: str | None = None, since: float | No
     elif fmt == "csv":
         reader.read_rows(_csv_rows(path))
     else:
-        reader.read_rows(_sqlite_rows(path))
+        reader.read_row_tuples(_sqlite_rows(path))
     bank = reader.cols.build(path, fmt, reader.malformed, reader.filtered_out)
     logger.debug("read %d record(s) from %s (%s), %d malformed, %d filtered out",
                  bank.records, path, fmt, bank.skipped, bank.filtered_out)
     return bank
 
 
+def _read_database(url: str, since: float | None, until: float | None, model_version: str | None,
+                   image_root: Path | None) -> MemoryBank:
+    from toolkit.memory_bank_sql import parse_url, sql_rows
+
+    loc = parse_url(url)
+    reader = _Reader(since, until, model_version)
+    stats: dict[str, Any] = {}
+    reader.read_row_tuples(sql_rows(url, since, until, stats))
+    # ``path`` anchors relative image paths: its parent is image_root
+    anchor = Path(image_root or Path.cwd()).resolve() / "(database)"
+    bank = reader.cols.build(anchor, loc.backend, reader.malformed, reader.filtered_out)
+    bank.location = loc.shown
+    bank.rows_read = stats.get("rows", 0)
+    logger.debug("read %d record(s) from %d row(s) of %s, %d malformed, %d filtered out",
+                 bank.records, bank.rows_read, loc.shown, bank.skipped, bank.filtered_out)
+    return bank
+
+
+def validate_record(obj: Any) -> None:
+    """Raise BadRecord (the reason) unless ``obj`` is a record the readers accept."""
+    _Reader(None, None, None)._add(obj, 0)
+
+
 # --- writing: records to the other formats (conversion, tests) and appending ---------------------
 
 def record_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """One schema record as CSV-shaped rows (detections, then review labels with kind=review)."""
-    base = {"timestamp": record["timestamp"], "image": record["image"],
+    base = {"timestamp": record.get("timestamp", ""), "image": record.get("image", ""),
             "model_version": record.get("model_version", ""), "source": record.get("source", ""),
             "image_width": record.get("image_width", ""), "image_height": record.get("image_height", "")}
     empty = {"class": "", "confidence": "", "x1": "", "y1": "", "x2": "", "y2": ""}
@@ -654,126 +770,56 @@ def record_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
 ALL_COLUMNS = CSV_COLUMNS + CSV_OPTIONAL_COLUMNS
 
 
-def write_csv(records: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write schema records as a CSV memory bank; returns the number of rows."""
-    n = 0
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(ALL_COLUMNS))
-        writer.writeheader()
-        for record in records:
-            for row in record_rows(record):
-                writer.writerow(row)
-                n += 1
-    return n
-
-
-def write_sqlite(records: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write schema records into a SQLite ``detections`` table with the CSV columns."""
-    con = sqlite3.connect(str(path))
-    try:
-        con.execute(f"CREATE TABLE IF NOT EXISTS {SQLITE_TABLE} (timestamp TEXT NOT NULL, image TEXT NOT NULL, "
-                    "model_version TEXT, class TEXT, confidence REAL, x1 REAL, y1 REAL, x2 REAL, y2 REAL, "
-                    "source TEXT, image_width INTEGER, image_height INTEGER, kind TEXT)")
-        n = 0
-        placeholders = ",".join("?" * len(ALL_COLUMNS))
-        for record in records:
-            rows = record_rows(record)
-            con.executemany(f"INSERT INTO {SQLITE_TABLE} ({','.join(ALL_COLUMNS)}) VALUES ({placeholders})",
-                            [tuple(None if row[c] == "" else row[c] for c in ALL_COLUMNS) for row in rows])
-            n += len(rows)
-        con.commit()
-        return n
-    finally:
-        con.close()
-
-
-def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Plain iteration over a JSONL file's parseable records (conversion helper; no validation)."""
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if raw.strip():
-                try:
-                    yield _loads(raw)
-                except _JSON_ERRORS:
-                    continue
-
-
-def append_records(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
-    """Append records to a JSONL memory bank, one line each, in one buffered write per call."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write("".join(lines))
-    return len(lines)
-
-
 # --- scan: run the production model over a folder and log what it sees --------------------------
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def scan_folder(workspace, folder: Path, model_path: Path, bank_path: Path, batch: int = 16,
+def scan_folder(workspace, folder: Path, model_path: Path, bank: str | Path, batch: int = 16,
                 conf: float = 0.25, imgsz: int | None = None) -> int:
-    """Run ``model_path`` over every image under ``folder``; append one record per image to ``bank_path``.
+    """Run ``model_path`` over every image under ``folder``; append one record per image to ``bank``.
 
-    Records follow the schema: timestamp (scan time, UTC), image (absolute path), model_version
-    (ROOT/yolov8_model.json ``version`` when present), source "scan", image_width/height,
-    detections. ``imgsz`` defaults to the size the model was trained at. Unreadable images are
-    logged and skipped. Returns the number of records appended.
+    ``bank`` is a JSONL file or a database URL; records go through the detection system's writer
+    (toolkit/detection_api.py). Records follow the schema: timestamp (scan time, UTC), image
+    (absolute path), model_version (the production version when ``model_path`` is the production
+    model), source "scan", image_width/height, detections. ``imgsz`` defaults to the size the
+    model was trained at. Unreadable images are logged and skipped. Returns the records appended.
     """
+    from toolkit.detection_api import MemoryBankWriter, ProductionModel, record_from_result
     from toolkit.offline import load_yolo
     from toolkit.progress import progress_bar
-    from toolkit.reports import utc_now_iso
 
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise UserError(f"--scan {folder}: not a folder of images")
-    if bank_path.suffix.lower() not in (".jsonl", ".ndjson", ""):
-        raise UserError(f"--scan appends to a JSONL memory bank, not {bank_path.name}; drop --memory-bank or give a .jsonl")
     if batch < 1:
         raise UserError("--scan-batch must be at least 1")
     images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise UserError(f"--scan {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    model = load_yolo(model_path, workspace.cache / "ultralytics")
-    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
-    if imgsz is None:
-        ckpt = getattr(model, "ckpt", None)
-        train_args = ckpt.get("train_args", {}) if isinstance(ckpt, dict) else {}
-        size = train_args.get("imgsz", 640)
-        imgsz = size if isinstance(size, int) else 640
-    version = None
-    if workspace.production_sidecar.exists() and Path(model_path).resolve() == workspace.production_model.resolve():
-        try:
-            version = json.loads(workspace.production_sidecar.read_text(encoding="utf-8")).get("version")
-        except (OSError, ValueError, AttributeError):
-            logger.warning("cannot read the version from %s", workspace.production_sidecar)
-    logger.info("scanning %d image(s) under %s with %s (imgsz %d)", len(images), folder, model_path, imgsz)
-    written = 0
-    batches = [images[i:i + batch] for i in range(0, len(images), batch)]
-    for chunk in progress_bar(batches, total=len(batches), desc="scan"):
-        results = _predict(model, chunk, imgsz, conf)
-        records = []
-        for path, result in zip(chunk, results):
-            if result is None:
-                continue
-            height, width = (int(v) for v in result.orig_shape[:2])
-            detections = []
-            boxes = result.boxes
-            for (x1, y1, x2, y2), c, k in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist()):
-                x1, y1 = round(max(0.0, x1), 1), round(max(0.0, y1), 1)
-                x2, y2 = round(min(float(width), x2), 1), round(min(float(height), y2), 1)
-                if x2 > x1 and y2 > y1:
-                    detections.append({"class": str(names[int(k)]), "confidence": round(float(c), 4),
-                                       "bbox": [x1, y1, x2, y2]})
-            record = {"timestamp": utc_now_iso(), "image": str(path), "source": "scan",
-                      "image_width": width, "image_height": height, "detections": detections}
-            if version is not None:
-                record["model_version"] = str(version)
-            records.append(record)
-        written += append_records(bank_path, records)
-    logger.info("appended %d record(s) to %s", written, bank_path)
+    writer = MemoryBankWriter(bank, source="scan")  # checks the target before the model is loaded
+    try:
+        if Path(model_path).resolve() == workspace.production_model.resolve():
+            production = ProductionModel.load(workspace.root)
+            model, version, trained_size = production.model, production.version, production.imgsz
+        else:
+            model, version = load_yolo(model_path, workspace.cache / "ultralytics"), None
+            ckpt = getattr(model, "ckpt", None)
+            size = (ckpt.get("train_args", {}) if isinstance(ckpt, dict) else {}).get("imgsz", 640)
+            trained_size = size if isinstance(size, int) else 640
+        names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+        imgsz = imgsz or trained_size
+        logger.info("scanning %d image(s) under %s with %s (imgsz %d)", len(images), folder, model_path, imgsz)
+        written = 0
+        batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+        for chunk in progress_bar(batches, total=len(batches), desc="scan"):
+            results = _predict(model, chunk, imgsz, conf)
+            records = [record_from_result(result, path, names, version, source="scan")
+                       for path, result in zip(chunk, results) if result is not None]
+            written += writer.append(records)
+    finally:
+        writer.close()
+    logger.info("appended %d record(s) to %s", written, writer.shown)
     return written
 
 

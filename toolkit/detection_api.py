@@ -1,0 +1,299 @@
+"""The detection system's side of the toolkit: the production model with its version, and the log.
+
+A detection service on the line needs three things from the toolkit, and this module is all it
+has to import:
+
+- ``ProductionModel.load(root)``: ``ROOT/yolov8_model.pt`` loaded safely (the toolkit's loader,
+  no code run from the file), with its ``version`` and ``sha256`` (from ``yolov8_model.json``,
+  checked against the bytes actually loaded, so a promotion in progress is never mislabelled).
+- ``model.changed()``: a cheap check (two ``stat`` calls) that a new version was promoted or
+  rolled back; call it between images and ``reload()`` when it says so - never in mid-image.
+- ``MemoryBankWriter``: appends detection records to the memory bank - the JSONL file, or the
+  database URL of training.yaml ``memory_bank.url`` - with ``model_version`` filled in. Each
+  record is checked against the schema first (a bad record raises ``BadRecord``, nothing is
+  written). In a file every record is one whole line, written by one ``os.write`` on a file
+  opened for appending, so several processes can append while the analyzer reads: no torn or
+  interleaved lines. In a database the rows of one call are one transaction.
+
+Usage:
+    from toolkit.detection_api import MemoryBankWriter, ProductionModel
+
+    model = ProductionModel.load("D:/inspection")
+    with MemoryBankWriter.for_workspace("D:/inspection") as bank:
+        for image in new_images():
+            if model.changed():
+                model = model.reload()
+            bank.append(model.detect(image, source="line3"))
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from toolkit.errors import UserError
+from toolkit.layout import Workspace
+from toolkit.memory_bank import BadRecord, validate_record
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BadRecord", "MemoryBankWriter", "ProductionModel", "record_from_result"]
+
+# A promotion replaces yolov8_model.pt, then writes the sidecar: between the two the file's sha256
+# matches no sidecar yet. Loading waits this long for the pair to agree.
+SETTLE_S = 10.0
+
+
+def _stamp(*paths: Path) -> tuple:
+    """What changes when a file is replaced (atomic rename: a new inode) or rewritten."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
+def _sidecar(ws: Workspace) -> dict[str, Any]:
+    try:
+        data = json.loads(ws.production_sidecar.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _version_of(ws: Workspace, sha256: str) -> str | None:
+    """The version of these bytes: the sidecar when it describes them, else the registry.
+
+    A sidecar written by hand without a sha256 is believed; one whose sha256 names other bytes
+    (a promotion between replacing the model and rewriting the sidecar) is not.
+    """
+    side = _sidecar(ws)
+    if side.get("version") is not None and side.get("sha256") in (None, sha256):
+        return str(side["version"])
+    try:
+        from toolkit.registry import Registry
+
+        entry = Registry.load(ws).entry_by_sha(sha256)
+    except (UserError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        entry = None
+    return str(entry["version"]) if entry and entry.get("version") is not None else None
+
+
+@dataclass
+class ProductionModel:
+    """``ROOT/yolov8_model.pt`` as loaded: the ultralytics model, its version and sha256."""
+
+    root: Path
+    path: Path
+    version: str | None
+    sha256: str
+    model: Any = field(repr=False)
+    imgsz: int = 640
+    _stamp: tuple = field(default=(), repr=False)
+
+    @classmethod
+    def load(cls, root: str | Path, settle_s: float = SETTLE_S) -> "ProductionModel":
+        """Load the production model safely, with the version that belongs to the bytes loaded."""
+        from toolkit.files import sha256_file
+        from toolkit.offline import load_yolo
+
+        ws = Workspace.at(root)
+        if not ws.production_model.is_file():
+            raise UserError(f"no production model at {ws.production_model}; promote one with training_pipeline.py")
+        deadline = time.monotonic() + settle_s
+        while True:
+            stamp = _stamp(ws.production_model, ws.production_sidecar)
+            sha = sha256_file(ws.production_model)
+            model = load_yolo(ws.production_model, ws.cache / "ultralytics")
+            version = _version_of(ws, sha)
+            # the bytes hashed are the bytes loaded, and the version describes them
+            settled = _stamp(ws.production_model, ws.production_sidecar) == stamp and sha256_file(ws.production_model) == sha
+            # (the registry gets a new version before yolov8_model.pt is replaced, so settled bytes
+            # with no version are a model placed by hand: waiting would not help)
+            if settled or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)  # a promotion or rollback is being written: load again when it is done
+        if version is None:
+            logger.warning("%s matches no version in %s or the registry (placed by hand?): records get no "
+                           "model_version", ws.production_model, ws.production_sidecar.name)
+        ckpt = getattr(model, "ckpt", None)
+        train_args = ckpt.get("train_args", {}) if isinstance(ckpt, dict) else {}
+        size = train_args.get("imgsz", 640)
+        logger.info("production model %s loaded (version %s, sha256 %s)", ws.production_model, version, sha[:12])
+        return cls(root=ws.root, path=ws.production_model, version=version, sha256=sha, model=model,
+                   imgsz=size if isinstance(size, int) else 640, _stamp=stamp)
+
+    def changed(self) -> bool:
+        """True when the production model or its sidecar was replaced since loading (two stat calls)."""
+        ws = Workspace.at(self.root)
+        return _stamp(ws.production_model, ws.production_sidecar) != self._stamp
+
+    def reload(self) -> "ProductionModel":
+        """The production model as it is now (a new object; this one stays usable until dropped)."""
+        return ProductionModel.load(self.root)
+
+    @property
+    def names(self) -> dict[int, str]:
+        names = self.model.names
+        return names if isinstance(names, dict) else dict(enumerate(names))
+
+    def detect(self, image: str | Path, conf: float = 0.25, source: str | None = None,
+               imgsz: int | None = None) -> dict[str, Any]:
+        """Run the model on one image: a memory-bank record (timestamp now, this model's version)."""
+        result = self.model.predict(str(image), imgsz=imgsz or self.imgsz, conf=conf, verbose=False)[0]
+        return record_from_result(result, image, self.names, self.version, source)
+
+
+def record_from_result(result: Any, image: str | Path, names: dict[int, str], model_version: str | None,
+                       source: str | None = None, timestamp: str | None = None) -> dict[str, Any]:
+    """An ultralytics result as a memory-bank record; boxes clipped to the image, rounded."""
+    from toolkit.reports import utc_now_iso
+
+    height, width = (int(v) for v in result.orig_shape[:2])
+    detections = []
+    boxes = result.boxes
+    for (x1, y1, x2, y2), c, k in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist()):
+        x1, y1 = round(max(0.0, x1), 1), round(max(0.0, y1), 1)
+        x2, y2 = round(min(float(width), x2), 1), round(min(float(height), y2), 1)
+        if x2 > x1 and y2 > y1:
+            detections.append({"class": str(names[int(k)]), "confidence": round(float(c), 4), "bbox": [x1, y1, x2, y2]})
+    record: dict[str, Any] = {"timestamp": timestamp or utc_now_iso(), "image": str(image)}
+    if model_version is not None:
+        record["model_version"] = str(model_version)
+    if source is not None:
+        record["source"] = source
+    record.update({"image_width": width, "image_height": height, "detections": detections})
+    return record
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars from the detection code
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+class MemoryBankWriter:
+    """Appends records to a JSONL memory bank or a database URL (see the module docstring)."""
+
+    def __init__(self, target: str | Path, model_version: str | None = None, source: str | None = None) -> None:
+        from toolkit.memory_bank_sql import is_database_url
+
+        self.model_version = None if model_version is None else str(model_version)
+        self.source = source
+        self._fd: int | None = None
+        self._sql = None
+        self._lock = None
+        if is_database_url(target):
+            from toolkit.memory_bank_sql import SqlAppender
+
+            self.target: str | Path = str(target)
+            self._sql = SqlAppender(str(target))
+            self.shown = self._sql.loc.shown
+            return
+        path = Path(target).expanduser().resolve()
+        if path.suffix.lower() not in (".jsonl", ".ndjson", ""):
+            raise UserError(f"{path.name}: records are appended to a JSONL memory bank (.jsonl) or a database URL")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.target = self.shown = path
+        # O_APPEND: every write lands at the end of the file as it is then, whoever else appends
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+        self._fd = os.open(path, flags, 0o666)  # the umask decides (the analyzer may run as another user)
+        if os.name == "nt":  # Windows emulates O_APPEND with seek + write: a lock file makes it atomic
+            from filelock import FileLock
+
+            self._lock = FileLock(str(path) + ".lock")
+        self._end_torn_line(path)
+
+    @classmethod
+    def for_workspace(cls, root: str | Path, **kwargs: Any) -> "MemoryBankWriter":
+        """The workspace's memory bank: training.yaml ``memory_bank.url``, else memory-bank/detections.jsonl."""
+        from toolkit.config import resolve_settings
+
+        ws = Workspace.at(root)
+        url = resolve_settings(ws.training_yaml).get("memory_bank", {}).get("url") or ""
+        if not url:
+            return cls(ws.detections, **kwargs)
+        from toolkit.memory_bank_sql import is_database_url
+
+        return cls(url if is_database_url(url) or Path(url).is_absolute() else ws.root / url, **kwargs)
+
+    def _end_torn_line(self, path: Path) -> None:
+        """A line cut short by a crashed foreign writer must not swallow our first record."""
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() == 0:
+                    return
+                fh.seek(-1, os.SEEK_END)
+                last = fh.read(1)
+        except OSError:
+            return
+        if last != b"\n":
+            logger.warning("%s ends in a cut-off line; starting a new line after it", path)
+            self._write(b"\n")
+
+    def _write(self, data: bytes) -> None:
+        if self._lock is not None:
+            with self._lock:
+                written = os.write(self._fd, data)
+        else:
+            written = os.write(self._fd, data)  # one system call: the line lands whole or not at all
+        if written != len(data):  # disk full mid-write
+            raise OSError(f"{self.target}: only {written} of {len(data)} bytes written (disk full?)")
+
+    def prepare(self, record: dict[str, Any], model_version: str | None = None) -> dict[str, Any]:
+        """The record as it will be stored: version, source filled in; checked (BadRecord if not valid)."""
+        if not isinstance(record, dict):
+            raise BadRecord(f"a record must be a dict, got {type(record).__name__}")
+        out = dict(record)
+        version = model_version if model_version is not None else self.model_version
+        if out.get("model_version") is None and version is not None:
+            out["model_version"] = str(version)
+        if out.get("source") is None and self.source is not None:
+            out["source"] = self.source
+        if "timestamp" not in out:
+            from toolkit.reports import utc_now_iso
+
+            out["timestamp"] = utc_now_iso()
+        try:  # what is written is what the reader gets back: validate the JSON form
+            line = json.dumps(out, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default)
+        except (TypeError, ValueError) as exc:
+            raise BadRecord(f"record cannot be written as JSON: {exc}") from None
+        parsed = json.loads(line)
+        validate_record(parsed)
+        return parsed
+
+    def append(self, records: dict[str, Any] | Iterable[dict[str, Any]], model_version: str | None = None) -> int:
+        """Append one record or several; returns how many. All are checked before any is written."""
+        batch = [records] if isinstance(records, dict) else list(records)
+        prepared = [self.prepare(r, model_version) for r in batch]
+        if not prepared:
+            return 0
+        if self._sql is not None:
+            return self._sql.append(prepared)
+        for record in prepared:  # one write per line: each line whole, even if a later one fails
+            self._write((json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
+        return len(prepared)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._sql is not None:
+            self._sql.close()
+            self._sql = None
+
+    def __enter__(self) -> "MemoryBankWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
