@@ -105,3 +105,99 @@ def test_several_processes_append_to_postgres_while_the_analyzer_reads(postgres,
         time.sleep(0.1)
     assert all(p.wait(60) == 0 for p in procs)
     _check_complete(read_memory_bank(url), writers, n)
+
+
+DETECTOR = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from toolkit.detection_api import MemoryBankWriter, ProductionModel
+root, images, stop = Path(sys.argv[2]), sorted(Path(sys.argv[3]).glob("*.jpg")), Path(sys.argv[4])
+model = ProductionModel.load(root)
+print(json.dumps({"event": "loaded", "version": model.version, "sha256": model.sha256}), flush=True)
+appended = 0
+with MemoryBankWriter.for_workspace(root) as bank:
+    while not stop.exists():
+        if model.changed():  # between two images, as a line would
+            old = model.version
+            model = model.reload()
+            print(json.dumps({"event": "reloaded", "from": old, "version": model.version, "sha256": model.sha256,
+                              "after": appended}), flush=True)
+        appended += bank.append(model.detect(images[appended % len(images)], source="line3"))
+print(json.dumps({"event": "stopped", "appended": appended}), flush=True)
+"""
+
+
+def _versions_in(path: Path) -> list:
+    if not path.exists():
+        return []
+    return [json.loads(line).get("model_version") for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def test_detection_system_notices_a_promotion_while_appending(neu_dir, shared_models, tmp_path, capsys):
+    """A detection process appends with the API while training_pipeline.py --candidate promotes v1.1."""
+    import yaml
+
+    import dataset_preparer
+    import setup_training
+    import training_pipeline
+    from toolkit.labels import export_voc_as_yolo_splits
+    from toolkit.layout import Workspace
+    from toolkit.registry import Registry
+
+    lists = {}
+    for split, n in (("train", 6), ("val", 6), ("test", 24)):
+        stems = (neu_dir / "splits" / f"{split}.txt").read_text().split()
+        lists[split] = tmp_path / f"{split}.txt"
+        lists[split].write_text("\n".join(stems[::len(stems) // n][:n]))
+    export = export_voc_as_yolo_splits(neu_dir, lists, tmp_path / "export")
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "yolov8_model.pt").write_bytes((shared_models / "neu_v1.0_half.pt").read_bytes())
+    setup_training.run(setup_training.SetupConfig(root=root))
+    dataset_preparer.run(dataset_preparer.PrepareConfig(root=root, source=export, keep_split=True))
+    ws = Workspace.at(root)
+    Registry.load(ws).register_existing_production()  # production is v1.0, with its sidecar
+    settings = yaml.safe_load(ws.training_yaml.read_text()) or {}
+    # the gate is not under test here: a quick, permissive comparison on 24 images
+    settings.setdefault("evaluation", {}).update({"imgsz": 320, "speed_images": 0})
+    settings.setdefault("promotion", {}).update({"require_significance": False, "max_class_drop": 1.0, "min_gain": 0.0})
+    ws.training_yaml.write_text(yaml.safe_dump(settings))
+
+    images = tmp_path / "line_images"
+    images.mkdir()
+    for stem in ("crazing_1", "inclusion_1", "patches_1", "scratches_1"):
+        (images / f"{stem}.jpg").write_bytes((neu_dir / "IMAGES" / f"{stem}.jpg").read_bytes())
+    stop = tmp_path / "stop"
+    detector = subprocess.Popen([sys.executable, "-c", DETECTOR, str(REPO), str(root), str(images), str(stop)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _versions_in(ws.detections).count("1.0") < 3:  # the line is running on v1.0
+            assert detector.poll() is None and time.monotonic() < deadline, "the detection process did not start"
+            time.sleep(0.2)
+        assert training_pipeline.main(["--root", str(root), "--candidate", str(shared_models / "neu_v1.1_full.pt"),
+                                       "--no-analyze", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["decision"] == "promoted" and result["production"]["version"] == "1.1", result
+        deadline = time.monotonic() + 120
+        while _versions_in(ws.detections).count("1.1") < 3:  # records carry the new version
+            assert detector.poll() is None and time.monotonic() < deadline, "no record with the new version"
+            time.sleep(0.2)
+    finally:
+        stop.touch()
+        out, _ = detector.communicate(timeout=120)
+    assert detector.returncode == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0] == {"event": "loaded", "version": "1.0", "sha256": Registry.load(ws).entry("1.0")["sha256"]}
+    reloads = [e for e in events if e["event"] == "reloaded"]
+    assert reloads and reloads[-1]["version"] == "1.1"
+    assert reloads[-1]["sha256"] == Registry.load(ws).entry("1.1")["sha256"] == result["production"]["sha256"]
+    # no torn record; the version switches once, at the image where the process reloaded
+    bank = read_memory_bank(ws.detections)
+    lines = ws.detections.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
+    assert bank.skipped == 0 and bank.records == events[-1]["appended"] == len(lines) - 1
+    versions = [bank.versions[v] for v in bank.version]
+    switch = reloads[-1]["after"]
+    assert set(versions[:switch]) == {"1.0"} and set(versions[switch:]) == {"1.1"}
