@@ -20,6 +20,7 @@ Exit codes: 0 whether the model was promoted, kept or the run skipped (the JSON 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -167,9 +168,17 @@ def run(config: PipelineConfig) -> PipelineResult:
                             "seconds": round(time.perf_counter() - start, 1), "decision": result.decision,
                             "reasons": list(result.reasons), "production": result.production,
                             "dataset_version": _get(result.stages.get("prepare"), "dataset_version"),
+                            "scores": _scores(result.stages.get("compare")),
                             "candidate": _get(result.stages.get("train"), "best") or (str(config.candidate) if config.candidate else None),
                             "report": str(result.report) if result.report else None, "timings": result.timings})
         return result
+
+
+def _scores(compared: Any) -> list[dict[str, Any]]:
+    """Role, model and headline metrics of each model the comparator scored (for the history and --status)."""
+    models = _get(compared, "models") or []
+    return [{"role": m.get("role"), "path": m.get("path"), "map50": m.get("map50"), "map50_95": m.get("map50_95")}
+            for m in models if isinstance(m, dict)]
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -181,6 +190,7 @@ def _get(obj: Any, key: str) -> Any:
 
 
 def _run_locked(config: PipelineConfig, ws: Workspace, runner: _StageRunner, stamp: str) -> PipelineResult:
+    Registry.load(ws).recover()  # finish or undo what a killed promotion/rollback left, before anything else
     pending = _pending_batches(ws)
     if config.if_new_data and not config.source and not pending:
         logger.info("no new batch in %s since the last run: nothing to do", ws.incoming)
@@ -301,25 +311,44 @@ def _markdown(data: dict[str, Any]) -> str:
 # --- status and rollback -------------------------------------------------------------------------
 
 def status(root: Path) -> dict[str, Any]:
+    """Production, versions, last runs, and a check of production vs registry vs sidecar vs archives.
+
+    Read-only: it changes nothing (a run in progress is not disturbed); each problem found comes
+    with the command that repairs it.
+    """
     ws = Workspace.at(root)
     registry = Registry.load(ws)
-    return {"root": str(ws.root), "production": production_info(ws, registry),
-            "versions": registry.versions, "events": registry.data["events"][-10:],
+    production = production_info(ws, registry)
+    sidecar = None
+    if ws.production_sidecar.exists():
+        try:
+            sidecar = json.loads(ws.production_sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            sidecar = {"error": "unreadable"}
+    problems = registry.check()
+    return {"root": str(ws.root), "production": production, "sidecar": sidecar,
+            "previous_version": registry.previous_production(production["version"]),
+            "ok": not problems, "problems": problems,
+            "versions": registry.versions, "events": registry.events[-10:],
             "last_runs": read_history(ws, last=10),
             "pending_batches": [str(p) for p in _pending_batches(ws)] if ws.incoming.exists() else []}
 
 
 def rollback(root: Path, version: str | None) -> dict[str, Any]:
+    """Put an archived version back into production (default: the previous production, from history)."""
     ws = Workspace.at(root)
+    if not ws.root.is_dir():
+        raise UserError(f"workspace {ws.root} does not exist; give the --root that holds yolov8_model.pt")
     with workspace_lock(ws, what="rollback"):
         registry = Registry.load(ws)
-        before = registry.production_entry()
+        registry.recover()
+        before = registry.ensure_production_archived()
         entry = registry.rollback(version)
+        production = production_info(ws, registry)
         append_history(ws, {"run": timestamp(), "finished_at": utc_now_iso(), "decision": "rollback",
-                            "from_version": before["version"] if before else None, "production": production_info(ws, registry)})
+                            "from_version": before["version"] if before else None, "production": production})
     logger.info("rolled back: version %s is in production again", entry["version"])
-    return {"decision": "rollback", "production": production_info(ws, registry),
-            "from_version": before["version"] if before else None}
+    return {"decision": "rollback", "production": production, "from_version": before["version"] if before else None}
 
 
 def describe(result: Any) -> str:
@@ -337,16 +366,50 @@ def describe(result: Any) -> str:
             lines.append(f"Report: {result.report}")
         return "\n".join(lines)
     if "versions" in result:
-        prod = result["production"]
-        lines = [f"Production: {prod['path']} version {prod['version']} (sha256 {str(prod['sha256'])[:12]})",
-                 "Versions:"]
-        lines += [f"  {v['version']:6s} {v['sha256'][:12]} {v.get('registered_at', '')} {v.get('source', '')}"
-                  for v in result["versions"]] or ["  (none registered yet)"]
-        lines.append("Last runs:")
-        lines += [f"  {r.get('finished_at', '')} {r.get('decision', '')} {r.get('error', '')}"
-                  for r in result["last_runs"]] or ["  (none yet)"]
-        return "\n".join(lines)
+        return _describe_status(result)
     return f"Production is now version {result['production']['version']} (was {result.get('from_version')})"
+
+
+def _describe_status(result: dict[str, Any]) -> str:
+    prod = result["production"]
+    if prod["sha256"] is None:
+        lines = [f"Production: none yet ({prod['path']} does not exist); the first promoted model becomes version 1.0"]
+    elif prod["version"] is None:
+        lines = [f"Production: {prod['path']} (sha256 {prod['sha256'][:12]}), not registered yet"]
+    else:
+        lines = [f"Production: {prod['path']} version {prod['version']} (sha256 {prod['sha256'][:12]})"]
+    if result.get("previous_version"):
+        lines.append(f"--rollback would restore version {result['previous_version']} (the previous production)")
+    lines.append("Versions:")
+    current = prod["version"]
+    lines += [f"  {v['version']:6s} {v['sha256'][:12]} {v.get('registered_at', '')} {v.get('source', '')}"
+              f"{'   <- production' if v['version'] == current else ''}"
+              for v in result["versions"]] or ["  (none registered yet)"]
+    lines.append("Checks: " + ("all consistent (production, registry, sidecar, archives)" if result["ok"] else
+                               f"{len(result['problems'])} problem(s)"))
+    lines += [f"  - {p['problem']}: {p['fix']}" for p in result["problems"]]
+    lines.append("Last runs:")
+    lines += [f"  {_describe_run(r)}" for r in result["last_runs"]] or ["  (none yet)"]
+    return "\n".join(lines)
+
+
+def _describe_run(record: dict[str, Any]) -> str:
+    """One history record: time, decision, production version after it, run, headline metric."""
+    version = (record.get("production") or {}).get("version")
+    parts = [str(record.get("finished_at") or record.get("started_at") or "?"), f"{record.get('decision', '?'):9s}",
+             f"production {version or '-'}", f"run {record.get('run', '?')}"]
+    scores = {s.get("role"): s for s in record.get("scores") or [] if isinstance(s, dict)}
+    cand, prod = scores.get("candidate"), scores.get("production")
+    if cand and cand.get("map50_95") is not None:
+        text = f"candidate mAP50-95 {cand['map50_95']:.3f}"
+        if prod and prod.get("map50_95") is not None:
+            text += f" vs production {prod['map50_95']:.3f}"
+        parts.append(text)
+    if record.get("from_version"):
+        parts.append(f"from {record['from_version']}")
+    if record.get("error"):
+        parts.append(str(record["error"])[:120])
+    return "  ".join(parts)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,15 @@ def test_candidate_promoted_then_kept_then_rollback(neu_workspace, shared_models
     assert decisions[-3:] == ["promoted", "kept", "rollback"]
     status = training_pipeline.status(root)
     assert status["production"]["version"] == "1.0"
+    # --status: the checks pass and each of the last runs shows its version, run and metric
+    assert status["ok"], status["problems"]
+    assert training_pipeline.main(["--root", str(root), "--status"]) == 0
+    text = capsys.readouterr().out
+    runs = text.split("Last runs:")[1].strip().splitlines()
+    promoted = next(line for line in runs if " promoted " in line)
+    assert "production 1.1" in promoted and f"run {first['report'].split('pipeline_')[1][:15]}" in promoted
+    assert re.search(r"candidate mAP50-95 0\.\d{3} vs production 0\.\d{3}", promoted), promoted
+    assert "production 1.0" in runs[-1] and "rollback" in runs[-1] and "from 1.1" in runs[-1]
 
 
 def test_tampered_archive_refused_by_rollback_cli(neu_workspace, capsys):

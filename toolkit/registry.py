@@ -1,4 +1,4 @@
-"""Versioned production models: archive, promote, roll back - atomically and verified.
+"""Versioned production models: archive, promote, roll back - atomically, verified, recoverable.
 
 ``training/models/registry.json`` lists every model that was ever in production, each archived
 as an immutable ``training/models/yolov8_v<version>.pt`` with its sha256. Which version is in
@@ -6,26 +6,50 @@ production is never stored as a separate pointer that could disagree with realit
 registry entry whose sha256 matches ``ROOT/yolov8_model.pt`` (the sidecar ``yolov8_model.json``
 is written for the detection system's benefit and regenerated from the registry).
 
-Order of writes in a promotion, chosen so a crash at any point leaves a usable state:
-archive copy (verified) -> registry entry -> atomic replace of yolov8_model.pt -> sidecar -> history.
+What holds, whatever step a run is killed at:
+- ``yolov8_model.pt`` is never replaced unless its current bytes are archived first (sha256
+  verified): an unregistered production model is registered as a version, a registered one whose
+  archive went missing is archived again; when that is impossible the step is refused.
+- One model (sha256) is one version: promoting a model that is already archived reuses its version.
+- Every change is announced in the registry (``pending``) before its first write; the next run
+  (``recover``, under the workspace lock) finishes what can be finished and drops the rest:
+  an archive renamed but not registered is registered, a production model that was replaced gets
+  its sidecar and event, temp files of a killed copy are removed.
+
+Order of writes in a promotion: pending -> archive copy (temp, verified, renamed) -> registry
+entry -> production (temp, verified, atomic rename) -> sidecar -> event (pending cleared).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolkit.errors import UserError
-from toolkit.files import append_jsonl, atomic_copy, atomic_write_json, sha256_file
+from toolkit.files import append_jsonl, atomic_write_json, commit_temp, copy_to_temp, sha256_file
 from toolkit.layout import Workspace
 from toolkit.reports import utc_now_iso
 
 logger = logging.getLogger(__name__)
 
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
+_ARCHIVE_RE = re.compile(r"^yolov8_v(\d+\.\d+)\.pt$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_INSTALLS = ("register", "promote", "rollback")
+
+# Tests only: SIGKILL this process at a named step (real kill, real recovery). Never set in use.
+KILL_ENV = "TOOLKIT_TEST_KILL_AT"
+
+
+def _step(name: str) -> None:
+    if os.environ.get(KILL_ENV) == name:
+        logger.debug("test hook: killing the process at step %s", name)
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def parse_version(text: str) -> tuple[int, int]:
@@ -43,6 +67,42 @@ def next_version(current: str | None, major: bool = False) -> str:
     return f"{maj + 1}.0" if major else f"{maj}.{minor + 1}"
 
 
+def _damaged(path: Path, why: str) -> UserError:
+    return UserError(f"{path} is damaged ({why}); restore registry.json from a backup - "
+                     "the archived models next to it are intact")
+
+
+def _check_shape(path: Path, data: Any) -> dict[str, Any]:
+    """The registry as written by this module, or the one 'restore registry.json' error."""
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON {type(data).__name__} instead of an object")
+    versions, events = data.setdefault("versions", []), data.setdefault("events", [])
+    if not isinstance(versions, list) or not isinstance(events, list):
+        raise _damaged(path, "'versions' and 'events' must be lists")
+    seen = set()
+    for i, v in enumerate(versions):
+        if not (isinstance(v, dict) and isinstance(v.get("version"), str) and isinstance(v.get("file"), str)
+                and isinstance(v.get("sha256"), str) and _SHA_RE.match(v["sha256"])
+                and _VERSION_RE.match(v["version"]) and Path(v["file"]).name == v["file"]):
+            raise _damaged(path, f"versions[{i}] lacks a valid version, file or sha256")
+        if v["version"] in seen:
+            raise _damaged(path, f"version {v['version']} is listed twice")
+        seen.add(v["version"])
+    for i, e in enumerate(events):
+        if not (isinstance(e, dict) and isinstance(e.get("action"), str) and isinstance(e.get("version"), str)):
+            raise _damaged(path, f"events[{i}] lacks an action or version")
+    pending = data.get("pending")
+    if pending is not None:
+        new = pending.get("entry") if isinstance(pending, dict) else None
+        if not (isinstance(pending, dict) and isinstance(pending.get("action"), str)
+                and isinstance(pending.get("sha256"), str)
+                and (new is None or (isinstance(new, dict) and new.get("sha256") == pending["sha256"]
+                                     and isinstance(new.get("version"), str) and _VERSION_RE.match(new["version"])
+                                     and new.get("file") == f"yolov8_v{new['version']}.pt"))):
+            raise _damaged(path, "'pending' is not an operation record")
+    return data
+
+
 @dataclass
 class Registry:
     workspace: Workspace
@@ -53,14 +113,14 @@ class Registry:
         path = workspace.registry
         if path.exists():
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(path.read_bytes().decode("utf-8"))
+            except UnicodeDecodeError:
+                raise _damaged(path, "not UTF-8 text") from None
             except json.JSONDecodeError as exc:
-                raise UserError(f"{path} is not valid JSON ({exc}); restore it from a backup - "
-                                "the archived models next to it are intact") from None
+                raise _damaged(path, f"not valid JSON: {exc}") from None
+            data = _check_shape(path, data)
         else:
-            data = {}
-        data.setdefault("versions", [])
-        data.setdefault("events", [])
+            data = {"versions": [], "events": []}
         return cls(workspace, data)
 
     def save(self) -> None:
@@ -69,6 +129,10 @@ class Registry:
     @property
     def versions(self) -> list[dict[str, Any]]:
         return self.data["versions"]
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.data["events"]
 
     def entry(self, version: str) -> dict[str, Any] | None:
         wanted = parse_version(version)
@@ -102,97 +166,310 @@ class Registry:
                             "refusing to use it")
         return path
 
+    def _free_version(self, major: bool = False) -> str:
+        """The next version whose number and archive file are both unused."""
+        version = next_version(self.latest_version(), major=major)
+        while self.entry(version) is not None or self.archive_path(version).exists():
+            version = next_version(version)
+        return version
+
+    # --- the history of production --------------------------------------------------------------
+
+    def production_lineage(self) -> list[str]:
+        """The versions that were production, oldest first; a rollback to the one below steps back.
+
+        Replays the events: a promotion or registration goes on top; a rollback to the version just
+        below the top takes the top off (so ``--rollback`` twice goes two steps back, not back and
+        forth); a rollback to any other version goes on top.
+        """
+        stack: list[str] = []
+        for event in self.events:
+            if event.get("action") not in _INSTALLS:
+                continue
+            version = event["version"]
+            if event["action"] == "rollback" and len(stack) >= 2 and stack[-2] == version:
+                stack.pop()
+            elif not stack or stack[-1] != version:
+                stack.append(version)
+        return stack
+
+    def previous_production(self, current: str | None) -> str | None:
+        """The version that was in production before ``current`` (None: there was none)."""
+        lineage = self.production_lineage()
+        if current is not None and lineage and lineage[-1] == current:
+            return lineage[-2] if len(lineage) >= 2 else None
+        if current is not None and current in lineage:
+            index = len(lineage) - 1 - lineage[::-1].index(current)
+            return lineage[index - 1] if index >= 1 else None
+        return lineage[-1] if lineage and lineage[-1] != current else None
+
+    # --- recovery of interrupted runs ----------------------------------------------------------
+
+    def leftover_temp_files(self) -> list[Path]:
+        ws = self.workspace
+        found = list(ws.root.glob(f".{ws.production_model.name}.*.tmp"))
+        found += list(ws.root.glob(f".{ws.production_sidecar.name}.*.tmp"))
+        if ws.models.is_dir():
+            found += list(ws.models.glob(".yolov8_v*.pt.*.tmp")) + list(ws.models.glob(f".{ws.registry.name}.*.tmp"))
+        return sorted(found)
+
+    def unregistered_archives(self) -> list[Path]:
+        if not self.workspace.models.is_dir():
+            return []
+        files = {v["file"] for v in self.versions}
+        return sorted(p for p in self.workspace.models.glob("yolov8_v*.pt")
+                      if _ARCHIVE_RE.match(p.name) and p.name not in files)
+
+    def recover(self) -> list[str]:
+        """Finish or undo what a killed run left; call it holding the workspace lock. Returns what was done.
+
+        Temp files of a killed copy are removed; a pending operation is finished when production
+        already holds its model (sidecar, event), else dropped; an archive file that no entry names
+        is registered; a registered production's missing archive is made again; the sidecar is rewritten
+        when it does not describe production.
+        """
+        done: list[str] = []
+        for tmp in self.leftover_temp_files():
+            tmp.unlink(missing_ok=True)
+            done.append(f"removed {tmp.name}, left by an interrupted copy")
+        pending = self.data.get("pending")
+        if pending:
+            done += self._finish_pending(pending)
+        for path in self.unregistered_archives():
+            done += self._adopt_archive(path)
+        # a registered production whose archive went missing is archived again at once (an unregistered
+        # one is registered where the pipeline first needs it, and always before anything replaces it)
+        if self.production_entry() is not None:
+            try:
+                before = len(self.events)
+                self.ensure_production_archived()
+                done += [f"archived production version {e['version']} again (its archive was missing)"
+                         for e in self.events[before:]]
+            except UserError as exc:  # an archive with other bytes: refused where a replace is asked
+                logger.debug("%s", exc)
+        current = self.production_entry()
+        if current is not None and self._sidecar_disagrees(current):
+            self._write_sidecar(current)
+            done.append(f"rewrote {self.workspace.production_sidecar.name} for version {current['version']}")
+        for line in done:
+            logger.info("recovery: %s", line)
+        return done
+
+    def _finish_pending(self, pending: dict[str, Any]) -> list[str]:
+        done = []
+        action, sha = pending["action"], pending["sha256"]
+        new = pending.get("entry")
+        if new and self.entry(new["version"]) is None:
+            archive = self.workspace.models / new["file"]
+            if archive.exists() and sha256_file(archive) == sha and self.entry_by_sha(sha) is None:
+                self.versions.append(new)
+                done.append(f"registered version {new['version']} (archived by an interrupted {action})")
+        entry = self.entry_by_sha(sha)
+        production = self.workspace.production_model
+        if entry is not None and production.exists() and sha256_file(production) == sha:
+            self._write_sidecar(entry)
+            last = self.events[-1] if self.events else None
+            if not (last and last["action"] == action and last["version"] == entry["version"]):
+                self.events.append({"action": action, "version": entry["version"],
+                                    "previous": pending.get("previous"), "at": utc_now_iso(),
+                                    "note": "finished by recovery"})
+            done.append(f"finished the interrupted {action}: version {entry['version']} is in production")
+        else:
+            done.append(f"undid the interrupted {action} of version {pending.get('version')}: "
+                        "production was not replaced")
+        self.data.pop("pending", None)
+        self.save()
+        return done
+
+    def _adopt_archive(self, path: Path) -> list[str]:
+        """An archive file that no entry names (a run killed before registering it, an old toolkit)."""
+        sha = sha256_file(path)
+        version = _ARCHIVE_RE.match(path.name).group(1)
+        if self.entry_by_sha(sha) is not None or self.entry(version) is not None:
+            return [f"left {path.name} alone: its model or version is already registered"]
+        self.versions.append({"version": version, "file": path.name, "sha256": sha, "registered_at": utc_now_iso(),
+                              "parent": None, "source": "archive found unregistered", "classes": None,
+                              "metrics": {}, "reasons": ["registered as found in training/models"]})
+        self.save()
+        return [f"registered {path.name} as version {version} (it was archived but not registered)"]
+
+    def _sidecar_disagrees(self, entry: dict[str, Any]) -> bool:
+        try:
+            sidecar = json.loads(self.workspace.production_sidecar.read_text(encoding="utf-8"))
+            return sidecar.get("version") != entry["version"] or sidecar.get("sha256") != entry["sha256"]
+        except (OSError, ValueError, AttributeError):
+            return True
+
     # --- changes ------------------------------------------------------------------------------
 
-    def _archive(self, model: Path, version: str, **fields: Any) -> dict[str, Any]:
-        if self.entry(version) is not None:
-            raise UserError(f"version {version} is already in the registry; use another version")
-        expected = sha256_file(model)
-        dest = self.archive_path(version)
-        if dest.exists():
-            raise UserError(f"{dest} already exists but is not in the registry; move it away and rerun")
-        atomic_copy(model, dest, expected_sha256=expected)
-        entry = {"version": version, "file": dest.name, "sha256": expected, "registered_at": utc_now_iso(), **fields}
+    def _begin(self, action: str, sha: str, version: str, previous: str | None,
+               entry: dict[str, Any] | None = None) -> None:
+        self.data["pending"] = {"action": action, "sha256": sha, "version": version, "previous": previous,
+                                "entry": entry, "at": utc_now_iso()}
+        try:
+            self.save()
+        except OSError as exc:
+            self.data.pop("pending", None)
+            raise UserError(f"cannot write {self.workspace.registry} ({exc}); nothing was changed - "
+                            "free space or fix the permissions of training/models and rerun") from None
+        _step(f"{action}_pending")
+
+    def _end(self, action: str, version: str, previous: str | None) -> None:
+        self.events.append({"action": action, "version": version, "previous": previous, "at": utc_now_iso()})
+        self.data.pop("pending", None)
+        self.save()
+
+    def _store_archive(self, source: Path, entry: dict[str, Any], step: str) -> None:
+        """Copy ``source`` to the entry's archive file, verified against its sha256 before the rename."""
+        dest = self.workspace.models / entry["file"]
+        try:
+            tmp, _ = copy_to_temp(source, dest, expected_sha256=entry["sha256"])
+            _step(f"{step}_archive_temp")
+            commit_temp(tmp, dest)
+        except OSError as exc:
+            raise UserError(f"cannot archive {source.name} as {dest} ({exc}); nothing was replaced - "
+                            "free space or fix the permissions of training/models and rerun") from None
+        _step(f"{step}_archived")
+
+    def ensure_production_archived(self) -> dict[str, Any] | None:
+        """Make sure the bytes now in ``yolov8_model.pt`` are archived (sha256 verified); return their entry.
+
+        Called before anything replaces production. Unregistered: archived and registered as a
+        version (the sidecar's version when it describes these bytes, else the next free one).
+        Registered but its archive is missing: archived again from production. An archive that
+        exists with other bytes is not overwritten: the step is refused.
+        """
+        ws = self.workspace
+        if not ws.production_model.exists():
+            return None
+        sha = sha256_file(ws.production_model)
+        entry = self.entry_by_sha(sha)
+        if entry is not None:
+            archive = ws.models / entry["file"]
+            if archive.exists():
+                if sha256_file(archive) != sha:
+                    raise UserError(f"production (version {entry['version']}) is not safely archived: {archive} "
+                                    "holds other bytes than its recorded sha256; move that file away (production "
+                                    "is then archived again) and rerun - nothing was replaced")
+                return entry
+            logger.warning("the archive of production version %s was missing; archiving it again", entry["version"])
+            self._store_archive(ws.production_model, entry, "rearchive")
+            self.events.append({"action": "rearchive", "version": entry["version"], "at": utc_now_iso()})
+            self.save()
+            return entry
+        return self._register_production(sha)
+
+    def _register_production(self, sha: str) -> dict[str, Any]:
+        ws = self.workspace
+        version = None
+        try:
+            sidecar = json.loads(ws.production_sidecar.read_text(encoding="utf-8"))
+            if sidecar.get("sha256") in (None, sha):
+                version = sidecar.get("version")
+                parse_version(version)
+        except (OSError, ValueError, UserError, TypeError, AttributeError):
+            version = None
+        if version is None or self.entry(version) is not None or self.archive_path(version).exists():
+            version = self._free_version()
+        from toolkit.offline import model_class_names
+
+        try:
+            classes = model_class_names(ws.production_model, ws.cache / "ultralytics")
+        except UserError as exc:  # archived all the same: its bytes are what must not be lost
+            logger.warning("the production model does not load (%s); archiving its bytes anyway", exc)
+            classes = None
+        lineage = self.production_lineage()
+        previous = lineage[-1] if lineage else None
+        entry = {"version": version, "file": self.archive_path(version).name, "sha256": sha,
+                 "registered_at": utc_now_iso(), "parent": None, "source": "existing production model",
+                 "classes": classes, "metrics": {}, "reasons": ["registered as found in production"]}
+        self._begin("register", sha, version, previous, entry)
+        self._store_archive(ws.production_model, entry, "register")
         self.versions.append(entry)
         self.save()
+        self._write_sidecar(entry)
+        self._end("register", version, previous)
+        logger.info("registered the production model found in %s as version %s", ws.root, version)
         return entry
 
     def register_existing_production(self) -> dict[str, Any] | None:
         """A production model found without a registry entry is archived first (version from its sidecar, else 1.0)."""
-        ws = self.workspace
-        if not ws.production_model.exists():
-            return None
-        current = self.production_entry()
-        if current is not None:
-            return current
-        version = None
-        if ws.production_sidecar.exists():
-            try:
-                version = json.loads(ws.production_sidecar.read_text()).get("version")
-                parse_version(version)
-            except (json.JSONDecodeError, UserError, TypeError, AttributeError):
-                version = None
-        if version is None or self.entry(version) is not None:
-            version = "1.0" if not self.versions else next_version(self.latest_version())
-        from toolkit.offline import model_class_names
-
-        classes = model_class_names(ws.production_model, ws.cache / "ultralytics")
-        entry = self._archive(ws.production_model, version, parent=None, source="existing production model",
-                              classes=classes, metrics={}, reasons=["registered as found in production"])
-        self._event("register", version)
-        self._write_sidecar(entry)
-        logger.info("registered the existing production model as version %s", version)
-        return entry
+        self.recover()
+        return self.ensure_production_archived()
 
     def promote(self, model: Path, *, major: bool = False, metrics: dict | None = None,
                 reasons: list[str] | None = None, dataset_version: Any = None, run_dir: str | None = None,
                 source: str = "pipeline", classes: list[str] | None = None) -> dict[str, Any]:
-        """Archive ``model`` as the next version and make it production (atomic replace)."""
+        """Archive ``model`` (a new version, or its existing one) and make it production (atomic replace)."""
         model = Path(model)
-        parent = self.production_entry()
-        version = next_version(self.latest_version(), major=major)
-        entry = self._archive(model, version, parent=parent["version"] if parent else None, source=source,
-                              metrics=metrics or {}, reasons=reasons or [], dataset_version=dataset_version,
-                              run_dir=run_dir, classes=classes)
+        self.recover()
+        parent = self.ensure_production_archived()
+        previous = parent["version"] if parent else None
+        sha = sha256_file(model)
+        entry = self.entry_by_sha(sha)
+        if entry is not None:
+            if entry["version"] == previous:
+                logger.info("the candidate is version %s, already in production: nothing to do", previous)
+                return entry
+            logger.info("the candidate is version %s (same sha256): that version is promoted again", entry["version"])
+            self._begin("promote", sha, entry["version"], previous)
+            if not (self.workspace.models / entry["file"]).exists():
+                self._store_archive(model, entry, "promote")
+        else:
+            version = self._free_version(major=major)
+            entry = {"version": version, "file": self.archive_path(version).name, "sha256": sha,
+                     "registered_at": utc_now_iso(), "parent": previous, "source": source,
+                     "metrics": metrics or {}, "reasons": reasons or [], "dataset_version": dataset_version,
+                     "run_dir": run_dir, "classes": classes}
+            self._begin("promote", sha, version, previous, entry)
+            self._store_archive(model, entry, "promote")
+            self.versions.append(entry)
+            self.save()
+            _step("promote_registered")
         self._install(entry)
-        self._event("promote", version, previous=parent["version"] if parent else None)
+        self._end("promote", entry["version"], previous)
         return entry
 
     def rollback(self, version: str | None = None) -> dict[str, Any]:
-        """Restore an archived version (default: the one before the current production)."""
-        current = self.production_entry()
+        """Restore an archived version (default: the production before the current one)."""
+        self.recover()
+        current = self.ensure_production_archived()
         if version is None:
-            target_version = self._previous_production(current["version"] if current else None)
+            target_version = self.previous_production(current["version"] if current else None)
             if target_version is None:
                 raise UserError("there is no earlier production version to roll back to "
-                                "(see --status for the versions in the registry)")
+                                "(see --status for the versions; --rollback VERSION restores a given one)")
         else:
             target_version = version
         target = self.entry(target_version)
         if target is None:
             known = ", ".join(v["version"] for v in self.versions) or "none"
             raise UserError(f"version {target_version} is not in the registry (known: {known})")
-        if current is not None and current["version"] == target["version"]:
+        if current is not None and current["sha256"] == target["sha256"]:
             raise UserError(f"version {target['version']} is already in production")
+        self.verify_archive(target)
+        previous = current["version"] if current else None
+        self._begin("rollback", target["sha256"], target["version"], previous)
         self._install(target)
-        self._event("rollback", target["version"], previous=current["version"] if current else None)
+        self._end("rollback", target["version"], previous)
         return target
 
-    def _previous_production(self, current: str | None) -> str | None:
-        """The version that was in production just before ``current`` became production."""
-        installed = [e for e in self.data["events"] if e["action"] in ("promote", "rollback", "register")]
-        for event in reversed(installed):
-            if event["version"] == current and event.get("previous"):
-                return event["previous"]
-        # fall back to the version just below the current one
-        older = [v["version"] for v in self.versions
-                 if current is None or parse_version(v["version"]) < parse_version(current)]
-        return max(older, key=parse_version) if older else None
-
     def _install(self, entry: dict[str, Any]) -> None:
+        """Replace production with the entry's archive: temp copy verified, then one atomic rename."""
         archive = self.verify_archive(entry)
-        atomic_copy(archive, self.workspace.production_model, expected_sha256=entry["sha256"])
+        production = self.workspace.production_model
+        current = sha256_file(production) if production.exists() else None
+        if current is not None and self.entry_by_sha(current) is None:  # the invariant, checked at the last moment
+            raise UserError(f"{production} is not archived; refusing to replace it")
+        try:
+            tmp, _ = copy_to_temp(archive, production, expected_sha256=entry["sha256"])
+            _step("install_temp")
+            commit_temp(tmp, production)
+        except OSError as exc:
+            raise UserError(f"cannot write {production} ({exc}); production is unchanged") from None
+        _step("installed")
         self._write_sidecar(entry)
+        _step("sidecar_written")
 
     def _write_sidecar(self, entry: dict[str, Any]) -> None:
         sidecar = {"version": entry["version"], "sha256": entry["sha256"], "classes": entry.get("classes"),
@@ -200,9 +477,54 @@ class Registry:
                    "archive": str(self.workspace.models / entry["file"])}
         atomic_write_json(self.workspace.production_sidecar, sidecar)
 
-    def _event(self, action: str, version: str, previous: str | None = None) -> None:
-        self.data["events"].append({"action": action, "version": version, "previous": previous, "at": utc_now_iso()})
-        self.save()
+    # --- checks (read-only, for --status) ----------------------------------------------------
+
+    def check(self) -> list[dict[str, str]]:
+        """What is wrong, each as {problem, fix}; nothing is changed."""
+        ws, problems = self.workspace, []
+
+        def add(problem: str, fix: str) -> None:
+            problems.append({"problem": problem, "fix": fix})
+
+        repair = f"training_pipeline.py --root {ws.root} --if-new-data repairs it first (or any promotion/rollback)"
+        prod_sha = sha256_file(ws.production_model) if ws.production_model.exists() else None
+        current = self.entry_by_sha(prod_sha) if prod_sha else None
+        if prod_sha is None and self.versions:
+            add(f"{ws.production_model.name} is missing although {len(self.versions)} version(s) are registered",
+                f"restore one with training_pipeline.py --root {ws.root} --rollback VERSION")
+        elif prod_sha is not None and current is None:
+            add(f"production (sha256 {prod_sha[:12]}) is not in the registry",
+                f"it is archived and registered before anything replaces it; {repair}")
+        if current is not None and self._sidecar_disagrees(current):
+            add(f"{ws.production_sidecar.name} does not describe the production model (version {current['version']})",
+                repair)
+        for entry in self.versions:
+            path = ws.models / entry["file"]
+            if not path.exists():
+                is_prod = current is not None and current["version"] == entry["version"]
+                add(f"the archive of version {entry['version']} is missing ({path.name})",
+                    f"production holds it: {repair}" if is_prod else
+                    f"restore {path.name} from a backup; until then version {entry['version']} cannot be restored")
+            elif sha256_file(path) != entry["sha256"]:
+                add(f"the archive of version {entry['version']} ({path.name}) was changed after archiving",
+                    f"restore {path.name} from a backup; it is never restored as it is")
+        by_sha: dict[str, list[str]] = {}
+        for entry in self.versions:
+            by_sha.setdefault(entry["sha256"], []).append(entry["version"])
+        for versions in by_sha.values():
+            if len(versions) > 1:
+                add(f"versions {', '.join(versions)} hold the same model",
+                    f"they are one model; version {versions[0]} is used for it")
+        pending = self.data.get("pending")
+        if pending:
+            add(f"an interrupted {pending['action']} of version {pending.get('version')}",
+                f"{repair}: it is finished if production was replaced, else undone")
+        for path in self.unregistered_archives():
+            add(f"{path.name} is archived but not registered", repair)
+        temps = self.leftover_temp_files()
+        if temps:
+            add(f"{len(temps)} temp file(s) left by an interrupted copy ({temps[0].name})", repair)
+        return problems
 
 
 def append_history(workspace: Workspace, record: dict[str, Any]) -> None:
@@ -215,9 +537,11 @@ def read_history(workspace: Workspace, last: int = 10) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records[-last:]
