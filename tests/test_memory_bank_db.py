@@ -184,7 +184,7 @@ def test_url_parsing_and_masking():
     assert is_database_url("postgresql://u@h:5432/db?table=x") and is_database_url("sqlite:///a.db")
     assert not is_database_url("D:/inspection/detections.jsonl") and not is_database_url("detections.db")
     loc = parse_url("postgresql://u:pw@h:5432/db?table=plant.detections&sslmode=require")
-    assert loc.table == "detections" and loc.schema == "plant" and loc.url.drivername == "postgresql+psycopg"
+    assert loc.table == "detections" and loc.schema == "plant" and loc.drivername == "postgresql+psycopg"
     assert "pw" not in loc.shown and "***" in loc.shown and "table=plant.detections" in loc.shown
     assert mask_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
     with pytest.raises(UserError, match="not a database URL"):
@@ -196,3 +196,16 @@ def test_sqlite_through_a_url_reads_like_the_file(same_records):
     write_sqlite(same_records["records"], db_file)
     via_url = read_memory_bank(f"sqlite:///{db_file}?table=detections")
     assert _summary(via_url) == _summary(read_memory_bank(db_file))
+
+
+def test_a_table_without_primary_key_reports_row_numbers(postgres, pg_password):
+    with postgres.admin("inspection") as con:
+        con.execute("CREATE TABLE no_key (timestamp text, image text, model_version text, class text, "
+                    "confidence real, x1 real, y1 real, x2 real, y2 real)")
+        con.execute("INSERT INTO no_key VALUES ('2026-03-01T08:00:00Z', 'a.jpg', '1.0', 'scratches', 0.5, 1, 2, 30, 40), "
+                    "('2026-03-01T08:00:00Z', 'a.jpg', '1.0', 'patches', 0.25, 5, 5, 20, 20), "
+                    "('2026-03-01T08:01:00Z', 'b.jpg', '1.0', 'patches', 0.5, 50, 5, 20, 20), "  # row 3: x2 < x1
+                    "('2026-03-01T08:02:00Z', 'c.jpg', '1.0', NULL, NULL, NULL, NULL, NULL, NULL)")
+    bank = read_memory_bank(postgres.url("no_key"))
+    assert bank.records == 2 and bank.image == ["a.jpg", "c.jpg"] and bank.det_start.tolist() == [0, 2, 2]
+    assert bank.skipped == 1 and bank.malformed.items[0]["line"] == 3 and "bbox" in bank.malformed.items[0]["reason"]

@@ -516,55 +516,135 @@ class _Reader:
     def read_row_tuples(self, rows: Iterable[tuple]) -> None:
         """Rows of a database table, as tuples in ``ROW_COLUMNS`` order (NULL and '' mean the same).
 
-        The same rules as ``read_rows`` (consecutive rows of one timestamp, image and model version
-        form a record), without a dict per row: this is the path of a million-row table.
+        The same rules as ``read_rows``: consecutive rows of one timestamp, image and model version
+        form a record. This is the path of a million-row table, so a record of plain detection rows
+        with well-typed values goes straight into the columns; anything else (reviews, NULLs where
+        a value belongs, odd types, a bad value) takes the general path, which gives the reason.
         """
-        no_key = object()
-        key_ts = key_image = key_version = no_key
-        record: dict[str, Any] | None = None
-        dets: list = []
+        key: Any = None
+        group: list[tuple] = []
+        fast = self._fast_group_fn()
+        for row in rows:
+            row_key = row[1:4]  # (timestamp, image, model_version): one slice, one tuple comparison
+            if row_key != key:
+                if group and not fast(group):
+                    self._slow_group(group)
+                key = row_key
+                group = [row]
+            else:
+                group.append(row)
+        if group and not fast(group):
+            self._slow_group(group)
+
+    def _fast_group_fn(self):
+        """``fast(group)``: append a record of plain, well-typed detection rows; False (nothing kept)
+        for any other. A closure over the columns: this runs once per record of a big table."""
+        cols = self.cols
+        class_ids, version_ids, source_ids = cols.class_ids, cols.version_ids, cols.source_ids
+        c_cls, c_conf, c_box = cols.det_cls, cols.det_conf, cols.det_box
+        c_line, c_ts, c_image, c_version, c_source = cols.line, cols.ts, cols.image, cols.version, cols.source
+        c_width, c_height, c_start = cols.width, cols.height, cols.det_start
+        want_version, since, until = self.model_version, self.since, self.until
+        roll_back = self._roll_back
+        fromiso, utc = _fromisoformat, _UTC
+
+        def fast(group: list[tuple]) -> bool:
+            line, ts, image, version, _, _, _, _, _, _, source, width, height, _ = group[0]
+            if type(image) is not str or not image:
+                return False
+            if version is not None and (type(version) is not str or not version):
+                return False
+            if source is not None and (type(source) is not str or not source):
+                return False
+            if type(ts) is str:
+                try:
+                    moment = fromiso(ts)
+                except ValueError:
+                    return False
+            elif type(ts) is datetime:  # a timestamp / timestamptz column
+                moment = ts
+            else:
+                return False
+            seconds = (moment if moment.tzinfo is not None else moment.replace(tzinfo=utc)).timestamp()
+            if width is None:
+                width = 0
+            elif type(width) is not int or width <= 0:
+                return False
+            if height is None:
+                height = 0
+            elif type(height) is not int or height <= 0:
+                return False
+            if want_version is not None and version != want_version:
+                self.filtered_out += 1
+                return True
+            if (since is not None and seconds < since) or (until is not None and seconds > until):
+                self.filtered_out += 1
+                return True
+            mark, class_mark = len(c_cls), len(class_ids)
+            try:
+                for _, _, _, _, name, conf, x1, y1, x2, y2, _, _, _, kind in group:
+                    if kind is not None and kind != "detection":
+                        raise TypeError
+                    if name is None:
+                        continue  # an image with no detection
+                    # NULL or text where a number belongs fails the comparison with TypeError
+                    if type(name) is not str or not name or not (0.0 <= conf <= 1.0 and x1 < x2 and y1 < y2):
+                        raise TypeError
+                    cid = class_ids.get(name)
+                    if cid is None:
+                        cid = class_ids[name] = len(class_ids)
+                    c_cls.append(cid)
+                    c_conf.append(conf)
+                    c_box.extend((x1, y1, x2, y2))
+            except (TypeError, ValueError):
+                roll_back(mark, class_mark)
+                return False
+            c_line.append(line)
+            c_ts.append(seconds)
+            c_image.append(image)
+            if version is None:
+                c_version.append(-1)
+            else:
+                vid = version_ids.get(version)
+                if vid is None:
+                    vid = version_ids[version] = len(version_ids)
+                c_version.append(vid)
+            if source is None:
+                c_source.append(-1)
+            else:
+                sid = source_ids.get(source)
+                if sid is None:
+                    sid = source_ids[source] = len(source_ids)
+                c_source.append(sid)
+            c_width.append(width)
+            c_height.append(height)
+            c_start.append(len(c_cls))
+            return True
+
+        return fast
+
+    def _slow_group(self, group: list[tuple]) -> None:
+        """One record's rows the general way: a schema record checked by ``add`` (or the bad row's reason)."""
+        line, ts, image, version, _, _, _, _, _, _, source, width, height, _ = group[0]
+        record: dict[str, Any] = {"timestamp": None if ts == "" else ts, "image": None if image == "" else image,
+                                  "detections": []}
+        if version is not None and version != "":
+            record["model_version"] = version if type(version) is str else str(version)
+        if source is not None and source != "":
+            record["source"] = source if type(source) is str else str(source)
+        if width is not None and width != "":
+            record["image_width"] = width if type(width) is int else _int_or_text(width)
+        if height is not None and height != "":
+            record["image_height"] = height if type(height) is int else _int_or_text(height)
         bad: tuple[int, str] | None = None
-        start = 0
-        flush = self._flush
-        for line, ts, image, version, name, conf, x1, y1, x2, y2, source, width, height, kind in rows:
-            if ts != key_ts or image != key_image or version != key_version:
-                if record is not None:
-                    flush(record, start, bad)
-                key_ts, key_image, key_version = ts, image, version
-                start, bad, dets = line, None, []
-                record = {"timestamp": None if ts == "" else ts, "image": None if image == "" else image,
-                          "detections": dets}
-                if version is not None and version != "":
-                    record["model_version"] = version if type(version) is str else str(version)
-                if source is not None and source != "":
-                    record["source"] = source if type(source) is str else str(source)
-                if width is not None and width != "":
-                    record["image_width"] = width if type(width) is int else _int_or_text(width)
-                if height is not None and height != "":
-                    record["image_height"] = height if type(height) is int else _int_or_text(height)
-            if bad is not None:
-                continue
-            if kind is None or kind == "" or kind == "detection":
-                if name is None or name == "":
-                    continue  # an image with no detection
-                try:
-                    if type(conf) is not float:
-                        conf = _csv_float(conf, "confidence")
-                    box = [x1, y1, x2, y2]
-                    if type(x1) is not float or type(y1) is not float or type(x2) is not float or type(y2) is not float:
-                        box = [_csv_float(v, k) for v, k in zip(box, ("x1", "y1", "x2", "y2"))]
-                except BadRecord as exc:
-                    bad = (line, str(exc))
-                    continue
-                dets.append({"class": name if type(name) is str else str(name), "confidence": conf, "bbox": box})
-            else:  # review rows (few): the general path
-                try:
-                    self._row_into(record, {"kind": kind, "class": name, "confidence": conf,
-                                            "x1": x1, "y1": y1, "x2": x2, "y2": y2})
-                except BadRecord as exc:
-                    bad = (line, str(exc))
-        if record is not None:
-            flush(record, start, bad)
+        for number, _, _, _, name, conf, x1, y1, x2, y2, _, _, _, kind in group:
+            try:
+                self._row_into(record, {"kind": kind, "class": name, "confidence": conf,
+                                        "x1": x1, "y1": y1, "x2": x2, "y2": y2})
+            except BadRecord as exc:
+                bad = (number, str(exc))
+                break
+        self._flush(record, line, bad)
 
     def _flush(self, record: dict, start: int, bad: tuple[int, str] | None) -> None:
         if record.get("timestamp") is None:
@@ -719,12 +799,14 @@ def read_memory_bank(path: str | Path, fmt: str | None = None, since: float | No
 
 def _read_database(url: str, since: float | None, until: float | None, model_version: str | None,
                    image_root: Path | None) -> MemoryBank:
-    from toolkit.memory_bank_sql import parse_url, sql_rows
+    from itertools import chain
+
+    from toolkit.memory_bank_sql import parse_url, sql_batches
 
     loc = parse_url(url)
     reader = _Reader(since, until, model_version)
     stats: dict[str, Any] = {}
-    reader.read_row_tuples(sql_rows(url, since, until, stats))
+    reader.read_row_tuples(chain.from_iterable(sql_batches(url, since, until, stats)))
     # ``path`` anchors relative image paths: its parent is image_root
     anchor = Path(image_root or Path.cwd()).resolve() / "(database)"
     bank = reader.cols.build(anchor, loc.backend, reader.malformed, reader.filtered_out)

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 _URL = re.compile(r"^(postgresql|postgres|sqlite|mssql|mysql|mariadb|oracle)(\+[a-z0-9_]+)?://", re.IGNORECASE)
 STREAM_ROWS = 20_000  # rows per round trip of the server-side cursor
 CONNECT_TIMEOUT_S = 10
+APPLICATION = "defect-retraining-toolkit"  # how the toolkit's connections appear in pg_stat_activity
 TEXT_COLUMNS = ("image", "model_version", "class", "source", "kind")
 NUMBER_COLUMNS = ("confidence", "x1", "y1", "x2", "y2", "image_width", "image_height")
 
@@ -48,48 +49,84 @@ def is_database_url(text: str | Any) -> bool:
 
 @dataclass(frozen=True)
 class BankLocation:
-    """A parsed memory-bank URL: the connection URL (no ``table``), the table and its schema."""
+    """A parsed memory-bank URL: where the server is, the table (and schema), what may be shown."""
 
-    url: Any            # sqlalchemy.engine.URL, with the driver filled in
-    shown: str          # the URL as the user wrote it, password masked: safe for logs and reports
+    backend: str            # postgresql, sqlite, mssql, ...
+    drivername: str         # SQLAlchemy's name: postgresql+psycopg, sqlite, mssql+pyodbc, ...
+    host: str | None
+    port: int | None
+    username: str | None
+    password: str | None
+    database: str | None
+    query: dict[str, str]   # other URL parameters (sslmode=require, ...), without ``table``
     table: str
     schema: str | None
-
-    @property
-    def backend(self) -> str:
-        return self.url.get_backend_name()
+    shown: str              # the URL as written, password masked: safe for logs and reports
 
     @property
     def where(self) -> str:
         """host:port (or the socket / file), for messages."""
         if self.backend == "sqlite":
-            return self.url.database or "memory"
-        host = self.url.host or "the local socket"
-        return f"{host}:{self.url.port}" if self.url.port else host
+            return self.database or "memory"
+        host = self.host or "the local socket"
+        return f"{host}:{self.port}" if self.port else host
+
+    def sa_url(self):
+        """The SQLAlchemy URL (imports SQLAlchemy: only the writer and non-PostgreSQL readers need it)."""
+        from sqlalchemy.engine import URL
+
+        return URL.create(self.drivername, username=self.username, password=self.password, host=self.host,
+                          port=self.port, database=self.database, query=self.query)
 
 
 def parse_url(text: str) -> BankLocation:
-    """``postgresql://user@host:5432/db?table=schema.detections`` -> BankLocation; UserError if not a URL."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    """``postgresql://user@host:5432/db?table=schema.detections`` -> BankLocation; UserError if not a URL.
 
-    try:
-        url = make_url(text.strip())
-    except (ArgumentError, ValueError):
-        raise UserError(f"{mask_url(text)!r} is not a database URL; write it like "
-                        "postgresql://user@host:5432/inspection?table=detections") from None
-    query = dict(url.query)
-    table = query.pop("table", SQLITE_TABLE)
-    if isinstance(table, tuple):
-        table = table[-1]
+    PostgreSQL URLs are parsed here (the reader then needs no SQLAlchemy import, a third of a second
+    of every run); other dialects by SQLAlchemy.
+    """
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    text = str(text).strip()
+    shown = mask_url(text)
+    bad = UserError(f"{shown!r} is not a database URL; write it like "
+                    "postgresql://user@host:5432/inspection?table=detections")
+    scheme = text.split("://", 1)[0].lower()
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        parts = urlsplit(text)
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user, has_pw, password = userinfo.partition(":")
+        if hostport.startswith("["):  # [::1]:5432
+            host, _, rest = hostport[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, _, port_text = hostport.partition(":")
+        if port_text and not port_text.isdigit():
+            raise bad
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        table = query.pop("table", SQLITE_TABLE)
+        loc = dict(backend="postgresql", drivername="postgresql+psycopg", host=unquote(host) or None,
+                   port=int(port_text) if port_text else None, username=unquote(user) or None,
+                   password=unquote(password) if has_pw else None,
+                   database=unquote(parts.path.lstrip("/")) or None, query=query)
+    else:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(text)
+        except (ArgumentError, ValueError):
+            raise bad from None
+        query = {k: (v[-1] if isinstance(v, tuple) else v) for k, v in url.query.items()}
+        table = query.pop("table", SQLITE_TABLE)
+        loc = dict(backend=url.get_backend_name(), drivername=url.drivername, host=url.host, port=url.port,
+                   username=url.username, password=url.password, database=url.database, query=query)
     schema, _, name = table.rpartition(".")
     if not name:
-        raise UserError(f"{mask_url(text)}: ?table= names no table; e.g. ?table=detections")
-    url = url.set(query=query)
-    shown = url.render_as_string(hide_password=True) + f"{'&' if query else '?'}table={table}"
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")  # psycopg 3, not SQLAlchemy's default psycopg2
-    return BankLocation(url=url, shown=shown, table=name, schema=schema or None)
+        raise UserError(f"{shown}: ?table= names no table; e.g. ?table=detections")
+    if loc["password"]:
+        shown = shown.replace(loc["password"], "***")
+    return BankLocation(table=name, schema=schema or None, shown=shown, **loc)
 
 
 def mask_url(text: str) -> str:
@@ -105,11 +142,11 @@ def create_engine_for(loc: BankLocation):
 
     connect_args: dict[str, Any] = {}
     if loc.backend == "postgresql":
-        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "defect-retraining-toolkit"}
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": APPLICATION}
     try:
-        return create_engine(loc.url, connect_args=connect_args, pool_pre_ping=True)
+        return create_engine(loc.sa_url(), connect_args=connect_args, pool_pre_ping=True)
     except (NoSuchModuleError, ImportError, ArgumentError) as exc:
-        raise UserError(f"{loc.shown}: no database driver for '{loc.url.drivername}' ({_first_line(exc)}); "
+        raise UserError(f"{loc.shown}: no database driver for '{loc.drivername}' ({_first_line(exc)}); "
                         "PostgreSQL needs 'pip install psycopg[binary]', MS SQL 'pip install pyodbc'") from None
 
 
@@ -122,10 +159,10 @@ def _first_line(exc: BaseException) -> str:
 def database_error(loc: BankLocation, exc: BaseException) -> UserError:
     """One line saying what went wrong with the server and what to fix; never the password."""
     detail = _first_line(exc)
-    if loc.url.password:
-        detail = detail.replace(str(loc.url.password), "***")
+    if loc.password:
+        detail = detail.replace(loc.password, "***")
     low = str(getattr(exc, "orig", None) or exc).lower()
-    user = loc.url.username or "(default user)"
+    user = loc.username or "(default user)"
     if ("authentication failed" in low or "no password supplied" in low or "password" in low and "required" in low
             or ("role" in low and "does not exist" in low)):
         return UserError(f"{loc.shown}: authentication failed for user '{user}' on {loc.where}; put the password "
@@ -134,7 +171,7 @@ def database_error(loc: BankLocation, exc: BaseException) -> UserError:
         return UserError(f"{loc.shown}: user '{user}' may not use table '{loc.table}' ({detail}); ask the database "
                          f"administrator for GRANT SELECT (and INSERT for --scan) ON {loc.table} TO {user}")
     if "database" in low and "does not exist" in low:
-        return UserError(f"{loc.shown}: the server at {loc.where} has no database '{loc.url.database}'; "
+        return UserError(f"{loc.shown}: the server at {loc.where} has no database '{loc.database}'; "
                          "check the database name in the URL")
     if any(p in low for p in ("connection refused", "could not connect", "timeout expired", "timed out",
                               "could not translate host name", "name or service not known", "no such file or directory",
@@ -148,16 +185,16 @@ def database_error(loc: BankLocation, exc: BaseException) -> UserError:
 
 @dataclass(frozen=True)
 class TableInfo:
-    columns: dict[str, Any]     # name -> SQLAlchemy type
+    columns: dict[str, str]     # name -> kind: text, number, decimal, integer, datetime, datetimetz, any, other
+    types: dict[str, str]       # name -> the type as the database names it (for messages)
     line_column: str | None     # integer primary key (or SQLite's rowid): ORDER BY it, report it
 
 
-def _type_kind(sqltype: Any) -> str:
-    """'text', 'number', 'integer', 'datetime' or 'any' (SQLite columns declared without a type)."""
+def _sa_kind(sqltype: Any) -> str:
     from sqlalchemy import types
 
     if isinstance(sqltype, types.NullType):
-        return "any"
+        return "any"  # SQLite columns declared without a type
     if isinstance(sqltype, types.Integer):
         return "integer"
     if isinstance(sqltype, types.Float):  # before Numeric: Float is a Numeric in SQLAlchemy 2.0
@@ -165,105 +202,136 @@ def _type_kind(sqltype: Any) -> str:
     if isinstance(sqltype, types.Numeric):  # NUMERIC / DECIMAL: read as Decimal unless cast
         return "decimal"
     if isinstance(sqltype, (types.DateTime, types.Date)):
-        return "datetime"
+        return "datetimetz" if getattr(sqltype, "timezone", False) else "datetime"
     if isinstance(sqltype, types.String):
         return "text"
-    return str(sqltype).lower()
+    return "other"
 
 
-def inspect_table(conn, loc: BankLocation, for_reading: bool = True) -> TableInfo:
-    """The table's columns and ordering key; UserError naming what is missing or mistyped."""
-    from sqlalchemy import inspect
+_PG_KINDS = {"text": "text", "character varying": "text", "character": "text", "name": "text", "citext": "text",
+             "double precision": "number", "real": "number", "numeric": "decimal", "integer": "integer",
+             "bigint": "integer", "smallint": "integer", "date": "datetime",
+             "timestamp without time zone": "datetime", "timestamp with time zone": "datetimetz"}
 
-    insp = inspect(conn)
-    tables = insp.get_table_names(schema=loc.schema)
-    views = insp.get_view_names(schema=loc.schema)
-    if loc.table not in tables and loc.table not in views:
-        found = ", ".join(sorted(tables + views)) or "none"
-        raise UserError(f"{loc.shown}: no table '{loc.table}' in database '{loc.url.database}' (tables found: {found}); "
-                        "give the right one with ?table=NAME")
-    columns = {c["name"]: c["type"] for c in insp.get_columns(loc.table, schema=loc.schema)}
+
+def _check_columns(loc: BankLocation, columns: dict[str, str], types: dict[str, str],
+                   line_column: str | None) -> TableInfo:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise UserError(f"{loc.shown}: table '{loc.table}' lacks column(s) {', '.join(missing)}; "
                         "the layout is in memory-bank/README.md")
-    wanted = {"timestamp": ("text", "datetime"), **{c: ("text",) for c in TEXT_COLUMNS},
-              **{c: ("number", "decimal", "integer") for c in NUMBER_COLUMNS}}
+    number = ("number", "decimal", "integer")
+    wanted = {"timestamp": ("text", "datetime", "datetimetz"), **{c: ("text",) for c in TEXT_COLUMNS},
+              **{c: number for c in NUMBER_COLUMNS}}
     for name, kinds in wanted.items():
-        if name in columns:
-            kind = _type_kind(columns[name])
-            if kind != "any" and kind not in kinds:
-                need = {"text": "text (varchar)", "number": "a number (double precision)",
-                        "datetime": "a timestamp"}
-                raise UserError(f"{loc.shown}: column '{name}' of table '{loc.table}' is {columns[name]}; "
-                                f"it must be {' or '.join(need[k] for k in kinds if k in need)} "
-                                "(see memory-bank/README.md)")
+        kind = columns.get(name)
+        if kind is not None and kind != "any" and kind not in kinds:
+            need = "text (varchar) or a timestamp" if name == "timestamp" else (
+                "text (varchar)" if kinds == ("text",) else "a number (double precision)")
+            raise UserError(f"{loc.shown}: column '{name}' of table '{loc.table}' is {types[name]}; it must be {need} "
+                            "(see memory-bank/README.md)")
+    return TableInfo(columns=columns, types=types, line_column=line_column)
+
+
+def _tables_missing(loc: BankLocation, found: list[str]) -> UserError:
+    return UserError(f"{loc.shown}: no table '{loc.table}' in database '{loc.database}' "
+                     f"(tables found: {', '.join(sorted(found)) or 'none'}); give the right one with ?table=NAME")
+
+
+def inspect_table(conn, loc: BankLocation) -> TableInfo:
+    """Through SQLAlchemy: the table's columns and ordering key; UserError naming what is wrong."""
+    from sqlalchemy import inspect
+
+    insp = inspect(conn)
+    tables = insp.get_table_names(schema=loc.schema) + insp.get_view_names(schema=loc.schema)
+    if loc.table not in tables:
+        raise _tables_missing(loc, tables)
+    reflected = {c["name"]: c["type"] for c in insp.get_columns(loc.table, schema=loc.schema)}
+    columns = {name: _sa_kind(t) for name, t in reflected.items()}
     pk = insp.get_pk_constraint(loc.table, schema=loc.schema).get("constrained_columns") or []
-    line_column = None
-    if len(pk) == 1 and _type_kind(columns.get(pk[0])) == "integer":
-        line_column = pk[0]
-    elif loc.backend == "sqlite":
+    line_column = pk[0] if len(pk) == 1 and columns.get(pk[0]) == "integer" else None
+    if line_column is None and loc.backend == "sqlite":
         line_column = "rowid"
-    return TableInfo(columns=columns, line_column=line_column)
+    return _check_columns(loc, columns, {n: str(t) for n, t in reflected.items()}, line_column)
+
+
+def _inspect_postgres(con, loc: BankLocation) -> TableInfo:
+    """The same checks from PostgreSQL's catalog, in two queries on the reading connection."""
+    schema_sql = "%(schema)s" if loc.schema else "current_schema()"
+    params = {"schema": loc.schema, "table": loc.table}
+    tables = [r[0] for r in con.execute(
+        f"SELECT table_name FROM information_schema.tables WHERE table_schema = {schema_sql}", params)]
+    if loc.table not in tables:
+        raise _tables_missing(loc, tables)
+    rows = con.execute(
+        "SELECT c.column_name, c.data_type, c.udt_name, EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
+        "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indisprimary AND a.attname = c.column_name "
+        "AND i.indrelid = format('%%I.%%I', c.table_schema, c.table_name)::regclass AND array_length(i.indkey, 1) = 1) "
+        f"FROM information_schema.columns c WHERE c.table_schema = {schema_sql} AND c.table_name = %(table)s "
+        "ORDER BY c.ordinal_position", params).fetchall()
+    columns = {name: _PG_KINDS.get(data_type, "other") for name, data_type, _, _ in rows}
+    types = {name: (udt if data_type == "USER-DEFINED" else data_type) for name, data_type, udt, _ in rows}
+    pk = [name for name, _, _, is_pk in rows if is_pk]
+    line_column = pk[0] if len(pk) == 1 and columns[pk[0]] == "integer" else None
+    return _check_columns(loc, columns, types, line_column)
 
 
 def _day(seconds: float, days: int) -> str:
     return (datetime.fromtimestamp(seconds, timezone.utc) + timedelta(days=days)).date().isoformat()
 
 
-def build_select(loc: BankLocation, info: TableInfo, dialect, since: float | None,
-                 until: float | None) -> tuple[str, dict[str, Any]]:
+def _quote(name: str) -> str:
+    """An SQL identifier in double quotes (PostgreSQL, SQLite, MS SQL)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def build_select(loc: BankLocation, info: TableInfo, since: float | None, until: float | None,
+                 pyformat: bool = False, quote=_quote) -> tuple[str, dict[str, Any]]:
     """The SELECT of the ROW_COLUMNS in reading order, with ``since/until`` as a WHERE clause.
 
     A text timestamp is compared as text with a day of margin either side (a time zone shifts it
-    by at most 14 hours); the reader then applies the exact bounds. Rows whose timestamp does not
-    start with a digit (or is NULL) are always sent: they are malformed records, counted as in a file.
+    by at most 14 hours); the reader then applies the exact bounds. Rows that are malformed
+    whatever their time (no image, a timestamp that does not start with a digit, NULL) are always
+    sent, so they are counted as in a file, where a record is checked before the filter.
     """
-    quote = dialect.identifier_preparer.quote
     table = (f"{quote(loc.schema)}." if loc.schema else "") + quote(loc.table)
+    since_p, until_p = ("%(since)s", "%(until)s") if pyformat else (":since", ":until")
     cols = info.columns
 
     def col(name: str) -> str:
         if name not in cols:
             return "NULL"
-        kind = _type_kind(cols[name])
-        if kind == "decimal" and loc.backend == "postgresql":  # NUMERIC would come back as Decimal
+        if cols[name] == "decimal" and loc.backend == "postgresql":  # NUMERIC would come back as Decimal
             return f"CAST({quote(name)} AS DOUBLE PRECISION)"
         return quote(name)
 
     line = info.line_column
     line_sql = ("rowid" if line == "rowid" else quote(line)) if line else "NULL"
-    select = ", ".join([line_sql] + [col(c) for c in ROW_COLUMNS[1:]])
-    sql = f"SELECT {select} FROM {table}"
+    sql = f"SELECT {', '.join([line_sql] + [col(c) for c in ROW_COLUMNS[1:]])} FROM {table}"
     params: dict[str, Any] = {}
     ts = quote("timestamp")
-    # rows that are malformed whatever their time (no image, an unreadable timestamp) are always
-    # sent, so that they are counted as in a file, where the record is checked before the filter
     no_image = f"{quote('image')} IS NULL OR {quote('image')} = ''"
     if since is not None or until is not None:
-        if _type_kind(cols["timestamp"]) == "datetime":
-            aware = bool(getattr(cols["timestamp"], "timezone", False))
-
+        parts = []
+        if cols["timestamp"] in ("datetime", "datetimetz"):
             def bound(seconds: float) -> datetime:
                 moment = datetime.fromtimestamp(seconds, timezone.utc)
-                return moment if aware else moment.replace(tzinfo=None)
+                return moment if cols["timestamp"] == "datetimetz" else moment.replace(tzinfo=None)
 
-            parts = []
             if since is not None:
-                parts.append(f"{ts} >= :since")
+                parts.append(f"{ts} >= {since_p}")
                 params["since"] = bound(since)
             if until is not None:
-                parts.append(f"{ts} <= :until")
+                parts.append(f"{ts} <= {until_p}")
                 params["until"] = bound(until)
             sql += f" WHERE ({' AND '.join(parts)}) OR {ts} IS NULL OR {no_image}"
         else:
-            text_ts = f'{ts} COLLATE "C"' if loc.backend == "postgresql" else ts
-            parts = []
+            text_ts = f'{ts} COLLATE "C"' if loc.backend == "postgresql" else ts  # byte order, as the index
             if since is not None:
-                parts.append(f"{text_ts} >= :since")
+                parts.append(f"{text_ts} >= {since_p}")
                 params["since"] = _day(since, -1)
             if until is not None:
-                parts.append(f"{text_ts} < :until")
+                parts.append(f"{text_ts} < {until_p}")
                 params["until"] = _day(until, 2)
             sql += (f" WHERE ({' AND '.join(parts)}) OR {ts} IS NULL OR {text_ts} < '0' OR {text_ts} >= ':' "
                     f"OR {no_image}")
@@ -272,52 +340,134 @@ def build_select(loc: BankLocation, info: TableInfo, dialect, since: float | Non
     return sql, params
 
 
-def sql_rows(location: str, since: float | None = None, until: float | None = None,
-             stats: dict[str, Any] | None = None) -> Iterator[tuple]:
-    """Stream the table's rows as ROW_COLUMNS tuples; ``stats`` receives 'rows' and 'shown'."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+def _warn_no_key(loc: BankLocation, info: TableInfo) -> None:
+    if info.line_column is None:
+        logger.warning("%s: table '%s' has no integer primary key; rows are read in the server's order "
+                       "and reported by row number (add an id column, see memory-bank/README.md)",
+                       loc.shown, loc.table)
 
+
+def sql_batches(location: str, since: float | None = None, until: float | None = None,
+                stats: dict[str, Any] | None = None) -> Iterator[list[tuple]]:
+    """Stream the table's rows as lists of ROW_COLUMNS tuples; ``stats`` receives 'rows' when done."""
     loc = parse_url(location)
-    engine = create_engine_for(loc)
     stats = stats if stats is not None else {}
-    stats["shown"] = loc.shown
     n = 0
     try:
-        try:
-            conn = engine.connect()
-        except SQLAlchemyError as exc:
-            raise database_error(loc, exc) from None
-        with conn:
-            try:
-                info = inspect_table(conn, loc)
-            except SQLAlchemyError as exc:
-                raise database_error(loc, exc) from None
-            if info.line_column is None:
-                logger.warning("%s: table '%s' has no integer primary key; rows are read in the server's order "
-                               "and reported by row number (add an id column, see memory-bank/README.md)",
-                               loc.shown, loc.table)
-            conn.rollback()  # end the inspection's transaction: the read gets its own, read-only
-            sql, params = build_select(loc, info, engine.dialect, since, until)
-            logger.debug("memory bank query: %s %s", sql, params)
-            options: dict[str, Any] = {"stream_results": True, "yield_per": STREAM_ROWS}
-            if loc.backend == "postgresql":
-                options["postgresql_readonly"] = True  # the analyzer never writes the plant's database
-            try:
-                result = conn.execution_options(**options).execute(text(sql), params)
-                numbered = info.line_column is None
-                for partition in result.partitions():
-                    if numbered:
-                        for row in partition:
-                            n += 1
-                            yield (n, *row[1:])
-                    else:
-                        n += len(partition)
-                        yield from partition
-            except DBAPIError as exc:
-                raise database_error(loc, exc) from None
+        batches = _postgres_batches(loc, since, until) if loc.backend == "postgresql" else \
+            _generic_batches(loc, since, until)
+        for numbered, batch in batches:
+            if numbered:  # no primary key: the row number in reading order
+                batch = [(n + i, *row[1:]) for i, row in enumerate(batch, 1)]
+            n += len(batch)
+            yield batch
     finally:
         stats["rows"] = n
+
+
+def sql_rows(location: str, since: float | None = None, until: float | None = None,
+             stats: dict[str, Any] | None = None) -> Iterator[tuple]:
+    """The rows of ``sql_batches`` one by one."""
+    for batch in sql_batches(location, since, until, stats):
+        yield from batch
+
+
+def _postgres_batches(loc: BankLocation, since: float | None, until: float | None) -> Iterator[tuple[bool, list]]:
+    """psycopg's own named (server-side) cursor in a read-only transaction, STREAM_ROWS plain tuples at a time.
+
+    Measured on 1M rows: SQLAlchemy's ``stream_results`` wraps every row and held several times
+    the memory; the driver's cursor keeps one batch and takes about a third less time.
+    """
+    import psycopg
+
+    kwargs: dict[str, Any] = {k: v for k, v in (("host", loc.host), ("port", loc.port), ("user", loc.username),
+                                                 ("password", loc.password), ("dbname", loc.database)) if v}
+    kwargs.update(loc.query)
+    kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    kwargs.setdefault("application_name", APPLICATION)
+    try:
+        con = psycopg.connect(**kwargs)
+    except (psycopg.Error, ValueError) as exc:
+        raise database_error(loc, exc) from None
+    try:
+        con.read_only = True  # the analyzer never writes the plant's database
+        info = _inspect_postgres(con, loc)
+        _warn_no_key(loc, info)
+        sql, params = build_select(loc, info, since, until, pyformat=True)
+        logger.debug("memory bank query: %s %s", sql, params)
+        numbered = info.line_column is None
+        with con.cursor(name="toolkit_memory_bank", binary=True) as cur:  # binary: a little faster to decode
+            cur.execute(sql, params)
+            for batch in _prefetched(cur):
+                yield numbered, batch
+    except psycopg.Error as exc:
+        raise database_error(loc, exc) from None
+    finally:
+        con.close()
+
+
+def _prefetched(cur) -> Iterator[list]:
+    """The cursor's batches, the next one fetched by a thread while this one is processed.
+
+    The fetch waits on the server and the network with the GIL released: overlapped with the
+    reader's work, that wait (a tenth of the time on 1M rows, measured) costs nothing.
+    """
+    import queue
+    import threading
+
+    batches: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            while not stop.is_set():
+                batch = cur.fetchmany(STREAM_ROWS)
+                batches.put(batch)
+                if not batch:
+                    return
+        except BaseException as exc:  # handed to the reader, which raises it
+            batches.put(exc)
+
+    worker = threading.Thread(target=fetch, name="memory-bank-fetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = batches.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # a reader that stopped early: unblock the fetcher's put
+            try:
+                batches.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.join()
+
+
+def _generic_batches(loc: BankLocation, since: float | None, until: float | None) -> Iterator[tuple[bool, list]]:
+    """Any other SQLAlchemy dialect (SQLite, MS SQL): its streaming result, in partitions."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = create_engine_for(loc)
+    try:
+        with engine.connect() as conn:
+            info = inspect_table(conn, loc)
+            _warn_no_key(loc, info)
+            conn.rollback()
+            sql, params = build_select(loc, info, since, until, quote=engine.dialect.identifier_preparer.quote)
+            logger.debug("memory bank query: %s %s", sql, params)
+            result = conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(text(sql), params)
+            numbered = info.line_column is None
+            for partition in result.partitions():
+                yield numbered, partition
+    except SQLAlchemyError as exc:
+        raise database_error(loc, exc) from None
+    finally:
         engine.dispose()
 
 
@@ -381,7 +531,7 @@ class SqlAppender:
                     if not inspect(conn).has_table(self.loc.table, schema=self.loc.schema):
                         raise
         with self.engine.connect() as conn:
-            inspect_table(conn, self.loc, for_reading=False)  # same checks as the reader: one line if wrong
+            inspect_table(conn, self.loc)  # same checks as the reader: one line if wrong
             return Table(self.loc.table, MetaData(schema=self.loc.schema), autoload_with=conn)
 
     def append(self, records: Iterable[dict[str, Any]]) -> int:
