@@ -201,3 +201,30 @@ def test_detection_system_notices_a_promotion_while_appending(neu_dir, shared_mo
     versions = [bank.versions[v] for v in bank.version]
     switch = reloads[-1]["after"]
     assert set(versions[:switch]) == {"1.0"} and set(versions[switch:]) == {"1.1"}
+
+
+def test_production_model_version_belongs_to_the_bytes_loaded(tiny_model, tmp_path):
+    """A sidecar that names other bytes (a promotion half-way) is not believed; the registry is."""
+    import hashlib
+
+    import numpy as np
+
+    from toolkit.detection_api import ProductionModel
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "yolov8_model.pt").write_bytes(tiny_model.read_bytes())
+    sha = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    (root / "yolov8_model.json").write_text(json.dumps({"version": "2.0", "sha256": "0" * 64}))
+    model = ProductionModel.load(root, settle_s=0.5)
+    assert model.sha256 == sha and model.version is None  # not "2.0": those are other bytes
+    (root / "yolov8_model.json").write_text(json.dumps({"version": "2.1", "sha256": sha}))
+    assert model.changed()
+    model = model.reload()
+    assert model.version == "2.1" and not model.changed()
+    frame = np.full((48, 64, 3), 128, dtype=np.uint8)  # a decoded camera frame, not a file
+    record = model.detect(frame, name="line3/frame_1.jpg", source="line3", conf=0.001)
+    assert record["image"] == "line3/frame_1.jpg" and record["model_version"] == "2.1"
+    assert record["image_width"] == frame.shape[1] and record["source"] == "line3"
+    with pytest.raises(ValueError, match="name="):
+        model.detect(frame)

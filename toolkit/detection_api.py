@@ -95,6 +95,7 @@ class ProductionModel:
     version: str | None
     sha256: str
     model: Any = field(repr=False)
+    sidecar: Path = field(default=Path("yolov8_model.json"), repr=False)
     imgsz: int = 640
     _stamp: tuple = field(default=(), repr=False)
 
@@ -128,12 +129,11 @@ class ProductionModel:
         size = train_args.get("imgsz", 640)
         logger.info("production model %s loaded (version %s, sha256 %s)", ws.production_model, version, sha[:12])
         return cls(root=ws.root, path=ws.production_model, version=version, sha256=sha, model=model,
-                   imgsz=size if isinstance(size, int) else 640, _stamp=stamp)
+                   sidecar=ws.production_sidecar, imgsz=size if isinstance(size, int) else 640, _stamp=stamp)
 
     def changed(self) -> bool:
         """True when the production model or its sidecar was replaced since loading (two stat calls)."""
-        ws = Workspace.at(self.root)
-        return _stamp(ws.production_model, ws.production_sidecar) != self._stamp
+        return _stamp(self.path, self.sidecar) != self._stamp
 
     def reload(self) -> "ProductionModel":
         """The production model as it is now (a new object; this one stays usable until dropped)."""
@@ -144,11 +144,18 @@ class ProductionModel:
         names = self.model.names
         return names if isinstance(names, dict) else dict(enumerate(names))
 
-    def detect(self, image: str | Path, conf: float = 0.25, source: str | None = None,
-               imgsz: int | None = None) -> dict[str, Any]:
-        """Run the model on one image: a memory-bank record (timestamp now, this model's version)."""
-        result = self.model.predict(str(image), imgsz=imgsz or self.imgsz, conf=conf, verbose=False)[0]
-        return record_from_result(result, image, self.names, self.version, source)
+    def detect(self, image: Any, conf: float = 0.25, source: str | None = None, imgsz: int | None = None,
+               name: str | None = None) -> dict[str, Any]:
+        """Run the model on one image: a memory-bank record (timestamp now, this model's version).
+
+        ``image``: a path, or a decoded frame (numpy array, BGR as OpenCV gives it) with ``name``, the
+        path under which the line stores that frame (the record's ``image``).
+        """
+        if not isinstance(image, (str, Path)) and name is None:
+            raise ValueError("detect(frame): give name=, the path where this frame is stored")
+        source_arg = str(image) if isinstance(image, (str, Path)) else image
+        result = self.model.predict(source_arg, imgsz=imgsz or self.imgsz, conf=conf, verbose=False)[0]
+        return record_from_result(result, name or str(image), self.names, self.version, source)
 
 
 def record_from_result(result: Any, image: str | Path, names: dict[int, str], model_version: str | None,
