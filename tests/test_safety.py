@@ -107,7 +107,7 @@ def test_pipeline_refuses_hostile_candidate(tmp_path, tiny_model):
     import setup_training
     from toolkit.synthetic import NEU_CLASSES, write_batch
 
-    (model, marker), _ = _hostile_models(tmp_path / "evil")
+    (model, marker), (legacy, legacy_marker) = _hostile_models(tmp_path / "evil")
     root = tmp_path / "ws"
     root.mkdir()
     shutil.copyfile(tiny_model, root / "yolov8_model.pt")
@@ -121,6 +121,11 @@ def test_pipeline_refuses_hostile_candidate(tmp_path, tiny_model):
     assert "refused to load" in last and "evil_zip.pt" in last
     assert not marker.exists()
     assert (root / "yolov8_model.pt").read_bytes() == before
+    # the pipeline imported the batch before comparing: training can start, but not from a hostile --from
+    train = _cli(str(REPO / "train_yolov8.py"), "--root", str(root), "--from", str(legacy), "--epochs", "1",
+                 "--imgsz", "64")
+    assert train.returncode == 1, train.stderr[-2000:]
+    assert "refused to load" in _one_error_line(train.stderr) and not legacy_marker.exists()
 
 
 # --- permissions ---------------------------------------------------------------------------------
