@@ -46,11 +46,14 @@ from typing import Any, Callable, Mapping, Sequence
 from toolkit.cli import build_parser, run_main
 from toolkit.config import resolve_settings
 from toolkit.datafile import read_class_names, write_dataset_yaml
-from toolkit.dataset import (batch_fingerprint, check_images, default_workers, empty_manifest, load_manifest,
-                             parallel_map, pending_incoming_batches, plan_import, resolve_classes, save_manifest,
-                             set_aside_unmanaged, split_counts, write_copy)
+from toolkit.dataset.incoming import batch_fingerprint, pending_incoming_batches
+from toolkit.dataset.manifest import empty_manifest, load_manifest, split_counts, write_split_lists
+from toolkit.dataset.parallel import check_images, default_workers, parallel_map
+from toolkit.dataset.plan import plan_import, resolve_classes
+from toolkit.dataset.store import (Staging, check_free_space, commit_manifest, recover_staging, set_aside_unmanaged,
+                                   space_needed)
 from toolkit.errors import UserError
-from toolkit.labels import SourceImage, read_source
+from toolkit.labels import SourceBatch, SourceImage, read_source
 from toolkit.layout import SPLITS, Workspace
 from toolkit.lock import holds_workspace_lock
 from toolkit.progress import progress_enabled
@@ -247,11 +250,18 @@ def _sources(config: PrepareConfig, workspace: Workspace, notes: list[str]) -> l
     return pending
 
 
-@holds_workspace_lock("prepare")
-def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResult:
-    """Import the source (or the new batches of training/incoming/) into the managed dataset."""
-    t0 = time.perf_counter()
-    workspace = Workspace.at(config.root)
+@dataclass(frozen=True)
+class _Options:
+    """Settings of one import, resolved once (defaults < training.yaml < flags)."""
+
+    ratios: dict[str, float]
+    max_bad: float
+    bits: int
+    class_map: dict[str, str]
+    workers: int
+
+
+def _resolve_options(config: PrepareConfig, workspace: Workspace) -> _Options:
     # A split given here names every ratio: a missing one is 0, not training.yaml's value.
     unknown = sorted(set(config.split or {}) - set(SPLITS))
     if unknown:
@@ -261,29 +271,80 @@ def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResul
              "near_duplicate_bits": config.near_duplicate_bits}
     flags = {"dataset": {k: v for k, v in given.items() if v is not None}}
     settings = resolve_settings(workspace.training_yaml if workspace.training_yaml.exists() else None, flags)
-    ratios = _ratios(settings["dataset"]["split"])
-    max_bad = float(settings["dataset"]["max_bad_fraction"])
-    bits = int(settings["dataset"]["near_duplicate_bits"])
-    class_map = parse_class_map(config.class_map)
-    workers = config.workers or default_workers()
-    notes: list[str] = []
+    return _Options(ratios=_ratios(settings["dataset"]["split"]), max_bad=float(settings["dataset"]["max_bad_fraction"]),
+                    bits=int(settings["dataset"]["near_duplicate_bits"]), class_map=parse_class_map(config.class_map),
+                    workers=config.workers or default_workers())
 
-    timings: dict[str, float] = {}
-    lap = [time.perf_counter()]
 
-    def phase(name: str) -> None:
+class _Clock:
+    """Seconds per phase of the run (``timings`` in the result)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.start = self.lap = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
         now = time.perf_counter()
-        timings[name] = round(timings.get(name, 0.0) + now - lap[0], 3)
-        lap[0] = now
+        self.timings[name] = round(self.timings.get(name, 0.0) + now - self.lap, 3)
+        self.lap = now
 
-    sources = _sources(config, workspace, notes)
+
+@holds_workspace_lock("prepare")
+def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResult:
+    """Import the source (or the new batches of training/incoming/) into the managed dataset."""
+    clock = _Clock()
+    workspace = Workspace.at(config.root)
+    options = _resolve_options(config, workspace)
+    notes: list[str] = []
     manifest = load_manifest(workspace)
-    known_classes = (read_class_names(workspace.dataset_yaml) if workspace.dataset_yaml.exists()
-                     else (manifest or {}).get("classes") or None)
-    key = _import_key(config, class_map, known_classes)
+    if not config.check:
+        notes += recover_staging(workspace, manifest)  # a killed import: finished or undone
+    todo = _changed_sources(config, workspace, manifest, options, notes)
+    clock("fingerprint")
+    batches, classes, new_classes = _read_batches(config, workspace, manifest, todo, options, notes)
+    current = manifest or empty_manifest(classes)
+    to_check, already = _unchanged_files(batches, current)
+    clock("read")
+    checked = _check(to_check, options, config.executor, progress)
+    clock("check")
+    batch_ids = [(batch, f"b{len(current['batches']) + 1 + i:04d}") for i, batch in enumerate(batches)]
+    plan = plan_import(batch_ids, checked, already, current, classes, options.class_map, options.ratios,
+                       options.bits, config.keep_split)
+    notes += plan.notes
+    too_bad = _too_bad(plan, options.max_bad)
+    clock("plan")
+    version = current["version"] if manifest else None
+    added: list[dict] = []
+    changed = False
+    if config.check or too_bad:
+        added = plan.entries  # what an import would add (reported; nothing written)
+        current = dict(current, images=current["images"] + added)
+    elif batches:
+        current, added, changed = _import(config, workspace, manifest, current, plan, batch_ids, todo, classes,
+                                          new_classes, options, progress, clock, notes)
+        version = current["version"]
+    if not config.check:
+        _write_data_files(workspace, manifest, current if not too_bad else manifest, classes, version, changed)
+    clock("manifest")
+    result = _result(config, current, classes, version, 0 if too_bad else len(added), added, plan, batches, changed,
+                     notes, clock)
+    result = _write_report(config, workspace, result, current, classes, plan)
+    if too_bad:
+        raise _too_bad_error(too_bad, plan, options.max_bad, result.report)
+    logger.info("dataset version %s: added %d, duplicates %d, problems %d (%.1f s)", result.dataset_version,
+                result.added, result.duplicates, len(result.rejected), result.seconds)
+    return result
+
+
+def _changed_sources(config: PrepareConfig, workspace: Workspace, manifest: dict | None, options: _Options,
+                     notes: list[str]) -> list[tuple[Path, str]]:
+    """The sources to read, with their fingerprints: a batch imported before with the same files
+    and options is skipped without being read again."""
+    known_classes = _known_classes(workspace, manifest)
+    key = _import_key(config, options.class_map, known_classes)
     done_before = {(b.get("fingerprint"), b.get("settings")): b for b in (manifest or {}).get("batches", [])}
     todo: list[tuple[Path, str]] = []
-    for source in sources:
+    for source in _sources(config, workspace, notes):
         fp = batch_fingerprint(source if source.is_dir() else source.parent)
         before = done_before.get((fp, key))
         if before is not None and not config.check:
@@ -291,8 +352,17 @@ def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResul
                          f"({before.get('imported_at')}): nothing to do")
             continue
         todo.append((source, fp))
+    return todo
 
-    phase("fingerprint")
+
+def _known_classes(workspace: Workspace, manifest: dict | None) -> list[str] | None:
+    return (read_class_names(workspace.dataset_yaml) if workspace.dataset_yaml.exists()
+            else (manifest or {}).get("classes") or None)
+
+
+def _read_batches(config: PrepareConfig, workspace: Workspace, manifest: dict | None, todo: Sequence[tuple[Path, str]],
+                  options: _Options, notes: list[str]) -> tuple[list[SourceBatch], list[str], bool]:
+    """Read the labels of every source; the dataset's classes and whether they are new."""
     batches = [read_source(source, config.fmt) for source, _ in todo]
     for batch in batches:
         if config.keep_split and not batch.has_split:
@@ -301,16 +371,18 @@ def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResul
         if batch.has_split and not config.keep_split:
             notes.append(f"{batch.root} carries its own split; ignored (pass --keep-split to keep it)")
         notes += [f"{batch.root.name}: {n}" for n in batch.notes]
-    if batches:
-        classes, new_classes = resolve_classes(workspace, manifest, batches, class_map)
-        missing = sorted({v for v in class_map.values() if v not in classes})
-        if missing:
-            raise UserError(f"--map target(s) {missing} are not dataset classes ({', '.join(classes)})")
-    else:
-        classes, new_classes = list(known_classes or []), False
-    current = manifest or empty_manifest(classes)
+    if not batches:
+        return batches, list(_known_classes(workspace, manifest) or []), False
+    classes, new_classes = resolve_classes(workspace, manifest, batches, options.class_map)
+    missing = sorted({v for v in options.class_map.values() if v not in classes})
+    if missing:
+        raise UserError(f"--map target(s) {missing} are not dataset classes ({', '.join(classes)})")
+    return batches, classes, new_classes
 
-    # A file imported before from the same path, with the same size and mtime, is not read again.
+
+def _unchanged_files(batches: Sequence[SourceBatch], current: dict) -> tuple[list[SourceImage], dict[Path, dict]]:
+    """Images to check, and those imported before from the same path with the same size and
+    mtime (not read again)."""
     by_source = {e["source"]: e for e in current["images"]}
     already: dict[Path, dict] = {}
     to_check: list[SourceImage] = []
@@ -326,92 +398,101 @@ def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResul
                 except OSError:
                     pass
             to_check.append(item)
-    phase("read")
-    bar = _Bar(progress, "check", len(to_check))
+    return to_check, already
+
+
+def _check(items: Sequence[SourceImage], options: _Options, executor: str,
+           progress: Progress | None) -> dict[Path, Any]:
+    bar = _Bar(progress, "check", len(items))
     try:
-        checked = {r.source.image: r for r in check_images(to_check, workers, config.executor, bar)}
+        return {r.source.image: r for r in check_images(items, options.workers, executor, bar)}
     finally:
         bar.close()
 
-    phase("check")
-    first_id = len(current["batches"]) + 1
-    batch_ids = [(batch, f"b{first_id + i:04d}") for i, batch in enumerate(batches)]
-    plan = plan_import(batch_ids, checked, already, current, classes, class_map, ratios, bits, config.keep_split)
-    notes += plan.notes
-    too_bad = [f"{src}: {bad} of {total} files bad ({bad / total:.0%})"
-               for src, (bad, total) in plan.bad_by_batch.items() if total and bad / total > max_bad]
 
-    phase("plan")
-    added: list[dict] = []
-    changed = False
-    version = current["version"] if manifest else None
-    if config.check or too_bad:
-        added = plan.entries  # what an import would add (reported; nothing written)
-        current = dict(current, images=current["images"] + added)
-    elif batches:
-        notes += set_aside_unmanaged(workspace, manifest)
-        for split in SPLITS:
-            workspace.images_dir(split).mkdir(parents=True, exist_ok=True)
-            workspace.labels_dir(split).mkdir(parents=True, exist_ok=True)
-        bar = _Bar(progress, "copy", len(plan.tasks))
-        try:
-            # File creation waits on the disk, not the CPU: twice the threads keep it busy.
-            written = parallel_map(lambda task: write_copy(task, workspace.datasets), plan.tasks, 2 * workers,
-                                   "thread", bar)
-        finally:
-            bar.close()
-        for entry, problem in written:
-            if problem is not None:
-                plan.rejected.append(problem)
-            else:
-                added.append(entry)
-        phase("copy")
-        if hasattr(os, "sync"):
-            os.sync()  # the copies reach the disk before the manifest that lists them
-        phase("sync")
-        per_batch = {bid: sum(e["batch"] == bid for e in added) for _, bid in batch_ids}
-        key = _import_key(config, class_map, classes)  # as the next run will compute it
-        records = [{"id": bid, "source": str(batch.root), "fingerprint": fp, "settings": key,
-                    "imported_at": utc_now_iso(), "format": batch.fmt, "added": per_batch[bid],
-                    "rejected": plan.bad_by_batch[str(batch.root)][0], "files": plan.bad_by_batch[str(batch.root)][1]}
-                   for (batch, bid), (_, fp) in zip(batch_ids, todo)]
-        changed = bool(added) or new_classes or manifest is None
-        updated = dict(current, classes=list(classes), images=current["images"] + added,
-                       batches=current["batches"] + records, updated_at=utc_now_iso())
-        if changed:
-            updated["version"] = int(current["version"]) + 1
-        save_manifest(workspace, updated)
-        version = updated["version"]
-        current = updated
-    if (changed or (manifest is not None and not workspace.dataset_yaml.exists())) and not config.check:
+def _too_bad(plan: Any, max_bad: float) -> list[str]:
+    return [f"{src}: {bad} of {total} files bad ({bad / total:.0%})"
+            for src, (bad, total) in plan.bad_by_batch.items() if total and bad / total > max_bad]
+
+
+def _import(config: PrepareConfig, workspace: Workspace, manifest: dict | None, current: dict, plan: Any,
+            batch_ids: Sequence[tuple[SourceBatch, str]], todo: Sequence[tuple[Path, str]], classes: list[str],
+            new_classes: bool, options: _Options, progress: Progress | None, clock: _Clock,
+            notes: list[str]) -> tuple[dict, list[dict], bool]:
+    """Stage the copies, commit the manifest that lists them, move them into the split folders."""
+    manifest_bytes = workspace.manifest.stat().st_size if workspace.manifest.exists() else 0
+    needed = space_needed(plan.tasks, manifest_bytes + 700 * len(plan.tasks))
+    check_free_space(workspace, needed)
+    notes += set_aside_unmanaged(workspace, manifest)
+    staging = Staging(workspace)
+    bar = _Bar(progress, "copy", len(plan.tasks))
+    try:
+        # File creation waits on the disk, not the CPU: twice the threads keep it busy.
+        added, changed_meanwhile = staging.write(
+            plan.tasks, needed, lambda fn, tasks: parallel_map(fn, tasks, 2 * options.workers, "thread", bar))
+    finally:
+        bar.close()
+    plan.rejected.extend(changed_meanwhile)
+    clock("copy")
+    if hasattr(os, "sync"):
+        os.sync()  # the copies reach the disk before the manifest that lists them
+    clock("sync")
+    per_batch = {bid: sum(e["batch"] == bid for e in added) for _, bid in batch_ids}
+    key = _import_key(config, options.class_map, classes)  # as the next run will compute it
+    records = [{"id": bid, "source": str(batch.root), "fingerprint": fp, "settings": key,
+                "imported_at": utc_now_iso(), "format": batch.fmt, "added": per_batch[bid],
+                "rejected": plan.bad_by_batch[str(batch.root)][0], "files": plan.bad_by_batch[str(batch.root)][1]}
+               for (batch, bid), (_, fp) in zip(batch_ids, todo)]
+    changed = bool(added) or new_classes or manifest is None
+    updated = dict(current, classes=list(classes), images=current["images"] + added,
+                   batches=current["batches"] + records, updated_at=utc_now_iso())
+    if changed:
+        updated["version"] = int(current["version"]) + 1
+    commit_manifest(workspace, updated, staging, added, needed)
+    return updated, added, changed
+
+
+def _write_data_files(workspace: Workspace, manifest_before: dict | None, committed: dict | None, classes: list[str],
+                      version: int | None, changed: bool) -> None:
+    """The split lists of the committed manifest (what training and evaluation read) and dataset.yaml."""
+    if committed is not None and workspace.manifest.exists():
+        write_split_lists(workspace, committed)
+    if changed or (manifest_before is not None and not workspace.dataset_yaml.exists()):
         write_dataset_yaml(workspace, classes, version)
 
-    phase("manifest")
+
+def _result(config: PrepareConfig, current: dict, classes: list[str], version: int | None, n_added: int,
+            added: Sequence[dict], plan: Any, batches: Sequence[SourceBatch], changed: bool, notes: list[str],
+            clock: _Clock) -> PrepareResult:
     counts = split_counts(current, classes)
-    n_added = 0 if too_bad else len(added)
-    result = PrepareResult(
+    return PrepareResult(
         dataset_version=version, images=counts["images"],
         boxes_per_class={c: sum(counts["class_boxes"].get(c, {}).values()) for c in classes},
         added=n_added, duplicates=len(plan.duplicates), rejected=tuple(p.as_dict() for p in plan.rejected),
         report=None, batches=tuple(str(b.root) for b in batches),
         background_images=sum(counts["background"].values()), classes=tuple(classes),
-        added_per_split={s: 0 if too_bad else sum(e["split"] == s for e in added) for s in SPLITS},
+        added_per_split={s: sum(e["split"] == s for e in added) if n_added else 0 for s in SPLITS},
         duplicate_files=tuple(plan.duplicates), near_duplicates=tuple(plan.near),
         warnings=tuple(p.as_dict() for p in plan.warnings), difficult_boxes=plan.difficult,
         formats={str(b.root): b.description for b in batches}, changed=changed, check_only=config.check,
-        notes=tuple(notes), seconds=round(time.perf_counter() - t0, 3), timings=timings)
-    if not config.check or workspace.reports.is_dir():
-        path = report_path(workspace, "prepare-check" if config.check else "prepare")
-        result = replace(result, report=path)
-        write_report(path, result, _markdown(result, counts, classes, plan.bad_by_batch))
-    if too_bad:
-        first = "; ".join(f"{p.path.name}: {p.reason}" for p in plan.rejected[:3])
-        raise UserError(f"stopped, nothing imported: {'; '.join(too_bad)}, more than max_bad_fraction "
-                        f"{max_bad:.0%} (first problems: {first}); fix the batch or raise dataset.max_bad_fraction"
-                        + (f" - full list in {result.report}" if result.report else ""))
-    logger.info("dataset version %s: added %d, duplicates %d, problems %d (%.1f s)", result.dataset_version,
-                result.added, result.duplicates, len(result.rejected), result.seconds)
+        notes=tuple(notes), seconds=round(time.perf_counter() - clock.start, 3), timings=clock.timings)
+
+
+def _write_report(config: PrepareConfig, workspace: Workspace, result: PrepareResult, current: dict,
+                  classes: list[str], plan: Any) -> PrepareResult:
+    if config.check and not workspace.reports.is_dir():
+        return result
+    path = report_path(workspace, "prepare-check" if config.check else "prepare")
+    result = replace(result, report=path)
+    write_report(path, result, _markdown(result, split_counts(current, classes), classes, plan.bad_by_batch))
     return result
+
+
+def _too_bad_error(too_bad: Sequence[str], plan: Any, max_bad: float, report: Path | None) -> UserError:
+    first = "; ".join(f"{p.path.name}: {p.reason}" for p in plan.rejected[:3])
+    return UserError(f"stopped, nothing imported: {'; '.join(too_bad)}, more than max_bad_fraction "
+                     f"{max_bad:.0%} (first problems: {first}); fix the batch or raise dataset.max_bad_fraction"
+                     + (f" - full list in {report}" if report else ""))
 
 
 # --------------------------------------------------------------------------- CLI

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from toolkit.cli import build_parser, run_main
 from toolkit.config import resolve_settings
+from toolkit.dataset.store import settle_dataset
 from toolkit.decision import PromotionRules, decide, judge_candidate
 from toolkit.errors import UserError
 from toolkit.layout import Workspace
@@ -111,6 +112,7 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
     split = str(settings["evaluation"]["split"])
     data_yaml = Path(config.data).expanduser().resolve() if config.data else workspace.dataset_yaml
     production_path, candidate_paths = _resolve_models(workspace, config)
+    settle_dataset(workspace, data_yaml)  # score the images the manifest lists, nothing else in the split folders
 
     data = ev_mod.load_split(data_yaml, split, config.subset)
     version = ev_mod.dataset_version_of(workspace, data_yaml, data.fingerprint)

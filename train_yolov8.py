@@ -41,6 +41,7 @@ from typing import Any
 from toolkit.cli import build_parser, run_main, to_jsonable
 from toolkit.config import resolve_settings
 from toolkit.datafile import read_class_names
+from toolkit.dataset.store import settle_dataset
 from toolkit.errors import UserError
 from toolkit.files import atomic_write_json, atomic_write_text
 from toolkit.layout import Workspace
@@ -145,7 +146,8 @@ def _check_dataset(data: Path) -> list[str]:
         if not entry:
             raise UserError(f"{data} has no '{split}:' entry; regenerate it with dataset_preparer.py")
         folder = Path(entry) if Path(entry).is_absolute() else base / entry
-        if folder.is_dir() and not any(p.is_file() for p in folder.iterdir()):
+        if (folder.is_dir() and not any(p.is_file() for p in folder.iterdir())
+                or folder.is_file() and not folder.read_text(encoding="utf-8").strip()):  # an empty split list
             raise UserError(f"the {split} split has no images ({folder}); import labelled images with "
                             "dataset_preparer.py first")
     return classes
@@ -170,6 +172,7 @@ def run(config: TrainConfig) -> TrainResult:
     settings = resolve_settings(workspace.training_yaml, _flags(config))
     ts = settings["training"]
     data = Path(config.data).expanduser().resolve() if config.data else workspace.dataset_yaml
+    settle_dataset(workspace, data)  # train on the images the manifest lists (an interrupted import finished/undone)
     classes = _check_dataset(data)
     mode, start = resolve_start(workspace, ts["start_from"], ts["arch"])
     name = tr.check_run_name(config.name or "train")

@@ -110,7 +110,7 @@ def production_info(workspace: Workspace, registry: Registry | None = None) -> d
 
 
 def _pending_batches(workspace: Workspace) -> list[Path]:
-    from toolkit.dataset import pending_incoming_batches
+    from toolkit.dataset.incoming import pending_incoming_batches
 
     return pending_incoming_batches(workspace) if workspace.incoming.exists() else []
 

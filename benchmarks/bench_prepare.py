@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
 
     import dataset_preparer as dp
-    from toolkit.dataset import default_workers, parallel_map
+    from toolkit.dataset.parallel import default_workers, parallel_map
 
     workers = args.workers or default_workers()
     batch = generated_batch(args.out, args.n, args.size)

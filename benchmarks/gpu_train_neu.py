@@ -29,7 +29,6 @@ import logging
 import shutil
 import sys
 import time
-import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,19 +39,9 @@ NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_s
 
 
 def _voc_to_yolo(xml_path: Path) -> list[str]:
-    root = ET.parse(xml_path).getroot()
-    w, h = float(root.findtext("size/width")), float(root.findtext("size/height"))
-    lines = []
-    for obj in root.iter("object"):  # 'difficult' boxes are kept: they are real defects
-        box = obj.find("bndbox")
-        x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        x1, x2 = max(0.0, min(x1, x2)), min(w, max(x1, x2))
-        y1, y2 = max(0.0, min(y1, y2)), min(h, max(y1, y2))
-        if x2 - x1 < 1 or y2 - y1 < 1:
-            continue
-        cls = NEU_CLASSES.index(obj.findtext("name").strip())
-        lines.append(f"{cls} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
-    return lines
+    from toolkit.labels import voc_as_yolo_text  # the import's own conversion ('difficult' boxes kept)
+
+    return voc_as_yolo_text(xml_path, NEU_CLASSES).splitlines()
 
 
 def _find(neu: Path, stem: str) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""dataset_preparer.py and toolkit/dataset.py: checks, duplicates, split, versions, and the acceptance runs."""
+"""dataset_preparer.py and toolkit/dataset/: checks, duplicates, split, versions, and the acceptance runs."""
 from __future__ import annotations
 
 import hashlib
@@ -15,10 +15,16 @@ import yaml
 
 import dataset_preparer as dp
 from setup_training import SetupConfig, run as setup_run
-from toolkit.dataset import (BACKGROUND, SplitGroup, UnionFind, assign_splits, batch_fingerprint, check_image, check_images,
-                             load_manifest, managed_name, near_duplicate_pairs, pending_incoming_batches, phash64)
+from dataset_helpers import export_voc_as_yolo_splits
+from toolkit.dataset.checks import check_image
+from toolkit.dataset.incoming import batch_fingerprint, pending_incoming_batches
+from toolkit.dataset.manifest import load_manifest
+from toolkit.dataset.parallel import check_images
+from toolkit.dataset.store import managed_name
+from toolkit.dataset.stratify import BACKGROUND, SplitGroup, UnionFind, assign_splits
 from toolkit.errors import UserError
-from toolkit.labels import SourceBox, SourceImage, export_voc_as_yolo_splits, parse_voc_xml
+from toolkit.labels import SourceBox, SourceImage, parse_voc_xml
+from toolkit.phash import near_duplicate_pairs, phash64
 from toolkit.layout import Workspace
 from toolkit.synthetic import NEU_CLASSES, write_batch
 
@@ -223,7 +229,7 @@ def test_fingerprint_and_pending_incoming(tmp_path):
 
 @pytest.fixture()
 def neu_subset(neu_dir, tmp_path) -> Path:
-    """60 NEU-DET files (10 per class, both folder pairs) as symlinks: read in place, not copied."""
+    """60 NEU-DET files (10 per class, both folder pairs), copied (links out of a source are not followed)."""
     dest = tmp_path / "neu_subset"
     picked = []
     for cls in NEU_CLASSES:
@@ -233,7 +239,7 @@ def neu_subset(neu_dir, tmp_path) -> Path:
         ann_dir = "ANNOTATIONS" if img.parent.name == "IMAGES" else "Validation_Annotations"
         for src, sub in ((img, img.parent.name), (neu_dir / ann_dir / f"{img.stem}.xml", ann_dir)):
             (dest / sub).mkdir(parents=True, exist_ok=True)
-            (dest / sub / src.name).symlink_to(src)
+            shutil.copyfile(src, dest / sub / src.name)
     return dest
 
 

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from toolkit.errors import UserError
-from toolkit.labels import (detect_format, export_voc_as_yolo_splits, parse_voc_xml, parse_yolo_label, read_source,
-                            scan_files, split_from_path, yolo_label_text)
+from dataset_helpers import export_voc_as_yolo_splits
+from toolkit.labels import (detect_format, parse_voc_xml, parse_yolo_label, read_source, scan_files, split_from_path,
+                            yolo_label_text)
 from toolkit.synthetic import NEU_CLASSES, write_batch
 
 VOC_XML = """<annotation><folder>cr</folder><filename>{filename}</filename>

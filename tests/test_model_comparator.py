@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import model_comparator
 from model_comparator import CompareConfig, run
 from toolkit import evaluation
 from toolkit.errors import UserError
+from toolkit.labels import voc_as_yolo_text
 
 NEU_NAMES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 V10, V11 = "neu_v1.0_half.pt", "neu_v1.1_full.pt"
@@ -35,15 +35,7 @@ def neu_pair(neu_dir: Path, stem: str) -> tuple[Path, Path]:
 
 
 def voc_to_yolo(xml: Path) -> str:
-    root = ET.parse(xml).getroot()
-    w, h = float(root.findtext("size/width")), float(root.findtext("size/height"))
-    lines = []
-    for obj in root.iter("object"):  # 'difficult' boxes included, as in the reference figures
-        box = obj.find("bndbox")
-        x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        lines.append(f"{NEU_NAMES.index(obj.findtext('name').strip())} {(x1 + x2) / 2 / w:.6f} "
-                     f"{(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
-    return "\n".join(lines) + "\n"
+    return voc_as_yolo_text(xml, NEU_NAMES)  # 'difficult' boxes included, as in the reference figures
 
 
 def write_neu_yolo(neu_dir: Path, stems: list[str], dest: Path, names=NEU_NAMES) -> Path:

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ import train_yolov8
 from toolkit import training as tr
 from toolkit.datafile import write_dataset_yaml
 from toolkit.errors import UserError
+from toolkit.labels import voc_as_yolo_text
 from toolkit.layout import SPLITS, Workspace
 from toolkit.synthetic import NEU_CLASSES, write_batch
 
@@ -68,16 +68,9 @@ def neu_subset(neu_dir: Path, dest: Path, per_class_train: int = 5, per_class_va
         (dest / "images" / split).mkdir(parents=True)
         (dest / "labels" / split).mkdir(parents=True)
         for stem in stems:
-            root = ET.parse(neu_dir / "ANNOTATIONS" / f"{stem}.xml").getroot()
-            w, h = float(root.findtext("size/width")), float(root.findtext("size/height"))
-            lines = []
-            for obj in root.iter("object"):
-                box = obj.find("bndbox")
-                x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-                lines.append(f"{names.index(obj.findtext('name'))} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
-                             f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+            text = voc_as_yolo_text(neu_dir / "ANNOTATIONS" / f"{stem}.xml", names)
             shutil.copyfile(neu_dir / "IMAGES" / f"{stem}.jpg", dest / "images" / split / f"{stem}.jpg")
-            (dest / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+            (dest / "labels" / split / f"{stem}.txt").write_text(text)
     data = {"path": str(dest), "train": "images/train", "val": "images/val", "names": dict(enumerate(names))}
     (dest / "data.yaml").write_text(yaml.safe_dump(data))
     return dest / "data.yaml"

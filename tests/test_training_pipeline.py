@@ -30,7 +30,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def neu_workspace(tmp_path_factory, neu_dir, shared_models):
     """Production = real v1.0; the managed dataset holds NEU's fixed test split (+ a few train/val images)."""
-    from toolkit.labels import export_voc_as_yolo_splits
+    from dataset_helpers import export_voc_as_yolo_splits
 
     base = tmp_path_factory.mktemp("neu_pipeline")
     lists = {}

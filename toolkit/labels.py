@@ -5,7 +5,7 @@ A reader only *reads*: it never opens a source file for writing. It turns a fold
 file they came from, the size the label file declares, the split the source carries) and
 the problems that belong to no image (a label without an image, an unreadable JSON).
 Checks that need the pixels (decode, real size, boxes inside the image) live in
-``toolkit.dataset``; this module checks only what the label text itself can tell.
+``toolkit.dataset.checks``; this module checks only what the label text itself can tell.
 
 Usage (from code):
     batch = read_source("D:/exports/batch7")               # format detected
@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -42,6 +41,16 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 _CLASS_LIST_FILES = ("classes.txt", "obj.names", "names.txt")
 # Junk that file managers and archivers leave behind; never an input.
 _JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
+# A report quotes at most this much of a bad line or name (a label file may be anything).
+QUOTE_LIMIT = 100
+# Bad lines reported per label file; the rest are counted (a text that is no label at all).
+BAD_LINES_SHOWN = 5
+
+
+def short(text: object, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (with an ellipsis): what a report may quote of input."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,7 @@ class FileIndex:
     yamls: list[Path] = field(default_factory=list)
     other_pictures: list[Path] = field(default_factory=list)
     skipped: int = 0
+    links_out: list[Problem] = field(default_factory=list)  # symbolic links that leave the source
 
     def images_by_name(self) -> dict[str, list[Path]]:
         index: dict[str, list[Path]] = defaultdict(list)
@@ -125,15 +135,29 @@ class FileIndex:
 
 
 def scan_files(root: Path) -> FileIndex:
-    """One sorted walk of ``root``; hidden folders, macOS ``._`` forks and OS junk are skipped."""
+    """One sorted walk of ``root``; hidden folders, macOS ``._`` forks and OS junk are skipped.
+
+    Symbolic links are not followed out of the source: a link whose target lies outside ``root``
+    (``labels/x.txt -> /etc/passwd``, an image on another share) is reported and left out; a
+    link to a folder is never descended into (what it holds inside the source is walked anyway).
+    """
     index = FileIndex(root)
+    real_root = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+        for d in dirnames:
+            path = os.path.join(dirpath, d)
+            if os.path.islink(path) and not _inside(os.path.realpath(path), real_root):
+                index.links_out.append(_link_out(Path(path), "folder"))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX"
+                             and not os.path.islink(os.path.join(dirpath, d)))
         for name in sorted(filenames):
             if name.startswith("._") or name.lower() in _JUNK_NAMES or name.startswith("."):
                 index.skipped += 1
                 continue
             path = Path(dirpath) / name
+            if os.path.islink(path) and not _inside(os.path.realpath(path), real_root):
+                index.links_out.append(_link_out(path, "file"))
+                continue
             suffix = path.suffix.lower()
             if suffix in IMAGE_SUFFIXES:
                 index.images.append(path)
@@ -148,6 +172,18 @@ def scan_files(root: Path) -> FileIndex:
             elif suffix in OTHER_PICTURE_SUFFIXES:
                 index.other_pictures.append(path)
     return index
+
+
+def _inside(real_path: str, real_root: str) -> bool:
+    return real_path == real_root or real_path.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _link_out(path: Path, what: str) -> Problem:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return Problem(path, f"symbolic link to a {what} outside the source ({short(target)}): not followed, left out")
 
 
 def split_from_path(path: Path, root: Path) -> str | None:
@@ -250,7 +286,7 @@ def _yaml_split_images(data: dict, yaml_path: Path, index: FileIndex) -> tuple[d
         for entry in entries if isinstance(entries, list) else [entries]:
             target = _resolve_yaml_entry(str(entry), base, yaml_dir)
             if target is None:
-                notes.append(f"{yaml_path.name}: '{key}: {entry}' not found; split taken from folder names")
+                notes.append(f"{yaml_path.name}: '{key}: {short(entry)}' not found; split taken from folder names")
                 continue
             if target.is_dir():
                 prefix = str(target) + os.sep
@@ -311,19 +347,19 @@ def parse_yolo_label(text: str, class_names: Sequence[str] | None) -> tuple[list
             continue
         fields = line.split()
         if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
-            problems.append(f"line {n}: expected 'class x_center y_center width height', got {line[:60]!r}")
+            problems.append(f"line {n}: expected 'class x_center y_center width height', got {short(line)!r}")
             continue
         try:
             values = [float(v) for v in fields]
         except ValueError:
-            problems.append(f"line {n}: not numbers: {line[:60]!r}")
+            problems.append(f"line {n}: not numbers: {short(line)!r}")
             continue
         if not all(math.isfinite(v) for v in values):
-            problems.append(f"line {n}: NaN or infinite value: {line[:60]!r}")
+            problems.append(f"line {n}: NaN or infinite value: {short(line)!r}")
             continue
         cls_value = values[0]
         if cls_value != int(cls_value):
-            problems.append(f"line {n}: class id {fields[0]!r} is not a whole number")
+            problems.append(f"line {n}: class id {short(fields[0])!r} is not a whole number")
             continue
         cls_id = int(cls_value)
         if cls_id < 0 or (class_names is not None and cls_id >= len(class_names)):
@@ -415,6 +451,8 @@ def read_yolo(index: FileIndex, data_yaml: Path | None = None) -> SourceBatch:
                                       (Problem(label, f"label file unreadable ({exc.__class__.__name__}); image left out"),)))
             continue
         boxes, problems = parse_yolo_label(text, class_names)
+        if len(problems) > BAD_LINES_SHOWN:
+            problems = problems[:BAD_LINES_SHOWN] + [f"{len(problems) - BAD_LINES_SHOWN} more bad line(s)"]
         images.append(SourceImage(image, label, tuple(boxes), True, None, split,
                                   tuple(Problem(label, f"{p}; image {image.name} left out") for p in problems)))
 
@@ -477,19 +515,19 @@ def parse_voc_xml(path: Path) -> VocAnnotation:
             continue
         bnd = obj.find("bndbox")
         if bnd is None:
-            problems.append(f"object {n} ({name}): no <bndbox>")
+            problems.append(f"object {n} ({short(name)}): no <bndbox>")
             continue
         try:
             coords = [float((bnd.findtext(k) or "").strip()) for k in ("xmin", "ymin", "xmax", "ymax")]
         except ValueError:
-            problems.append(f"object {n} ({name}): <bndbox> needs numeric xmin, ymin, xmax, ymax")
+            problems.append(f"object {n} ({short(name)}): <bndbox> needs numeric xmin, ymin, xmax, ymax")
             continue
         if not all(math.isfinite(v) for v in coords):
-            problems.append(f"object {n} ({name}): NaN or infinite coordinate")
+            problems.append(f"object {n} ({short(name)}): NaN or infinite coordinate")
             continue
         x1, y1, x2, y2 = coords
         if x2 <= x1 or y2 <= y1:
-            problems.append(f"object {n} ({name}): zero or negative box size ({x1:g},{y1:g})-({x2:g},{y2:g})")
+            problems.append(f"object {n} ({short(name)}): zero or negative box size ({x1:g},{y1:g})-({x2:g},{y2:g})")
             continue
         difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
         # VOC pixel coordinates are used as given, as LabelImg and CVAT write and read them.
@@ -520,7 +558,7 @@ def read_voc(index: FileIndex) -> SourceBatch:
         ann = parse_voc_xml(path)
         image = _match_voc_image(ann, by_name, by_stem, set(owner))
         if image is None:
-            shown = f"'{ann.filename}'" if ann.filename else "its file name"
+            shown = f"'{short(ann.filename)}'" if ann.filename else "its file name"
             problems.append(Problem(path, f"label without image (no image matches {shown})"
                                     + (f"; also {ann.problems[0]}" if ann.problems else "")))
             continue
@@ -611,7 +649,7 @@ def read_coco(index: FileIndex, json_files: Sequence[Path] | None = None) -> Sou
                 continue
             path = _resolve_coco_image(fname, jpath, index, by_name, known)
             if path is None:
-                problems.append(Problem(jpath, f"label without image: '{fname}' (image id {iid}) not found"))
+                problems.append(Problem(jpath, f"label without image: '{short(fname)}' (image id {iid}) not found"))
                 continue
             try:
                 size = (int(im["width"]), int(im["height"]))
@@ -727,13 +765,30 @@ def read_source(source: str | Path, fmt: str = "auto") -> SourceBatch:
     else:
         batch = read_coco(index, [explicit] if explicit else None)
     extra = [Problem(p, f"unsupported image format {p.suffix.lower()} (convert it to JPEG or PNG; "
-                        "its label, if any, is not imported)") for p in index.other_pictures]
+                        "its label, if any, is not imported)") for p in index.other_pictures] + index.links_out
     notes = list(batch.notes)
     if index.skipped:
         notes.append(f"{index.skipped} hidden or system file(s) skipped")
     logger.info("%s: %s (%s)", source, batch.description, why)
-    return SourceBatch(batch.root, batch.fmt, batch.class_names, batch.images, batch.problems + tuple(extra),
-                       f"{batch.description} [{why}]", batch.has_split, tuple(notes))
+    return SourceBatch(batch.root, batch.fmt, batch.class_names, _without_refused_labels(batch.images, index),
+                       batch.problems + tuple(extra), f"{batch.description} [{why}]", batch.has_split, tuple(notes))
+
+
+def _without_refused_labels(images: Sequence[SourceImage], index: FileIndex) -> tuple[SourceImage, ...]:
+    """An image that found no label while a label-like file of its name was refused (a link out
+    of the source) is not a background image: it is left out, with the reason."""
+    refused = {p.path.stem.lower(): p.path for p in index.links_out if p.path.suffix.lower() in (".txt", ".xml")}
+    if not refused:
+        return tuple(images)
+    out = []
+    for item in images:
+        link = refused.get(item.image.stem.lower()) if item.label is None else None
+        if link is not None:
+            item = SourceImage(item.image, None, (), item.normalized, None, item.split,
+                               (Problem(item.image, f"its label {link.name} is a link out of the source (not followed); "
+                                                    "image left out"),))
+        out.append(item)
+    return tuple(out)
 
 
 def yolo_label_text(boxes: Iterable[tuple[int, float, float, float, float]]) -> str:
@@ -742,41 +797,66 @@ def yolo_label_text(boxes: Iterable[tuple[int, float, float, float, float]]) -> 
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def export_voc_as_yolo_splits(voc_root: str | Path, split_files: Mapping[str, str | Path], dest: str | Path,
-                              stems_limit: int | None = None) -> Path:
-    """Write a YOLO copy of a VOC dataset laid out by split: ``dest/images/<split>/*``,
-    ``dest/labels/<split>/*.txt`` and ``dest/data.yaml``.
+# Boxes may overshoot the image by less than a pixel (rounding in labelling tools): clipped.
+# More than that is a wrong label and the image is left out.
+EDGE_TOLERANCE_PX = 1.0
 
-    ``split_files`` maps a split name to a text file of image stems (NEU-DET's ``splits/*.txt``);
-    ``stems_limit`` keeps the first N stems of each list (small test fixtures). Images are copied;
-    the VOC source is only read. Returns ``dest``.
+
+def yolo_boxes(boxes: Iterable[SourceBox], width: int, height: int, normalized: bool, label: Path | None,
+               image: Path) -> tuple[list[tuple], list[Problem], list[Problem]]:
+    """Boxes as normalized ``(cls, xc, yc, w, h)`` on a ``width`` x ``height`` image, plus problems
+    and warnings: the one VOC/COCO/YOLO -> YOLO conversion of the toolkit (the import uses it,
+    and so do the test and benchmark fixtures). A box overshooting the image by less than
+    ``EDGE_TOLERANCE_PX`` is clipped; more, or no area, is a problem (the image is left out).
     """
-    from PIL import Image
+    out, problems, warnings = [], [], []
+    where_file = label or image
+    seen: dict[tuple, str] = {}
+    for b in boxes:
+        sx, sy = (width, height) if normalized else (1.0, 1.0)
+        x1, y1, x2, y2 = b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy  # pixels
+        tag = f"{b.where} ({short(b.cls)})" if b.where else short(b.cls)
+        if x2 - x1 <= 0 or y2 - y1 <= 0:
+            problems.append(Problem(where_file, f"{tag}: zero or negative box size; image {image.name} left out"))
+            continue
+        over = max(-x1, -y1, x2 - width, y2 - height)
+        if over >= EDGE_TOLERANCE_PX:
+            problems.append(Problem(where_file, f"{tag}: box ({x1:.1f},{y1:.1f})-({x2:.1f},{y2:.1f}) lies "
+                                                f"outside the {width}x{height} image; image {image.name} left out"))
+            continue
+        x1, y1 = max(0.0, x1), max(0.0, y1)
+        x2, y2 = min(float(width), x2), min(float(height), y2)
+        if x2 - x1 <= 0 or y2 - y1 <= 0:
+            problems.append(Problem(where_file, f"{tag}: box has no area inside the image; image {image.name} left out"))
+            continue
+        row = (b.cls, (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+        key = (b.cls, *(round(v, 6) for v in row[1:]))
+        if key in seen:
+            # Kept as labelled (ultralytics drops the repeat when it loads the label): a warning.
+            warnings.append(Problem(where_file, f"{tag}: exact duplicate of {seen[key]} (kept; ultralytics ignores the repeat)"))
+        else:
+            seen[key] = b.where or "another box"
+        out.append(row)
+    return out, problems, warnings
 
-    batch = read_voc(scan_files(Path(voc_root).resolve()))
-    by_stem = {i.image.stem: i for i in batch.images}
-    # Sorted, as the preparer orders VOC names (and as every NEU-DET model is trained).
-    names = sorted({str(b.cls) for item in batch.images for b in item.boxes})
-    dest = Path(dest)
-    for split, list_file in split_files.items():
-        stems = [s.strip() for s in Path(list_file).read_text(encoding="utf-8").splitlines() if s.strip()]
-        if stems_limit is not None:
-            stems = stems[:stems_limit]
-        (dest / "images" / split).mkdir(parents=True, exist_ok=True)
-        (dest / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for stem in stems:
-            item = by_stem.get(stem)
-            if item is None:
-                raise UserError(f"{list_file}: no image with stem {stem!r} in {voc_root}")
-            with Image.open(item.image) as im:
-                w, h = im.size
-            rows = []
-            for b in item.boxes:
-                x1, x2 = max(0.0, b.x1) / w, min(float(w), b.x2) / w
-                y1, y2 = max(0.0, b.y1) / h, min(float(h), b.y2) / h
-                rows.append((names.index(str(b.cls)), (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))
-            shutil.copyfile(item.image, dest / "images" / split / item.image.name)
-            (dest / "labels" / split / f"{item.image.stem}.txt").write_text(yolo_label_text(rows), encoding="utf-8")
-    data = {"path": str(dest.resolve()), **{s: f"images/{s}" for s in split_files}, "names": dict(enumerate(names))}
-    (dest / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return dest
+
+def voc_as_yolo_text(xml: str | Path, names: Sequence[str], image: str | Path | None = None) -> str:
+    """The YOLO label text of one Pascal VOC file, converted exactly as an import converts it
+    (``yolo_boxes`` on the image's real size when ``image`` is given, else the size the XML
+    declares). Raises ``UserError`` where an import would reject the image. For fixtures and
+    tools that lay out a YOLO copy by hand."""
+    ann = parse_voc_xml(Path(xml))
+    size = ann.size
+    if image is not None:
+        from PIL import Image
+
+        with Image.open(image) as im:
+            size = im.size
+        if ann.size is not None and ann.size != size:
+            raise UserError(f"{xml} gives size {ann.size[0]}x{ann.size[1]} but {Path(image).name} is {size[0]}x{size[1]}")
+    if ann.problems or size is None:
+        raise UserError(f"{xml}: {(ann.problems or ('no <size> and no image given',))[0]}")
+    boxes, problems, _ = yolo_boxes(ann.boxes, size[0], size[1], False, Path(xml), Path(image or xml))
+    if problems:
+        raise UserError(problems[0].reason)
+    return yolo_label_text((list(names).index(str(c)), *rest) for c, *rest in boxes)

@@ -116,6 +116,15 @@ class Workspace:
     def lock_file(self) -> Path:
         return self.training / "pipeline.lock"
 
+    @property
+    def dataset_staging(self) -> Path:
+        """Where an import writes its copies until the manifest that lists them is committed."""
+        return self.datasets / ".staging"
+
+    def split_list(self, split: str) -> Path:
+        """The images of a split as the manifest lists them: what training and evaluation read."""
+        return self.datasets / f"{split}.txt"
+
     def images_dir(self, split: str) -> Path:
         return self.datasets / "images" / split
 

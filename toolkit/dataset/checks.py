@@ -1,0 +1,166 @@
+"""The check of one source image: read, hash, fully decode, orientation, boxes against the real size.
+
+EXIF orientation: an image whose EXIF orientation is not 1 is written *upright* (re-encoded,
+without the tag) and its labels are taken as drawn on the upright image - what CVAT, Label
+Studio, browsers and ultralytics' own loader (cv2) show. A VOC/COCO size that matches only the
+un-rotated pixels betrays labels drawn on the raw pixels: such an image is rejected.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolkit.labels import Problem, SourceImage, yolo_boxes
+from toolkit.phash import phash64
+
+logger = logging.getLogger(__name__)
+
+# ultralytics rejects images under 10 px a side; catch them here, with a reason.
+MIN_IMAGE_SIDE = 10
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """What the check of one source image found (everything the planner and the writer need)."""
+
+    source: SourceImage
+    problems: tuple[Problem, ...] = ()
+    warnings: tuple[Problem, ...] = ()
+    sha256: str = ""
+    phash: int = 0
+    width: int = 0
+    height: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    kind: str = ""          # jpeg, png, bmp, tiff, webp
+    boxes: tuple[tuple[str | int, float, float, float, float], ...] = ()  # cls, xc, yc, w, h (normalized)
+    difficult: int = 0
+    orientation: int = 1
+    reencode: str = ""      # why the copy must be re-encoded ("" = byte copy)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def sniff_image_kind(head: bytes) -> str | None:
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:2] == b"BM":
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def exif_orientation(data: bytes, kind: str) -> int:
+    """EXIF orientation tag (1-8; 1 when absent). PIL only reads headers here: cheap."""
+    head = data[:1 << 16]
+    if kind not in ("tiff", "webp") and b"Exif" not in head and b"eXIf" not in data:
+        return 1
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block is not a broken image: the decode decides
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels as EXIF ``orientation`` says they should be shown (upright)."""
+    import cv2
+
+    ops = {2: lambda a: cv2.flip(a, 1), 3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
+           4: lambda a: cv2.flip(a, 0), 5: lambda a: cv2.transpose(a),
+           6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+           7: lambda a: cv2.rotate(cv2.transpose(a), cv2.ROTATE_180),
+           8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE)}
+    return ops[orientation](img) if orientation in ops else img
+
+
+def check_image(item: SourceImage) -> CheckedImage:
+    """Read, hash and fully decode one image; check its boxes against its real (upright) size.
+
+    Never writes anything and never raises: whatever a strange file makes a decoder throw
+    becomes that file's problem. Safe to run in a thread or a process.
+    """
+    try:
+        return _check_image(item)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a batch of thousands
+        logger.debug("check of %s failed", item.image, exc_info=True)
+        return CheckedImage(item, (Problem(item.image, f"could not be checked ({type(exc).__name__}: {exc})"),
+                                   *item.problems))
+
+
+def _check_image(item: SourceImage) -> CheckedImage:
+    import cv2
+
+    path = item.image
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        return CheckedImage(item, (Problem(path, f"cannot read the image ({exc.strerror or exc})"), *item.problems))
+    base = dict(size=st.st_size, mtime_ns=st.st_mtime_ns)
+    label_problems = tuple(item.problems)  # reported too when the image itself is bad
+    if not data:
+        return CheckedImage(item, (Problem(path, "empty file (0 bytes)"), *label_problems), **base)
+    kind = sniff_image_kind(data[:16])
+    if kind is None:
+        return CheckedImage(item, (Problem(path, "not an image (content is not JPEG, PNG, BMP, TIFF or WebP)"),
+                                   *label_problems), **base)
+    sha = hashlib.sha256(data).hexdigest()
+    base.update(sha256=sha, kind=kind)
+    reencode = ""
+    if kind == "jpeg" and not data.endswith(b"\xff\xd9"):
+        # cv2 happily decodes a truncated JPEG (grey bottom); PIL in strict mode does not.
+        from PIL import Image
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception as exc:
+            return CheckedImage(item, (Problem(path, f"truncated or corrupt JPEG (no end marker; {exc})"),
+                                       *label_problems), **base)
+        reencode = "data after the JPEG end marker (ultralytics would rewrite it)"
+    if kind == "png" and b"IEND" not in data[-64:]:
+        return CheckedImage(item, (Problem(path, "truncated PNG (no IEND chunk)"), *label_problems), **base)
+    grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
+    if grey is None or grey.size == 0:
+        return CheckedImage(item, (Problem(path, f"corrupt {kind.upper()}: cannot be decoded"), *label_problems), **base)
+    raw_h, raw_w = grey.shape[:2]
+    orientation = exif_orientation(data, kind)
+    warnings: list[Problem] = []
+    if orientation != 1:
+        grey = apply_orientation(grey, orientation)
+        reencode = reencode or f"EXIF orientation {orientation}: copy written upright"
+        warnings.append(Problem(path, f"EXIF orientation {orientation}: the copy is written upright, labels taken "
+                                      "as drawn on the upright image"))
+    height, width = grey.shape[:2]
+    problems: list[Problem] = list(item.problems)
+    if min(width, height) < MIN_IMAGE_SIDE:
+        problems.append(Problem(path, f"image too small ({width}x{height}; at least {MIN_IMAGE_SIDE} px a side)"))
+    label_name = item.label.name if item.label else path.name
+    if item.declared_size and item.declared_size != (width, height):
+        dw, dh = item.declared_size
+        if orientation >= 5 and item.declared_size == (raw_w, raw_h):
+            problems.append(Problem(item.label or path, f"{label_name} gives size {dw}x{dh}: the un-rotated pixels, but "
+                                    f"EXIF orientation {orientation} shows the image as {width}x{height}; labels drawn "
+                                    "on the raw pixels cannot be trusted - re-export the image upright and relabel"))
+        else:
+            problems.append(Problem(item.label or path, f"{label_name} gives size {dw}x{dh} but the image is "
+                                                        f"{width}x{height}; image {path.name} left out"))
+    boxes, box_problems, box_warnings = yolo_boxes(item.boxes, width, height, item.normalized, item.label, path)
+    problems += box_problems
+    warnings += box_warnings
+    return CheckedImage(item, tuple(problems), tuple(warnings), sha, phash64(grey), width, height, st.st_size,
+                        st.st_mtime_ns, kind, tuple(boxes), sum(b.difficult for b in item.boxes), orientation, reencode)
