@@ -141,7 +141,7 @@ def test_detection_system_notices_a_promotion_while_appending(neu_dir, shared_mo
     import dataset_preparer
     import setup_training
     import training_pipeline
-    from toolkit.labels import export_voc_as_yolo_splits
+    from dataset_helpers import export_voc_as_yolo_splits
     from toolkit.layout import Workspace
     from toolkit.registry import Registry
 

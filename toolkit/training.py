@@ -748,7 +748,7 @@ def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: 
             entry = {}
         version = entry.get("dataset_version")
         if version is not None and str(version).isdigit():
-            from toolkit.dataset import manifest_history_path
+            from toolkit.dataset.manifest import manifest_history_path
 
             old = manifest_history_path(workspace, int(version))
             try:
