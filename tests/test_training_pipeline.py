@@ -89,6 +89,16 @@ def test_candidate_promoted_then_kept_then_rollback(neu_workspace, shared_models
     assert re.search(r"candidate mAP50-95 0\.\d{3} vs production 0\.\d{3}", promoted), promoted
     assert "production 1.0" in runs[-1] and "rollback" in runs[-1] and "from 1.1" in runs[-1]
 
+    # v1.1 promoted again after the rollback is version 1.1 again (one model, one version), not "1.2"
+    assert training_pipeline.main(["--root", str(root), "--candidate", str(v11), "--json", "--no-analyze"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["decision"] == "promoted" and again["production"]["version"] == "1.1"
+    assert [v["version"] for v in Registry.load(ws).versions] == ["1.0", "1.1"]
+    assert json.loads(ws.production_sidecar.read_text())["version"] == "1.1"
+    assert training_pipeline.main(["--root", str(root), "--rollback", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["production"]["version"] == "1.0"
+    assert ws.production_model.read_bytes() == v10.read_bytes()
+
 
 def test_tampered_archive_refused_by_rollback_cli(neu_workspace, capsys):
     ws = Workspace.at(neu_workspace)
