@@ -293,7 +293,7 @@ def _finish(config: PipelineConfig, ws: Workspace, runner: _StageRunner, stamp: 
         html_path = None
     data["html_report"] = str(html_path) if html_path else None
     write_report(json_path, data, _markdown(data))
-    logger.info("decision: %s - production is version %s", decision.upper(), production["version"])
+    logger.info("decision: %s - production: %s", decision.upper(), _production_words(production))
     return PipelineResult(decision, production, stages, json_path, tuple(reasons), dict(runner.timings),
                           html_report=html_path)
 
@@ -301,8 +301,8 @@ def _finish(config: PipelineConfig, ws: Workspace, runner: _StageRunner, stamp: 
 def _markdown(data: dict[str, Any]) -> str:
     from toolkit.reports import markdown_table, md
 
-    lines = [f"# {md(data['title'])}", "", f"**Decision: {md(data['decision'])}** - production version "
-             f"{md(data['production']['version'])}", ""]
+    lines = [f"# {md(data['title'])}", "", f"**Decision: {md(data['decision'])}** - production "
+             f"{md(_production_words(data['production']))}", ""]
     lines += [f"- {md(r)}" for r in data["reasons"]] + [""]
     lines.append(markdown_table(["stage", "seconds"], [[k, v] for k, v in data["timings"].items()]))
     return "\n".join(lines)
@@ -358,7 +358,7 @@ def describe(result: Any) -> str:
             steps = result.stages["plan"]["steps"]
             return "Dry run (nothing changed):\n" + "\n".join(f"  {k:8s} {v}" for k, v in steps.items())
         lines = [f"Decision: {result.decision.upper()}",
-                 f"Production model: {result.production['path']} (version {result.production['version']})"]
+                 f"Production model: {result.production['path']} ({_production_words(result.production)})"]
         lines += [f"  - {r}" for r in result.reasons]
         if result.html_report:
             lines.append(f"Report: {result.html_report}")
@@ -367,7 +367,15 @@ def describe(result: Any) -> str:
         return "\n".join(lines)
     if "versions" in result:
         return _describe_status(result)
-    return f"Production is now version {result['production']['version']} (was {result.get('from_version')})"
+    was = f"was version {result['from_version']}" if result.get("from_version") else "was not registered"
+    return f"Production is now version {result['production']['version']} ({was})"
+
+
+def _production_words(production: dict[str, Any]) -> str:
+    """'version 1.2', 'not registered yet' or 'none yet' - never 'version None'."""
+    if production.get("version"):
+        return f"version {production['version']}"
+    return "none yet" if not production.get("sha256") else "not registered yet"
 
 
 def _describe_status(result: dict[str, Any]) -> str:

@@ -192,6 +192,10 @@ def test_status_before_any_model(tmp_path):
     run = _status_cli(tmp_path)
     assert run.returncode == 0, run.stderr
     assert "None" not in run.stdout and "Production: none yet" in run.stdout
+    nightly = subprocess.run([sys.executable, str(REPO / "training_pipeline.py"), "--root", str(tmp_path),
+                              "--if-new-data"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert nightly.returncode == 0, nightly.stderr
+    assert "None" not in nightly.stdout + nightly.stderr and "(none yet)" in nightly.stdout
 
 
 @pytest.mark.parametrize("content", [b'{"versions": [', b"[]", b'{"versions": "1.0"}',
