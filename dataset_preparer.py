@@ -43,8 +43,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from toolkit.cli import build_parser, run_main
-from toolkit.config import resolve_settings
+from toolkit.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.config import Settings, option, resolve_config, setting
 from toolkit.datafile import read_class_names, write_dataset_yaml
 from toolkit.dataset.incoming import batch_fingerprint, pending_incoming_batches
 from toolkit.dataset.manifest import empty_manifest, load_manifest, split_counts, write_split_lists
@@ -62,47 +62,6 @@ from toolkit.reports import markdown_table, md, md_code, report_path, utc_now_is
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    root: Path
-    source: Path | None = None          # --source: a batch folder (or a data yaml / COCO json)
-    fmt: str = "auto"                   # --format: auto, yolo, voc, coco
-    incoming: bool = False              # --incoming: every unimported sub-folder of training/incoming/
-    keep_split: bool = False            # --keep-split: keep the train/val/test split the source carries
-    check: bool = False                 # --check: validate and report, change nothing
-    class_map: tuple = ()               # --map old=new (strings "old=new" or (old, new) pairs)
-    split: Mapping[str, float] | None = None  # --split: ratios for new images (default training.yaml)
-    max_bad_fraction: float | None = None     # --max-bad-fraction (default training.yaml)
-    workers: int | None = None          # --workers: parallel checks (default: CPU cores, at most 8)
-    near_duplicate_bits: int | None = None    # --near-duplicate-bits (default training.yaml)
-    executor: str = "auto"              # checks on: auto (forked processes on Linux for big batches), thread, process
-
-
-@dataclass(frozen=True)
-class PrepareResult:
-    dataset_version: int | None
-    images: dict[str, int]              # managed images per split (after this run)
-    boxes_per_class: dict[str, int]     # managed boxes per class (after this run)
-    added: int
-    duplicates: int
-    rejected: tuple[dict, ...]          # [{path, reason}], one per problem
-    report: Path | None
-    batches: tuple[str, ...] = ()       # the batch folders read
-    background_images: int = 0
-    classes: tuple[str, ...] = ()
-    added_per_split: dict[str, int] = field(default_factory=dict)
-    duplicate_files: tuple[dict, ...] = ()   # [{path, duplicate_of, kind}]
-    near_duplicates: tuple[dict, ...] = ()   # new images placed beside a near-duplicate
-    warnings: tuple[dict, ...] = ()          # accepted, but worth a look (EXIF, repeated boxes)
-    difficult_boxes: int = 0
-    formats: dict[str, str] = field(default_factory=dict)  # batch folder -> what was found
-    changed: bool = False
-    check_only: bool = False
-    notes: tuple[str, ...] = ()
-    seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
 
 # --------------------------------------------------------------------------- settings
@@ -136,19 +95,74 @@ def parse_split(text: str | None) -> dict[str, float] | None:
         else:
             raise ValueError
     except ValueError:
-        raise UserError(f"--split {text!r}: give three numbers for train/val/test, e.g. --split 80/10/10") from None
+        raise UserError(f"--split {text[:100]!r}: give three numbers for train/val/test, e.g. --split 80/10/10") from None
     return ratios
 
 
 def _ratios(value: Mapping[str, Any]) -> dict[str, float]:
+    """Ratios of any scale (80/10/10, 8:1:1) as shares that add up to 1."""
     bad = [k for k in value if k not in SPLITS]
     if bad:
-        raise UserError(f"dataset.split: unknown split(s) {bad}; use train, val and test")
+        raise UserError(f"--split: unknown split(s) {bad}; use train, val and test")
     ratios = {s: float(value.get(s, 0) or 0) for s in SPLITS}
     if any(v < 0 for v in ratios.values()) or ratios["train"] <= 0:
-        raise UserError(f"dataset.split {ratios}: ratios must be >= 0 and train > 0")
+        raise UserError(f"--split {ratios}: ratios must be >= 0 and train > 0")
     total = sum(ratios.values())
     return {s: v / total for s, v in ratios.items()}
+
+
+def split_shares_of(text: str) -> dict[str, float]:
+    """The --split flag as shares: ``80/10/10`` -> {train: 0.8, val: 0.1, test: 0.1}."""
+    return _ratios(parse_split(text))
+
+
+FORMATS = ("auto", "yolo", "voc", "coco")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    root: Path
+    source: Path | None = option("--source", "a labelled batch: a folder, a data yaml or a COCO .json", type=Path,
+                                 exclusive="source")
+    fmt: str = option("--format", "label format of the source", default="auto", choices=FORMATS)
+    incoming: bool = option("--incoming", "import every new sub-folder of training/incoming/ "
+                            "(what happens without --source)", default=False, exclusive="source")
+    keep_split: bool = option("--keep-split", "keep the train/val/test split the source carries "
+                              "(folders or data yaml)", default=False)
+    check: bool = option("--check", "validate and report only; change nothing", default=False)
+    class_map: tuple = option("--map", "rename a source class to a dataset class, e.g. --map scratch=scratches "
+                              "(repeatable)", default=(), repeat=True, metavar="OLD=NEW")
+    split: Mapping[str, float] | None = setting("dataset.split", parse=split_shares_of)
+    max_bad_fraction: float | None = setting("dataset.max_bad_fraction")
+    workers: int | None = option("--workers", "parallel checks (default: CPU cores, at most 8)", type=int)
+    near_duplicate_bits: int | None = setting("dataset.near_duplicate_bits")
+    # checks on: auto (forked processes on Linux for big batches), thread, process
+    executor: str = "auto"
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    dataset_version: int | None
+    images: dict[str, int]              # managed images per split (after this run)
+    boxes_per_class: dict[str, int]     # managed boxes per class (after this run)
+    added: int
+    duplicates: int
+    rejected: tuple[dict, ...]          # [{path, reason}], one per problem
+    report: Path | None
+    batches: tuple[str, ...] = ()       # the batch folders read
+    background_images: int = 0
+    classes: tuple[str, ...] = ()
+    added_per_split: dict[str, int] = field(default_factory=dict)
+    duplicate_files: tuple[dict, ...] = ()   # [{path, duplicate_of, kind}]
+    near_duplicates: tuple[dict, ...] = ()   # new images placed beside a near-duplicate
+    warnings: tuple[dict, ...] = ()          # accepted, but worth a look (EXIF, repeated boxes)
+    difficult_boxes: int = 0
+    formats: dict[str, str] = field(default_factory=dict)  # batch folder -> what was found
+    changed: bool = False
+    check_only: bool = False
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
 
 # --------------------------------------------------------------------------- report
@@ -261,19 +275,11 @@ class _Options:
     workers: int
 
 
-def _resolve_options(config: PrepareConfig, workspace: Workspace) -> _Options:
-    # A split given here names every ratio: a missing one is 0, not training.yaml's value.
-    unknown = sorted(set(config.split or {}) - set(SPLITS))
-    if unknown:
-        raise UserError(f"--split: unknown split(s) {unknown}; use train, val and test")
-    split = {s: float(config.split.get(s, 0) or 0) for s in SPLITS} if config.split else None
-    given = {"split": split, "max_bad_fraction": config.max_bad_fraction,
-             "near_duplicate_bits": config.near_duplicate_bits}
-    flags = {"dataset": {k: v for k, v in given.items() if v is not None}}
-    settings = resolve_settings(workspace.training_yaml if workspace.training_yaml.exists() else None, flags)
-    return _Options(ratios=_ratios(settings["dataset"]["split"]), max_bad=float(settings["dataset"]["max_bad_fraction"]),
-                    bits=int(settings["dataset"]["near_duplicate_bits"]), class_map=parse_class_map(config.class_map),
-                    workers=config.workers or default_workers())
+def _resolve_options(config: PrepareConfig, workspace: Workspace, settings: Settings | None) -> _Options:
+    # A split given here names every share (a missing one is 0), checked like training.yaml's.
+    config, _ = resolve_config(config, settings or Settings.load(workspace.training_yaml))
+    return _Options(ratios=config.split, max_bad=config.max_bad_fraction, bits=config.near_duplicate_bits,
+                    class_map=parse_class_map(config.class_map), workers=config.workers or default_workers())
 
 
 class _Clock:
@@ -290,11 +296,13 @@ class _Clock:
 
 
 @holds_workspace_lock("prepare")
-def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResult:
-    """Import the source (or the new batches of training/incoming/) into the managed dataset."""
+def run(config: PrepareConfig, progress: Progress | None = None, settings: Settings | None = None) -> PrepareResult:
+    """Import the source (or the new batches of training/incoming/) into the managed dataset.
+
+    ``settings``: the resolved settings of a pipeline run (default: read training.yaml)."""
     clock = _Clock()
     workspace = Workspace.at(config.root)
-    options = _resolve_options(config, workspace)
+    options = _resolve_options(config, workspace, settings)
     notes: list[str] = []
     manifest = load_manifest(workspace)
     if not config.check:
@@ -516,36 +524,13 @@ def describe(result: PrepareResult) -> str:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = build_parser(__doc__, prog="dataset_preparer.py")
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--source", type=Path, help="a labelled batch: a folder, a data yaml or a COCO .json")
-    what.add_argument("--incoming", action="store_true",
-                      help="import every new sub-folder of training/incoming/ (the default without --source)")
-    parser.add_argument("--format", dest="fmt", default="auto", choices=("auto", "yolo", "voc", "coco"),
-                        help="label format of the source")
-    parser.add_argument("--keep-split", action="store_true",
-                        help="keep the train/val/test split the source carries (folders or data yaml)")
-    parser.add_argument("--check", action="store_true", help="validate and report only; change nothing")
-    parser.add_argument("--map", dest="class_map", action="append", default=[], metavar="OLD=NEW",
-                        help="rename a source class to a dataset class (repeatable)")
-    parser.add_argument("--split", default=None, help="ratios for new images, e.g. 80/10/10 (default: training.yaml)")
-    parser.add_argument("--max-bad-fraction", type=float, default=None,
-                        help="stop when a larger share of a batch is bad (default: training.yaml)")
-    parser.add_argument("--near-duplicate-bits", type=int, default=None,
-                        help="perceptual-hash distance (of 64 bits) for near-duplicates (default: training.yaml)")
-    parser.add_argument("--workers", type=int, default=None, help="parallel checks (default: CPU cores, at most 8)")
+    add_options(parser, PrepareConfig)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
-
-    def execute(a: argparse.Namespace) -> PrepareResult:
-        return run(PrepareConfig(root=Workspace.at(a.root).root, source=a.source, fmt=a.fmt, incoming=a.incoming,
-                                 keep_split=a.keep_split, check=a.check, class_map=tuple(a.class_map),
-                                 split=parse_split(a.split), max_bad_fraction=a.max_bad_fraction,
-                                 workers=a.workers, near_duplicate_bits=a.near_duplicate_bits))
-
-    return run_main(args, execute, describe)
+    return run_main(args, lambda a: run(config_from_args(PrepareConfig, a)), describe)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Report: training/reports/compare_<time>.json, .md and .png (per-class AP50 side 
 Nothing is promoted here: training_pipeline.py promotes the winner.
 
 Usage:
-    python model_comparator.py --candidates training/runs/train/weights/best.pt
+    python model_comparator.py --candidates training/runs/<stamp>-train/weights/best.pt
     python model_comparator.py --root D:/inspection --production old.pt --candidates a.pt b.pt --json
     python model_comparator.py --candidates best.pt --data other/data.yaml --split val --subset 60
 """
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit.cli import build_parser, run_main
-from toolkit.config import resolve_settings
+from toolkit.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.config import Settings, option, resolve_config, setting
 from toolkit.dataset.store import settle_dataset
 from toolkit.decision import PromotionRules, decide, judge_candidate
 from toolkit.errors import UserError
@@ -45,19 +45,24 @@ BOOTSTRAP_SEED = 0  # fixed: the same inputs give the same interval, night after
 @dataclass(frozen=True)
 class CompareConfig:
     root: Path
-    production: Path | None = None          # --production (default ROOT/yolov8_model.pt)
-    candidates: tuple[Path, ...] = ()       # --candidates PATH...
-    data: Path | None = None                # --data (default training/configs/dataset.yaml)
-    split: str | None = None                # --split; None: training.yaml evaluation.split
-    imgsz: int | None = None
-    batch: int | None = None
-    conf: float | None = None
-    iou: float | None = None
-    device: str | None = None
-    subset: int | None = None               # --subset N: first N images of the split, by name
-    resamples: int | None = None            # --resamples; None: promotion.bootstrap_resamples
-    speed_images: int | None = None         # --speed-images; None: evaluation.speed_images (0: no timing)
-    use_cache: bool = True                  # --no-cache evaluates every model again
+    production: Path | None = option("--production", "production model (default: ROOT/yolov8_model.pt)", type=Path)
+    candidates: tuple[Path, ...] = option("--candidates", "candidate model(s) to compare with production, e.g. "
+                                          "training/runs/<stamp>-train/weights/best.pt", default=(), type=Path,
+                                          nargs="+", metavar="PATH")
+    data: Path | None = option("--data", "ultralytics data yaml (default: training/configs/dataset.yaml)", type=Path)
+    split: str | None = setting("evaluation.split")
+    imgsz: int | None = setting("evaluation.imgsz")
+    batch: int | None = setting("evaluation.batch")
+    conf: float | None = setting("evaluation.conf")
+    iou: float | None = setting("evaluation.iou")
+    device: str | None = setting("evaluation.device")
+    subset: int | None = option("--subset", "score only the first N images of the split (by name): quick checks",
+                                type=int, metavar="N")
+    resamples: int | None = setting("promotion.bootstrap_resamples")
+    speed_images: int | None = setting("evaluation.speed_images")
+    use_cache: bool = option("--no-cache", "evaluate every model again, ignoring the evaluation cache", default=True)
+    force: bool = option("--force", "approve a first model (no production yet) even below "
+                         "promotion.min_first_map", default=False)
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class CompareResult:
     images: int
     dataset_version: str
     models: tuple[dict[str, Any], ...]      # production first, then the candidates
-    winner: str
+    winner: str | None                      # None: no production and no candidate good enough
     decision: dict[str, Any]                # promote, reasons, gain, ci95, metric, candidates
     report: Path
     markdown: Path
@@ -96,27 +101,23 @@ def _resolve_models(workspace: Workspace, config: CompareConfig) -> tuple[Path |
 
 
 @holds_workspace_lock("compare")
-def run(config: CompareConfig, progress: Callable | None = None) -> CompareResult:
+def run(config: CompareConfig, progress: Callable | None = None, settings: Settings | None = None) -> CompareResult:
     from toolkit import evaluation as ev_mod
     from toolkit.offline import prepare_ultralytics
 
     started = time.perf_counter()
     workspace = Workspace.at(config.root)
-    flags = {"evaluation": {"split": config.split, "imgsz": config.imgsz, "batch": config.batch,
-                            "conf": config.conf, "iou": config.iou, "device": config.device,
-                            "speed_images": config.speed_images},
-             "promotion": {"bootstrap_resamples": config.resamples}}
-    settings = resolve_settings(workspace.training_yaml, flags)
-    eval_settings = ev_mod.EvalSettings.from_settings(settings["evaluation"])
-    rules = PromotionRules.from_settings(settings["promotion"])
-    split = str(settings["evaluation"]["split"])
+    config, settings = resolve_config(config, settings or Settings.load(workspace.training_yaml))
+    eval_settings = ev_mod.EvalSettings.from_settings(settings.section("evaluation"))
+    rules = PromotionRules.from_settings(settings.section("promotion"))
+    split = config.split
     data_yaml = Path(config.data).expanduser().resolve() if config.data else workspace.dataset_yaml
     production_path, candidate_paths = _resolve_models(workspace, config)
     settle_dataset(workspace, data_yaml)  # score the images the manifest lists, nothing else in the split folders
 
     data = ev_mod.load_split(data_yaml, split, config.subset)
     version = ev_mod.dataset_version_of(workspace, data_yaml, data.fingerprint)
-    config_dir = workspace.cache / "ultralytics"
+    config_dir = workspace.ultralytics_config
     prepare_ultralytics(config_dir)
     paths = ([production_path] if production_path else []) + candidate_paths
     roles = (["production"] if production_path else []) + ["candidate"] * len(candidate_paths)
@@ -125,7 +126,7 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
     bar = progress or (lambda it, n, name: progress_bar(it, total=n, desc=name))
     evaluations = []
     for model in models:
-        evaluations.append(ev_mod.evaluate(model, data, eval_settings, workspace.cache / "evaluations", version,
+        evaluations.append(ev_mod.evaluate(model, data, eval_settings, workspace.evaluation_cache, version,
                                            subset=config.subset, use_cache=config.use_cache,
                                            progress=lambda it, n, name=model.path.name: bar(it, n, name)))
     if eval_settings.speed_images:
@@ -133,6 +134,8 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
     for ev, ms in zip(evaluations, ev_mod.measure_speeds(models, data, eval_settings)):
         ev.ms_per_image = ms
     entries = [ev_mod.model_entry(ev, role) for ev, role in zip(evaluations, roles)]
+    for entry, model in zip(entries, models):
+        entry["trained_imgsz"] = model.trained_imgsz
 
     verdicts = []
     production_entry = entries[0] if production_path else None
@@ -143,7 +146,10 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
             ci95 = ev_mod.interval95(gains)
             entry["gain"], entry["ci95"] = entry[rules.metric] - production_entry[rules.metric], list(ci95)
             verdicts.append(judge_candidate(production_entry, entry, rules, ci95))
-    decision = decide(production_entry, verdicts, rules, entries if production_entry is None else ())
+    decision = decide(production_entry, verdicts, rules, entries if production_entry is None else (),
+                      force=config.force)
+    decision["reasons"].append(size_reason(entries, eval_settings))
+    decision["imgsz"] = {Path(e["path"]).name: e["imgsz"] for e in entries}
     winner = decision.pop("winner")
     for line in decision["reasons"]:
         logger.info("  %s", line)
@@ -158,6 +164,22 @@ def run(config: CompareConfig, progress: Callable | None = None) -> CompareResul
         skipped=data.skipped, seconds=round(time.perf_counter() - started, 2))
     write_report(json_path, result, markdown_report(result, data.names))
     return result
+
+
+def size_reason(entries: list[dict[str, Any]], settings) -> str:
+    """Which image size the models were scored at, and why, in words."""
+    names = [f"{e['role']} {Path(e['path']).name}" for e in entries]
+    trained = ", ".join(f"{n} {e['trained_imgsz'] or 'unknown'} px" for n, e in zip(names, entries))
+    if settings.imgsz is not None:
+        return (f"every model was scored at {settings.imgsz} px, as evaluation.imgsz says "
+                f"(trained at: {trained})")
+    sizes = {e["imgsz"] for e in entries}
+    if len(sizes) == 1:
+        return (f"scored at {sizes.pop()} px, the size the models were trained at "
+                "(evaluation.imgsz is empty; set it to score at another size)")
+    return (f"the models were trained at different sizes ({trained}): each was scored at the size it was "
+            "trained at, the size ultralytics runs it at in production; set evaluation.imgsz to score "
+            "every model at one size")
 
 
 def write_chart(path: Path, entries: list[dict[str, Any]], names: tuple[str, ...], split: str = "test") -> Path | None:
@@ -214,7 +236,7 @@ def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:
     lines += ["", "## Per-class AP50", "", markdown_table(headers, rows)]
     if result.chart:
         lines += [f"![per-class AP50]({result.chart.name})", ""]
-    lines += ["## Decision", "", f"Winner: {md_code(result.winner)}", ""]
+    lines += ["## Decision", "", f"Winner: {md_code(result.winner)}" if result.winner else "Winner: none", ""]
     if d.get("gain") is not None and d.get("ci95"):
         lines += [f"Gain on {d['metric']}: {d['gain']:+.3f}, 95% bootstrap interval "
                   f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] ({result.settings['promotion']['bootstrap_resamples']} "
@@ -232,7 +254,8 @@ def describe(result: CompareResult) -> str:
         lines.append(f"  {m['role']:<10} {Path(m['path']).name:<28} mAP50 {m['map50']:.3f}  mAP50-95 "
                      f"{m['map50_95']:.3f}  {ms}{'  (cached)' if m['cached'] else ''}")
     d = result.decision
-    lines.append(("PROMOTE " + Path(result.winner).name) if d["promote"] else "KEEP production")
+    lines.append(("PROMOTE " + Path(result.winner).name) if d["promote"] else
+                 "KEEP production" if result.winner else "NOTHING to promote")
     lines += [f"  - {r}" for r in d["reasons"]]
     lines.append(f"Report: {result.report}")
     return "\n".join(lines)
@@ -240,21 +263,7 @@ def describe(result: CompareResult) -> str:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = build_parser(__doc__, prog="model_comparator.py")
-    parser.add_argument("--production", type=Path, help="production model (default: ROOT/yolov8_model.pt)")
-    parser.add_argument("--candidates", type=Path, nargs="+", default=[], metavar="PATH",
-                        help="candidate model(s) to compare with production")
-    parser.add_argument("--data", type=Path, help="ultralytics data yaml (default: training/configs/dataset.yaml)")
-    parser.add_argument("--split", help="split to score on (default: training.yaml evaluation.split, test)")
-    parser.add_argument("--imgsz", type=int, help="image size (default: training.yaml evaluation.imgsz)")
-    parser.add_argument("--batch", type=int, help="images per inference batch (default: evaluation.batch)")
-    parser.add_argument("--conf", type=float, help="confidence threshold; keep it low for mAP (default 0.001)")
-    parser.add_argument("--iou", type=float, help="NMS IoU threshold (default 0.7)")
-    parser.add_argument("--device", help='"cpu", "0", ... (default: evaluation.device, "" = GPU if any)')
-    parser.add_argument("--subset", type=int, help="score only the first N images of the split (by name): quick checks")
-    parser.add_argument("--resamples", type=int, help="bootstrap resamples (default: promotion.bootstrap_resamples)")
-    parser.add_argument("--speed-images", type=int,
-                        help="images timed per model for ms/image (default: evaluation.speed_images; 0 = no timing)")
-    parser.add_argument("--no-cache", action="store_true", help="evaluate every model again, ignoring the cache")
+    add_options(parser, CompareConfig)
     return parser
 
 
@@ -265,11 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         # ultralytics prints to stdout (e.g. when it creates its settings file at first import):
         # on the command line stdout belongs to --json, so anything printed goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
-            return run(CompareConfig(root=Workspace.at(a.root).root, production=a.production,
-                                     candidates=tuple(a.candidates), data=a.data, split=a.split, imgsz=a.imgsz,
-                                     batch=a.batch, conf=a.conf, iou=a.iou, device=a.device, subset=a.subset,
-                                     resamples=a.resamples, speed_images=a.speed_images,
-                                     use_cache=not a.no_cache))
+            return run(config_from_args(CompareConfig, a))
 
     return run_main(args, execute, describe)
 

@@ -22,8 +22,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.cli import build_parser, run_main
-from toolkit.config import TRAINING_YAML_TEMPLATE, read_training_yaml
+from toolkit.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.config import DEFAULTS, TRAINING_YAML_TEMPLATE, Settings, option
 from toolkit.datafile import read_class_names, write_dataset_yaml
 from toolkit.errors import UserError
 from toolkit.files import atomic_copy, atomic_write_text, sha256_file
@@ -34,26 +34,6 @@ from toolkit.offline import model_class_names
 logger = logging.getLogger(__name__)
 
 _ARCH_RE = re.compile(r"^yolov8[nsmlx]\.yaml$")
-
-
-@dataclass(frozen=True)
-class SetupConfig:
-    root: Path
-    classes: tuple[str, ...] | None = None  # --classes a,b,c
-    arch: str = "yolov8n.yaml"              # --arch: used when there is no production model
-    force: bool = False                     # --force: rewrite the generated configs (keeping .bak)
-
-
-@dataclass(frozen=True)
-class SetupResult:
-    root: Path
-    created: tuple[str, ...]
-    dataset_yaml: Path
-    training_yaml: Path
-    base_model: str            # a .pt path (fine-tune) or an architecture yaml (from scratch)
-    classes: tuple[str, ...]
-    from_scratch: bool
-    notes: tuple[str, ...]
 
 
 def normalize_arch(arch: str) -> str:
@@ -79,11 +59,34 @@ def parse_classes(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
+@dataclass(frozen=True)
+class SetupConfig:
+    root: Path
+    classes: tuple[str, ...] | None = option(
+        "--classes", "class names in model order, comma-separated (default: from yolov8_model.pt)", parse=parse_classes)
+    arch: str = option("--arch", "architecture when there is no production model: yolov8n/s/m/l/x.yaml",
+                       default=DEFAULTS["training"]["arch"])
+    force: bool = option("--force", "regenerate dataset.yaml and training.yaml (your old ones are kept as .bak)",
+                         default=False)
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    root: Path
+    created: tuple[str, ...]
+    dataset_yaml: Path
+    training_yaml: Path
+    base_model: str            # a .pt path (fine-tune) or an architecture yaml (from scratch)
+    classes: tuple[str, ...]
+    from_scratch: bool
+    notes: tuple[str, ...]
+
+
 def resolve_classes(workspace: Workspace, requested: tuple[str, ...] | None) -> tuple[str, ...]:
     """--classes, else the production model's names, else the managed dataset's."""
     production = None
     if workspace.production_model.exists():
-        production = tuple(model_class_names(workspace.production_model, workspace.cache / "ultralytics"))
+        production = tuple(model_class_names(workspace.production_model, workspace.ultralytics_config))
     if requested is not None:
         if production is not None and production != requested:
             raise UserError(f"--classes {list(requested)} differ from the production model's classes "
@@ -97,7 +100,9 @@ def resolve_classes(workspace: Workspace, requested: tuple[str, ...] | None) -> 
 
 
 @holds_workspace_lock("setup")
-def run(config: SetupConfig) -> SetupResult:
+def run(config: SetupConfig, settings: Settings | None = None) -> SetupResult:
+    """Create what the workspace lacks. ``settings``: already read (a pipeline run), so the
+    existing training.yaml is not read again here."""
     workspace = Workspace.at(config.root)
     arch = normalize_arch(config.arch)
     classes = resolve_classes(workspace, config.classes)
@@ -120,10 +125,11 @@ def run(config: SetupConfig) -> SetupResult:
         created.append(str(workspace.dataset_yaml))
 
     if workspace.training_yaml.exists() and not config.force:
-        read_training_yaml(workspace.training_yaml)  # a broken edit is reported now, not mid-run
+        if settings is None:
+            Settings.load(workspace.training_yaml)  # a broken edit is reported now, not mid-run
     else:
         _keep_backup(workspace.training_yaml, created)
-        text = TRAINING_YAML_TEMPLATE.replace("arch: yolov8n.yaml", f"arch: {arch}", 1)
+        text = TRAINING_YAML_TEMPLATE.replace(f"arch: {DEFAULTS['training']['arch']}", f"arch: {arch}", 1)
         atomic_write_text(workspace.training_yaml, text)
         created.append(str(workspace.training_yaml))
 
@@ -167,22 +173,13 @@ def describe(result: SetupResult) -> str:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = build_parser(__doc__, prog="setup_training.py")
-    parser.add_argument("--classes", help="class names in model order, comma-separated (default: from yolov8_model.pt)")
-    parser.add_argument("--arch", default="yolov8n.yaml",
-                        help="architecture when there is no production model: yolov8n/s/m/l/x.yaml")
-    parser.add_argument("--force", action="store_true",
-                        help="regenerate dataset.yaml and training.yaml (your old ones are kept as .bak)")
+    add_options(parser, SetupConfig)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
-
-    def execute(a: argparse.Namespace) -> SetupResult:
-        return run(SetupConfig(root=Workspace.at(a.root).root, classes=parse_classes(a.classes),
-                               arch=a.arch, force=a.force))
-
-    return run_main(args, execute, describe)
+    return run_main(args, lambda a: run(config_from_args(SetupConfig, a)), describe)
 
 
 if __name__ == "__main__":

@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.cli import build_parser, run_main, to_jsonable
-from toolkit.config import resolve_settings
+from toolkit.cli import add_options, build_parser, config_from_args, run_main, to_jsonable
+from toolkit.config import Settings, check_value, option, resolve_config, setting
 from toolkit.datafile import read_class_names
 from toolkit.dataset.store import settle_dataset
 from toolkit.errors import UserError
 from toolkit.files import atomic_write_json, atomic_write_text
-from toolkit.layout import Workspace
+from toolkit.layout import Workspace, run_weights
 from toolkit.lock import holds_workspace_lock
 from toolkit import training as tr
 
@@ -57,20 +57,25 @@ _RESUME_ALLOWED = ("device", "workers", "batch", "patience", "time_limit")
 @dataclass(frozen=True)
 class TrainConfig:
     root: Path
-    start_from: str | Path | None = None  # --from production | scratch | PATH.pt
-    data: Path | None = None              # --data: default ROOT/training/configs/dataset.yaml
-    epochs: int | None = None
-    imgsz: int | None = None
-    batch: int | None = None
-    device: str | None = None             # "cpu", "0", "0,1,2,3"
-    workers: int | None = None
-    patience: int | None = None           # epochs without val improvement before stopping
-    seed: int | None = None
-    time_limit: float | None = None       # hours; 0 = none
-    name: str | None = None               # run folder suffix (default "train")
-    extra: Any = ()                       # --set pairs: ("lr0=0.01",) or (("lr0", 0.01),) or a dict
-    new_classes: bool = False             # --new-classes
-    resume: str | Path | bool | None = None  # --resume [RUN]: True/"last" = newest interrupted run
+    start_from: str | Path | None = setting("training.start_from")
+    data: Path | None = option("--data", "ultralytics data yaml (default: the managed dataset)", type=Path)
+    epochs: int | None = setting("training.epochs")
+    imgsz: int | None = setting("training.imgsz")
+    batch: int | None = setting("training.batch")
+    device: str | None = setting("training.device")
+    workers: int | None = setting("training.workers")
+    patience: int | None = setting("training.patience")
+    seed: int | None = setting("training.seed")
+    time_limit: float | None = setting("training.time_limit")
+    name: str | None = option("--name", "run folder suffix: training/runs/<stamp>-NAME (default: train)")
+    # --set pairs: ("lr0=0.01",) or (("lr0", 0.01),) or a dict
+    extra: Any = option("--set", "any other ultralytics training argument, e.g. --set lr0=0.005 (repeatable)",
+                        default=(), repeat=True, metavar="KEY=VALUE")
+    new_classes: bool = option("--new-classes", "allow a dataset whose classes differ from the starting "
+                               "model's (the class layers of the head start afresh)", default=False)
+    # True/"last" = the newest interrupted run
+    resume: str | Path | bool | None = option("--resume", "continue the last interrupted run, or the run folder "
+                                              "RUN, from its last epoch", nargs="?", const="last", metavar="RUN")
 
 
 @dataclass(frozen=True)
@@ -95,16 +100,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- settings
-def _flags(config: TrainConfig) -> dict[str, Any]:
-    start = config.start_from
-    return {"training": {
-        "start_from": str(start) if start is not None else None, "epochs": config.epochs, "imgsz": config.imgsz,
-        "batch": config.batch, "device": None if config.device is None else str(config.device),
-        "workers": config.workers, "patience": config.patience, "seed": config.seed,
-        "time_limit": config.time_limit,
-    }}
-
-
 def resolve_start(workspace: Workspace, start_from: str, arch: str) -> tuple[str, str]:
     """``(mode, model)``: mode production | scratch | path; model a .pt path or a yaml name."""
     value = (start_from or "").strip()
@@ -160,17 +155,19 @@ def _names(model) -> list[str]:
 
 # ----------------------------------------------------------------------------- run
 @holds_workspace_lock("train")
-def run(config: TrainConfig) -> TrainResult:
-    """Train one run (or resume one) and return what the next stage needs."""
+def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
+    """Train one run (or resume one) and return what the next stage needs.
+
+    ``settings``: the resolved settings of a pipeline run (default: read training.yaml)."""
     workspace = Workspace.at(config.root)
     from toolkit.offline import prepare_ultralytics
 
-    prepare_ultralytics(workspace.cache / "ultralytics")  # also keeps its notices off stdout
+    prepare_ultralytics(workspace.ultralytics_config)  # also keeps its notices off stdout
     if config.resume not in (None, False):
         return _resume(workspace, config)
 
-    settings = resolve_settings(workspace.training_yaml, _flags(config))
-    ts = settings["training"]
+    config, settings = resolve_config(config, settings or Settings.load(workspace.training_yaml))
+    ts = settings.section("training")
     data = Path(config.data).expanduser().resolve() if config.data else workspace.dataset_yaml
     settle_dataset(workspace, data)  # train on the images the manifest lists (an interrupted import finished/undone)
     classes = _check_dataset(data)
@@ -181,7 +178,7 @@ def run(config: TrainConfig) -> TrainResult:
     from toolkit.offline import load_yolo
 
     notes: list[str] = []
-    model = load_yolo(start, workspace.cache / "ultralytics")  # safe loading: no code from the file runs
+    model = load_yolo(start, workspace.ultralytics_config)  # safe loading: no code from the file runs
     reinit_head = False
     if mode != "scratch":
         model_classes = _names(model)
@@ -199,14 +196,13 @@ def run(config: TrainConfig) -> TrainResult:
     resolved, machine_notes = tr.resolve_machine_settings(ts, machine)
     notes.extend(machine_notes)
     args: dict[str, Any] = {
-        "data": str(data), "epochs": int(ts["epochs"]), "imgsz": int(ts["imgsz"]), **resolved,
-        "patience": int(ts["patience"]), "seed": int(ts["seed"]),
-        "cache": ts["cache"] if ts["cache"] not in ("", None, False) else False,
+        "data": str(data), "epochs": ts["epochs"], "imgsz": ts["imgsz"], **resolved,
+        "patience": ts["patience"], "seed": ts["seed"], "cache": ts["cache"] or False,
         "optimizer": ts["optimizer"], **tr.TOOLKIT_ULTRALYTICS_DEFAULTS, **(ts.get("augment") or {}),
     }
     args.update(extra)
     tr.validate_ultralytics_args(args, extra)
-    time_limit = float(ts["time_limit"] or 0)
+    time_limit = ts["time_limit"]
     if time_limit and "," in str(args["device"] or ""):
         # several GPUs: ultralytics trains in DDP worker processes, where the toolkit's callbacks do not
         # run; its own 'time' budget stops the run instead (it also fits the epochs to the time)
@@ -241,11 +237,11 @@ def _resume(workspace: Workspace, config: TrainConfig) -> TrainResult:
     settings_file = run_dir / tr.SETTINGS_NAME
     saved = yaml.safe_load(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
     toolkit_saved = dict(saved.get("toolkit") or {})
-    last = run_dir / "weights" / "last.pt"
+    last = run_weights(run_dir, "last")
     from toolkit.offline import load_yolo
 
     try:
-        model = load_yolo(last, workspace.cache / "ultralytics")  # safe loading: no code from the file runs
+        model = load_yolo(last, workspace.ultralytics_config)  # safe loading: no code from the file runs
     except UserError as exc:
         raise UserError(f"{exc}; to start afresh: a new run with --from {last}") from None
     ckpt = model.ckpt or {}
@@ -253,7 +249,7 @@ def _resume(workspace: Workspace, config: TrainConfig) -> TrainResult:
     planned = int((ckpt.get("train_args") or {}).get("epochs", 0))
     if ckpt.get("optimizer") is None or done >= planned:
         raise UserError(f"run {run_dir.name} is finished ({done} epochs), nothing to resume; to train further "
-                        f"start a new run with --from {run_dir / 'weights' / 'best.pt'}")
+                        f"start a new run with --from {run_weights(run_dir)}")
     dropped = tr.truncate_epochs(run_dir / tr.EPOCHS_NAME, done)
     if dropped:
         logger.debug("dropped %d epoch record(s) past last.pt's epoch %d", dropped, done)
@@ -264,9 +260,9 @@ def _resume(workspace: Workspace, config: TrainConfig) -> TrainResult:
     for key in ("device", "workers", "batch", "patience"):
         value = getattr(config, key)
         if value is not None:
-            args[key] = str(value) if key == "device" else value
+            args[key] = check_value(f"training.{key}", value, f"--{key}")
     if config.time_limit is not None:
-        toolkit_saved["time_limit"] = float(config.time_limit)
+        toolkit_saved["time_limit"] = check_value("training.time_limit", config.time_limit, "--time-limit")
     toolkit_saved.setdefault("classes", _names(model))
     toolkit_saved.setdefault("start_from", str(last))
     toolkit_saved["start_mode"] = f"resume of {toolkit_saved.get('start_mode', 'a run')}"
@@ -290,7 +286,7 @@ def _train(model, args: dict, run_dir: Path, info: dict, resumed: bool, notes: l
     except KeyboardInterrupt:
         logger.warning("training interrupted after epoch %d; its last saved epoch is in %s - continue with: "
                        "python train_yolov8.py --root %s --resume %s", monitor.last_epoch,
-                       run_dir / "weights" / "last.pt", run_dir.parent.parent.parent, run_dir)
+                       run_weights(run_dir, "last"), run_dir.parent.parent.parent, run_dir)
         raise
     seconds = time.time() - t0
     trainer = getattr(model, "trainer", None)
@@ -317,8 +313,8 @@ def _train(model, args: dict, run_dir: Path, info: dict, resumed: bool, notes: l
         reason = "completed"
     if reason == "time_limit":
         notes.append(f"time limit of {info.get('time_limit')} h reached: stopped after epoch {epochs_completed}")
-    best = run_dir / "weights" / "best.pt"
-    last = run_dir / "weights" / "last.pt"
+    best = run_weights(run_dir)
+    last = run_weights(run_dir, "last")
     if not best.is_file():
         raise UserError(f"training ended without a best.pt in {run_dir / 'weights'}; see the log above")
     device = str(getattr(trainer, "device", "") or args.get("device") or "")
@@ -359,38 +355,13 @@ def describe(result: TrainResult) -> str:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = build_parser(__doc__, prog="train_yolov8.py")
-    parser.add_argument("--from", dest="start_from", metavar="production|scratch|PATH",
-                        help="starting point (default from training.yaml; empty: production if yolov8_model.pt exists)")
-    parser.add_argument("--data", type=Path, help="ultralytics data yaml (default: the managed dataset)")
-    parser.add_argument("--epochs", type=int, help="training epochs (training.yaml: training.epochs)")
-    parser.add_argument("--imgsz", type=int, help="image size in pixels")
-    parser.add_argument("--batch", type=int, help="images per batch (-1: as many as fit one GPU)")
-    parser.add_argument("--device", help="cpu | 0 | 0,1,2,3 (several GPUs: ultralytics DDP); default: GPU 0 if any")
-    parser.add_argument("--workers", type=int, help="data loader processes")
-    parser.add_argument("--patience", type=int, help="stop after this many epochs without val improvement (0: never)")
-    parser.add_argument("--seed", type=int, help="random seed")
-    parser.add_argument("--time-limit", type=float, metavar="HOURS",
-                        help="stop cleanly at the first epoch end that would pass this many hours (best.pt kept)")
-    parser.add_argument("--name", help="run folder suffix: training/runs/<stamp>-NAME (default: train)")
-    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other ultralytics training argument, e.g. --set lr0=0.005 (repeatable)")
-    parser.add_argument("--new-classes", action="store_true",
-                        help="allow a dataset whose classes differ from the starting model's (new class head)")
-    parser.add_argument("--resume", nargs="?", const="last", metavar="RUN",
-                        help="continue the last interrupted run, or the run folder RUN, from its last epoch")
+    add_options(parser, TrainConfig)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
-
-    def execute(a: argparse.Namespace) -> TrainResult:
-        return run(TrainConfig(root=Workspace.at(a.root).root, start_from=a.start_from, data=a.data,
-                               epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, device=a.device, workers=a.workers,
-                               patience=a.patience, seed=a.seed, time_limit=a.time_limit, name=a.name,
-                               extra=tuple(a.extra), new_classes=a.new_classes, resume=a.resume))
-
-    return run_main(args, execute, describe)
+    return run_main(args, lambda a: run(config_from_args(TrainConfig, a)), describe)
 
 
 if __name__ == "__main__":

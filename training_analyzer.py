@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit.cli import build_parser, run_main
-from toolkit.config import resolve_settings
+from toolkit.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.config import Settings, option, resolve_config, setting
 from toolkit.errors import UserError
 from toolkit.layout import Workspace
 from toolkit.lock import holds_workspace_lock
@@ -41,17 +41,22 @@ LIST_CAP = 200  # lists in the result are capped; their counts stay exact
 @dataclass(frozen=True)
 class AnalyzeConfig:
     root: Path
-    memory_bank: Path | str | None = None       # --memory-bank: file or database URL (training.yaml memory_bank.url)
-    since: str | None = None                    # --since: date (2026-03-01) or ISO timestamp, inclusive
-    until: str | None = None                    # --until: a date includes that whole day
-    model_version: str | None = None            # --model-version: only records of this model
-    uncertain: tuple[float, float] | None = None  # --uncertain lo,hi (training.yaml analyzer.uncertain)
-    export: int = 0                             # --export N images to label (0: analyse only)
-    scan: Path | None = None                    # --scan DIR of images to run the production model on
-    scan_model: Path | None = None              # --scan-model (default ROOT/yolov8_model.pt)
-    iou_match: float | None = None              # --iou-match (training.yaml analyzer.iou_match)
-    scan_batch: int = 16                        # --scan-batch images per inference batch
-    scan_conf: float = 0.25                     # --scan-conf lowest confidence a scan logs
+    memory_bank: Path | str | None = option(
+        "--memory-bank", "memory bank: a .jsonl, .json, .csv or SQLite file, or a database URL "
+        "postgresql://user@host:5432/db?table=detections (password from PGPASSWORD or .pgpass); default "
+        "training.yaml memory_bank.url, else ROOT/memory-bank/detections.jsonl", metavar="PATH|URL")
+    since: str | None = option("--since", "only records from this date (2026-03-01) or ISO timestamp on")
+    until: str | None = option("--until", "only records up to this date (inclusive) or ISO timestamp")
+    model_version: str | None = option("--model-version", "only records of this production model version")
+    uncertain: tuple[float, float] | None = setting("analyzer.uncertain")
+    export: int = option("--export", "copy N images to label to training/to_label/<stamp>/ (and reviewed "
+                         "images to incoming/); 0: analyse only", default=0, type=int, metavar="N")
+    scan: Path | None = option("--scan", "first run the production model over these images and log them to "
+                               "the memory bank", type=Path, metavar="DIR")
+    scan_model: Path | None = option("--scan-model", "model for --scan (default: ROOT/yolov8_model.pt)", type=Path)
+    iou_match: float | None = setting("analyzer.iou_match")
+    scan_batch: int = option("--scan-batch", "images per inference batch for --scan", default=16, type=int)
+    scan_conf: float = option("--scan-conf", "lowest confidence --scan logs", default=0.25, type=float)
 
 
 @dataclass(frozen=True)
@@ -83,30 +88,12 @@ class AnalyzeResult:
     plots: tuple[Path, ...]
 
 
-def parse_band(text: str | None) -> tuple[float, float] | None:
-    """``0.25,0.6`` -> (0.25, 0.6)."""
-    if text is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(f"--uncertain {text!r}: give two confidences as lo,hi, e.g. --uncertain 0.25,0.6") from None
-    return lo, hi
-
-
-def resolve_config(config: AnalyzeConfig, workspace: Workspace) -> tuple[tuple[float, float], float, dict]:
-    flags = {"analyzer": {"uncertain": list(config.uncertain) if config.uncertain is not None else None,
-                          "iou_match": config.iou_match}}
-    settings = resolve_settings(workspace.training_yaml, flags)
-    band = settings["analyzer"]["uncertain"]
-    if not (isinstance(band, (list, tuple)) and len(band) == 2 and 0.0 <= float(band[0]) < float(band[1]) <= 1.0):
-        raise UserError(f"uncertain band {band!r} must be two confidences lo < hi within 0..1, e.g. [0.25, 0.6]")
-    iou = float(settings["analyzer"]["iou_match"])
-    if not 0.0 < iou <= 1.0:
-        raise UserError(f"iou_match {iou} must be in (0, 1]; 0.5 is the usual value")
+def resolve(config: AnalyzeConfig, workspace: Workspace, settings: Settings | None = None) -> tuple[AnalyzeConfig, Settings]:
+    """The config with the band and IoU filled in (flags > training.yaml > defaults), checked."""
+    config, settings = resolve_config(config, settings or Settings.load(workspace.training_yaml))
     if config.export < 0:
         raise UserError("--export must be 0 or a positive number of images")
-    return (float(band[0]), float(band[1])), iou, settings
+    return config, settings
 
 
 def known_classes(workspace: Workspace) -> list[str]:
@@ -201,14 +188,15 @@ def memory_bank_location(flag: Path | str | None, setting: str | None, workspace
 
 
 @holds_workspace_lock("analyze", when=lambda c: c.export > 0 or c.scan is not None)
-def run(config: AnalyzeConfig) -> AnalyzeResult:
+def run(config: AnalyzeConfig, settings: Settings | None = None) -> AnalyzeResult:
     from toolkit.analysis import analyze_memory_bank
     from toolkit.memory_bank import parse_date_bound, read_memory_bank
     from toolkit.reports import report_path, timestamp
 
     workspace = Workspace.at(config.root)
-    band, iou, settings = resolve_config(config, workspace)
-    bank_path = memory_bank_location(config.memory_bank, settings["memory_bank"]["url"], workspace)
+    config, settings = resolve(config, workspace, settings)
+    band, iou = config.uncertain, config.iou_match
+    bank_path = memory_bank_location(config.memory_bank, settings["memory_bank.url"], workspace)
     since = parse_date_bound(config.since) if config.since else None
     until = parse_date_bound(config.until, end=True) if config.until else None
     if since is not None and until is not None and since > until:
@@ -236,7 +224,7 @@ def run(config: AnalyzeConfig) -> AnalyzeResult:
         from toolkit.analysis import export_for_labelling
 
         export = export_for_labelling(workspace, bank, analysis, config.export, stamp,
-                                      int(settings["analyzer"]["near_duplicate_bits"]))
+                                      settings["analyzer.near_duplicate_bits"])
     json_path = report_path(workspace, "analyze", stamp)
     plots = write_plots(analysis, json_path)
     result = AnalyzeResult(
@@ -403,37 +391,13 @@ def describe(result: AnalyzeResult) -> str:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = build_parser(__doc__, prog="training_analyzer.py")
-    parser.add_argument("--memory-bank", metavar="PATH|URL", help="memory bank: a .jsonl, .json, .csv or SQLite "
-                        "file, or a database URL postgresql://user@host:5432/db?table=detections (password from "
-                        "PGPASSWORD or .pgpass); default training.yaml memory_bank.url, else "
-                        "ROOT/memory-bank/detections.jsonl")
-    parser.add_argument("--since", help="only records from this date / ISO timestamp on")
-    parser.add_argument("--until", help="only records up to this date (inclusive) / ISO timestamp")
-    parser.add_argument("--model-version", help="only records of this production model version")
-    parser.add_argument("--uncertain", help="confidence band lo,hi where the model is unsure "
-                        "(default: training.yaml analyzer.uncertain, 0.25,0.6)")
-    parser.add_argument("--iou-match", type=float, help="IoU at which a detection matches a reviewed label "
-                        "(default: training.yaml analyzer.iou_match, 0.5)")
-    parser.add_argument("--export", type=int, default=0, metavar="N",
-                        help="copy N images to label to training/to_label/<stamp>/ (and reviewed images to incoming/)")
-    parser.add_argument("--scan", type=Path, metavar="DIR",
-                        help="first run the production model over these images and log them to the memory bank")
-    parser.add_argument("--scan-model", type=Path, help="model for --scan (default ROOT/yolov8_model.pt)")
-    parser.add_argument("--scan-batch", type=int, default=16, help="images per inference batch for --scan")
-    parser.add_argument("--scan-conf", type=float, default=0.25, help="lowest confidence --scan logs")
+    add_options(parser, AnalyzeConfig)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
-
-    def execute(a: argparse.Namespace) -> AnalyzeResult:
-        return run(AnalyzeConfig(root=Workspace.at(a.root).root, memory_bank=a.memory_bank, since=a.since,
-                                 until=a.until, model_version=a.model_version, uncertain=parse_band(a.uncertain),
-                                 export=a.export, scan=a.scan, scan_model=a.scan_model, iou_match=a.iou_match,
-                                 scan_batch=a.scan_batch, scan_conf=a.scan_conf))
-
-    return run_main(args, execute, describe)
+    return run_main(args, lambda a: run(config_from_args(AnalyzeConfig, a)), describe)
 
 
 if __name__ == "__main__":

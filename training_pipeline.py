@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit.cli import build_parser, run_main, to_jsonable
+from toolkit.cli import add_options, build_parser, config_from_args, run_main, to_jsonable
+from toolkit.config import Settings, option, resolve_config, setting
 from toolkit.errors import UserError
 from toolkit.files import sha256_file
 from toolkit.layout import Workspace
@@ -38,24 +39,37 @@ from toolkit.reports import report_path, timestamp, utc_now_iso, write_report
 logger = logging.getLogger(__name__)
 
 STAGES = ("analyze", "setup", "prepare", "train", "compare", "promote")
+_WHAT, _DATA, _TRAIN = "what to run (default: the full pipeline)", "data and model", "training and scoring (default: training/configs/training.yaml)"
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     root: Path
-    source: Path | None = None          # --source: a labelled batch to import first
-    fmt: str = "auto"                   # --format of that batch: auto, yolo, voc, coco
-    candidate: Path | None = None       # --candidate: evaluate this model instead of training one
-    if_new_data: bool = False           # --if-new-data: skip the run when no new batch arrived
-    dry_run: bool = False               # --dry-run: report the plan, change nothing
-    major: bool = False                 # --major: promote as 2.0 instead of 1.x
-    start_from: str | None = None       # --from production|scratch|PATH (training's starting point)
-    epochs: int | None = None
-    imgsz: int | None = None
-    batch: int | None = None
-    device: str | None = None
-    compare_subset: int | None = None   # evaluate on the first N test images only (quick checks)
-    analyze: bool = True                # --no-analyze: skip the memory-bank analysis
+    source: Path | None = option("--source", "a labelled batch to import (else the new batches in "
+                                 "training/incoming/)", type=Path, group=_DATA)
+    fmt: str = option("--format", "label format of --source", default="auto", choices=("auto", "yolo", "voc", "coco"),
+                      group=_DATA)
+    candidate: Path | None = option("--candidate", "skip training: evaluate this .pt and promote it if it wins",
+                                    type=Path, group=_DATA)
+    if_new_data: bool = option("--if-new-data", "end at once (decision 'skipped') when no new batch arrived "
+                               "since the last run", default=False, group=_DATA)
+    dry_run: bool = option("--dry-run", "say what would happen and change nothing", default=False, group=_WHAT)
+    major: bool = option("--major", "promote as a new major version (1.4 -> 2.0)", default=False, group=_DATA)
+    force: bool = option("--force", "promote a first model (no production yet) even below "
+                         "promotion.min_first_map", default=False, group=_DATA)
+    analyze: bool = option("--no-analyze", "skip the memory-bank analysis", default=True, group=_DATA)
+    # one flag, every stage that uses the setting: the settings object carries it to each of them
+    start_from: str | None = setting("training.start_from", group=_TRAIN)
+    epochs: int | None = setting("training.epochs", group=_TRAIN)
+    imgsz: int | None = setting("training.imgsz", group=_TRAIN,
+                                help="image size the model trains at; it is scored at that size too "
+                                     "unless training.yaml sets evaluation.imgsz")
+    batch: int | None = setting("training.batch", "evaluation.batch", group=_TRAIN,
+                                help="images per batch, for training and for scoring")
+    device: str | None = setting("training.device", "evaluation.device", group=_TRAIN,
+                                 help="cpu | 0 | 0,1,2,3 for training and scoring; empty: GPU 0 if there is one")
+    compare_subset: int | None = option("--compare-subset", "compare on the first N test images only (quick checks)",
+                                        type=int, metavar="N", group=_TRAIN)
 
 
 @dataclass(frozen=True)
@@ -120,9 +134,17 @@ def _needs_setup(workspace: Workspace) -> bool:
                 and all(p.exists() for p in workspace.tree()))
 
 
-def plan(config: PipelineConfig) -> dict[str, Any]:
+def load_settings(config: PipelineConfig, ws: Workspace) -> tuple[PipelineConfig, Settings]:
+    """training.yaml read once for the whole run, the pipeline's flags laid on top: every stage
+    gets this one object, so a flag reaches each stage that uses its setting."""
+    return resolve_config(config, Settings.load(ws.training_yaml))
+
+
+def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, Any]:
     """What a run would do, computed without changing anything (``--dry-run``)."""
     ws = Workspace.at(config.root)
+    if settings is None:
+        config, settings = load_settings(config, ws)
     pending = [str(p) for p in _pending_batches(ws)]
     new_data = bool(config.source) or bool(pending)
     steps = {
@@ -131,7 +153,8 @@ def plan(config: PipelineConfig) -> dict[str, Any]:
         "prepare": (f"import {config.source}" if config.source else
                     f"import {len(pending)} new batch(es) from training/incoming" if pending else "skip (no new batch)"),
         "train": ("skip (--candidate given)" if config.candidate else
-                  f"train from {config.start_from or ('production' if ws.production_model.exists() else 'scratch')}"),
+                  f"train from {config.start_from or ('production' if ws.production_model.exists() else 'scratch')} "
+                  f"at {config.imgsz} px, {config.epochs} epochs"),
         "compare": "evaluate candidate vs production on the test split",
         "promote": "promote if the comparator approves",
     }
@@ -144,8 +167,9 @@ def run(config: PipelineConfig) -> PipelineResult:
     ws = Workspace.at(config.root)
     if config.candidate is not None and not Path(config.candidate).is_file():
         raise UserError(f"--candidate {config.candidate}: file not found (give the path of a trained .pt)")
+    config, settings = load_settings(config, ws)
     if config.dry_run:
-        the_plan = plan(config)
+        the_plan = plan(config, settings)
         for name, step in the_plan["steps"].items():
             logger.info("[dry run] %-8s %s", name, step)
         return PipelineResult("skipped", the_plan["production"], {"plan": the_plan}, None,
@@ -158,7 +182,7 @@ def run(config: PipelineConfig) -> PipelineResult:
         stamp = timestamp()
         runner = _StageRunner()
         try:
-            result = _run_locked(config, ws, runner, stamp)
+            result = _run_locked(_Run(config, ws, settings, runner), stamp)
         except BaseException as exc:
             append_history(ws, {"run": stamp, "started_at": started, "finished_at": utc_now_iso(),
                                 "decision": "failed", "error": f"{type(exc).__name__}: {exc}",
@@ -189,92 +213,129 @@ def _get(obj: Any, key: str) -> Any:
     return getattr(obj, key, None)
 
 
-def _run_locked(config: PipelineConfig, ws: Workspace, runner: _StageRunner, stamp: str) -> PipelineResult:
-    Registry.load(ws).recover()  # finish or undo what a killed promotion/rollback left, before anything else
-    pending = _pending_batches(ws)
-    if config.if_new_data and not config.source and not pending:
-        logger.info("no new batch in %s since the last run: nothing to do", ws.incoming)
-        for name in STAGES:
-            runner.skip(name, "no new data")
-        return _finish(config, ws, runner, stamp, "skipped", ["no new labelled batch since the last run"])
+@dataclass
+class _Run:
+    """What one pipeline run hands from stage to stage: one config, one settings object."""
 
-    # 1. analyze
-    if config.analyze and ws.detections.exists():
-        import training_analyzer
+    config: PipelineConfig
+    ws: Workspace
+    settings: Settings
+    runner: _StageRunner
+    pending: list[Path] = field(default_factory=list)
+    candidate: Path | None = None
+    compared: Any = None
+    registry: Registry | None = None
 
-        runner.run("analyze", lambda: training_analyzer.run(training_analyzer.AnalyzeConfig(root=ws.root)),
-                   lambda r: f"{r.records} records, top priority: {r.priorities[0]['class'] if r.priorities else 'none'}")
-    else:
-        runner.skip("analyze", "no memory bank" if config.analyze else "--no-analyze")
 
-    # 2. setup
-    if _needs_setup(ws):
-        import setup_training
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    skip: Callable[[_Run], str | None]      # why the stage is skipped in this run, None: run it
+    run: Callable[[_Run], Any]
+    outcome: Callable[[Any], str]
 
-        runner.run("setup", lambda: setup_training.run(setup_training.SetupConfig(root=ws.root)),
-                   lambda r: f"{len(r.created)} item(s) created")
-    else:
-        runner.skip("setup", "workspace ready")
 
-    # 3. prepare
-    if config.source or pending:
-        import dataset_preparer
+def _analyze(r: _Run) -> Any:
+    import training_analyzer
 
-        prep_config = dataset_preparer.PrepareConfig(root=ws.root, source=config.source, fmt=config.fmt,
-                                                     incoming=config.source is None)
-        runner.run("prepare", lambda: dataset_preparer.run(prep_config),
-                   lambda r: f"dataset v{r.dataset_version}: +{r.added} images, {len(r.rejected)} rejected")
-    else:
-        runner.skip("prepare", "no new batch")
+    return training_analyzer.run(training_analyzer.AnalyzeConfig(root=r.ws.root), settings=r.settings)
 
-    # 4. train
-    if config.candidate is not None:
-        candidate = Path(config.candidate).resolve()
-        runner.skip("train", f"candidate given: {candidate}")
-    else:
-        import train_yolov8
 
-        train_config = train_yolov8.TrainConfig(root=ws.root, start_from=config.start_from, epochs=config.epochs,
-                                                imgsz=config.imgsz, batch=config.batch, device=config.device,
-                                                name="pipeline")
-        trained = runner.run("train", lambda: train_yolov8.run(train_config),
-                             lambda r: f"{r.epochs_completed} epochs, val mAP50 {r.metrics['map50']:.3f}")
-        candidate = Path(trained.best)
+def _setup(r: _Run) -> Any:
+    import setup_training
 
-    # 5. compare
+    return setup_training.run(setup_training.SetupConfig(root=r.ws.root), settings=r.settings)
+
+
+def _prepare(r: _Run) -> Any:
+    import dataset_preparer
+
+    c = r.config
+    return dataset_preparer.run(dataset_preparer.PrepareConfig(root=r.ws.root, source=c.source, fmt=c.fmt,
+                                                               incoming=c.source is None), settings=r.settings)
+
+
+def _train(r: _Run) -> Any:
+    import train_yolov8
+
+    trained = train_yolov8.run(train_yolov8.TrainConfig(root=r.ws.root, name="pipeline"), settings=r.settings)
+    r.candidate = Path(trained.best)
+    return trained
+
+
+def _compare(r: _Run) -> Any:
     import model_comparator
 
-    production = ws.production_model if ws.production_model.exists() else None
-    registry = Registry.load(ws)
+    if r.candidate is None:
+        r.candidate = Path(r.config.candidate).resolve()
+    production = r.ws.production_model if r.ws.production_model.exists() else None
+    r.registry = Registry.load(r.ws)
     if production is not None:
-        registry.register_existing_production()
-    compare_config = model_comparator.CompareConfig(root=ws.root, production=production, candidates=(candidate,),
-                                                    subset=config.compare_subset)
-    compared = runner.run("compare", lambda: model_comparator.run(compare_config),
-                          lambda r: ("candidate approved" if r.decision["promote"] else "production kept"))
-    reasons = list(compared.decision["reasons"])
+        r.registry.register_existing_production()
+    config = model_comparator.CompareConfig(root=r.ws.root, production=production, candidates=(r.candidate,),
+                                            subset=r.config.compare_subset, force=r.config.force)
+    r.compared = model_comparator.run(config, settings=r.settings)
+    return r.compared
 
-    # 6. promote
-    if not compared.decision["promote"]:
-        runner.skip("promote", "the comparator did not approve the candidate")
-        return _finish(config, ws, runner, stamp, "kept", reasons)
+
+def _promote(r: _Run) -> Any:
+    compared, config, ws = r.compared, r.config, r.ws
     cand = next(m for m in compared.models if Path(m["path"]).resolve() == Path(compared.winner).resolve())
     from toolkit.offline import model_class_names
 
-    classes = model_class_names(cand["path"], ws.cache / "ultralytics")  # must load before it goes live
+    classes = model_class_names(cand["path"], ws.ultralytics_config)  # must load before it goes live
     metrics = {k: cand[k] for k in ("map50", "map50_95", "precision", "recall") if k in cand}
     metrics["split"] = compared.split  # the history must say which images these figures come from
-    dataset_version = _get(runner.results.get("prepare"), "dataset_version") or _get(compared, "dataset_version")
-    entry = runner.run("promote", lambda: registry.promote(
-        Path(cand["path"]), major=config.major, metrics=metrics, reasons=reasons, dataset_version=dataset_version,
-        run_dir=_get(runner.results.get("train"), "run_dir"), classes=classes,
-        source="pipeline" if config.candidate is None else f"candidate {config.candidate}"),
-        lambda e: f"version {e['version']} is now in production")
-    return _finish(config, ws, runner, stamp, "promoted", reasons, previous_version=entry.get("parent"))
+    results = r.runner.results
+    dataset_version = _get(results.get("prepare"), "dataset_version") or _get(compared, "dataset_version")
+    return r.registry.promote(
+        Path(cand["path"]), major=config.major, metrics=metrics, reasons=list(compared.decision["reasons"]),
+        dataset_version=dataset_version, run_dir=_get(results.get("train"), "run_dir"), classes=classes,
+        source="pipeline" if config.candidate is None else f"candidate {config.candidate}")
 
 
-def _finish(config: PipelineConfig, ws: Workspace, runner: _StageRunner, stamp: str, decision: str,
-            reasons: list[str], previous_version: str | None = None) -> PipelineResult:
+def _top_priority(result: Any) -> str:
+    return f"{result.records} records, top priority: {result.priorities[0]['class'] if result.priorities else 'none'}"
+
+
+PIPELINE: tuple[Stage, ...] = (
+    Stage("analyze", lambda r: None if r.config.analyze and r.ws.detections.exists()
+          else "no memory bank" if r.config.analyze else "--no-analyze", _analyze, _top_priority),
+    Stage("setup", lambda r: None if _needs_setup(r.ws) else "workspace ready", _setup,
+          lambda res: f"{len(res.created)} item(s) created"),
+    Stage("prepare", lambda r: None if r.config.source or r.pending else "no new batch", _prepare,
+          lambda res: f"dataset v{res.dataset_version}: +{res.added} images, {len(res.rejected)} rejected"),
+    Stage("train", lambda r: f"candidate given: {Path(r.config.candidate).resolve()}" if r.config.candidate else None,
+          _train, lambda res: f"{res.epochs_completed} epochs, val mAP50 {res.metrics['map50']:.3f}"),
+    Stage("compare", lambda r: None, _compare,
+          lambda res: "candidate approved" if res.decision["promote"] else "candidate not approved"),
+    Stage("promote", lambda r: None if r.compared.decision["promote"] else "the comparator did not approve the candidate",
+          _promote, lambda e: f"version {e['version']} is now in production"),
+)
+
+
+def _run_locked(r: _Run, stamp: str) -> PipelineResult:
+    Registry.load(r.ws).recover()  # finish or undo what a killed promotion/rollback left, before anything else
+    r.pending = _pending_batches(r.ws)
+    if r.config.if_new_data and not r.config.source and not r.pending:
+        logger.info("no new batch in %s since the last run: nothing to do", r.ws.incoming)
+        for name in STAGES:
+            r.runner.skip(name, "no new data")
+        return _finish(r, stamp, "skipped", ["no new labelled batch since the last run"])
+    for stage in PIPELINE:
+        why = stage.skip(r)
+        if why is None:
+            r.runner.run(stage.name, lambda stage=stage: stage.run(r), stage.outcome)
+        else:
+            r.runner.skip(stage.name, why)
+    reasons = list(r.compared.decision["reasons"])
+    if not r.compared.decision["promote"]:
+        return _finish(r, stamp, "kept", reasons)
+    return _finish(r, stamp, "promoted", reasons, previous_version=r.runner.results["promote"].get("parent"))
+
+
+def _finish(r: _Run, stamp: str, decision: str, reasons: list[str], previous_version: str | None = None) -> PipelineResult:
+    ws, runner = r.ws, r.runner
     registry = Registry.load(ws)
     production = production_info(ws, registry)
     json_path = report_path(ws, "pipeline", stamp)
@@ -352,8 +413,7 @@ def rollback(root: Path, version: str | None) -> dict[str, Any]:
 
 
 def describe(result: Any) -> str:
-    # duck-typed: under --demo the result's class comes from the imported module, not __main__
-    if hasattr(result, "decision") and hasattr(result, "stages"):
+    if isinstance(result, PipelineResult):
         if result.dry_run:
             steps = result.stages["plan"]["steps"]
             return "Dry run (nothing changed):\n" + "\n".join(f"  {k:8s} {v}" for k, v in steps.items())
@@ -422,29 +482,13 @@ def _describe_run(record: dict[str, Any]) -> str:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = build_parser(__doc__, prog="training_pipeline.py")
-    what = parser.add_argument_group("what to run (default: the full pipeline)")
+    what = parser.add_argument_group(_WHAT)
     what.add_argument("--demo", action="store_true",
                       help="run the whole loop on synthetic data in a demo workspace (--root, default ./demo)")
     what.add_argument("--status", action="store_true", help="show the production version, versions and last runs")
     what.add_argument("--rollback", nargs="?", const="previous", metavar="VERSION",
                       help="restore an archived version (default: the previous one), after checking its sha256")
-    what.add_argument("--dry-run", action="store_true", help="say what would happen and change nothing")
-    data = parser.add_argument_group("data and model")
-    data.add_argument("--source", type=Path, help="a labelled batch to import (else new batches in training/incoming/)")
-    data.add_argument("--format", dest="fmt", default="auto", choices=("auto", "yolo", "voc", "coco"),
-                      help="label format of --source")
-    data.add_argument("--candidate", type=Path, help="skip training: evaluate and maybe promote this .pt")
-    data.add_argument("--if-new-data", action="store_true",
-                      help="end at once (decision 'skipped') when no new batch arrived since the last run")
-    data.add_argument("--major", action="store_true", help="promote as a new major version (1.4 -> 2.0)")
-    data.add_argument("--no-analyze", dest="analyze", action="store_false", help="skip the memory-bank analysis")
-    train = parser.add_argument_group("training (default: training/configs/training.yaml)")
-    train.add_argument("--from", dest="start_from", help="production | scratch | PATH to a .pt")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--imgsz", type=int)
-    train.add_argument("--batch", type=int)
-    train.add_argument("--device", help="cpu, 0, or 0,1,2,3 for several GPUs")
-    train.add_argument("--compare-subset", type=int, help="compare on the first N test images only")
+    add_options(parser, PipelineConfig)
     return parser
 
 
@@ -469,9 +513,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def execute(a: argparse.Namespace) -> Any:
         if a.demo:
-            from toolkit.demo import run_demo
+            import pipeline_demo
 
-            return run_demo(a.root)
+            root = pipeline_demo.demo_root(a.root)
+            pipeline_demo.check_demo_root(root)
+            root.mkdir(parents=True, exist_ok=True)
+            _add_log_file(root)
+            result = run(PipelineConfig(root=pipeline_demo.prepare_demo(root)))
+            logger.info("demo: production model %s, report %s", Workspace.at(root).production_model,
+                        result.html_report or result.report)
+            return result
         root = Workspace.at(a.root).root
         if a.status:
             return status(root)
@@ -479,11 +530,8 @@ def main(argv: list[str] | None = None) -> int:
             return rollback(root, None if a.rollback == "previous" else a.rollback)
         if not a.dry_run:
             _add_log_file(root)
-        return run(PipelineConfig(root=root, source=a.source.resolve() if a.source else None, fmt=a.fmt,
-                                  candidate=a.candidate.resolve() if a.candidate else None,
-                                  if_new_data=a.if_new_data, dry_run=a.dry_run, major=a.major,
-                                  start_from=a.start_from, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch,
-                                  device=a.device, compare_subset=a.compare_subset, analyze=a.analyze))
+        return run(config_from_args(PipelineConfig, a, source=a.source.resolve() if a.source else None,
+                                    candidate=a.candidate.resolve() if a.candidate else None))
 
     return run_main(args, execute, describe)
 

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.offline import prepare_ultralytics
 
     ws = Workspace.at(root)
-    prepare_ultralytics(ws.cache / "ultralytics")
+    prepare_ultralytics(ws.ultralytics_config)
     start_from = "scratch" if args.start == "scratch" else str(Path(args.start).resolve())
     t0 = time.time()
     result = train_yolov8.run(train_yolov8.TrainConfig(

@@ -195,3 +195,78 @@ def test_sigkill_during_training_leaves_production_and_registry_untouched(synthe
         assert ws.production_model.read_bytes() == prod_before
     else:
         assert Registry.load(ws).production_entry()["version"] == "1.1"
+
+
+def test_pipeline_flags_reach_training_and_scoring_and_training_yaml_is_read_once(synthetic_workspace, monkeypatch,
+                                                                                  capsys):
+    """Issue 10: trained at --imgsz 96, the candidate is scored at 96 (JSON, reasons, HTML report)."""
+    import yaml
+
+    import toolkit.config
+
+    root = synthetic_workspace
+    reads = []
+    real_read = toolkit.config.read_training_yaml
+    monkeypatch.setattr(toolkit.config, "read_training_yaml", lambda path: reads.append(path) or real_read(path))
+    args = ["--root", str(root), "--imgsz", "96", "--epochs", "1", "--batch", "4", "--device", "cpu",
+            "--compare-subset", "8", "--no-analyze", "--json"]
+    assert training_pipeline.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert reads == [Workspace.at(root).training_yaml]
+
+    train = result["stages"]["train"]
+    used = yaml.safe_load((Path(train["run_dir"]) / "settings.yaml").read_text())["ultralytics"]
+    assert (used["imgsz"], used["epochs"], used["batch"], used["device"]) == (96, 1, 4, "cpu")
+    compare = result["stages"]["compare"]
+    assert compare["settings"]["evaluation"]["batch"] == 4 and compare["settings"]["evaluation"]["device"] == "cpu"
+    sizes = {m["role"]: (m["imgsz"], m["trained_imgsz"]) for m in compare["models"]}
+    assert sizes == {"production": (64, 64), "candidate": (96, 96)}
+    size_reason = [r for r in result["reasons"] if "trained at different sizes" in r]
+    assert len(size_reason) == 1 and "candidate best.pt 96 px" in size_reason[0]
+    assert "production tiny" not in size_reason[0]  # names the real file
+    html = Path(result["html_report"]).read_text()
+    assert "scored at" in html and "96 px" in html
+
+
+def test_explicit_evaluation_imgsz_wins_over_the_training_size(tmp_path, tiny_model, capsys):
+    import model_comparator
+    from toolkit.synthetic import NEU_CLASSES, write_batch
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    setup_training.run(setup_training.SetupConfig(root=root, classes=NEU_CLASSES))
+    write_batch(root / "training" / "incoming" / "b1", 30, size=64, seed=5)
+    dataset_preparer.run(dataset_preparer.PrepareConfig(root=root, incoming=True))
+    base = ["--root", str(root), "--candidates", str(tiny_model), "--device", "cpu", "--speed-images", "0", "--json"]
+    assert model_comparator.main(base) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["models"][0]["imgsz"] == trained["models"][0]["trained_imgsz"] == 64
+    ws = Workspace.at(root)
+    ws.training_yaml.write_text(ws.training_yaml.read_text().replace("  imgsz:\n", "  imgsz: 96\n"))
+    assert model_comparator.main(base) == 0
+    explicit = json.loads(capsys.readouterr().out)
+    assert explicit["models"][0]["imgsz"] == 96 and explicit["models"][0]["trained_imgsz"] == 64
+    assert any("every model was scored at 96 px, as evaluation.imgsz says" in r for r in explicit["decision"]["reasons"])
+
+
+def test_a_first_model_that_detects_almost_nothing_needs_force(tmp_path, tiny_model, capsys):
+    from toolkit.synthetic import NEU_CLASSES, write_batch
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    setup_training.run(setup_training.SetupConfig(root=root, classes=NEU_CLASSES))
+    write_batch(root / "training" / "incoming" / "b1", 30, size=64, seed=7)
+    dataset_preparer.run(dataset_preparer.PrepareConfig(root=root, incoming=True))
+    ws = Workspace.at(root)
+    args = ["--root", str(root), "--candidate", str(tiny_model), "--device", "cpu", "--no-analyze", "--json"]
+    assert training_pipeline.main(args) == 0
+    kept = json.loads(capsys.readouterr().out)
+    score = kept["stages"]["compare"]["models"][0]["map50_95"]
+    assert score < 0.05, "the one-epoch tiny model should detect almost nothing"
+    assert kept["decision"] == "kept" and not ws.production_model.exists()
+    assert "below promotion.min_first_map 0.050" in kept["reasons"][0] and "--force" in kept["reasons"][0]
+    assert training_pipeline.main(args + ["--force"]) == 0
+    forced = json.loads(capsys.readouterr().out)
+    assert forced["decision"] == "promoted" and forced["production"]["version"] == "1.0"
+    assert "because --force was given" in forced["reasons"][0]
+    assert ws.production_model.read_bytes() == tiny_model.read_bytes()

@@ -2,6 +2,8 @@
 
 ``--root``, ``--json`` (the result on stdout, logs on stderr), ``-v``/``-q``; exit codes
 0 success, 1 failure with one line that says what to fix, 2 usage error (argparse's own).
+A stage's options are generated from its config dataclass (``add_options``): flag, help text,
+training.yaml key and default are declared once, on the field (``toolkit/config.py``).
 """
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path, PurePath
 from typing import Any, Callable
 
+from toolkit.config import DEFAULTS, options_of
 from toolkit.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -20,8 +25,8 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the module docstring's layout and shows each flag's default."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the module docstring's layout; each option's help states its default itself (once)."""
 
 
 def build_parser(doc: str | None, prog: str | None = None) -> argparse.ArgumentParser:
@@ -36,6 +41,93 @@ def build_parser(doc: str | None, prog: str | None = None) -> argparse.ArgumentP
     common.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return parser
+
+
+def _yaml_value(value: Any) -> str:
+    return '""' if value in ("", None) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _default_text(keys: tuple[str, ...], default: Any) -> str:
+    if keys:
+        where = " and ".join(keys)
+        value = DEFAULTS
+        for part in keys[0].split("."):
+            value = value[part]
+        return f" (training.yaml {where}, default: {_yaml_value(value)})"
+    if default is None or isinstance(default, bool) or default == () or default == "":
+        return ""
+    return f" (default: {default})"
+
+
+def add_options(parser: argparse.ArgumentParser, config_type: type, exclude: tuple[str, ...] = ()) -> None:
+    """One argparse option per flagged field of ``config_type`` (a frozen config dataclass)."""
+    groups: dict[Any, Any] = {g.title: g for g in parser._action_groups}  # join groups the caller made
+    for field, opt in options_of(config_type):
+        if not opt.flag or field.name in exclude:
+            continue
+        target = parser
+        if opt.group:
+            if opt.group not in groups:
+                groups[opt.group] = parser.add_argument_group(opt.group)
+            target = groups[opt.group]
+        if opt.exclusive:
+            if ("x", opt.exclusive) not in groups:
+                groups[("x", opt.exclusive)] = target.add_mutually_exclusive_group()
+            target = groups[("x", opt.exclusive)]
+        kwargs: dict[str, Any] = {"dest": field.name}
+        if isinstance(field.default, bool):
+            kwargs["action"] = "store_false" if field.default else "store_true"
+            kwargs["default"] = field.default
+        else:
+            kwargs["default"] = None  # not given: the field's default (or training.yaml) applies
+            if opt.repeat:
+                kwargs["action"] = "append"
+            for name in ("type", "metavar", "choices", "nargs", "const"):
+                if getattr(opt, name) is not None:
+                    kwargs[name] = getattr(opt, name)
+        default = None if opt.keys or isinstance(field.default, bool) else field.default
+        kwargs["help"] = (opt.help + _default_text(opt.keys, default)).replace("%", "%%")
+        target.add_argument(opt.flag, **kwargs)
+
+
+def config_from_args(config_type: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """The config of ``config_type`` from parsed flags; ``root`` resolved; ``fixed`` wins."""
+    from toolkit.layout import Workspace
+
+    values: dict[str, Any] = {}
+    for field, opt in options_of(config_type):
+        if not opt.flag or not hasattr(args, field.name):
+            continue
+        value = getattr(args, field.name)
+        if value is None:
+            continue
+        if opt.parse is not None:
+            value = opt.parse(value)
+        values[field.name] = tuple(value) if isinstance(value, list) else value
+    if "root" in {f.name for f in dataclasses.fields(config_type)}:
+        values["root"] = Workspace.at(getattr(args, "root", None)).root
+    values.update(fixed)
+    return config_type(**values)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(text: Any, limit: int = 400) -> str:
+    """An error message as one line: colour codes dropped, the first non-empty line, capped."""
+    lines = [line.strip() for line in _ANSI.sub("", str(text)).splitlines() if line.strip()]
+    first = lines[0] if lines else str(text).strip()
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def _print_stdout(text: str) -> None:
+    """Print the result; a closed pipe (``--json | head``) is the reader's choice, not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would report the broken pipe again when it flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -78,17 +170,17 @@ def run_main(args: argparse.Namespace, execute: Callable[[argparse.Namespace], A
     try:
         result = execute(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc, 1000)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("error: interrupted by the user; nothing was promoted - rerun to continue", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or an environment problem: one line, traceback with -v
         logger.debug("unexpected failure", exc_info=True)
-        print(f"error: {type(exc).__name__}: {exc} (rerun with -v for the details)", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {one_line(exc)} (rerun with -v for the details)", file=sys.stderr)
         return EXIT_FAILURE
     if getattr(args, "json", False):
-        print(json.dumps(to_jsonable(result), default=str))
+        _print_stdout(json.dumps(to_jsonable(result), default=str))
     elif describe is not None and not getattr(args, "quiet", False):
-        print(describe(result))
+        _print_stdout(describe(result))
     return EXIT_OK

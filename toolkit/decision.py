@@ -10,11 +10,13 @@ The winner is the passing candidate with the highest metric; without one, produc
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from toolkit.config import DEFAULTS, check_value
 from toolkit.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -23,32 +25,27 @@ METRICS = ("map50_95", "map50")
 _METRIC_LABEL = {"map50_95": "mAP50-95", "map50": "mAP50"}
 
 
+def _promotion_default(key: str) -> Any:
+    return DEFAULTS["promotion"][key]
+
+
 @dataclass(frozen=True)
 class PromotionRules:
-    metric: str = "map50_95"
-    min_gain: float = 0.005
-    max_class_drop: float = 0.05
-    require_significance: bool = True
-    bootstrap_resamples: int = 1000
-    max_slowdown: float = 1.5
+    """training.yaml's ``promotion:`` section; defaults and checks live in toolkit/config.py."""
+
+    metric: str = _promotion_default("metric")
+    min_gain: float = _promotion_default("min_gain")
+    max_class_drop: float = _promotion_default("max_class_drop")
+    require_significance: bool = _promotion_default("require_significance")
+    bootstrap_resamples: int = _promotion_default("bootstrap_resamples")
+    max_slowdown: float = _promotion_default("max_slowdown")
+    min_first_map: float = _promotion_default("min_first_map")
 
     @classmethod
     def from_settings(cls, promotion: Mapping[str, Any]) -> "PromotionRules":
-        """From the ``promotion:`` section of the resolved settings, checked once."""
-        metric = str(promotion.get("metric", "map50_95")).replace("-", "_").lower()
-        if metric not in METRICS:
-            raise UserError(f"promotion metric {promotion.get('metric')!r} is unknown; use map50_95 or map50")
-        rules = cls(metric=metric, min_gain=float(promotion.get("min_gain", 0.005)),
-                    max_class_drop=float(promotion.get("max_class_drop", 0.05)),
-                    require_significance=bool(promotion.get("require_significance", True)),
-                    bootstrap_resamples=int(promotion.get("bootstrap_resamples", 1000)),
-                    max_slowdown=float(promotion.get("max_slowdown", 1.5)))
-        if rules.bootstrap_resamples < 1000:
-            raise UserError(f"promotion bootstrap_resamples {rules.bootstrap_resamples} is too few for a 95% "
-                            "interval; use 1000 or more")
-        if rules.max_class_drop < 0 or rules.max_slowdown <= 0:
-            raise UserError("promotion max_class_drop must be >= 0 and max_slowdown > 0 (1.5 = 50% slower allowed)")
-        return rules
+        """From the ``promotion:`` section of the settings (missing keys: defaults), checked."""
+        return cls(**{f.name: check_value(f"promotion.{f.name}", promotion.get(f.name, _promotion_default(f.name)),
+                                          "promotion settings") for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -118,20 +115,32 @@ def judge_candidate(production: Mapping[str, Any], candidate: Mapping[str, Any],
 
 
 def decide(production: Mapping[str, Any] | None, verdicts: Sequence[Verdict], rules: PromotionRules,
-           candidates: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+           candidates: Sequence[Mapping[str, Any]] = (), force: bool = False) -> dict[str, Any]:
     """The comparison's ``decision`` and ``winner`` from the candidates' verdicts.
 
-    Without a production model (a first run) the best candidate by the metric wins: there is
-    nothing to regress from, and it has been loaded and evaluated.
+    Without a production model (a first run) the best candidate by the metric wins when it
+    reaches ``min_first_map`` (there is nothing to regress from, and it has been loaded and
+    evaluated); below that floor only ``force`` promotes it.
     """
     label = _METRIC_LABEL[rules.metric]
     if production is None:
         if not candidates:
             raise UserError("nothing to compare: no production model and no --candidates")
         best = max(candidates, key=lambda c: c[rules.metric])
-        return {"promote": True, "winner": str(best["path"]), "metric": rules.metric, "gain": None, "ci95": None,
-                "reasons": [f"no production model yet: {Path(best['path']).name} becomes the first "
-                            f"({label} {best[rules.metric]:.3f})"], "candidates": []}
+        name, value = Path(best["path"]).name, float(best[rules.metric])
+        promote = value >= rules.min_first_map or force
+        if value >= rules.min_first_map:
+            why = (f"no production model yet: {name} becomes the first ({label} {value:.3f}, at least "
+                   f"promotion.min_first_map {rules.min_first_map:.3f})")
+        elif force:
+            why = (f"no production model yet: {name} becomes the first although its {label} {value:.3f} is below "
+                   f"promotion.min_first_map {rules.min_first_map:.3f}, because --force was given")
+        else:
+            why = (f"no production model yet, and {name} is not good enough to be the first: {label} {value:.3f} "
+                   f"is below promotion.min_first_map {rules.min_first_map:.3f} (it detects almost nothing); "
+                   "train longer or on more images, or pass --force to promote it anyway")
+        return {"promote": promote, "winner": str(best["path"]) if promote else None, "metric": rules.metric,
+                "gain": None, "ci95": None, "reasons": [why], "candidates": [], "first_model": True}
     if not verdicts:
         return {"promote": False, "winner": str(production["path"]), "metric": rules.metric, "gain": None,
                 "ci95": None, "reasons": ["no candidate given: production was evaluated only"], "candidates": []}

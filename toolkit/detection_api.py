@@ -112,7 +112,7 @@ class ProductionModel:
         while True:
             stamp = _stamp(ws.production_model, ws.production_sidecar)
             sha = sha256_file(ws.production_model)
-            model = load_yolo(ws.production_model, ws.cache / "ultralytics")
+            model = load_yolo(ws.production_model, ws.ultralytics_config)
             version = _version_of(ws, sha)
             # the bytes hashed are the bytes loaded, and the version describes them
             settled = _stamp(ws.production_model, ws.production_sidecar) == stamp and sha256_file(ws.production_model) == sha

@@ -15,6 +15,7 @@ NMS, matching in the letterboxed frame. On NEU-DET it agrees with ``val`` to the
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -28,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from toolkit.config import DEFAULTS, check_value
 from toolkit.datafile import read_data_yaml
 from toolkit.errors import UserError
 from toolkit.files import atomic_write_bytes, sha256_file
@@ -42,37 +44,31 @@ _AP_X = np.linspace(0, 1, 101)  # COCO 101-point interpolation, as ultralytics
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz
 
 
+def _evaluation_default(key: str) -> Any:
+    return DEFAULTS["evaluation"][key]
+
+
 @dataclass(frozen=True)
 class EvalSettings:
-    """What must be identical for every model of one comparison (and keys the cache)."""
+    """What must be identical for every model of one comparison (and keys the cache).
 
-    imgsz: int = 640
-    batch: int = 16
-    conf: float = 0.001
-    iou: float = 0.7
-    device: str = ""          # "" = first GPU if any, else cpu
-    speed_images: int = 16    # images timed for ms_per_image, per round (after a warm-up batch); 0: no timing
+    Defaults and checks are those of training.yaml's ``evaluation:`` section (toolkit/config.py).
+    ``imgsz`` None: each model is scored at the size it was trained at (``scoring_size``).
+    """
+
+    imgsz: int | None = _evaluation_default("imgsz")
+    batch: int = _evaluation_default("batch")
+    conf: float = _evaluation_default("conf")
+    iou: float = _evaluation_default("iou")
+    device: str = _evaluation_default("device")            # "" = first GPU if any, else cpu
+    speed_images: int = _evaluation_default("speed_images")  # images timed per round; 0: no timing
 
     @classmethod
     def from_settings(cls, evaluation: Mapping[str, Any]) -> "EvalSettings":
-        """From the ``evaluation:`` section of the resolved settings, checked once."""
-        try:
-            imgsz, batch = int(evaluation["imgsz"]), int(evaluation["batch"])
-            conf, iou = float(evaluation["conf"]), float(evaluation["iou"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"evaluation settings: {exc}; check the evaluation: section of training.yaml") from None
-        if imgsz < 32:
-            raise UserError(f"evaluation imgsz {imgsz} is too small; use 32 or more (640 is the YOLOv8 default)")
-        if batch < 1:
-            raise UserError(f"evaluation batch {batch} must be 1 or more (auto batch -1 is for training only)")
-        if not 0 <= conf < 1 or not 0 < iou <= 1:
-            raise UserError(f"evaluation conf {conf} / iou {iou} must lie in [0, 1); mAP needs a low conf such as 0.001")
-        device = evaluation.get("device")
-        device = "" if device is None else str(device).strip()  # YAML `device: 0` is a number
-        speed_images = int(evaluation.get("speed_images", cls.speed_images) or 0)
-        if speed_images < 0:
-            raise UserError(f"evaluation speed_images {speed_images} must be 0 (no timing) or more")
-        return cls(imgsz=imgsz, batch=batch, conf=conf, iou=iou, device=device, speed_images=speed_images)
+        """From the ``evaluation:`` section of the settings (missing keys: defaults), checked."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: check_value(f"evaluation.{name}", evaluation.get(name, _evaluation_default(name)),
+                                        "evaluation settings") for name in names})
 
 
 @dataclass(frozen=True)
@@ -110,6 +106,7 @@ class ModelEvaluation:
     cached: bool = False
     cache_file: Path | None = None
     ms_per_image: float | None = None
+    imgsz: int | None = None  # the size it was scored at
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +495,7 @@ class LoadedModel:
         self.backend.eval()
         self.stride = max(int(self.backend.stride), 32) if hasattr(self.backend, "stride") else 32
         self.end2end = bool(getattr(self.backend, "end2end", False))
+        self.trained_imgsz = trained_imgsz(yolo)
 
     def forward(self, tensor, settings: EvalSettings, max_det: int):
         import torch
@@ -513,6 +511,35 @@ class LoadedModel:
 
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def trained_imgsz(yolo) -> int | None:
+    """The image size a checkpoint was trained at (its ``train_args``), None when it does not say."""
+    value = ((getattr(yolo, "ckpt", None) or {}).get("train_args") or {}).get("imgsz")
+    if isinstance(value, (list, tuple)) and value:
+        value = max(value)
+    try:
+        return int(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def scoring_size(settings: EvalSettings, model: LoadedModel) -> tuple[int, str]:
+    """``(imgsz, why)``: evaluation.imgsz when set, else the size the model was trained at.
+
+    A model is scored at the size it was trained at because that is the size it runs at in
+    production (ultralytics predicts at the checkpoint's training size unless told otherwise).
+    """
+    if settings.imgsz is not None:
+        return settings.imgsz, "evaluation.imgsz"
+    if model.trained_imgsz:
+        return model.trained_imgsz, "trained at"
+    return DEFAULTS["training"]["imgsz"], "training size unknown (checkpoint without train_args)"
+
+
+def settings_for(settings: EvalSettings, model: LoadedModel) -> EvalSettings:
+    """The settings ``model`` is scored with: ``settings`` at its scoring size."""
+    return dataclasses.replace(settings, imgsz=scoring_size(settings, model)[0])
 
 
 def imgsz_for(settings: EvalSettings, stride: int = 32) -> int:
@@ -559,7 +586,8 @@ def run_inference(model: LoadedModel, data: SplitData, settings: EvalSettings,
 
 def measure_speeds(models: Sequence[LoadedModel], data: SplitData, settings: EvalSettings,
                    rounds: int = 2) -> list[float | None]:
-    """Milliseconds per image (network + NMS) of each model, on the same images and batch size.
+    """Milliseconds per image (network + NMS) of each model, on the same images and batch size,
+    each at its scoring size (``settings_for``).
 
     Every model is warmed up first, then the models take turns over ``rounds`` rounds and each
     keeps its fastest round: a load spike on a shared machine then hits no model in particular.
@@ -569,22 +597,24 @@ def measure_speeds(models: Sequence[LoadedModel], data: SplitData, settings: Eva
     if not models or settings.speed_images == 0:
         return [None] * len(models)
     stride = max(m.stride for m in models)
-    imgsz = imgsz_for(settings, stride)
     n = min(len(data), settings.speed_images)
-    batches = rect_batches(data.shapes[:n], settings.batch, imgsz, stride)
+    sizes = [imgsz_for(settings_for(settings, m), stride) for m in models]
     prepared = {}
-    for m in models:  # tensors per device, prepared once and outside the timed region
-        if str(m.device) not in prepared:
-            prepared[str(m.device)] = [_prepare_batch([data.images[i] for i in idx], shape, imgsz, m.device)
-                                       for idx, shape in batches]
-    for m in models:  # warm-up: allocations, kernel selection, lazy initialisation
-        m.forward(prepared[str(m.device)][0].tensor, settings, 300)
+    for m, imgsz in zip(models, sizes):  # tensors per device and size, prepared once, outside the timing
+        key = (str(m.device), imgsz)
+        if key not in prepared:
+            batches = rect_batches(data.shapes[:n], settings.batch, imgsz, stride)
+            prepared[key] = [_prepare_batch([data.images[i] for i in idx], shape, imgsz, m.device)
+                             for idx, shape in batches]
+    inputs = [prepared[(str(m.device), imgsz)] for m, imgsz in zip(models, sizes)]
+    for m, batches in zip(models, inputs):  # warm-up: allocations, kernel selection, lazy initialisation
+        m.forward(batches[0].tensor, settings, 300)
         m.synchronize()
     best = [math.inf] * len(models)
     for _ in range(rounds):
-        for k, m in enumerate(models):
+        for k, (m, batches) in enumerate(zip(models, inputs)):
             start = time.perf_counter()
-            for lb in prepared[str(m.device)]:
+            for lb in batches:
                 m.forward(lb.tensor, settings, 300)
             m.synchronize()
             best[k] = min(best[k], (time.perf_counter() - start) * 1000 / n)
@@ -635,16 +665,18 @@ def evaluate(model: LoadedModel, data: SplitData, settings: EvalSettings, cache_
              dataset_version: str, subset: int | None = None, use_cache: bool = True,
              progress=None) -> ModelEvaluation:
     """Evaluate one loaded model on ``data``, from the cache when an identical evaluation exists."""
+    settings = settings_for(settings, model)
     sha = sha256_file(model.path)
     key = cache_key(sha, data, settings, dataset_version, subset, model.device.type)
     cache_file = Path(cache_dir) / f"{sha[:16]}_{key[:16]}.npz"
     ev = load_cached(cache_file, key, model.path) if use_cache else None
     if ev is not None:
         logger.info("%s: evaluation reused from the cache (%s)", model.path.name, cache_file.name)
+        ev.imgsz = settings.imgsz
         return ev
-    logger.info("%s: evaluating on %d %s images", model.path.name, len(data), data.split)
+    logger.info("%s: evaluating on %d %s images at %d px", model.path.name, len(data), data.split, settings.imgsz)
     ev = run_inference(model, data, settings, progress=progress)
-    ev.sha256 = sha
+    ev.sha256, ev.imgsz = sha, settings.imgsz
     if use_cache:
         save_cached(cache_file, ev, key)
         ev.cache_file = cache_file
@@ -692,8 +724,8 @@ def evaluate_model(path: str | Path, data_yaml: str | Path, split: str, settings
     if cache_dir is None:
         if workspace is None:
             raise ValueError("evaluate_model needs cache_dir or root")
-        cache_dir = workspace.cache / "evaluations"
-    config_dir = workspace.cache / "ultralytics" if workspace else Path(cache_dir).parent / "ultralytics"
+        cache_dir = workspace.evaluation_cache
+    config_dir = workspace.ultralytics_config if workspace else Path(cache_dir).parent / "ultralytics"
     version = dataset_version_of(workspace, data_yaml, data.fingerprint) if workspace else "sha-" + data.fingerprint[:12]
     model = load_model(path, data, eval_settings, config_dir, data_yaml)
     ev = evaluate(model, data, eval_settings, cache_dir, version, subset=subset, use_cache=use_cache)
@@ -706,5 +738,5 @@ def model_entry(ev: ModelEvaluation, role: str) -> dict[str, Any]:
     m = ev.metrics
     return {"path": str(ev.path), "role": role, "sha256": ev.sha256, "map50": m["map50"], "map50_95": m["map50_95"],
             "precision": m["precision"], "recall": m["recall"], "per_class": m["per_class"],
-            "ms_per_image": ev.ms_per_image, "cached": ev.cached,
+            "ms_per_image": ev.ms_per_image, "cached": ev.cached, "imgsz": ev.imgsz,
             "predictions": int(len(ev.conf)), "cache_file": str(ev.cache_file) if ev.cache_file else None}

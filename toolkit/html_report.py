@@ -474,10 +474,12 @@ def _comparison(stage: dict[str, Any]) -> str:
         rows.append([f"{m.get('role') or ('production' if i == 0 else 'candidate')}{mark}", _path(m.get("path")),
                      *[_num(m.get(k)) for k, _ in METRICS],
                      f"{gain:+.3f}" if gain is not None else "-", ci_text,
-                     f"{_num(m.get('ms_per_image')):.1f}" if _num(m.get("ms_per_image")) is not None else "-"])
+                     f"{_num(m.get('ms_per_image')):.1f}" if _num(m.get("ms_per_image")) is not None else "-",
+                     f"{m['imgsz']} px" if m.get("imgsz") else "-",
+                     f"{m['trained_imgsz']} px" if m.get("trained_imgsz") else "-"])
     parts.append("<h3>Models on the same held-out images</h3>" + _table(
-        ["model", "file", *[label for _, label in METRICS], "gain", "95% interval", "ms / image"], rows,
-        numeric=(2, 3, 4, 5)))
+        ["model", "file", *[label for _, label in METRICS], "gain", "95% interval", "ms / image", "scored at",
+         "trained at"], rows, numeric=(2, 3, 4, 5)))
     names = _class_names(models)
     if names:
         labels = [_model_label(m, i) for i, m in enumerate(models)]

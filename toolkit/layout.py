@@ -113,6 +113,16 @@ class Workspace:
         return self.training / "cache"
 
     @property
+    def ultralytics_config(self) -> Path:
+        """ultralytics' settings folder (YOLO_CONFIG_DIR): in the workspace, not the user's home."""
+        return self.cache / "ultralytics"
+
+    @property
+    def evaluation_cache(self) -> Path:
+        """One .npz of per-image results per (model, dataset version, split, settings)."""
+        return self.cache / "evaluations"
+
+    @property
     def lock_file(self) -> Path:
         return self.training / "pipeline.lock"
 
@@ -141,3 +151,8 @@ class Workspace:
 
 
 SPLITS = ("train", "val", "test")
+
+
+def run_weights(run_dir: str | Path, which: str = "best") -> Path:
+    """``best.pt`` or ``last.pt`` of a training run folder (ultralytics' layout)."""
+    return Path(run_dir) / "weights" / f"{which}.pt"

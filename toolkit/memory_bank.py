@@ -885,7 +885,7 @@ def scan_folder(workspace, folder: Path, model_path: Path, bank: str | Path, bat
             production = ProductionModel.load(workspace.root)
             model, version, trained_size = production.model, production.version, production.imgsz
         else:
-            model, version = load_yolo(model_path, workspace.cache / "ultralytics"), None
+            model, version = load_yolo(model_path, workspace.ultralytics_config), None
             ckpt = getattr(model, "ckpt", None)
             size = (ckpt.get("train_args", {}) if isinstance(ckpt, dict) else {}).get("imgsz", 640)
             trained_size = size if isinstance(size, int) else 640

@@ -117,7 +117,7 @@ def configure_environment(config_dir: str | Path) -> Path:
 def prepare_ultralytics(config_dir: str | Path, verbose: bool | None = None) -> ModuleType:
     """Make ultralytics offline-safe with its settings in ``config_dir``; return the module.
 
-    ``config_dir`` is usually ``Workspace.cache / "ultralytics"``. Ultralytics reads its config
+    ``config_dir`` is usually ``Workspace.ultralytics_config``. Ultralytics reads its config
     folder once, at first import: a second call with another folder in the same process keeps the
     first (logged at debug level), which is harmless since the settings written are the same.
     """

@@ -374,7 +374,7 @@ class Registry:
         from toolkit.offline import model_class_names
 
         try:
-            classes = model_class_names(ws.production_model, ws.cache / "ultralytics")
+            classes = model_class_names(ws.production_model, ws.ultralytics_config)
         except UserError as exc:  # archived all the same: its bytes are what must not be lost
             logger.warning("the production model does not load (%s); archiving its bytes anyway", exc)
             classes = None

@@ -33,6 +33,7 @@ from typing import Any, Iterator, Mapping
 
 from toolkit.errors import UserError
 from toolkit.files import append_jsonl, atomic_write_text
+from toolkit.layout import run_weights
 
 logger = logging.getLogger(__name__)
 
@@ -110,17 +111,17 @@ def resolve_resume_dir(runs: Path, requested: str | Path | bool | None) -> Path:
         candidates = sorted((p for p in runs.glob("*") if p.is_dir()), key=lambda p: p.name, reverse=True) \
             if runs.is_dir() else []
         for run_dir in candidates:
-            if (run_dir / "weights" / "last.pt").is_file() and not run_is_finished(run_dir):
+            if run_weights(run_dir, "last").is_file() and not run_is_finished(run_dir):
                 return run_dir.resolve()
         finished = [p for p in candidates if run_is_finished(p)]
         if finished:
             raise UserError(f"no interrupted run to resume in {runs}: the latest run {finished[0].name} is finished; "
-                            f"to train further start a new run with --from {finished[0] / 'weights' / 'best.pt'}")
+                            f"to train further start a new run with --from {run_weights(finished[0])}")
         raise UserError(f"no interrupted run to resume in {runs}; start a new run without --resume")
     path = Path(requested).expanduser()
     if not path.exists() and (runs / str(requested)).exists():
         path = runs / str(requested)
-    if path.is_file() and path.name == "last.pt" and path.parent.name == "weights":
+    if path.is_file() and path == run_weights(path.parent.parent, "last"):
         path = path.parent.parent
     path = path.resolve()
     if not path.is_dir():
@@ -128,7 +129,7 @@ def resolve_resume_dir(runs: Path, requested: str | Path | bool | None) -> Path:
     if run_is_finished(path):
         raise UserError(f"run {path.name} is finished, nothing to resume; to train further start a new run "
                         f"with --from {path / 'weights' / 'best.pt'}")
-    if not (path / "weights" / "last.pt").is_file():
+    if not run_weights(path, "last").is_file():
         raise UserError(f"run {path.name} stopped before its first epoch was saved (no weights/last.pt); "
                         "start a new run instead")
     return path
@@ -737,7 +738,7 @@ def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: 
 
         try:
             dataset_classes = read_class_names(workspace.dataset_yaml) if workspace.dataset_yaml.is_file() else None
-            model_classes = model_class_names(workspace.production_model, workspace.cache / "ultralytics")
+            model_classes = model_class_names(workspace.production_model, workspace.ultralytics_config)
             classes_changed = None if dataset_classes is None else list(dataset_classes) != list(model_classes)
         except Exception as exc:  # the training step reports an unreadable model with its own message
             logger.debug("could not compare classes: %s", exc)

@@ -1,4 +1,4 @@
-"""``training_pipeline.py --demo``: the whole loop on synthetic steel images, on a laptop CPU.
+"""The whole retraining loop on synthetic steel images, on a laptop CPU (``training_pipeline.py --demo``).
 
 1. In a fresh demo workspace: generate a labelled batch and a memory bank, set up, import,
    train a small v1.0 from scratch and put it in production (as a user's existing model).
@@ -6,6 +6,13 @@
    memory bank, and runs the real pipeline: analyze -> prepare -> fine-tune -> compare -> promote or keep.
 Images are 64 px so that the loop takes a few minutes on 2 CPU cores; the settings it uses are
 written into the demo's training.yaml, where a user can read them.
+
+It lives at the top level, beside the stage scripts it drives (no toolkit/ module imports a
+script). ``prepare_demo`` readies the workspace; the pipeline's own ``run`` then does the loop.
+
+Usage:
+    python pipeline_demo.py                 # the same as: python training_pipeline.py --demo
+    python pipeline_demo.py --root D:/try-it --json
 """
 from __future__ import annotations
 
@@ -31,7 +38,6 @@ _DEMO_SETTINGS = {
     r"(\n  patience:) 20": r"\1 10",
     r"(\n    mosaic:) 1.0": r"\1 0.0",
     r"(\n    close_mosaic:) 10": r"\1 0",
-    r"(\nevaluation:\n(?:  .*\n)*?  imgsz:) 640": r"\1 64",
 }
 
 
@@ -49,20 +55,31 @@ def _next_batch_number(workspace: Workspace) -> int:
     return max(numbers, default=0) + 1
 
 
-def run_demo(root: str | Path | None = None):
-    """Run the demo in ``root`` (default ``./demo`` next to the toolkit); return the pipeline result."""
+def demo_root(root: str | Path | None = None) -> Path:
+    """The demo's workspace: ``root``, default ``./demo`` next to the toolkit."""
+    return Workspace.at(root if root is not None else TOOLKIT_HOME / "demo").root
+
+
+def check_demo_root(root: Path) -> None:
+    """Refuse a folder holding a production model that the demo did not make."""
+    ws = Workspace.at(root)
+    if ws.production_model.exists() and not (ws.root / MARKER).exists():
+        raise UserError(f"{ws.root} holds a production model that the demo did not make; "
+                        "give the demo an empty folder with --root")
+
+
+def prepare_demo(root: Path) -> Path:
+    """Make the synthetic line (first run) and drop a new labelled batch; the pipeline runs next."""
+    import dataset_preparer
     import setup_training
-    import training_pipeline
+    import train_yolov8
     from toolkit.registry import Registry
     from toolkit.synthetic import NEU_CLASSES, write_batch, write_memory_bank
 
-    ws = Workspace.at(root if root is not None else TOOLKIT_HOME / "demo")
-    marker = ws.root / MARKER
-    if ws.production_model.exists() and not marker.exists():
-        raise UserError(f"{ws.root} holds a production model that the demo did not make; "
-                        "give the demo an empty folder with --root")
+    ws = Workspace.at(root)
+    check_demo_root(ws.root)
     ws.root.mkdir(parents=True, exist_ok=True)
-    marker.write_text("This workspace was made by training_pipeline.py --demo; its models are synthetic.\n")
+    (ws.root / MARKER).write_text("This workspace was made by training_pipeline.py --demo; its models are synthetic.\n")
 
     if not ws.production_model.exists():
         logger.info("demo: first run - making a synthetic production line and a v1.0 model (about 2 minutes)")
@@ -71,9 +88,6 @@ def run_demo(root: str | Path | None = None):
         batch = write_batch(ws.incoming / "batch_001", FIRST_BATCH, fmt="yolo", size=IMAGE_SIZE, seed=1,
                             background_every=12, prefix="line3")
         write_memory_bank(ws.detections, batch, seed=1, model_version="1.0")
-        import dataset_preparer
-        import train_yolov8
-
         dataset_preparer.run(dataset_preparer.PrepareConfig(root=ws.root, incoming=True))
         first = train_yolov8.run(train_yolov8.TrainConfig(root=ws.root, start_from="scratch", name="demo-v1.0",
                                                           epochs=FIRST_MODEL_EPOCHS))
@@ -88,6 +102,20 @@ def run_demo(root: str | Path | None = None):
     production = Registry.load(ws).production_entry()
     write_memory_bank(ws.detections, batch, seed=number, model_version=production["version"] if production else "1.0")
     logger.info("demo: new labelled batch %s arrived; running the pipeline", batch.root.name)
-    result = training_pipeline.run(training_pipeline.PipelineConfig(root=ws.root))
-    logger.info("demo: production model %s, report %s", ws.production_model, result.html_report or result.report)
-    return result
+    return ws.root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python pipeline_demo.py [--root DIR] [--json]``: the pipeline's ``--demo``."""
+    import training_pipeline
+
+    from toolkit.cli import build_parser
+
+    args = build_parser(__doc__, prog="pipeline_demo.py").parse_args(argv)
+    passed = ["--root", str(args.root)] if args.root is not None else []
+    passed += [flag for flag, on in (("--json", args.json), ("-v", args.verbose), ("-q", args.quiet)) if on]
+    return training_pipeline.main(["--demo", *passed])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
