@@ -40,7 +40,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from test_model_comparator import test_stems, write_neu_yolo
+    from toolkit import eval_split as S
     from toolkit import evaluation as E
+    from toolkit import inference as I
+    from toolkit import metrics as M
     from toolkit.offline import prepare_ultralytics
 
     out = REPO / "benchmarks" / "out" / "compare"
@@ -51,10 +54,10 @@ def main() -> int:
     from ultralytics import YOLO
     from ultralytics.utils.metrics import ap_per_class
 
-    settings = E.EvalSettings(device=args.device)
-    data = E.load_split(data_yaml, "test")
+    settings = I.EvalSettings(device=args.device)
+    data = S.load_split(data_yaml, "test")
     model = E.load_model(args.model, data, settings, out / "ultralytics", data_yaml)
-    E.run_inference(model, E.load_split(data_yaml, "test", subset=settings.batch), settings)  # warm-up
+    I.run_inference(model, S.load_split(data_yaml, "test", subset=settings.batch), settings)  # warm-up
 
     start = time.perf_counter()
     ev = E.evaluate(model, data, settings, out / "cache", "bench", use_cache=True)
@@ -74,7 +77,7 @@ def main() -> int:
                        conf=0.001, iou=0.7, plots=False, verbose=False, workers=0, project=tmp, name="v")
         t_val = time.perf_counter() - start
 
-    scorer = E.BootstrapScorer(ev)
+    scorer = M.BootstrapScorer(ev)
     rng = np.random.default_rng(0)
     draws = [np.bincount(rng.integers(0, ev.n_images, ev.n_images), minlength=ev.n_images)
              for _ in range(args.resamples)]

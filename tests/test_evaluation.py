@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from toolkit import eval_split as S
 from toolkit import evaluation as E
+from toolkit import inference as I
+from toolkit import metrics as M
 from toolkit.decision import PromotionRules, decide, judge_candidate
 from toolkit.errors import UserError
 
@@ -31,20 +34,20 @@ def random_image(rng, n_gt: int, n_pred: int, nc: int = 3):
     return gt, gt_cls, pred, pred_cls, conf
 
 
-def synthetic_evaluation(rng, n_images: int, quality: float = 1.0) -> E.ModelEvaluation:
+def synthetic_evaluation(rng, n_images: int, quality: float = 1.0) -> M.ModelEvaluation:
     """Per-image arrays as an inference pass would give them (tp from our matcher)."""
     tp, conf, pcls, pimg, tcls, timg = [], [], [], [], [], []
     for i in range(n_images):
         gt, gt_cls, pred, pred_cls, c = random_image(rng, int(rng.integers(0, 5)), int(rng.integers(0, 12)))
         pred = pred + rng.normal(0, 8 / quality, pred.shape).astype(np.float32)
-        tp.append(E.match_predictions(pred_cls, gt_cls, E.box_iou(gt, pred)) if len(gt) and len(pred)
+        tp.append(M.match_predictions(pred_cls, gt_cls, M.box_iou(gt, pred)) if len(gt) and len(pred)
                   else np.zeros((len(pred), 10), bool))
         conf.append(c), pcls.append(pred_cls), pimg.append(np.full(len(c), i)), tcls.append(gt_cls)
         timg.append(np.full(len(gt_cls), i))
-    ev = E.ModelEvaluation(Path("m.pt"), "0" * 64, NAMES, np.concatenate(tp), np.concatenate(conf),
+    ev = M.ModelEvaluation(Path("m.pt"), "0" * 64, NAMES, np.concatenate(tp), np.concatenate(conf),
                            np.concatenate(pcls), np.concatenate(pimg), np.concatenate(tcls),
                            np.concatenate(timg), n_images)
-    ev.metrics = E.detection_metrics(ev.tp, ev.conf, ev.pred_cls, ev.target_cls, NAMES)
+    ev.metrics = M.detection_metrics(ev.tp, ev.conf, ev.pred_cls, ev.target_cls, NAMES)
     return ev
 
 
@@ -56,13 +59,13 @@ def test_matching_and_iou_equal_ultralytics(seed):
 
     rng = np.random.default_rng(seed)
     gt, gt_cls, pred, pred_cls, _ = random_image(rng, 6, 40)
-    ours_iou = E.box_iou(gt, pred)
+    ours_iou = M.box_iou(gt, pred)
     ref_iou = box_iou(torch.from_numpy(gt), torch.from_numpy(pred))
     np.testing.assert_allclose(ours_iou, ref_iou.numpy(), rtol=1e-5, atol=1e-6)
     validator = DetectionValidator.__new__(DetectionValidator)
     validator.iouv = torch.linspace(0.5, 0.95, 10)
     ref = validator.match_predictions(torch.from_numpy(pred_cls), torch.from_numpy(gt_cls), ref_iou).numpy()
-    ours = E.match_predictions(pred_cls, gt_cls, ours_iou)
+    ours = M.match_predictions(pred_cls, gt_cls, ours_iou)
     assert ours.shape == (40, 10) and ours.any()
     np.testing.assert_array_equal(ours, ref)
 
@@ -74,7 +77,7 @@ def test_detection_metrics_match_ap_per_class_and_mark_absent_classes():
     ev.target_cls = ev.target_cls.copy()
     keep = ev.target_cls != 2  # class "c" has predictions but no ground truth
     ev.target_cls, ev.target_img = ev.target_cls[keep], ev.target_img[keep]
-    m = E.detection_metrics(ev.tp, ev.conf, ev.pred_cls, ev.target_cls, NAMES)
+    m = M.detection_metrics(ev.tp, ev.conf, ev.pred_cls, ev.target_cls, NAMES)
     _, _, p, r, _, ap, classes, *_ = ap_per_class(ev.tp, ev.conf, ev.pred_cls, ev.target_cls)
     assert list(classes) == [0, 1]
     assert m["map50"] == pytest.approx(ap[:, 0].mean()) and m["map50_95"] == pytest.approx(ap.mean())
@@ -88,7 +91,7 @@ def test_bootstrap_scorer_equals_ap_per_class_on_replicated_images():
 
     rng = np.random.default_rng(7)
     ev = synthetic_evaluation(rng, 25)
-    scorer = E.BootstrapScorer(ev)
+    scorer = M.BootstrapScorer(ev)
     ones = np.ones(ev.n_images, dtype=int)
     assert scorer.score(ones) == pytest.approx((ev.metrics["map50"], ev.metrics["map50_95"]), abs=1e-12)
     for _ in range(5):
@@ -103,37 +106,37 @@ def test_bootstrap_scorer_equals_ap_per_class_on_replicated_images():
 def test_paired_bootstrap_is_zero_for_one_model_and_positive_for_a_better_one():
     rng = np.random.default_rng(11)
     worse = synthetic_evaluation(rng, 40, quality=0.5)
-    same = E.paired_bootstrap(worse, worse, "map50_95", 200)
+    same = M.paired_bootstrap(worse, worse, "map50_95", 200)
     assert np.all(same == 0)
     better = synthetic_evaluation(np.random.default_rng(11), 40, quality=4.0)  # same images, tighter boxes
     assert better.metrics["map50_95"] > worse.metrics["map50_95"]
-    gains = E.paired_bootstrap(worse, better, "map50_95", 300, seed=1)
-    lo, hi = E.interval95(gains)
+    gains = M.paired_bootstrap(worse, better, "map50_95", 300, seed=1)
+    lo, hi = M.interval95(gains)
     assert 0 < lo < better.metrics["map50_95"] - worse.metrics["map50_95"] < hi
-    assert np.array_equal(gains, E.paired_bootstrap(worse, better, "map50_95", 300, seed=1))  # reproducible
+    assert np.array_equal(gains, M.paired_bootstrap(worse, better, "map50_95", 300, seed=1))  # reproducible
 
 
 def test_rect_batches_follow_ultralytics_val():
     # square images at 640: padded to 672 as ultralytics' rect val (pad 0.5 stride)
-    batches = E.rect_batches([(200, 200)] * 5, batch=2, imgsz=640, stride=32)
+    batches = I.rect_batches([(200, 200)] * 5, batch=2, imgsz=640, stride=32)
     assert [len(i) for i, _ in batches] == [2, 2, 1] and {s for _, s in batches} == {(672, 672)}
-    wide = E.rect_batches([(100, 200), (200, 200)], batch=1, imgsz=640, stride=32)
+    wide = I.rect_batches([(100, 200), (200, 200)], batch=1, imgsz=640, stride=32)
     assert dict((int(i[0]), s) for i, s in wide) == {0: (352, 672), 1: (672, 672)}
 
 
 def test_read_yolo_label(tmp_path):
     f = tmp_path / "a.txt"
     f.write_text("0 0.5 0.5 0.2 0.4\n0 0.5 0.5 0.2 0.4\n1 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3\n")
-    cls, boxes = E.read_yolo_label(f, 2)
+    cls, boxes = S.read_yolo_label(f, 2)
     assert list(cls) == [0, 1]  # the duplicate row counts once, the polygon became its box
     np.testing.assert_allclose(boxes, [[0.4, 0.3, 0.6, 0.7], [0.1, 0.1, 0.3, 0.3]], atol=1e-6)
-    assert E.read_yolo_label(tmp_path / "missing.txt", 2)[0].size == 0  # no label file: background image
+    assert S.read_yolo_label(tmp_path / "missing.txt", 2)[0].size == 0  # no label file: background image
     f.write_text("0 0.5 0.5 1.4 0.2\n")
     with pytest.raises(ValueError, match="outside 0..1"):
-        E.read_yolo_label(f, 2)
+        S.read_yolo_label(f, 2)
     f.write_text("5 0.5 0.5 0.1 0.1\n")
     with pytest.raises(ValueError, match="class 5"):
-        E.read_yolo_label(f, 2)
+        S.read_yolo_label(f, 2)
 
 
 def test_load_split_subset_skips_broken_and_reads_only(tiny_dataset, tmp_path):
@@ -145,23 +148,23 @@ def test_load_split_subset_skips_broken_and_reads_only(tiny_dataset, tmp_path):
     shutil.copytree(tiny_dataset["root"] / "val", root / "test")  # test/images + test/labels
     names = yaml.safe_load(tiny_dataset["yaml"].read_text())["names"]
     (root / "data.yaml").write_text(yaml.safe_dump({"path": str(root), "test": "test/images", "names": names}))
-    images = [p for p in (root / "test" / "images").iterdir() if p.suffix.lower() in E.IMAGE_SUFFIXES]
+    images = [p for p in (root / "test" / "images").iterdir() if p.suffix.lower() in S.IMAGE_SUFFIXES]
     assert len(images) > 3
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
-    data = E.load_split(root / "data.yaml", "test")
+    data = S.load_split(root / "data.yaml", "test")
     assert len(data) == len(images) and not data.skipped
     assert [p.name for p in data.images] == sorted(p.name for p in data.images)
-    assert len(E.load_split(root / "data.yaml", "test", subset=3)) == 3
-    label = E.label_path_for(data.images[0])
+    assert len(S.load_split(root / "data.yaml", "test", subset=3)) == 3
+    label = S.label_path_for(data.images[0])
     assert label.is_file()
     label.write_text("0 0.5 0.5 2 2\n")
-    broken = E.load_split(root / "data.yaml", "test")
+    broken = S.load_split(root / "data.yaml", "test")
     assert len(broken) == len(images) - 1 and broken.skipped[0]["path"] == str(data.images[0])
     assert broken.fingerprint != data.fingerprint
     after = {p for p in root.rglob("*")}
     assert after == set(before)  # nothing written beside the user's data (no .cache files)
     with pytest.raises(UserError, match="no 'val:' split"):
-        E.load_split(root / "data.yaml", "val")
+        S.load_split(root / "data.yaml", "val")
 
 
 def entry(path, map50_95, ap50, ms=10.0, sha=None):
@@ -202,8 +205,8 @@ def test_settings_are_checked_with_a_message_that_says_what_to_fix():
     with pytest.raises(UserError, match="1000 or more"):
         PromotionRules.from_settings({"bootstrap_resamples": 10})
     with pytest.raises(UserError, match="batch"):
-        E.EvalSettings.from_settings({"imgsz": 640, "batch": 0, "conf": 0.001, "iou": 0.7})
-    assert E.EvalSettings.from_settings({"imgsz": 320, "batch": 4, "conf": 0.001, "iou": 0.7, "device": 0}).device == "0"
+        I.EvalSettings.from_settings({"imgsz": 640, "batch": 0, "conf": 0.001, "iou": 0.7})
+    assert I.EvalSettings.from_settings({"imgsz": 320, "batch": 4, "conf": 0.001, "iou": 0.7, "device": 0}).device == "0"
 
 
 @pytest.mark.parametrize("hw,new_shape", [((200, 200), (672, 672)), ((640, 320), (672, 352)), ((100, 300), (128, 320)),
@@ -212,7 +215,7 @@ def test_letterbox_equals_ultralytics_val_letterbox(hw, new_shape):
     from ultralytics.data.augment import LetterBox
 
     im = np.random.default_rng(0).integers(0, 255, (*hw, 3), dtype=np.uint8)
-    ours, r, (left, top) = E.letterbox(im, new_shape)
+    ours, r, (left, top) = I.letterbox(im, new_shape)
     ref = LetterBox(new_shape=new_shape, scaleup=False)(image=im)
     np.testing.assert_array_equal(ours, ref)
     assert ours.shape[:2] == new_shape and r <= 1

@@ -217,13 +217,29 @@ def test_full_neu_test_split_reproduces_ultralytics_val(neu_dir, shared_models, 
     assert result.winner == str((shared_models / V11).resolve())
 
 
+def evaluate_model(path, data_yaml, split: str, settings, root) -> dict:
+    """One model's comparison entry, scored through the workspace's cache (a test helper: it
+    checks that a model evaluated outside a comparison reuses the comparator's cached arrays)."""
+    from toolkit.layout import Workspace
+
+    workspace = Workspace.at(root)
+    eval_settings = evaluation.EvalSettings.from_settings(settings)
+    data_yaml = Path(data_yaml).resolve()
+    data = evaluation.load_split(data_yaml, split)
+    version = evaluation.dataset_version_of(workspace, data_yaml, data.fingerprint)
+    model = evaluation.load_model(path, data, eval_settings, workspace.ultralytics_config, data_yaml)
+    ev = evaluation.evaluate(model, data, eval_settings, workspace.evaluation_cache, version)
+    ev.ms_per_image = evaluation.measure_speeds([model], data, eval_settings)[0]
+    return evaluation.model_entry(ev, role="candidate")
+
+
 def test_evaluate_model_helper_shares_the_comparators_cache(first_run, workspace, subset_yaml, shared_models):
-    """What the pipeline calls after training: the same entry, answered from the same cache."""
+    """A model scored outside a comparison: the same entry, answered from the same cache."""
     from toolkit.config import DEFAULTS
 
     first, _ = first_run
     settings = {**DEFAULTS["evaluation"], "device": "cpu", "speed_images": 2}
-    got = evaluation.evaluate_model(shared_models / V11, subset_yaml, "test", settings, root=workspace)
+    got = evaluate_model(shared_models / V11, subset_yaml, "test", settings, root=workspace)
     want = entry(first, V11)
     assert got["cached"] is True and got["sha256"] == want["sha256"]
     assert (got["map50"], got["map50_95"], got["per_class"]) == (want["map50"], want["map50_95"], want["per_class"])

@@ -1,0 +1,171 @@
+"""Detection metrics from per-image arrays, as ultralytics computes them, and a paired bootstrap.
+
+One inference pass per model gives, for every image, which predictions are correct at the ten
+IoU thresholds 0.50:0.95 (``tp``), their confidence and class, and the image's true classes.
+From those arrays alone come the headline numbers (``ultralytics.utils.metrics.ap_per_class``,
+the function ``val`` itself uses) and a paired bootstrap over images: a resample only reweights
+images, so no model is ever run again. Pure numpy.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+_AP_X = np.linspace(0, 1, 101)  # COCO 101-point interpolation, as ultralytics
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
+
+@dataclass
+class ModelEvaluation:
+    """One model on one split: per-image arrays (concatenated) and the metrics they give."""
+
+    path: Path
+    sha256: str
+    names: tuple[str, ...]
+    tp: np.ndarray          # (N, 10) bool, predictions in image order
+    conf: np.ndarray        # (N,)
+    pred_cls: np.ndarray    # (N,)
+    pred_img: np.ndarray    # (N,) image index of each prediction
+    target_cls: np.ndarray  # (M,)
+    target_img: np.ndarray  # (M,)
+    n_images: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+    cache_file: Path | None = None
+    ms_per_image: float | None = None
+    imgsz: int | None = None  # the size it was scored at
+
+
+def box_iou(a: np.ndarray, b: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """IoU of every box in ``a`` (M, 4) with every box in ``b`` (N, 4), xyxy -> (M, N)."""
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter + eps)
+
+
+def match_predictions(pred_cls: np.ndarray, true_cls: np.ndarray, iou: np.ndarray,
+                      thresholds: np.ndarray = IOU_THRESHOLDS) -> np.ndarray:
+    """(N, T) bool: prediction j is a true positive at threshold t (ultralytics' greedy rule).
+
+    Predictions come in descending confidence; each takes the best unclaimed target of its
+    class with IoU above the threshold, independently at every threshold.
+    """
+    correct = np.zeros((len(pred_cls), len(thresholds)), dtype=bool)
+    if len(pred_cls) == 0 or len(true_cls) == 0:
+        return correct
+    iou = iou * (np.asarray(true_cls)[:, None] == np.asarray(pred_cls)[None, :])
+    matched = np.zeros((iou.shape[0], len(thresholds)), dtype=bool)
+    cols = np.arange(len(thresholds))
+    for j in np.flatnonzero((iou >= thresholds.min()).any(0)):
+        available = np.where(matched, 0, iou[:, j, None])
+        k = available.argmax(0)
+        correct[j] = available[k, cols] >= thresholds
+        matched[k, cols] |= correct[j]
+    return correct
+
+
+def detection_metrics(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray,
+                      names: Sequence[str]) -> dict[str, Any]:
+    """mAP50, mAP50-95, precision, recall and per-class values exactly as ultralytics val computes them."""
+    from ultralytics.utils.metrics import ap_per_class
+
+    per_class: dict[str, dict[str, Any]] = {
+        n: {"ap50": None, "ap50_95": None, "precision": None, "recall": None, "instances": 0} for n in names}
+    if len(target_cls) == 0:
+        return {"map50": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0, "per_class": per_class}
+    _, _, p, r, _, ap, classes, *_ = ap_per_class(tp, conf, pred_cls, target_cls)
+    counts = np.bincount(target_cls.astype(int), minlength=len(names))
+    for i, c in enumerate(classes):
+        per_class[names[c]] = {"ap50": float(ap[i, 0]), "ap50_95": float(ap[i].mean()), "precision": float(p[i]),
+                               "recall": float(r[i]), "instances": int(counts[c])}
+    return {"map50": float(ap[:, 0].mean()), "map50_95": float(ap.mean()),
+            "precision": float(p.mean()), "recall": float(r.mean()), "per_class": per_class}
+
+
+class BootstrapScorer:
+    """mAP of one model on resamples of the images, without re-running anything.
+
+    A resample with image counts ``w`` is scored exactly as ``ap_per_class`` would score the
+    concatenation of the resampled images: every prediction of image i repeated ``w[i]`` times.
+    The sort by confidence is done once, so a resample costs a ``np.repeat`` and cumulative sums.
+    """
+
+    def __init__(self, evaluation: ModelEvaluation):
+        order = np.argsort(-evaluation.conf, kind="stable")
+        self.n_images = evaluation.n_images
+        self.nc = len(evaluation.names)
+        self.target_cls, self.target_img = evaluation.target_cls.astype(int), evaluation.target_img
+        self.by_class = []  # per class: (tp sorted by conf, image of each prediction)
+        cls_sorted = evaluation.pred_cls[order].astype(int)
+        for c in range(self.nc):
+            idx = order[cls_sorted == c]
+            self.by_class.append((evaluation.tp[idx], evaluation.pred_img[idx]))
+
+    def score(self, counts: np.ndarray) -> tuple[float, float]:
+        """(mAP50, mAP50-95) of the resample in which image i appears ``counts[i]`` times."""
+        n_targets = np.bincount(self.target_cls, weights=counts[self.target_img], minlength=self.nc)
+        aps = []
+        for c in range(self.nc):
+            if n_targets[c] == 0:
+                continue  # as ap_per_class: only classes with targets in the resample count
+            tp, img = self.by_class[c]
+            reps = counts[img]
+            if reps.sum() == 0:
+                aps.append(np.zeros(tp.shape[1]))
+                continue
+            tp_rep = np.repeat(tp, reps, axis=0)
+            aps.append(_average_precision(tp_rep, n_targets[c]))
+        if not aps:
+            return 0.0, 0.0
+        ap = np.array(aps)
+        return float(ap[:, 0].mean()), float(ap.mean())
+
+
+def _average_precision(tp_sorted: np.ndarray, n_targets: float, eps: float = 1e-16) -> np.ndarray:
+    """AP at each IoU threshold of predictions of one class sorted by confidence (ultralytics' compute_ap)."""
+    tpc = tp_sorted.cumsum(0)
+    n = np.arange(1, len(tp_sorted) + 1)[:, None]
+    recall = tpc / (n_targets + eps)
+    precision = tpc / n
+    out = np.empty(tp_sorted.shape[1])
+    for j in range(tp_sorted.shape[1]):
+        mrec = np.concatenate(([0.0], recall[:, j], [recall[-1, j]], [1.0]))
+        mpre = np.concatenate(([1.0], precision[:, j], [0.0], [0.0]))
+        mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
+        out[j] = _trapezoid(np.interp(_AP_X, mrec, mpre), _AP_X)
+    return out
+
+
+def paired_bootstrap(production: ModelEvaluation, candidate: ModelEvaluation, metric: str,
+                     resamples: int, seed: int = 0) -> np.ndarray:
+    """Gains (candidate - production) on ``metric`` over ``resamples`` paired resamples of the images.
+
+    Paired: both models are scored on the very same resample, so image difficulty cancels out.
+    """
+    if production.n_images != candidate.n_images:
+        raise ValueError("paired bootstrap needs both models evaluated on the same images")
+    which = {"map50": 0, "map50_95": 1}[metric]
+    rng = np.random.default_rng(seed)
+    a, b = BootstrapScorer(production), BootstrapScorer(candidate)
+    n = production.n_images
+    gains = np.empty(resamples)
+    for i in range(resamples):
+        counts = np.bincount(rng.integers(0, n, n), minlength=n)
+        gains[i] = b.score(counts)[which] - a.score(counts)[which]
+    return gains
+
+
+def interval95(samples: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return float(lo), float(hi)
