@@ -417,7 +417,7 @@ def _check_known(user: Mapping[str, Any], known: Mapping[str, Any], prefix: str,
         dotted = f"{prefix}{key}"
         if key not in known:
             options = ", ".join(sorted(str(k) for k in known))
-            raise ConfigError(f"{source}: unknown key '{short(dotted, 80)}' (known keys here: {options}); fix or remove it")
+            raise ConfigError(f"{source}: unknown key {short(dotted, 80)} (known keys here: {options}); fix or remove it")
         if isinstance(known[key], dict) and dotted not in _MAPPING_VALUES:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{dotted}' must be a mapping of settings, got {short(value)}")
