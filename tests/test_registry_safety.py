@@ -172,7 +172,7 @@ def test_status_checks_production_sidecar_and_archives(ws, models):
     sidecar = _sidecar(ws)
     ws.production_sidecar.write_text(json.dumps({**sidecar, "version": "1.0"}))
     (ws.models / "yolov8_v1.0.pt").write_bytes(b"changed")
-    shutil.copyfile(models["v11"], ws.models / "yolov8_v1.7.pt")
+    shutil.copyfile(models["tiny"], ws.models / "yolov8_v1.7.pt")
     status = json.loads(_status_cli(ws.root, "--json").stdout)
     problems = " | ".join(p["problem"] + ": " + p["fix"] for p in status["problems"])
     assert not status["ok"]
@@ -312,3 +312,23 @@ def test_archive_renamed_but_not_registered_by_an_older_run_is_adopted(ws, model
     assert rerun.returncode == 0, rerun.stderr[-1500:]
     assert _versions(ws) == [("1.0", sha256_file(models["v10"])), ("1.1", sha256_file(models["v11"]))]
     _assert_consistent(ws, "1.1", models["v11"])
+
+
+def test_registry_with_two_versions_of_one_model_from_an_older_toolkit(ws, models):
+    """What the old registry wrote when v1.1 was promoted again after a rollback: a '1.2' with 1.1's bytes."""
+    registry = Registry.load(ws)
+    registry.promote(models["v11"])
+    registry = Registry.load(ws)
+    shutil.copyfile(models["v11"], ws.models / "yolov8_v1.2.pt")
+    registry.versions.append({**registry.entry("1.1"), "version": "1.2", "file": "yolov8_v1.2.pt", "parent": "1.0"})
+    registry.events.extend([{"action": "rollback", "version": "1.0", "previous": "1.1"},
+                            {"action": "promote", "version": "1.2", "previous": "1.0"}])
+    registry.save()
+    ws.production_sidecar.write_text(json.dumps({**_sidecar(ws), "version": "1.2"}))
+    status = training_pipeline.status(ws.root)
+    assert any(p["problem"] == "versions 1.1, 1.2 hold the same model" for p in status["problems"])
+    assert status["previous_version"] == "1.0"
+    run = _rollback_cli(ws)  # the previous production, not "1.2 is already in production" or 1.1
+    assert run.returncode == 0, run.stderr
+    assert ws.production_model.read_bytes() == models["v10"].read_bytes()
+    assert _sidecar(ws)["version"] == "1.0"

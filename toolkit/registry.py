@@ -180,22 +180,30 @@ class Registry:
 
         Replays the events: a promotion or registration goes on top; a rollback to the version just
         below the top takes the top off (so ``--rollback`` twice goes two steps back, not back and
-        forth); a rollback to any other version goes on top.
+        forth); a rollback to any other version goes on top. Versions that hold one model (two
+        entries with one sha256, written by an older toolkit) count as the first of them.
         """
+        sha_of = {v["version"]: v["sha256"] for v in self.versions}
         stack: list[str] = []
         for event in self.events:
             if event.get("action") not in _INSTALLS:
                 continue
-            version = event["version"]
+            version = self._canonical(event["version"], sha_of)
             if event["action"] == "rollback" and len(stack) >= 2 and stack[-2] == version:
                 stack.pop()
             elif not stack or stack[-1] != version:
                 stack.append(version)
         return stack
 
+    def _canonical(self, version: str, sha_of: dict[str, str]) -> str:
+        entry = self.entry_by_sha(sha_of[version]) if version in sha_of else None
+        return entry["version"] if entry else version
+
     def previous_production(self, current: str | None) -> str | None:
         """The version that was in production before ``current`` (None: there was none)."""
         lineage = self.production_lineage()
+        if current is not None:
+            current = self._canonical(current, {v["version"]: v["sha256"] for v in self.versions})
         if current is not None and lineage and lineage[-1] == current:
             return lineage[-2] if len(lineage) >= 2 else None
         if current is not None and current in lineage:
@@ -286,7 +294,8 @@ class Registry:
         sha = sha256_file(path)
         version = _ARCHIVE_RE.match(path.name).group(1)
         if self.entry_by_sha(sha) is not None or self.entry(version) is not None:
-            return [f"left {path.name} alone: its model or version is already registered"]
+            logger.debug("%s is not registered: its model or its version number already is; left alone", path.name)
+            return []
         self.versions.append({"version": version, "file": path.name, "sha256": sha, "registered_at": utc_now_iso(),
                               "parent": None, "source": "archive found unregistered", "classes": None,
                               "metrics": {}, "reasons": ["registered as found in training/models"]})
@@ -520,7 +529,14 @@ class Registry:
             add(f"an interrupted {pending['action']} of version {pending.get('version')}",
                 f"{repair}: it is finished if production was replaced, else undone")
         for path in self.unregistered_archives():
-            add(f"{path.name} is archived but not registered", repair)
+            twin = self.entry_by_sha(sha256_file(path))
+            if twin is not None:
+                add(f"{path.name} is not registered; it is a copy of version {twin['version']}",
+                    "nothing depends on it: delete it or keep it")
+            elif self.entry(_ARCHIVE_RE.match(path.name).group(1)) is not None:
+                pass  # its version holds other bytes: reported as a changed archive above
+            else:
+                add(f"{path.name} is archived but not registered", repair)
         temps = self.leftover_temp_files()
         if temps:
             add(f"{len(temps)} temp file(s) left by an interrupted copy ({temps[0].name})", repair)
