@@ -1,0 +1,434 @@
+"""Label efficiency of the analyzer's picks on NEU-DET (issue 12): do its K images beat K random ones?
+
+A simulation of the real loop. Production = ``neu_v1.0_half.pt`` (trained on
+``splits/train_half.txt``: the "old" images). The pool = the other training images
+(``train.txt`` minus ``train_half.txt``, 720) with their labels hidden. Then:
+
+1. the analyzer - the real command, ``training_analyzer.py --scan POOL --export K`` in a fresh
+   workspace whose managed train split is the old images (so priorities know the class shares) -
+   picks K images (the first K rows of selection.csv, in rank order);
+2. production is fine-tuned on old + those K (labels revealed) and scored on the test split;
+3. the same with K random pool images (several draws, each with its own training seed), with
+   no new image (K = 0: the same fine-tune on old alone, the control) and with the whole pool.
+
+Reported per K: test mAP50 / mAP50-95 of analyzer vs random (mean +- std over draws) and the
+labels saved: how many random images (linear interpolation of the random mean over K, 0 and the
+whole pool) reach the analyzer's K's mAP50-95. Goal of the issue: the analyzer's 240 match >= 360
+random (>= 1.5x label efficiency).
+
+Fine-tunes use plain ultralytics (``YOLO(production).train``, the toolkit's offline preparation,
+ultralytics' default augmentation, no per-epoch validation), the same settings for every arm;
+scores come from ultralytics' ``val`` on the test split (conf 0.001, iou 0.7).
+
+Modes:
+  --mode gpu        imgsz 640, 30 epochs, batch 32, K 120,240,360, 3 draws, whole pool and test
+                    split; ``--jobs N`` runs N fine-tunes at once (one GPU fits several).
+  --mode cpu-proxy  a proxy that finishes in ~20-30 min on 2 shared cores: imgsz 224, 3 epochs,
+                    a class-balanced subset of 240 old images as the replay set, a 360-image pool
+                    subset, K 40,80,120, 3 draws. Its figures are a CPU proxy, labelled so in the
+                    results, and say nothing about GPU-sized fine-tunes.
+Every size can be overridden (--imgsz --epochs --batch --ks --draws --old-limit --pool-limit
+--test-limit). Results: ``benchmarks/results/<UTC date>-<card | cpu-proxy>.json`` and ``.md``.
+
+Usage:
+    nice -n 10 python benchmarks/label_efficiency.py --mode cpu-proxy
+    python benchmarks/label_efficiency.py --mode gpu --neu .gpu/NEU-DET --model .gpu/models/neu_v1.0_half.pt --jobs 4
+    python benchmarks/label_efficiency.py --mode cpu-proxy --imgsz 64 --epochs 1 --ks 4,8 --draws 2 \\
+        --old-limit 24 --pool-limit 30 --test-limit 12                      # smoke test (a minute)
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+logger = logging.getLogger("label_efficiency")
+
+MODES = {
+    "gpu": dict(imgsz=640, epochs=30, batch=32, ks="120,240,360", draws=3, old_limit=0, pool_limit=0, test_limit=0),
+    "cpu-proxy": dict(imgsz=224, epochs=3, batch=16, ks="40,80,120", draws=3, old_limit=240, pool_limit=360,
+                      test_limit=0),
+}
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+def voc_to_yolo(xml_path: Path, names: list[str]) -> list[str]:
+    root = ET.parse(xml_path).getroot()
+    w, h = float(root.findtext("size/width")), float(root.findtext("size/height"))
+    lines = []
+    for obj in root.iter("object"):
+        box = obj.find("bndbox")
+        x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        x1, x2 = max(0.0, min(x1, x2)), min(w, max(x1, x2))
+        y1, y2 = max(0.0, min(y1, y2)), min(h, max(y1, y2))
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            continue
+        cls = names.index(obj.findtext("name").strip())
+        lines.append(f"{cls} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+    return lines
+
+
+def find_pair(neu: Path, stem: str) -> tuple[Path, Path]:
+    for images, notes in (("IMAGES", "ANNOTATIONS"), ("Validation_Images", "Validation_Annotations")):
+        img, xml = neu / images / f"{stem}.jpg", neu / notes / f"{stem}.xml"
+        if img.is_file() and xml.is_file():
+            return img, xml
+    raise FileNotFoundError(f"{stem}: image or annotation missing in {neu}")
+
+
+def balanced(stems: list[str], names: list[str], limit: int, seed: int) -> list[str]:
+    """``limit`` stems taken round-robin over the classes (NEU names start with the class)."""
+    if not limit or limit >= len(stems):
+        return list(stems)
+    rng = random.Random(seed)
+    by_class = {c: [s for s in stems if s.startswith(c + "_")] for c in names}
+    for group in by_class.values():
+        rng.shuffle(group)
+    out: list[str] = []
+    while len(out) < limit and any(by_class.values()):
+        for c in names:
+            if by_class[c] and len(out) < limit:
+                out.append(by_class[c].pop())
+    return sorted(out)
+
+
+def build_data(neu: Path, work: Path, names: list[str], args) -> dict[str, list[str]]:
+    """YOLO copies (images/ + labels/ side by side) of every stem used; returns the stem lists."""
+    split = {name: (neu / "splits" / f"{name}.txt").read_text().split() for name in ("train", "train_half", "test")}
+    old_all = split["train_half"]
+    pool_all = sorted(set(split["train"]) - set(old_all))
+    sets = {"old_all": old_all,
+            "old": balanced(old_all, names, args.old_limit, 1),
+            "pool": balanced(pool_all, names, args.pool_limit, 2),
+            "test": balanced(split["test"], names, args.test_limit, 3)}
+    images, labels = work / "data" / "images", work / "data" / "labels"
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for stem in sorted({s for v in sets.values() for s in v}):
+        img, xml = find_pair(neu, stem)
+        target = images / img.name
+        if not target.exists():
+            target.write_bytes(img.read_bytes())
+        (labels / f"{stem}.txt").write_text("\n".join(voc_to_yolo(xml, names)) + "\n")
+    return sets
+
+
+def image_of(work: Path, stem: str) -> Path:
+    return work / "data" / "images" / f"{stem}.jpg"
+
+
+# --- the analyzer's picks --------------------------------------------------------------------------
+
+def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: list[str], k_max: int) -> tuple[list[str], dict]:
+    """Run the real analyzer command over the pool; return the picked stems in rank order and its summary."""
+    from toolkit.datafile import write_dataset_yaml
+    from toolkit.layout import Workspace
+
+    ws = Workspace.at(work / "analyzer_ws")
+    if ws.root.exists():
+        import shutil
+        shutil.rmtree(ws.root)
+    ws.labels_dir("train").mkdir(parents=True)
+    write_dataset_yaml(ws, names)
+    for stem in sets["old_all"]:  # production's own training set: the class shares priorities compare with
+        (ws.labels_dir("train") / f"{stem}.txt").write_text((work / "data" / "labels" / f"{stem}.txt").read_text())
+    pool = work / "pool"
+    if pool.exists():
+        import shutil
+        shutil.rmtree(pool)
+    pool.mkdir()
+    for stem in sets["pool"]:  # the pool's images only: its labels stay hidden from the analyzer
+        (pool / f"{stem}.jpg").symlink_to(image_of(work, stem))
+    cmd = [sys.executable, str(REPO / "training_analyzer.py"), "--root", str(ws.root), "--scan", str(pool),
+           "--scan-model", str(model), "--export", str(k_max), "--json", "-q"]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"training_analyzer failed ({out.returncode}): {out.stderr[-2000:]}")
+    result = json.loads(out.stdout)
+    rows = list(csv.DictReader(open(Path(result["export_dir"]) / "selection.csv", newline="", encoding="utf-8")))
+    picks = [Path(r["source"].lstrip("'")).stem for r in rows]
+    summary = {"seconds": round(time.perf_counter() - start, 1), "exported": result["exported"],
+               "near_duplicates_skipped": result["near_duplicates_skipped"],
+               "priorities": [{"class": p["class"], "score": p["score"], "reasons": p["reasons"]}
+                              for p in result["priorities"]],
+               "picked_per_class": {}, "reasons": {}}
+    for r in rows[:k_max]:
+        c = next((n for n in names if Path(r["source"]).stem.startswith(n + "_")), "?")
+        summary["picked_per_class"][c] = summary["picked_per_class"].get(c, 0) + 1
+        kind = r["reason"].split(" (")[0].split(",")[0]
+        summary["reasons"][kind] = summary["reasons"].get(kind, 0) + 1
+    return picks, summary
+
+
+# --- one fine-tune ---------------------------------------------------------------------------------
+
+def write_list(path: Path, work: Path, stems: list[str]) -> Path:
+    path.write_text("".join(f"{image_of(work, s)}\n" for s in stems))
+    return path
+
+
+def finetune(spec: dict) -> dict:
+    """Fine-tune production on spec['train'] stems, score on the test stems; returns the figures."""
+    import yaml
+
+    from toolkit.offline import prepare_ultralytics
+
+    work = Path(spec["work"])
+    run_dir = work / "runs" / spec["name"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_ultralytics(work / "ultralytics_cfg", verbose=False)
+    from ultralytics import YOLO
+
+    data = {"path": str(work), "names": dict(enumerate(spec["names"])),
+            "train": str(write_list(run_dir / "train.txt", work, spec["train"])),
+            "val": str(write_list(run_dir / "test.txt", work, spec["test"]))}
+    (run_dir / "data.yaml").write_text(yaml.safe_dump(data))
+    start = time.perf_counter()
+    model = YOLO(spec["model"])
+    if spec["epochs"] > 0:
+        model.train(data=str(run_dir / "data.yaml"), epochs=spec["epochs"], imgsz=spec["imgsz"], batch=spec["batch"],
+                    device=spec["device"], workers=spec["workers"], seed=spec["seed"], deterministic=True,
+                    val=False, plots=False, project=str(run_dir), name="train", exist_ok=True, verbose=False,
+                    amp=spec["device"] not in ("cpu", ""), cache=False)
+        weights = run_dir / "train" / "weights" / "last.pt"
+        model = YOLO(str(weights))
+    train_s = time.perf_counter() - start
+    metrics = model.val(data=str(run_dir / "data.yaml"), split="val", imgsz=spec["imgsz"], batch=spec["batch"],
+                        conf=0.001, iou=0.7, device=spec["device"], workers=spec["workers"], plots=False,
+                        verbose=False, project=str(run_dir), name="val", exist_ok=True)
+    ap50 = {spec["names"][int(c)]: round(float(a), 4) for c, a in zip(metrics.box.ap_class_index, metrics.box.ap50)}
+    return {"name": spec["name"], "arm": spec["arm"], "k": spec["k"], "draw": spec["draw"], "seed": spec["seed"],
+            "images": len(spec["train"]), "map50": round(float(metrics.box.map50), 4),
+            "map50_95": round(float(metrics.box.map), 4), "ap50_per_class": ap50,
+            "seconds": round(time.perf_counter() - start, 1), "train_seconds": round(train_s, 1)}
+
+
+def run_specs(specs: list[dict], jobs: int, work: Path) -> list[dict]:
+    """Each fine-tune in its own process (fresh ultralytics state); ``jobs`` at once."""
+    pending = list(specs)
+    running: list[tuple[subprocess.Popen, Path, dict]] = []
+    results = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            spec = pending.pop(0)
+            spec_path = work / "runs" / f"{spec['name']}.spec.json"
+            spec_path.parent.mkdir(parents=True, exist_ok=True)
+            spec_path.write_text(json.dumps(spec))
+            log = open(work / "runs" / f"{spec['name']}.log", "w")
+            proc = subprocess.Popen([sys.executable, __file__, "--one", str(spec_path)], stdout=log, stderr=subprocess.STDOUT)
+            running.append((proc, spec_path, spec))
+        time.sleep(1.0)
+        for item in list(running):
+            proc, spec_path, spec = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            out = spec_path.with_suffix(".result.json")
+            if proc.returncode != 0 or not out.exists():
+                tail = (work / "runs" / f"{spec['name']}.log").read_text()[-1500:]
+                raise SystemExit(f"fine-tune {spec['name']} failed ({proc.returncode}):\n{tail}")
+            res = json.loads(out.read_text())
+            results.append(res)
+            logger.info("%-18s images %4d  mAP50 %.3f  mAP50-95 %.3f  (%.0f s)", res["name"], res["images"],
+                        res["map50"], res["map50_95"], res["seconds"])
+    return results
+
+
+# --- the comparison --------------------------------------------------------------------------------
+
+def interpolate_k(curve: list[tuple[int, float]], target: float) -> float | None:
+    """Smallest K where the piecewise-linear random curve reaches ``target``; None if it never does."""
+    curve = sorted(curve)
+    if curve and curve[0][1] >= target:
+        return float(curve[0][0])
+    for (k0, v0), (k1, v1) in zip(curve, curve[1:]):
+        if v0 < target <= v1:
+            return k0 + (target - v0) / (v1 - v0) * (k1 - k0)
+    return None
+
+
+def summarise(results: list[dict], ks: list[int], pool_size: int) -> dict:
+    def stats(rows: list[dict], key: str) -> dict:
+        values = [r[key] for r in rows]
+        return {"mean": round(statistics.fmean(values), 4) if values else None,
+                "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+                "min": min(values) if values else None, "max": max(values) if values else None, "n": len(values)}
+
+    base = [r for r in results if r["arm"] == "old_only"]
+    full = [r for r in results if r["arm"] == "all"]
+    table = []
+    curve = [(0, stats(base, "map50_95")["mean"])] if base else []
+    for k in ks:
+        rnd = [r for r in results if r["arm"] == "random" and r["k"] == k]
+        if rnd:
+            curve.append((k, stats(rnd, "map50_95")["mean"]))
+    if full:
+        curve.append((pool_size, stats(full, "map50_95")["mean"]))
+    for k in ks:
+        ana = [r for r in results if r["arm"] == "analyzer" and r["k"] == k]
+        rnd = [r for r in results if r["arm"] == "random" and r["k"] == k]
+        row = {"k": k, "analyzer": {m: stats(ana, m) for m in ("map50", "map50_95")},
+               "random": {m: stats(rnd, m) for m in ("map50", "map50_95")}}
+        if ana and curve:
+            matched = interpolate_k(curve, row["analyzer"]["map50_95"]["mean"])
+            row["random_images_to_match"] = None if matched is None else round(matched, 1)
+            row["label_efficiency"] = None if matched is None else round(matched / k, 2)
+        table.append(row)
+    return {"old_only": {m: stats(base, m) for m in ("map50", "map50_95")} if base else None,
+            "all_pool": {m: stats(full, m) for m in ("map50", "map50_95")} if full else None,
+            "random_curve_map50_95": curve, "per_k": table}
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    label = "CPU PROXY (not GPU figures)" if report["mode"] == "cpu-proxy" else report["device_name"]
+    lines = [f"# Label efficiency of the analyzer's picks - {label}", "",
+             f"{report['date']}, {report['device_name']}; production `{Path(s['model']).name}`, "
+             f"fine-tune {s['epochs']} epoch(s) at imgsz {s['imgsz']}, batch {s['batch']}, plain ultralytics "
+             f"{report.get('ultralytics', '?')}; old (replay) {s['old_images']} images, pool {s['pool_images']}, "
+             f"test {s['test_images']}; random draws {s['draws']} (seeds {', '.join(map(str, s['random_seeds']))}); "
+             f"training seed of the analyzer / old-only / all runs: {s['train_seed']}.", ""]
+    o = report["summary"]["old_only"]
+    a = report["summary"]["all_pool"]
+    if o:
+        lines.append(f"- old only (K = 0, the control): mAP50 {o['map50']['mean']:.3f}, mAP50-95 {o['map50_95']['mean']:.3f}")
+    if a:
+        lines.append(f"- all {s['pool_images']} pool images: mAP50 {a['map50']['mean']:.3f}, "
+                     f"mAP50-95 {a['map50_95']['mean']:.3f}")
+    lines += ["", "| K | analyzer mAP50 | random mAP50 (mean ± std) | analyzer mAP50-95 | random mAP50-95 (mean ± std) "
+                  "| random images to match | label efficiency |",
+              "|---|---|---|---|---|---|---|"]
+
+    def fmt(st: dict) -> str:
+        if st["mean"] is None:
+            return "-"
+        return f"{st['mean']:.3f}" + (f" ± {st['std']:.3f} (n={st['n']})" if st["n"] > 1 else "")
+
+    for row in report["summary"]["per_k"]:
+        match = row.get("random_images_to_match")
+        eff = row.get("label_efficiency")
+        lines.append(f"| {row['k']} | {fmt(row['analyzer']['map50'])} | {fmt(row['random']['map50'])} | "
+                     f"{fmt(row['analyzer']['map50_95'])} | {fmt(row['random']['map50_95'])} | "
+                     f"{'> pool' if match is None else f'{match:.0f}'} | {'-' if eff is None else f'{eff:.2f}x'} |")
+    pick = report["analyzer"]
+    lines += ["", f"Analyzer: scanned the pool and exported {pick['exported']} image(s) in {pick['seconds']} s "
+                  f"({pick['near_duplicates_skipped']} near-duplicates skipped); picks per true class: "
+                  + ", ".join(f"{c} {n}" for c, n in sorted(pick["picked_per_class"].items()))
+                  + f"; top priorities: "
+                  + "; ".join(f"{p['class']} {p['score']:.0f}" for p in pick["priorities"][:3]) + ".",
+              "", f"Wall time {report['seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: run one fine-tune spec
+    parser.add_argument("--mode", choices=sorted(MODES), default="cpu-proxy")
+    parser.add_argument("--neu", type=Path, default=REPO.parent / "shared" / "datasets" / "NEU-DET")
+    parser.add_argument("--model", type=Path, default=REPO.parent / "shared" / "models" / "neu_v1.0_half.pt")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "label_efficiency")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--device", default=None, help="'cpu', '0', ... (default: cpu in cpu-proxy mode, 0 in gpu mode)")
+    parser.add_argument("--jobs", type=int, default=1, help="fine-tunes at once (a GPU fits several)")
+    parser.add_argument("--workers", type=int, default=None, help="dataloader workers per fine-tune")
+    parser.add_argument("--arms", default="old_only,analyzer,random,all", help="which arms to run")
+    for key, value in MODES["gpu"].items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.one:
+        result = finetune(json.loads(args.one.read_text()))
+        args.one.with_suffix(".result.json").write_text(json.dumps(result))
+        return 0
+    for key, value in MODES[args.mode].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    device = args.device or ("cpu" if args.mode == "cpu-proxy" else "0")
+    workers = args.workers if args.workers is not None else (0 if device == "cpu" else 4)
+    ks = sorted(int(k) for k in str(args.ks).split(","))
+    arms = set(args.arms.split(","))
+    if not args.model.is_file() or not (args.neu / "splits").is_dir():
+        print(f"need NEU-DET at {args.neu} and the production model at {args.model}", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    from toolkit.offline import model_class_names, prepare_ultralytics
+
+    prepare_ultralytics(work / "ultralytics_cfg", verbose=False)
+    names = model_class_names(args.model, work / "ultralytics_cfg")
+    sets = build_data(args.neu, work, names, args)
+    ks = [k for k in ks if k <= len(sets["pool"])]
+    logger.info("old %d (replay %d), pool %d, test %d; K %s", len(sets["old_all"]), len(sets["old"]),
+                len(sets["pool"]), len(sets["test"]), ks)
+    picks, pick_summary = analyzer_picks(work, args.model.resolve(), sets, names, max(ks))
+    logger.info("analyzer picked %d in %.0f s: %s", len(picks), pick_summary["seconds"], pick_summary["picked_per_class"])
+    common = dict(work=str(work), model=str(args.model.resolve()), names=names, test=sets["test"], epochs=args.epochs,
+                  imgsz=args.imgsz, batch=args.batch, device=device, workers=workers)
+    train_seed = 0
+    random_seeds = list(range(1, args.draws + 1))
+    specs = []
+    if "old_only" in arms:
+        specs.append(dict(common, name="old_only", arm="old_only", k=0, draw=0, seed=train_seed, train=sets["old"]))
+    for k in ks:
+        if "analyzer" in arms:
+            specs.append(dict(common, name=f"analyzer_k{k}", arm="analyzer", k=k, draw=0, seed=train_seed,
+                              train=sets["old"] + picks[:k]))
+        if "random" in arms:
+            for seed in random_seeds:
+                chosen = random.Random(seed * 1000 + k).sample(sets["pool"], k)
+                specs.append(dict(common, name=f"random_k{k}_s{seed}", arm="random", k=k, draw=seed, seed=seed,
+                                  train=sets["old"] + chosen))
+    if "all" in arms:
+        specs.append(dict(common, name="all_pool", arm="all", k=len(sets["pool"]), draw=0, seed=train_seed,
+                          train=sets["old"] + sets["pool"]))
+    results = run_specs(specs, max(1, args.jobs), work)
+    import ultralytics
+
+    device_name = "CPU proxy (2 shared cores)" if device == "cpu" else _gpu_name()
+    report = {"mode": args.mode, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+              "device_name": device_name, "ultralytics": ultralytics.__version__,
+              "settings": {"model": str(args.model), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
+                           "ks": ks, "draws": args.draws, "random_seeds": random_seeds, "train_seed": train_seed,
+                           "old_images": len(sets["old"]), "pool_images": len(sets["pool"]),
+                           "test_images": len(sets["test"]), "device": device, "trainer": "plain ultralytics"},
+              "analyzer": pick_summary, "runs": results,
+              "summary": summarise(results, ks, len(sets["pool"])),
+              "seconds": round(time.perf_counter() - started, 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "cpu-proxy" if args.mode == "cpu-proxy" else device_name.lower().replace(" ", "-")
+    stem = args.out / f"{report['date']}-{tag}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"written: {stem}.json / .md", file=sys.stderr)
+    return 0
+
+
+def _gpu_name() -> str:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - only a label
+        return "gpu"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
