@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,13 @@ def memory_bank_location(flag: Path | str | None, setting: str | None, workspace
 
 @holds_workspace_lock("analyze", when=lambda c: c.export > 0 or c.scan is not None)
 def run(config: AnalyzeConfig, settings: Settings | None = None) -> AnalyzeResult:
+    from toolkit.analysis_charts import ChartWorker
+
+    with ChartWorker() as charts:  # a helper process loads matplotlib while the bank is read
+        return _run(config, settings, charts)
+
+
+def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker") -> AnalyzeResult:
     from toolkit.analysis import analyze_memory_bank
     from toolkit.memory_bank import parse_date_bound, read_memory_bank
     from toolkit.reports import report_path, timestamp
@@ -226,7 +233,7 @@ def run(config: AnalyzeConfig, settings: Settings | None = None) -> AnalyzeResul
         export = export_for_labelling(workspace, bank, analysis, config.export, stamp,
                                       settings["analyzer.near_duplicate_bits"])
     json_path = report_path(workspace, "analyze", stamp)
-    plots = write_plots(analysis, json_path)
+    plots = charts.submit(analysis, json_path)   # drawn by the helper while the report is written
     result = AnalyzeResult(
         memory_bank=shown, format=bank.fmt, records=bank.records, skipped_records=bank.skipped,
         malformed=tuple(bank.malformed.items), filtered_out=bank.filtered_out, uncertain=band, iou_match=iou,
@@ -244,74 +251,18 @@ def run(config: AnalyzeConfig, settings: Settings | None = None) -> AnalyzeResul
     from toolkit.reports import write_report
 
     write_report(json_path, result, markdown_report(result))
+    drawn = tuple(charts.result())
+    if drawn != result.plots:  # not what was announced: say what is really there
+        result = replace(result, plots=drawn)
+        write_report(json_path, result, markdown_report(result))
     return result
 
 
 def write_plots(analysis, json_path: Path) -> list[Path]:
-    """Confidence histogram per class, weekly trend, reviewed precision/recall (PNG, Agg)."""
-    import matplotlib
+    """The analysis's charts, drawn in this process (``toolkit.analysis_charts``)."""
+    from toolkit.analysis_charts import draw_charts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths: list[Path] = []
-    names = [n for n, s in analysis.classes.items() if s["detections"] or s["reviewed"]["tp"] + s["reviewed"]["fn"]]
-    if not names:
-        return paths
-    stem = json_path.with_suffix("")
-    cols = min(3, len(names))
-    rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
-    lo, hi = analysis.uncertain
-    for ax, name in zip(axes.flat, names):
-        hist = analysis.classes[name]["confidence_histogram"]
-        ax.bar([b + 0.05 for b in hist["bins"][:-1]], hist["counts"], width=0.09, color="#4878a8")
-        ax.axvspan(lo, hi, color="#f0a030", alpha=0.2, label="uncertain band")
-        ax.set_title(name, fontsize=10)
-        ax.set_xlim(0, 1)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.suptitle("Confidence of detections per class")
-    fig.tight_layout()
-    paths.append(_save(fig, Path(f"{stem}_confidence.png"), plt))
-
-    if len(analysis.weeks) >= 1:
-        # constrained layout, legends outside the axes: a legend never covers a line or a bar
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(analysis.weeks) + 3) + 1.6, 6), sharex=True,
-                                       layout="constrained")
-        x = range(len(analysis.weeks))
-        for name in names:
-            weeks = analysis.classes[name]["by_week"]
-            ax1.plot(x, [weeks[w]["mean_confidence"] if weeks[w]["mean_confidence"] is not None else float("nan")
-                         for w in analysis.weeks], marker="o", label=name)
-            ax2.plot(x, [weeks[w]["per_100_images"] for w in analysis.weeks], marker="o", label=name)
-        ax1.set_ylabel("mean confidence")
-        ax2.set_ylabel("detections / 100 images")
-        ax2.set_xticks(list(x), analysis.weeks, rotation=45, ha="right", fontsize=8)
-        fig.legend(*ax1.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
-        fig.suptitle("Weekly trend per class")
-        paths.append(_save(fig, Path(f"{stem}_weekly.png"), plt))
-
-    if analysis.reviewed_images:
-        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.8), layout="constrained")
-        pos = range(len(names))
-        prec = [analysis.classes[n]["reviewed"]["precision"] or 0.0 for n in names]
-        rec = [analysis.classes[n]["reviewed"]["recall"] or 0.0 for n in names]
-        ax.bar([p - 0.2 for p in pos], prec, width=0.4, label="precision")
-        ax.bar([p + 0.2 for p in pos], rec, width=0.4, label="recall")
-        ax.set_xticks(list(pos), names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"Reviewed precision / recall ({analysis.reviewed_images} reviewed images)")
-        fig.legend(fontsize=8, loc="outside lower center", ncol=2)
-        paths.append(_save(fig, Path(f"{stem}_reviewed.png"), plt))
-    return paths
-
-
-def _save(fig, path: Path, plt) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return draw_charts(analysis, json_path)
 
 
 def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:

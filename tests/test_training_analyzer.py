@@ -327,3 +327,25 @@ def test_csv_safe_escapes_formula_cells():
 
     assert [csv_safe(v) for v in ("=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "ok", 3)] == \
         ["'=1+1", "'+cmd", "'-2", "'@SUM(A1)", "'\tx", "ok", 3]
+
+
+def test_charts_from_the_helper_process_match_in_process_ones_and_survive_its_death(line_workspace, tmp_path):
+    from toolkit.analysis import analyze_memory_bank
+    from toolkit.analysis_charts import ChartWorker, chart_paths
+
+    root, _ = line_workspace
+    analysis = analyze_memory_bank(read_memory_bank(root / "memory-bank" / "detections.jsonl"), (0.25, 0.6), 0.5)
+    outputs = {}
+    for mode in ("helper", "in-process", "helper-killed"):
+        json_path = tmp_path / mode / "analyze.json"
+        with ChartWorker(background=mode != "in-process") as charts:
+            if mode == "helper-killed":
+                assert charts._proc is not None
+                charts._proc.kill()
+                charts._proc.join()
+            announced = charts.submit(analysis, json_path)
+            drawn = charts.result()
+        assert drawn == announced == chart_paths(analysis, json_path) and len(drawn) == 3
+        assert all(p.stat().st_size > 1000 for p in drawn)
+        outputs[mode] = [p.name for p in drawn]
+    assert outputs["helper"] == outputs["in-process"] == outputs["helper-killed"]

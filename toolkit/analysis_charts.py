@@ -1,0 +1,195 @@
+"""Charts of a memory-bank analysis (PNG through matplotlib's Agg), drawn beside the analysis.
+
+Drawing is the slowest part of the analyzer's report: importing matplotlib and laying out three
+figures cost about as much as a fifth of reading a million records. ``ChartWorker`` starts a
+helper process (fork) before the memory bank is read: it imports matplotlib while the parent
+reads, then draws while the parent writes the JSON and markdown report, so the user waits for
+the longer of the two instead of their sum. Where fork is not available (Windows) or the helper
+fails, the charts are drawn in the process itself: the same files either way.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def charted_classes(analysis) -> list[str]:
+    return [n for n, s in analysis.classes.items() if s["detections"] or s["reviewed"]["tp"] + s["reviewed"]["fn"]]
+
+
+def chart_paths(analysis, json_path: Path) -> list[Path]:
+    """The files ``draw_charts`` writes for this analysis, known before drawing."""
+    if not charted_classes(analysis):
+        return []
+    stem = json_path.with_suffix("")
+    paths = [Path(f"{stem}_confidence.png")]
+    if len(analysis.weeks) >= 1:
+        paths.append(Path(f"{stem}_weekly.png"))
+    if analysis.reviewed_images:
+        paths.append(Path(f"{stem}_reviewed.png"))
+    return paths
+
+
+def draw_charts(analysis, json_path: Path) -> list[Path]:
+    """Confidence histogram per class, weekly trend, reviewed precision/recall (PNG, Agg); the paths
+    are ``chart_paths``'s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+    names = charted_classes(analysis)
+    if not names:
+        return paths
+    stem = json_path.with_suffix("")
+    cols = min(3, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    lo, hi = analysis.uncertain
+    for ax, name in zip(axes.flat, names):
+        hist = analysis.classes[name]["confidence_histogram"]
+        ax.bar([b + 0.05 for b in hist["bins"][:-1]], hist["counts"], width=0.09, color="#4878a8")
+        ax.axvspan(lo, hi, color="#f0a030", alpha=0.2, label="uncertain band")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlim(0, 1)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Confidence of detections per class")
+    fig.tight_layout()
+    paths.append(_save(fig, Path(f"{stem}_confidence.png"), plt))
+
+    if len(analysis.weeks) >= 1:
+        # constrained layout, legends outside the axes: a legend never covers a line or a bar
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(analysis.weeks) + 3) + 1.6, 6), sharex=True,
+                                       layout="constrained")
+        x = range(len(analysis.weeks))
+        for name in names:
+            weeks = analysis.classes[name]["by_week"]
+            ax1.plot(x, [weeks[w]["mean_confidence"] if weeks[w]["mean_confidence"] is not None else float("nan")
+                         for w in analysis.weeks], marker="o", label=name)
+            ax2.plot(x, [weeks[w]["per_100_images"] for w in analysis.weeks], marker="o", label=name)
+        ax1.set_ylabel("mean confidence")
+        ax2.set_ylabel("detections / 100 images")
+        ax2.set_xticks(list(x), analysis.weeks, rotation=45, ha="right", fontsize=8)
+        fig.legend(*ax1.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
+        fig.suptitle("Weekly trend per class")
+        paths.append(_save(fig, Path(f"{stem}_weekly.png"), plt))
+
+    if analysis.reviewed_images:
+        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.8), layout="constrained")
+        pos = range(len(names))
+        prec = [analysis.classes[n]["reviewed"]["precision"] or 0.0 for n in names]
+        rec = [analysis.classes[n]["reviewed"]["recall"] or 0.0 for n in names]
+        ax.bar([p - 0.2 for p in pos], prec, width=0.4, label="precision")
+        ax.bar([p + 0.2 for p in pos], rec, width=0.4, label="recall")
+        ax.set_xticks(list(pos), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"Reviewed precision / recall ({analysis.reviewed_images} reviewed images)")
+        fig.legend(fontsize=8, loc="outside lower center", ncol=2)
+        paths.append(_save(fig, Path(f"{stem}_reviewed.png"), plt))
+    return paths
+
+
+def _save(fig, path: Path, plt) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _child(conn) -> None:
+    """Helper process: import matplotlib, wait for one job, draw it, answer (status, paths or why)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401 - the slow import, done while the parent reads
+
+        job = conn.recv()
+        if job is None:
+            return
+        analysis, json_path = job
+        conn.send(("ok", [str(p) for p in draw_charts(analysis, Path(json_path))]))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which draws itself
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        except Exception:  # noqa: BLE001 - the parent sees EOF instead
+            pass
+    finally:
+        conn.close()
+
+
+class ChartWorker:
+    """``with ChartWorker() as charts: ...; charts.submit(analysis, json_path); ...; charts.result()``."""
+
+    def __init__(self, background: bool = True) -> None:
+        self._proc = None
+        self._conn = None
+        self._job = None
+        if not background:
+            return
+        import multiprocessing as mp
+
+        if "fork" not in mp.get_all_start_methods():
+            return
+        try:
+            ctx = mp.get_context("fork")
+            parent, child = ctx.Pipe()
+            self._proc = ctx.Process(target=_child, args=(child,), daemon=True, name="analyzer-charts")
+            self._proc.start()
+            child.close()
+            self._conn = parent
+        except OSError as exc:  # no process to spare: draw in this one
+            logger.debug("charts drawn in-process (%s)", exc)
+            self._proc = self._conn = None
+
+    def __enter__(self) -> "ChartWorker":
+        return self
+
+    def submit(self, analysis, json_path: Path) -> list[Path]:
+        """Hand the job over; returns the paths that will be written."""
+        self._job = (analysis, Path(json_path))
+        if self._conn is not None:
+            try:
+                self._conn.send((analysis, str(json_path)))
+            except (OSError, ValueError) as exc:
+                logger.debug("chart helper unreachable (%s): drawing in-process", exc)
+                self._stop()
+        return chart_paths(analysis, Path(json_path))
+
+    def result(self) -> list[Path]:
+        """The charts written (drawn here if the helper could not)."""
+        if self._job is None:
+            return []
+        if self._conn is not None:
+            try:
+                status, payload = self._conn.recv()
+            except (EOFError, OSError):
+                status, payload = "error", "the helper process ended early"
+            self._stop()
+            if status == "ok":
+                return [Path(p) for p in payload]
+            logger.warning("chart helper failed (%s); drawing the charts here", payload)
+        return draw_charts(*self._job)
+
+    def _stop(self) -> None:
+        if self._conn is not None:
+            try:
+                if self._job is None:
+                    self._conn.send(None)
+            except (OSError, ValueError):
+                pass
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            self._proc.join(timeout=30)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+            self._proc = None
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
