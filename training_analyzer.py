@@ -231,7 +231,8 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         from toolkit.analysis import export_for_labelling
 
         export = export_for_labelling(workspace, bank, analysis, config.export, stamp,
-                                      settings["analyzer.near_duplicate_bits"])
+                                      settings["analyzer.near_duplicate_bits"],
+                                      float(settings["analyzer.class_weight_power"]))
     json_path = report_path(workspace, "analyze", stamp)
     plots = charts.submit(analysis, json_path)   # drawn by the helper while the report is written
     result = AnalyzeResult(

@@ -133,7 +133,8 @@ def image_of(work: Path, stem: str) -> Path:
 
 # --- the analyzer's picks --------------------------------------------------------------------------
 
-def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: list[str], k_max: int) -> tuple[list[str], dict]:
+def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: list[str], k_max: int,
+                   analyzer_settings: dict | None = None) -> tuple[list[str], dict]:
     """Run the real analyzer command over the pool; return the picked stems in rank order and its summary."""
     from toolkit.datafile import write_dataset_yaml
     from toolkit.layout import Workspace
@@ -144,6 +145,10 @@ def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: l
         shutil.rmtree(ws.root)
     ws.labels_dir("train").mkdir(parents=True)
     write_dataset_yaml(ws, names)
+    if analyzer_settings:
+        import yaml
+
+        ws.training_yaml.write_text(yaml.safe_dump({"analyzer": analyzer_settings}))
     for stem in sets["old_all"]:  # production's own training set: the class shares priorities compare with
         (ws.labels_dir("train") / f"{stem}.txt").write_text((work / "data" / "labels" / f"{stem}.txt").read_text())
     pool = work / "pool"
@@ -302,7 +307,10 @@ def markdown(report: dict) -> str:
              f"fine-tune {s['epochs']} epoch(s) at imgsz {s['imgsz']}, batch {s['batch']}, plain ultralytics "
              f"{report.get('ultralytics', '?')}; old (replay) {s['old_images']} images, pool {s['pool_images']}, "
              f"test {s['test_images']}; random draws {s['draws']} (seeds {', '.join(map(str, s['random_seeds']))}); "
-             f"training seed of the analyzer / old-only / all runs: {s['train_seed']}.", ""]
+             f"training seed of the old-only / all runs: {s['train_seed']}, of the analyzer's: "
+             f"{', '.join(map(str, s.get('analyzer_seeds', [s['train_seed']])))}"
+             + (f"; runs other than the analyzer's reused from `{Path(s['reused_from']).name}`" if s.get("reused_from") else "")
+             + ".", ""]
     o = report["summary"]["old_only"]
     a = report["summary"]["all_pool"]
     if o:
@@ -326,7 +334,7 @@ def markdown(report: dict) -> str:
                      f"{fmt(row['analyzer']['map50_95'])} | {fmt(row['random']['map50_95'])} | "
                      f"{'> pool' if match is None else f'{match:.0f}'} | {'-' if eff is None else f'{eff:.2f}x'} |")
     pick = report["analyzer"]
-    lines += ["", f"Analyzer: scanned the pool and exported {pick['exported']} image(s) in {pick['seconds']} s "
+    lines += ["", f"Analyzer settings: {pick.get('settings') or 'defaults'}. Analyzer: scanned the pool and exported {pick['exported']} image(s) in {pick['seconds']} s "
                   f"({pick['near_duplicates_skipped']} near-duplicates skipped); picks per true class: "
                   + ", ".join(f"{c} {n}" for c, n in sorted(pick["picked_per_class"].items()))
                   + f"; top priorities: "
@@ -347,6 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="fine-tunes at once (a GPU fits several)")
     parser.add_argument("--workers", type=int, default=None, help="dataloader workers per fine-tune")
     parser.add_argument("--arms", default="old_only,analyzer,random,all", help="which arms to run")
+    parser.add_argument("--analyzer-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training.yaml analyzer setting for the analyzer's workspace, e.g. class_weight_power=0.5")
+    parser.add_argument("--tag", default="", help="suffix of the results file names (a variant's name)")
+    parser.add_argument("--analyzer-seeds", type=int, default=1,
+                        help="training seeds for the analyzer's fine-tunes (its spread; the selection is fixed)")
+    parser.add_argument("--reuse", type=Path, help="a results JSON of the same settings: its runs of the arms not "
+                        "run now are taken over (e.g. rerun only the analyzer after changing its selection)")
     for key, value in MODES["gpu"].items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None)
     args = parser.parse_args(argv)
@@ -376,7 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     ks = [k for k in ks if k <= len(sets["pool"])]
     logger.info("old %d (replay %d), pool %d, test %d; K %s", len(sets["old_all"]), len(sets["old"]),
                 len(sets["pool"]), len(sets["test"]), ks)
-    picks, pick_summary = analyzer_picks(work, args.model.resolve(), sets, names, max(ks))
+    import yaml
+
+    analyzer_settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.analyzer_set)}
+    picks, pick_summary = analyzer_picks(work, args.model.resolve(), sets, names, max(ks), analyzer_settings)
+    pick_summary["settings"] = analyzer_settings
     logger.info("analyzer picked %d in %.0f s: %s", len(picks), pick_summary["seconds"], pick_summary["picked_per_class"])
     common = dict(work=str(work), model=str(args.model.resolve()), names=names, test=sets["test"], epochs=args.epochs,
                   imgsz=args.imgsz, batch=args.batch, device=device, workers=workers)
@@ -387,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         specs.append(dict(common, name="old_only", arm="old_only", k=0, draw=0, seed=train_seed, train=sets["old"]))
     for k in ks:
         if "analyzer" in arms:
-            specs.append(dict(common, name=f"analyzer_k{k}", arm="analyzer", k=k, draw=0, seed=train_seed,
-                              train=sets["old"] + picks[:k]))
+            for seed in range(train_seed, train_seed + args.analyzer_seeds):
+                specs.append(dict(common, name=f"analyzer_k{k}" + (f"_t{seed}" if seed else ""), arm="analyzer", k=k,
+                                  draw=0, seed=seed, train=sets["old"] + picks[:k]))
         if "random" in arms:
             for seed in random_seeds:
                 chosen = random.Random(seed * 1000 + k).sample(sets["pool"], k)
@@ -397,7 +417,19 @@ def main(argv: list[str] | None = None) -> int:
     if "all" in arms:
         specs.append(dict(common, name="all_pool", arm="all", k=len(sets["pool"]), draw=0, seed=train_seed,
                           train=sets["old"] + sets["pool"]))
-    results = run_specs(specs, max(1, args.jobs), work)
+    reused = []
+    if args.reuse:
+        old = json.loads(args.reuse.read_text())
+        same = {key: old["settings"].get(key) for key in ("epochs", "imgsz", "batch", "old_images", "pool_images",
+                                                          "test_images")}
+        now = dict(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, old_images=len(sets["old"]),
+                   pool_images=len(sets["pool"]), test_images=len(sets["test"]))
+        if same != now:
+            print(f"--reuse {args.reuse}: other settings ({same} vs {now})", file=sys.stderr)
+            return 1
+        reused = [r for r in old["runs"] if r["arm"] not in arms]
+        logger.info("reusing %d run(s) of %s from %s", len(reused), sorted({r["arm"] for r in reused}), args.reuse)
+    results = run_specs(specs, max(1, args.jobs), work) + reused
     import ultralytics
 
     device_name = "CPU proxy (2 shared cores)" if device == "cpu" else _gpu_name()
@@ -406,13 +438,15 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"model": str(args.model), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
                            "ks": ks, "draws": args.draws, "random_seeds": random_seeds, "train_seed": train_seed,
                            "old_images": len(sets["old"]), "pool_images": len(sets["pool"]),
-                           "test_images": len(sets["test"]), "device": device, "trainer": "plain ultralytics"},
+                           "test_images": len(sets["test"]), "device": device, "trainer": "plain ultralytics",
+                           "analyzer_seeds": list(range(train_seed, train_seed + args.analyzer_seeds)),
+                           "reused_from": str(args.reuse) if args.reuse else None},
               "analyzer": pick_summary, "runs": results,
               "summary": summarise(results, ks, len(sets["pool"])),
               "seconds": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "cpu-proxy" if args.mode == "cpu-proxy" else device_name.lower().replace(" ", "-")
-    stem = args.out / f"{report['date']}-{tag}"
+    stem = args.out / f"{report['date']}-{tag}{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
     stem.with_suffix(".md").write_text(text)

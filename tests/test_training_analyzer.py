@@ -349,3 +349,22 @@ def test_charts_from_the_helper_process_match_in_process_ones_and_survive_its_de
         assert all(p.stat().st_size > 1000 for p in drawn)
         outputs[mode] = [p.name for p in drawn]
     assert outputs["helper"] == outputs["in-process"] == outputs["helper-killed"]
+
+
+def test_class_weight_power_shares_picks_by_score_or_equally(line_workspace):
+    from toolkit.analysis import analyze_memory_bank, candidate_order
+
+    root, _ = line_workspace
+    bank = read_memory_bank(root / "memory-bank" / "detections.jsonl")
+    analysis = analyze_memory_bank(bank, (0.25, 0.6), 0.5)
+    for p in analysis.priorities:   # crazing 4x as urgent as patches (the two with uncertain detections)
+        p["score"] = {"crazing": 60.0, "patches": 15.0}.get(p["class"], 0.0)
+
+    def first_picks(power: float, n: int = 5) -> list[str]:
+        picks = [r.split()[1] for _, r in candidate_order(bank, analysis, list(analysis.classes), power)
+                 if r.startswith("uncertain ")]
+        return picks[:n]
+
+    by_score, equal = first_picks(1.0), first_picks(0.0)
+    assert by_score.count("crazing") >= 4                      # 4:1 by score
+    assert equal.count("crazing") == 3 and equal.count("patches") == 2   # turn about

@@ -429,11 +429,13 @@ def rank_priorities(analysis: Analysis) -> list[dict[str, Any]]:
 
 # --- choosing images to label -------------------------------------------------------------------
 
-def candidate_order(bank: MemoryBank, analysis: Analysis, class_order: list[str]) -> Iterator[tuple[int, str]]:
+def candidate_order(bank: MemoryBank, analysis: Analysis, class_order: list[str],
+                    power: float = 1.0) -> Iterator[tuple[int, str]]:
     """Records to label, best first, with the reason: (record index, reason).
 
     1. records holding an uncertain detection, shared among classes by priority score (weighted
-       round robin: a class with twice the score gets twice the picks), most uncertain first
+       round robin: a class with twice the score gets 2 ** ``power`` times the picks; power 0 gives
+       every class an equal share), most uncertain first
        (closest to the middle of the band); classes detected below their expected rate (missed,
        see ``_prevalence``) take part with their missed points through records without any
        detection, where their defects hide;
@@ -466,7 +468,7 @@ def candidate_order(bank: MemoryBank, analysis: Analysis, class_order: list[str]
     ranked = [c for c in sorted(index, key=lambda c: -scores.get(c, 0.0))]
     distance = np.abs(conf - mid)
     queues = {c: queue(in_band, distance, index[c]) for c in ranked}
-    weights = dict(scores)
+    weights = {c: max(v, 0.01) ** power for c, v in scores.items()}
     empty = np.flatnonzero((np.diff(bank.det_start) == 0) & ~reviewed)
     missed = {c: missed_points(analysis.classes[c]) for c in ranked if c in analysis.classes}
     missed = {c: v for c, v in missed.items() if v > 0}
@@ -474,7 +476,7 @@ def candidate_order(bank: MemoryBank, analysis: Analysis, class_order: list[str]
     if missed and len(empty):
         names = ", ".join(sorted(missed, key=lambda c: -missed[c]))
         queues[MISSED] = [(int(r), -1.0) for r in empty]
-        weights[MISSED] = sum(missed.values())
+        weights[MISSED] = sum(missed.values()) ** power
         ranked = ranked + [MISSED]
     taken = {c: 0 for c in ranked}
     heads = {c: 0 for c in ranked}
@@ -629,7 +631,7 @@ def prelabel_trust(analysis: Analysis, classes: list[str], confs: list[float]) -
 
 
 def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int, stamp: str,
-                         near_duplicate_bits: int) -> ExportResult:
+                         near_duplicate_bits: int, class_weight_power: float = 1.0) -> ExportResult:
     """Copy the ``n`` most useful images to ``training/to_label/<stamp>/`` and the reviewed ones to incoming/.
 
     to_label/<stamp>/: images/, labels/ (YOLO pre-labels from the detections), classes.txt,
@@ -650,7 +652,7 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
     hashes = np.zeros(0, dtype=np.uint64)
     near = 0
     rows = []
-    for r, reason in candidate_order(bank, analysis, class_names):
+    for r, reason in candidate_order(bank, analysis, class_names, class_weight_power):
         if len(rows) >= n:
             break
         got = read_logged_image(bank.image[r], bank.path)

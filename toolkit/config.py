@@ -130,6 +130,9 @@ analyzer:
   # chosen. Looser than dataset.near_duplicate_bits: on NEU-DET, 8 bits still finds no distinct
   # pair and catches 99% of copies shifted by 2 px (4 bits: 68%).
   near_duplicate_bits: 8
+  # --export shares its picks among classes in proportion to priority score ** this power
+  # (1: by score; 0: equal shares; see benchmarks/label_efficiency.py for what was measured).
+  class_weight_power: 1.0
 """
 
 
@@ -367,6 +370,7 @@ KEYS: dict[str, Key] = {
     "promotion.min_first_map": Key(number(0, 1)),
     "memory_bank.url": Key(text()),  # --memory-bank (training_analyzer.py) overrides it, relative to the cwd
     "analyzer.near_duplicate_bits": Key(integer(0, 64)),
+    "analyzer.class_weight_power": Key(number(0, 4)),
     "analyzer.uncertain": Key(confidence_band, "--uncertain", "confidence band lo,hi where the model is unsure",
                               metavar="LO,HI", type=_band_arg),
     "analyzer.iou_match": Key(number(0, 1, lo_open=True), "--iou-match",
