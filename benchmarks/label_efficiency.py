@@ -158,16 +158,30 @@ def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: l
     pool.mkdir()
     for stem in sets["pool"]:  # the pool's images only: its labels stay hidden from the analyzer
         (pool / f"{stem}.jpg").symlink_to(image_of(work, stem))
-    cmd = [sys.executable, str(REPO / "training_analyzer.py"), "--root", str(ws.root), "--scan", str(pool),
-           "--scan-model", str(model), "--export", str(k_max), "--json", "-q"]
+    # the scan depends only on the pool and the model: a second variant reuses the first one's records
+    import hashlib
+
+    key = hashlib.sha256((str(model) + str(model.stat().st_size) + "\n".join(sets["pool"])).encode()).hexdigest()[:16]
+    cached = work / "scan_cache" / f"{key}.jsonl"
+    cmd = [sys.executable, str(REPO / "training_analyzer.py"), "--root", str(ws.root), "--export", str(k_max),
+           "--json", "-q"]
+    if cached.exists():
+        ws.detections.parent.mkdir(parents=True, exist_ok=True)
+        ws.detections.write_bytes(cached.read_bytes())
+    else:
+        cmd += ["--scan", str(pool), "--scan-model", str(model)]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"training_analyzer failed ({out.returncode}): {out.stderr[-2000:]}")
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(ws.detections.read_bytes())
     result = json.loads(out.stdout)
     rows = list(csv.DictReader(open(Path(result["export_dir"]) / "selection.csv", newline="", encoding="utf-8")))
     picks = [Path(r["source"].lstrip("'")).stem for r in rows]
-    summary = {"seconds": round(time.perf_counter() - start, 1), "exported": result["exported"],
+    summary = {"seconds": round(time.perf_counter() - start, 1), "scan_reused": "--scan" not in cmd,
+               "exported": result["exported"],
                "near_duplicates_skipped": result["near_duplicates_skipped"],
                "priorities": [{"class": p["class"], "score": p["score"], "reasons": p["reasons"]}
                               for p in result["priorities"]],
@@ -334,7 +348,7 @@ def markdown(report: dict) -> str:
                      f"{fmt(row['analyzer']['map50_95'])} | {fmt(row['random']['map50_95'])} | "
                      f"{'> pool' if match is None else f'{match:.0f}'} | {'-' if eff is None else f'{eff:.2f}x'} |")
     pick = report["analyzer"]
-    lines += ["", f"Analyzer settings: {pick.get('settings') or 'defaults'}. Analyzer: scanned the pool and exported {pick['exported']} image(s) in {pick['seconds']} s "
+    lines += ["", f"Analyzer settings: {pick.get('settings') or 'defaults'}. Analyzer: {'read the cached scan of the pool' if pick.get('scan_reused') else 'scanned the pool'} and exported {pick['exported']} image(s) in {pick['seconds']} s "
                   f"({pick['near_duplicates_skipped']} near-duplicates skipped); picks per true class: "
                   + ", ".join(f"{c} {n}" for c, n in sorted(pick["picked_per_class"].items()))
                   + f"; top priorities: "
