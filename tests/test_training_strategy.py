@@ -44,6 +44,8 @@ def test_values_the_user_set_are_kept():
     values, notes = tr.resolve_machine_settings({"device": "cpu", "workers": 5, "batch": 32},
                                                 tr.Machine(cores=16, gpus=(H100,)))
     assert values == {"device": "cpu", "workers": 5, "batch": 32} and notes == []
+    values, _ = tr.resolve_machine_settings(auto(batch=0.7), tr.Machine(cores=16, gpus=(H100,)))
+    assert values["batch"] == 0.7  # a share of the GPU memory stays a share
 
 
 def test_a_gpu_the_machine_lacks_is_a_user_error():

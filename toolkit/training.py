@@ -582,7 +582,9 @@ def resolve_machine_settings(ts: Mapping[str, Any], machine: Machine) -> tuple[d
             batch = 16 * len(used)
             notes.append(f"batch auto -> {batch} (16 per GPU; AutoBatch works on one GPU only)")
     try:
-        workers, batch = int(workers), int(batch)
+        workers = int(workers)
+        share = isinstance(batch, float) and 0 < batch < 1  # ultralytics: a share of the GPU's memory
+        batch = float(batch) if share else int(batch)
     except (TypeError, ValueError):
         raise UserError(f"training.workers {workers!r} / training.batch {batch!r}: use a whole number or auto") from None
     return {"device": device, "workers": workers, "batch": batch}, notes
@@ -715,8 +717,14 @@ def _train_images_in_manifest(manifest: Mapping[str, Any]) -> int:
     return sum(1 for e in manifest.get("images") or () if e.get("split") == "train")
 
 
-def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: str) -> StrategyEvidence:
-    """What ``auto`` decides from, read from the workspace (nothing is changed)."""
+def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: str,
+                    read_only: bool = False, extra_train_images: int = 0) -> StrategyEvidence:
+    """What ``auto`` decides from, read from the workspace.
+
+    ``read_only`` (``--dry-run``): the production model's classes only from its registry entry,
+    never by loading it (loading prepares ultralytics' settings folder in the workspace).
+    ``extra_train_images``: training images not imported yet (a dry run counts pending batches).
+    """
     from toolkit.datafile import read_class_names
 
     production = workspace.production_model.exists()
@@ -729,6 +737,7 @@ def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: 
             train_now = _train_images_in_manifest(json.loads(workspace.manifest.read_text(encoding="utf-8")))
         except (OSError, ValueError, AttributeError) as exc:
             logger.debug("manifest unreadable (%s): counting the image files", exc)
+    train_now += max(0, int(extra_train_images))
     classes_changed = None
     at_production = None
     version = None
@@ -737,16 +746,19 @@ def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: 
         from toolkit.registry import Registry
 
         try:
-            dataset_classes = read_class_names(workspace.dataset_yaml) if workspace.dataset_yaml.is_file() else None
-            model_classes = model_class_names(workspace.production_model, workspace.ultralytics_config)
-            classes_changed = None if dataset_classes is None else list(dataset_classes) != list(model_classes)
-        except Exception as exc:  # the training step reports an unreadable model with its own message
-            logger.debug("could not compare classes: %s", exc)
-        try:
             entry = Registry.load(workspace).production_entry() or {}
         except Exception as exc:
             logger.debug("registry unreadable: %s", exc)
             entry = {}
+        try:
+            dataset_classes = read_class_names(workspace.dataset_yaml) if workspace.dataset_yaml.is_file() else None
+            model_classes = entry.get("classes")
+            if not model_classes and not read_only:
+                model_classes = model_class_names(workspace.production_model, workspace.ultralytics_config)
+            if dataset_classes is not None and model_classes:
+                classes_changed = list(dataset_classes) != list(model_classes)
+        except Exception as exc:  # the training step reports an unreadable model with its own message
+            logger.debug("could not compare classes: %s", exc)
         version = entry.get("dataset_version")
         if version is not None and str(version).isdigit():
             from toolkit.dataset.manifest import manifest_history_path
@@ -763,3 +775,95 @@ def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: 
                             estimate_finetune_s=round(estimate, 1) if production else None,
                             estimate_scratch_s=round(estimate, 1),
                             time_budget_s=float(ts.get("time_limit") or 0) * 3600.0)
+
+
+# ----------------------------------------------------------------------------- a training plan
+ROUTE_START = {"finetune": "production", "scratch": "scratch"}
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What the pipeline's train stage will do: the strategy choice, the machine settings, the estimate."""
+
+    choice: StrategyChoice
+    machine: str
+    device: str
+    workers: int
+    batch: int
+    starts: dict                    # route -> start_from given to train_yolov8 (production | scratch | PATH)
+    estimate_s: dict                # route -> about how many seconds
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        runs = ", ".join(f"{r} (about {format_duration(self.estimate_s.get(r))})" for r in self.choice.routes)
+        return (f"strategy {self.choice.requested} -> {self.choice.strategy}: train {runs} on {self.device}, "
+                f"workers {self.workers}, batch {self.batch} ({self.machine}); {self.choice.reason}")
+
+
+def plan_training(workspace, ts: Mapping[str, Any], strategy: Any = None, start_from: Any = None,
+                  machine: Machine | None = None, read_only: bool = False,
+                  extra_train_images: int = 0) -> TrainingPlan:
+    """The routes to train and why, from ``training.strategy`` (or ``strategy``) and the workspace.
+
+    An explicit ``start_from`` (``--from``) trains that one starting point: the strategy is not used.
+    Nothing in the workspace is changed (``--dry-run`` calls this too).
+    """
+    machine = machine or detect_machine()
+    resolved, notes = resolve_machine_settings(ts, machine)
+    requested = check_strategy(strategy if strategy not in (None, "") else ts.get("strategy", "auto"))
+    ev = gather_evidence(workspace, ts, machine, resolved["device"], read_only=read_only,
+                         extra_train_images=extra_train_images)
+    explicit = str(start_from).strip() if start_from not in (None, "") else ""
+    if explicit:
+        route = {"production": "finetune", "scratch": "scratch"}.get(explicit, "path")
+        choice = StrategyChoice(requested, route, (route,), f"--from {explicit} given: that starting point only "
+                                f"(strategy {requested} not used)", {})
+        starts = {route: explicit}
+    else:
+        choice = choose_strategy(requested, ev)
+        starts = {r: ROUTE_START[r] for r in choice.routes}
+    estimate = {r: (ev.estimate_finetune_s if r == "finetune" else ev.estimate_scratch_s) for r in choice.routes}
+    return TrainingPlan(choice=choice, machine=machine.describe(), device=resolved["device"],
+                        workers=resolved["workers"], batch=resolved["batch"], starts=starts,
+                        estimate_s={r: (v if v is not None else ev.estimate_scratch_s) for r, v in estimate.items()},
+                        notes=tuple(notes))
+
+
+@dataclass(frozen=True)
+class TrainedRoutes:
+    """The runs the pipeline's train stage made, one per route, with the strategy that chose them."""
+
+    requested: str
+    strategy: str
+    reason: str
+    evidence: dict
+    runs: dict                      # route -> train_yolov8.TrainResult, in training order
+    plan: str = ""
+
+    @property
+    def candidates(self) -> dict:
+        return {route: Path(r.best) for route, r in self.runs.items()}
+
+    def route_of(self, path: str | Path) -> str | None:
+        target = Path(path).resolve()
+        return next((route for route, best in self.candidates.items() if best.resolve() == target), None)
+
+    def summary(self, compared: Any = None) -> dict:
+        """The strategy and every candidate with its route, and (after the comparison) its test score."""
+        entries = {str(Path(m["path"]).resolve()): m for m in (getattr(compared, "models", None) or ())}
+        verdicts = {str(Path(v["path"]).resolve()): v
+                    for v in ((getattr(compared, "decision", None) or {}).get("candidates") or ())}
+        winner = getattr(compared, "winner", None)
+        promote = bool((getattr(compared, "decision", None) or {}).get("promote"))
+        rows = []
+        for route, run in self.runs.items():
+            key = str(Path(run.best).resolve())
+            entry, verdict = entries.get(key) or {}, verdicts.get(key) or {}
+            rows.append({"route": route, "path": str(run.best), "run_dir": str(run.run_dir),
+                         "start_from": str(run.start_from), "epochs": run.epochs_completed,
+                         "seconds": run.seconds, "val": dict(run.metrics),
+                         "test": {k: entry.get(k) for k in ("map50", "map50_95", "precision", "recall")} if entry else None,
+                         "passes": verdict.get("passes"),
+                         "promoted": bool(promote and winner and Path(winner).resolve() == Path(key))})
+        return {"requested": self.requested, "strategy": self.strategy, "reason": self.reason,
+                "evidence": self.evidence, "plan": self.plan, "candidates": rows}
