@@ -187,6 +187,8 @@ def test_url_parsing_and_masking():
     assert loc.table == "detections" and loc.schema == "plant" and loc.drivername == "postgresql+psycopg"
     assert "pw" not in loc.shown and "***" in loc.shown and "table=plant.detections" in loc.shown
     assert mask_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    query_pw = parse_url("postgresql://u@h/db?password=secret2&table=t")
+    assert query_pw.password == "secret2" and "secret2" not in query_pw.shown and "password" not in query_pw.query
     with pytest.raises(UserError, match="not a database URL"):
         parse_url("postgresql://u:pw@h:notaport/db")
 

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 # dialects a memory-bank URL may name (what SQLAlchemy knows; a driver may need installing)
 _URL = re.compile(r"^(postgresql|postgres|sqlite|mssql|mysql|mariadb|oracle)(\+[a-z0-9_]+)?://", re.IGNORECASE)
-STREAM_ROWS = 20_000  # rows per round trip of the server-side cursor
+STREAM_ROWS = 5_000  # rows per round trip of the server-side cursor (a few MB; two are prefetched)
 CONNECT_TIMEOUT_S = 10
 APPLICATION = "defect-retraining-toolkit"  # how the toolkit's connections appear in pg_stat_activity
 TEXT_COLUMNS = ("image", "model_version", "class", "source", "kind")
@@ -124,6 +124,10 @@ def parse_url(text: str) -> BankLocation:
     schema, _, name = table.rpartition(".")
     if not name:
         raise UserError(f"{shown}: ?table= names no table; e.g. ?table=detections")
+    if "password" in query:  # ?password=... is a libpq parameter too: treated like one in the URL
+        given = query.pop("password")
+        loc["password"] = loc["password"] or given
+        shown = re.sub(r"([?&]password=)[^&]*", r"\1***", shown)
     if loc["password"]:
         shown = shown.replace(loc["password"], "***")
     return BankLocation(table=name, schema=schema or None, shown=shown, **loc)
@@ -269,7 +273,7 @@ def _inspect_postgres(con, loc: BankLocation) -> TableInfo:
         "AND i.indrelid = format('%%I.%%I', c.table_schema, c.table_name)::regclass AND array_length(i.indkey, 1) = 1) "
         f"FROM information_schema.columns c WHERE c.table_schema = {schema_sql} AND c.table_name = %(table)s "
         "ORDER BY c.ordinal_position", params).fetchall()
-    columns = {name: _PG_KINDS.get(data_type, "other") for name, data_type, _, _ in rows}
+    columns = {name: _PG_KINDS.get(data_type) or _PG_KINDS.get(udt, "other") for name, data_type, udt, _ in rows}
     types = {name: (udt if data_type == "USER-DEFINED" else data_type) for name, data_type, udt, _ in rows}
     pk = [name for name, _, _, is_pk in rows if is_pk]
     line_column = pk[0] if len(pk) == 1 and columns[pk[0]] == "integer" else None
