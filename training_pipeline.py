@@ -148,7 +148,7 @@ def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, 
     pending = [str(p) for p in _pending_batches(ws)]
     new_data = bool(config.source) or bool(pending)
     steps = {
-        "analyze": "run" if config.analyze and ws.detections.exists() else "skip (no memory bank)",
+        "analyze": "run" if config.analyze and _has_memory_bank(ws, settings) else "skip (no memory bank)",
         "setup": "run" if _needs_setup(ws) else "skip (workspace ready)",
         "prepare": (f"import {config.source}" if config.source else
                     f"import {len(pending)} new batch(es) from training/incoming" if pending else "skip (no new batch)"),
@@ -294,12 +294,17 @@ def _promote(r: _Run) -> Any:
         source="pipeline" if config.candidate is None else f"candidate {config.candidate}")
 
 
+def _has_memory_bank(ws: Workspace, settings: Settings) -> bool:
+    """The default JSONL exists, or training.yaml names a memory bank (a file or a database URL)."""
+    return ws.detections.exists() or bool(settings["memory_bank.url"])
+
+
 def _top_priority(result: Any) -> str:
     return f"{result.records} records, top priority: {result.priorities[0]['class'] if result.priorities else 'none'}"
 
 
 PIPELINE: tuple[Stage, ...] = (
-    Stage("analyze", lambda r: None if r.config.analyze and r.ws.detections.exists()
+    Stage("analyze", lambda r: None if r.config.analyze and _has_memory_bank(r.ws, r.settings)
           else "no memory bank" if r.config.analyze else "--no-analyze", _analyze, _top_priority),
     Stage("setup", lambda r: None if _needs_setup(r.ws) else "workspace ready", _setup,
           lambda res: f"{len(res.created)} item(s) created"),

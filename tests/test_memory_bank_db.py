@@ -116,6 +116,11 @@ def test_pgpass_file_and_training_yaml_url(postgres, same_records, tmp_path, mon
     result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=root))
     assert result.format == "postgresql" and result.memory_bank == postgres.url("from_yaml")
     assert result.records + result.skipped_records == 20
+    # the pipeline analyses that memory bank too (no detections.jsonl in the workspace)
+    import training_pipeline
+
+    assert not (root / "memory-bank" / "detections.jsonl").exists()
+    assert training_pipeline.plan(training_pipeline.PipelineConfig(root=root))["steps"]["analyze"] == "run"
 
 
 def test_scan_writes_rows_to_postgres_and_the_password_stays_out_of_reports(postgres, tiny_model, tmp_path,

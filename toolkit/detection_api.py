@@ -223,10 +223,10 @@ class MemoryBankWriter:
     @classmethod
     def for_workspace(cls, root: str | Path, **kwargs: Any) -> "MemoryBankWriter":
         """The workspace's memory bank: training.yaml ``memory_bank.url``, else memory-bank/detections.jsonl."""
-        from toolkit.config import resolve_settings
+        from toolkit.config import Settings
 
         ws = Workspace.at(root)
-        url = resolve_settings(ws.training_yaml).get("memory_bank", {}).get("url") or ""
+        url = Settings.load(ws.training_yaml)["memory_bank.url"] or ""
         if not url:
             return cls(ws.detections, **kwargs)
         from toolkit.memory_bank_sql import is_database_url
