@@ -6,7 +6,8 @@ a PostgreSQL table (one row per detection, the README layout with an id key) wit
 in its own subprocess, times:
   jsonl:    read_memory_bank(file) + analyze_memory_bank()
   postgres: read_memory_bank(URL)  + analyze_memory_bank()   (server-side cursor over TCP)
-and prints the ratio postgres / jsonl (goal <= 1.5) and each child's peak memory (ru_maxrss).
+and prints the ratio of the best times postgres / jsonl (goal <= 1.5), the ratio of each round (the
+two run back to back, so a busy machine weighs on both), and each child's peak memory (ru_maxrss).
 The two analyses are checked to be identical.
 
 The server: --url for an existing one (password from PGPASSWORD/.pgpass), else a temporary one is
@@ -131,6 +132,7 @@ def main() -> int:
                       "jsonl_s": round(best_j["seconds"], 2), "postgres_s": round(best_p["seconds"], 2),
                       "ratio": round(best_p["seconds"] / best_j["seconds"], 3),
                       "jsonl_peak_mb": round(best_j["peak_mb"]), "postgres_peak_mb": round(best_p["peak_mb"]),
+                      "round_ratios": [round(p["seconds"] / j["seconds"], 3) for j, p in zip(jsonl_runs, pg_runs)],
                       "runs": {"jsonl": [round(r["seconds"], 2) for r in jsonl_runs],
                                "postgres": [round(r["seconds"], 2) for r in pg_runs]},
                       "goal": "ratio <= 1.5, peak memory like JSONL's"}, indent=2))
