@@ -228,3 +228,14 @@ def test_production_model_version_belongs_to_the_bytes_loaded(tiny_model, tmp_pa
     assert record["image_width"] == frame.shape[1] and record["source"] == "line3"
     with pytest.raises(ValueError, match="name="):
         model.detect(frame)
+
+
+def test_writer_to_a_sqlite_url_creates_the_table_and_reads_back(tmp_path):
+    url = f"sqlite:///{tmp_path / 'line.db'}?table=detections"
+    with MemoryBankWriter(url, model_version="1.0") as bank:
+        assert bank.append([_record(i, 1) for i in range(5)]) == 5
+    with MemoryBankWriter(url) as bank:  # the table exists now: appended to, not recreated
+        bank.append(_record(5, 1), model_version="1.1")
+    read = read_memory_bank(url)
+    assert read.records == 6 and read.skipped == 0 and read.line.tolist() == [1, 4, 7, 10, 13, 16]
+    assert [read.versions[v] for v in read.version] == ["1.0"] * 5 + ["1.1"]
