@@ -12,10 +12,7 @@ import io
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-
 from toolkit.labels import Problem, SourceImage, yolo_boxes
-from toolkit.phash import phash64
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +73,7 @@ def exif_orientation(data: bytes, kind: str) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+def apply_orientation(img: "np.ndarray", orientation: int) -> "np.ndarray":
     """Pixels as EXIF ``orientation`` says they should be shown (upright)."""
     import cv2
 
@@ -104,6 +101,9 @@ def check_image(item: SourceImage) -> CheckedImage:
 
 def _check_image(item: SourceImage) -> CheckedImage:
     import cv2
+    import numpy as np
+
+    from toolkit.phash import phash64  # numpy and cv2 load when the first image is checked, not at import
 
     path = item.image
     try:

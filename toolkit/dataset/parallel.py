@@ -87,6 +87,8 @@ def check_images(items: Sequence[SourceImage], workers: int | None = None, kind:
         return parallel_map(check_image, items, workers, "process", on_done)
     import multiprocessing
 
+    import toolkit.phash  # noqa: F401 - numpy loaded once here, inherited by the forked workers (cv2 is not: see below)
+
     # Large chunks (few round trips), but several per worker so a slow one does not hold the end.
     size = max(1, min(1000, -(-len(items) // (workers * 3))))
     bounds = [(lo, min(lo + size, len(items))) for lo in range(0, len(items), size)]

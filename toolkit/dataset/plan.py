@@ -20,7 +20,6 @@ from toolkit.dataset.stratify import BACKGROUND, SplitGroup, UnionFind, assign_s
 from toolkit.errors import UserError
 from toolkit.labels import Problem, SourceBatch, short
 from toolkit.layout import SPLITS, Workspace
-from toolkit.phash import format_phash, near_duplicate_pairs, parse_phash
 from toolkit.reports import utc_now_iso
 
 Accepted = tuple[CheckedImage, list, str]  # (checked image, YOLO rows with class ids, batch id)
@@ -166,6 +165,8 @@ def _place_near_duplicates(plan: ImportPlan, accepted: Sequence[Accepted], manif
     """Group near-duplicates (union-find over new images); a group touching managed images follows
     their split, one touching several splits is left out, one the source places keeps that split
     (``keep_split``). Returns the splits fixed so far, the groups left to stratify, the left-out."""
+    from toolkit.phash import near_duplicate_pairs, parse_phash  # numpy: loaded when there is work
+
     old = [e for e in manifest["images"] if parse_phash(e.get("phash")) is not None]
     within, across = near_duplicate_pairs([c.phash for c, _, _ in accepted],
                                           [parse_phash(e["phash"]) for e in old], bits)
@@ -256,6 +257,8 @@ def _stratify(split_of: dict[int, str], to_stratify: Sequence[list[int]], accept
 def _add_entries(plan: ImportPlan, accepted: Sequence[Accepted], split_of: Mapping[int, str], left_out: set[int],
                  manifest: dict) -> None:
     """A manifest entry (unique managed name) and a copy task for every image that is added."""
+    from toolkit.phash import format_phash
+
     classes = plan.classes
     now = utc_now_iso()
     taken = {Path(e["file"]).stem for e in manifest["images"]}

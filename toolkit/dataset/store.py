@@ -23,8 +23,6 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
-
 from toolkit.dataset.checks import CheckedImage, apply_orientation
 from toolkit.dataset.manifest import save_manifest, write_split_lists
 from toolkit.errors import UserError
@@ -159,6 +157,7 @@ def _write_copy(checked: CheckedImage, info: dict, image_dest: Path, label_dest:
     entry = {k: v for k, v in info.items() if k != "rows"}
     if checked.reencode:
         import cv2
+        import numpy as np
 
         data = src.read_bytes()
         if hashlib.sha256(data).hexdigest() != checked.sha256:
