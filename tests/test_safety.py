@@ -215,3 +215,23 @@ def test_reports_escape_class_names_and_paths():
             "reasons": ["AP50 of <script>x</script> fell", "class a|b dropped"], "timings": {"train": 1.0}}
     md = training_pipeline._markdown(data)
     assert "<script>" not in md and "a\\|b" in md
+
+
+def test_every_model_load_goes_through_load_yolo():
+    """One door: no module but toolkit/offline.py unpickles a model itself (YOLO(), torch.load, ...)."""
+    import ast
+
+    loaders = {"YOLO", "load", "torch_load", "torch_safe_load", "attempt_load_one_weight", "attempt_load_weights"}
+    offenders = []
+    for path in sorted([*REPO.glob("*.py"), *(REPO / "toolkit").rglob("*.py")]):
+        if path.relative_to(REPO).as_posix() == "toolkit/offline.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            owner = getattr(func.value, "id", None) if isinstance(func, ast.Attribute) else None
+            if name in loaders and (name != "load" or owner in ("torch", "pickle")):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {name}()")
+    assert offenders == [], f"load models through toolkit.offline.load_yolo instead: {offenders}"
