@@ -103,6 +103,9 @@ def test_rollback_archives_a_hand_placed_production_first(ws, models):
 def test_hand_placed_production_without_registry_is_archived_before_anything(tmp_path, models):
     ws = Workspace.at(tmp_path)
     shutil.copyfile(models["tiny"], ws.production_model)
+    problems = training_pipeline.status(ws.root)["problems"]
+    assert [p["problem"] for p in problems] == [f"production (sha256 {sha256_file(models['tiny'])[:12]}) "
+                                                "is not in the registry yet"]
     run = _rollback_cli(ws)
     assert run.returncode == 1 and "no earlier production version" in run.stderr
     assert _versions(ws) == [("1.0", sha256_file(models["tiny"]))]

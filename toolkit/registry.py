@@ -502,8 +502,9 @@ class Registry:
             add(f"{ws.production_model.name} is missing although {len(self.versions)} version(s) are registered",
                 f"restore one with training_pipeline.py --root {ws.root} --rollback VERSION")
         elif prod_sha is not None and current is None:
-            add(f"production (sha256 {prod_sha[:12]}) is not in the registry",
-                f"it is archived and registered before anything replaces it; {repair}")
+            add(f"production (sha256 {prod_sha[:12]}) is not in the registry yet",
+                "nothing is lost: it is archived and registered as a version before anything replaces it "
+                "(the next comparison, promotion or rollback does it)")
         if current is not None and self._sidecar_disagrees(current):
             add(f"{ws.production_sidecar.name} does not describe the production model (version {current['version']})",
                 repair)
