@@ -35,7 +35,8 @@ FIRST_MODEL_EPOCHS = 20
 _DEMO_SETTINGS = {
     r"(\n  imgsz:) 640": r"\1 64",
     r"(\n  epochs:) 100": r"\1 15",
-    r"(\n  patience:) 20": r"\1 10",
+    r"(\n  strategy:) auto": r"\1 finetune",  # the demo shows the nightly fine-tune
+    r"(\n  patience:) 100": r"\1 10",
     r"(\n    mosaic:) 1.0": r"\1 0.0",
     r"(\n    close_mosaic:) 10": r"\1 0",
 }

@@ -12,7 +12,8 @@ Usage:
     python training_pipeline.py --root D:/inspection --candidate //gpu-server/runs/best.pt
     python training_pipeline.py --root D:/inspection --status
     python training_pipeline.py --root D:/inspection --rollback        # back to the previous version
-    python training_pipeline.py --root D:/inspection --dry-run         # say what would happen
+    python training_pipeline.py --root D:/inspection --dry-run         # say what would happen, about how long
+    python training_pipeline.py --root D:/inspection --strategy both   # fine-tune and scratch; the better wins
 
 Exit codes: 0 whether the model was promoted, kept or the run skipped (the JSON says which);
 1 a failure (production is left untouched; rerunning is safe); 2 a usage error.
@@ -59,7 +60,10 @@ class PipelineConfig:
                          "promotion.min_first_map", default=False, group=_DATA)
     analyze: bool = option("--no-analyze", "skip the memory-bank analysis", default=True, group=_DATA)
     # one flag, every stage that uses the setting: the settings object carries it to each of them
-    start_from: str | None = setting("training.start_from", group=_TRAIN)
+    start_from: str | None = setting("training.start_from", group=_TRAIN,
+                                     help="starting point: production | scratch | PATH to a .pt; "
+                                          "given, it overrides the strategy")
+    strategy: str | None = setting("training.strategy", group=_TRAIN)
     epochs: int | None = setting("training.epochs", group=_TRAIN)
     imgsz: int | None = setting("training.imgsz", group=_TRAIN,
                                 help="image size the model trains at; it is scored at that size too "
@@ -153,7 +157,7 @@ def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, 
         "prepare": (f"import {config.source}" if config.source else
                     f"import {len(pending)} new batch(es) from training/incoming" if pending else "skip (no new batch)"),
         "train": ("skip (--candidate given)" if config.candidate else
-                  f"train from {config.start_from or ('production' if ws.production_model.exists() else 'scratch')} "
+                  f"{_training_plan(config, settings, ws, read_only=True, pending=[Path(p) for p in pending] + ([Path(config.source)] if config.source else [])).describe()} "
                   f"at {config.imgsz} px, {config.epochs} epochs"),
         "compare": "evaluate candidate vs production on the test split",
         "promote": "promote if the comparator approves",
@@ -194,6 +198,7 @@ def run(config: PipelineConfig) -> PipelineResult:
                             "dataset_version": _get(result.stages.get("prepare"), "dataset_version"),
                             "scores": _scores(result.stages.get("compare")),
                             "candidate": _get(result.stages.get("train"), "best") or (str(config.candidate) if config.candidate else None),
+                            "strategy": _get(_get(result.stages.get("train"), "strategy"), "strategy"),
                             "report": str(result.report) if result.report else None, "timings": result.timings})
         return result
 
@@ -225,6 +230,8 @@ class _Run:
     candidate: Path | None = None
     compared: Any = None
     registry: Registry | None = None
+    trained: Any = None                    # toolkit.training.TrainedRoutes: one run per route of the strategy
+    notes: list[str] = field(default_factory=list)  # reasons added to the comparator's (the strategy, candidates)
 
 
 @dataclass(frozen=True)
@@ -255,12 +262,65 @@ def _prepare(r: _Run) -> Any:
                                                                incoming=c.source is None), settings=r.settings)
 
 
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _training_plan(config: PipelineConfig, settings: Settings, ws: Workspace, read_only: bool = False,
+                   pending: list[Path] = ()):
+    """Which route(s) the train stage trains (``training.strategy`` / ``--strategy``), and why.
+
+    ``pending``: batches not imported yet (a dry run): their images count, at the train share.
+    """
+    from toolkit.training import plan_training
+
+    waiting = sum(1 for folder in pending for p in Path(folder).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    share = float(settings["dataset.split"].get("train", 0.8))
+    return plan_training(ws, settings.section("training"), strategy=config.strategy, start_from=config.start_from,
+                         read_only=read_only, extra_train_images=int(waiting * share))
+
+
 def _train(r: _Run) -> Any:
     import train_yolov8
+    from toolkit.training import TrainedRoutes
 
-    trained = train_yolov8.run(train_yolov8.TrainConfig(root=r.ws.root, name="pipeline"), settings=r.settings)
-    r.candidate = Path(trained.best)
-    return trained
+    the_plan = _training_plan(r.config, r.settings, r.ws)
+    logger.info("training plan: %s", the_plan.describe())
+    routes = the_plan.choice.routes
+    limit = float(r.settings["training.time_limit"] or 0)
+    runs = {}
+    for route in routes:  # one after the other; a time limit is shared between them
+        runs[route] = train_yolov8.run(train_yolov8.TrainConfig(
+            root=r.ws.root, name="pipeline" if len(routes) == 1 else f"pipeline-{route}",
+            start_from=the_plan.starts[route], time_limit=limit / len(routes) if limit else None),
+            settings=r.settings)
+    choice = the_plan.choice
+    r.trained = TrainedRoutes(choice.requested, choice.strategy, choice.reason, dict(choice.evidence), runs,
+                              the_plan.describe())
+    r.candidate = Path(next(iter(runs.values())).best)
+    # the stage's result: the run the report shows (after the comparison: the promoted one) + the strategy
+    return {**to_jsonable(next(iter(runs.values()))), "strategy": r.trained.summary()}
+
+
+def _trained_outcome(res: dict) -> str:
+    return "; ".join(f"{c['route']}: {c['epochs']} epochs, val mAP50 {c['val'].get('map50') or 0:.3f}"
+                     for c in res["strategy"]["candidates"])
+
+
+def _after_compare(r: _Run) -> None:
+    """The train stage's result and the reasons say which route won, and each candidate's score."""
+    trained, compared = r.trained, r.compared
+    summary = trained.summary(compared)
+    winner = trained.route_of(compared.winner) if compared.decision["promote"] else None
+    shown = trained.runs[winner] if winner else next(iter(trained.runs.values()))
+    r.runner.results["train"] = {**to_jsonable(shown), "strategy": summary}
+    r.notes.append(f"training: {trained.reason}")
+    if len(trained.runs) > 1:
+        for c in summary["candidates"]:
+            test = c["test"] or {}
+            score = test.get("map50_95")
+            r.notes.append(f"candidate {c['route']} ({c['path']}): test mAP50-95 "
+                           f"{'n/a' if score is None else f'{score:.3f}'}, "
+                           f"{'passes' if c['passes'] else 'does not pass'} the rules{', promoted' if c['promoted'] else ''}")
 
 
 def _compare(r: _Run) -> Any:
@@ -272,9 +332,12 @@ def _compare(r: _Run) -> Any:
     r.registry = Registry.load(r.ws)
     if production is not None:
         r.registry.register_existing_production()
-    config = model_comparator.CompareConfig(root=r.ws.root, production=production, candidates=(r.candidate,),
+    candidates = tuple(Path(p) for p in r.trained.candidates.values()) if r.trained else (r.candidate,)
+    config = model_comparator.CompareConfig(root=r.ws.root, production=production, candidates=candidates,
                                             subset=r.config.compare_subset, force=r.config.force)
     r.compared = model_comparator.run(config, settings=r.settings)
+    if r.trained is not None:
+        _after_compare(r)
     return r.compared
 
 
@@ -311,7 +374,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("prepare", lambda r: None if r.config.source or r.pending else "no new batch", _prepare,
           lambda res: f"dataset v{res.dataset_version}: +{res.added} images, {len(res.rejected)} rejected"),
     Stage("train", lambda r: f"candidate given: {Path(r.config.candidate).resolve()}" if r.config.candidate else None,
-          _train, lambda res: f"{res.epochs_completed} epochs, val mAP50 {res.metrics['map50']:.3f}"),
+          _train, _trained_outcome),
     Stage("compare", lambda r: None, _compare,
           lambda res: "candidate approved" if res.decision["promote"] else "candidate not approved"),
     Stage("promote", lambda r: None if r.compared.decision["promote"] else "the comparator did not approve the candidate",
@@ -333,7 +396,7 @@ def _run_locked(r: _Run, stamp: str) -> PipelineResult:
             r.runner.run(stage.name, lambda stage=stage: stage.run(r), stage.outcome)
         else:
             r.runner.skip(stage.name, why)
-    reasons = list(r.compared.decision["reasons"])
+    reasons = list(r.compared.decision["reasons"]) + r.notes
     if not r.compared.decision["promote"]:
         return _finish(r, stamp, "kept", reasons)
     return _finish(r, stamp, "promoted", reasons, previous_version=r.runner.results["promote"].get("parent"))

@@ -53,7 +53,7 @@ NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_s
 FAMILIES = ("plain", "ours")
 STARTS = ("finetune", "scratch", "both")
 # Named ultralytics overrides. "metal" is the augmentation training.yaml carried until issue 11
-# (reverted to ultralytics' defaults for lack of evidence: benchmarks/README.md).
+# (reverted to ultralytics' defaults for lack of evidence: README.md, "Training recipes").
 # "default" adds nothing (ours: training.yaml as shipped); "ultralytics" spells out ultralytics'
 # own values of the keys "metal" changes, so a comparison does not depend on the template.
 RECIPES: dict[str, dict] = {

@@ -30,12 +30,12 @@ def test_template_is_the_defaults():
 
 def test_precedence_defaults_then_yaml_then_flags(tmp_path):
     cfg = tmp_path / "training.yaml"
-    cfg.write_text("training:\n  epochs: 30\n  imgsz: 320\n  augment:\n    flipud: 0.0\n")
+    cfg.write_text("training:\n  epochs: 30\n  imgsz: 320\n  augment:\n    flipud: 0.5\n")
     settings = resolve_settings(cfg, {"training": {"epochs": 5, "imgsz": None}})
     assert settings["training"]["epochs"] == 5          # flag beats yaml
     assert settings["training"]["imgsz"] == 320         # yaml beats default; None flag = not given
     assert settings["training"]["batch"] == DEFAULTS["training"]["batch"]  # default kept
-    assert settings["training"]["augment"]["flipud"] == 0.0
+    assert settings["training"]["augment"]["flipud"] == 0.5 != DEFAULTS["training"]["augment"]["flipud"]
     assert settings["training"]["augment"]["fliplr"] == DEFAULTS["training"]["augment"]["fliplr"]
 
 

@@ -191,6 +191,7 @@ def trained(tmp_path_factory):
     """One real 2-epoch run through main(--json), with every network call refused and recorded."""
     tmp = tmp_path_factory.mktemp("train_main")
     ws = make_workspace(tmp / "ws")
+    ws.training_yaml.write_text("training:\n  augment:\n    flipud: 0.5\n")  # a user's augmentation reaches ultralytics
     (tmp / "cwd").mkdir()
     started = time.time()
     proc = run_script(["--root", str(ws.root), "--from", "scratch", "--epochs", "2", "--imgsz", "64",

@@ -59,7 +59,7 @@ OWN_FLAGS = {
 # Ultralytics arguments whose toolkit default differs from ultralytics' own, with the reason.
 # plots: ultralytics' plots (labels.jpg, train/val batch mosaics, confusion matrix, PR curves,
 # results.png) cost time outside the epoch loop - on CPU, 2 epochs of 60 NEU images at imgsz 64:
-# 6.8 s with plots vs 3.8 s without (benchmarks/README.md, "Overhead"); the run's own report.md +
+# 6.8 s with plots vs 3.8 s without (README.md, "Overhead"); the run's own report.md +
 # curves.png cover the same ground. ``--set plots=true`` brings them back.
 TOOLKIT_ULTRALYTICS_DEFAULTS = {"plots": False}
 
