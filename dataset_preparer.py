@@ -249,6 +249,8 @@ def _sources(config: PrepareConfig, workspace: Workspace, notes: list[str]) -> l
         raise UserError("give either --source or --incoming, not both")
     if config.source is not None:
         source = Path(config.source).expanduser().resolve()
+        if not source.exists():  # at once: nothing is read, imported or locked for a mistyped path
+            raise UserError(f"source {source} does not exist; check the --source path")
         _check_source_path(workspace, source)
         return [source]
     if not workspace.incoming.is_dir():

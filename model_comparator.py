@@ -82,15 +82,24 @@ class CompareResult:
     seconds: float
 
 
+def check_checkpoint_name(path: Path, what: str) -> None:
+    """Only YOLOv8 PyTorch checkpoints are scored: anything else is refused before ultralytics sees it."""
+    if path.suffix.lower() != ".pt":
+        raise UserError(f"{what} {path}: not a .pt checkpoint; give a YOLOv8 model saved by ultralytics "
+                        "(e.g. training/runs/<stamp>-train/weights/best.pt)")
+
+
 def _resolve_models(workspace: Workspace, config: CompareConfig) -> tuple[Path | None, list[Path]]:
     candidates = [Path(c).expanduser().resolve() for c in config.candidates]
     for c in candidates:
         if not c.is_file():
             raise UserError(f"candidate model not found: {c}; give the path of a trained .pt (e.g. a run's weights/best.pt)")
+        check_checkpoint_name(c, "candidate")
     if config.production is not None:
         production = Path(config.production).expanduser().resolve()
         if not production.is_file():
             raise UserError(f"production model not found: {production}; fix --production or leave it out")
+        check_checkpoint_name(production, "--production")
         return production, candidates
     if workspace.production_model.is_file():
         return workspace.production_model, candidates

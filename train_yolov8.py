@@ -162,8 +162,8 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     workspace = Workspace.at(config.root)
     from toolkit.offline import prepare_ultralytics
 
-    prepare_ultralytics(workspace.ultralytics_config)  # also keeps its notices off stdout
     if config.resume not in (None, False):
+        prepare_ultralytics(workspace.ultralytics_config)  # also keeps its notices off stdout
         return _resume(workspace, config)
 
     config, settings = resolve_config(config, settings or Settings.load(workspace.training_yaml))
@@ -171,6 +171,7 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     data = Path(config.data).expanduser().resolve() if config.data else workspace.dataset_yaml
     settle_dataset(workspace, data)  # train on the images the manifest lists (an interrupted import finished/undone)
     classes = _check_dataset(data)
+    prepare_ultralytics(workspace.ultralytics_config)  # after the checks: a wrong --root is left untouched
     mode, start = resolve_start(workspace, ts["start_from"], ts["arch"])
     name = tr.check_run_name(config.name or "train")
     extra = tr.parse_extra(config.extra)

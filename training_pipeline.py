@@ -21,12 +21,13 @@ Exit codes: 0 whether the model was promoted, kept or the run skipped (the JSON 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from toolkit.cli import add_options, build_parser, config_from_args, run_main, to_jsonable
 from toolkit.config import Settings, option, resolve_config, setting
@@ -167,19 +168,33 @@ def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, 
     return {"new_batches": pending, "new_data": new_data, "steps": steps, "production": production_info(ws)}
 
 
-def run(config: PipelineConfig) -> PipelineResult:
+def preflight(config: PipelineConfig) -> Workspace:
+    """What can be checked before anything is written (no lock, log or history in a wrong folder)."""
     ws = Workspace.at(config.root)
-    if config.candidate is not None and not Path(config.candidate).is_file():
-        raise UserError(f"--candidate {config.candidate}: file not found (give the path of a trained .pt)")
+    if config.candidate is not None:
+        if not Path(config.candidate).is_file():
+            raise UserError(f"--candidate {config.candidate}: file not found (give the path of a trained .pt)")
+        if Path(config.candidate).suffix.lower() != ".pt":
+            raise UserError(f"--candidate {config.candidate}: not a .pt checkpoint; give a YOLOv8 model saved "
+                            "by ultralytics (e.g. a run's weights/best.pt)")
+    if not ws.root.is_dir():
+        raise UserError(f"workspace {ws.root} does not exist; give the --root that holds yolov8_model.pt, or try "
+                        "the toolkit with: python training_pipeline.py --demo")
+    if _needs_setup(ws) and not ws.production_model.exists() and not ws.dataset_yaml.exists():
+        raise UserError(f"{ws.root} is not a training workspace: no production model ({ws.production_model.name}) "
+                        "and no training/configs/dataset.yaml. Put your model there and rerun, or set one up with "
+                        f"'python setup_training.py --root {ws.root} --classes a,b,c'; to try the toolkit on "
+                        "synthetic data: python training_pipeline.py --demo")
+    return ws
+
+
+def run(config: PipelineConfig) -> PipelineResult:
+    ws = preflight(config)
     config, settings = load_settings(config, ws)
     if config.dry_run:
         the_plan = plan(config, settings)
-        for name, step in the_plan["steps"].items():
-            logger.info("[dry run] %-8s %s", name, step)
         return PipelineResult("skipped", the_plan["production"], {"plan": the_plan}, None,
                               ("dry run: nothing was changed",), dry_run=True)
-    if not ws.root.exists():
-        raise UserError(f"workspace {ws.root} does not exist; create it or run setup_training.py --root {ws.root}")
 
     with workspace_lock(ws):
         started, start = utc_now_iso(), time.perf_counter()
@@ -560,17 +575,27 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_log_file(root: Path | None) -> Path | None:
+@contextlib.contextmanager
+def _log_file(root: Path) -> Iterator[Path | None]:
+    """Everything logged during the run also goes to training/logs/pipeline_<stamp>.log."""
     ws = Workspace.at(root)
     if not ws.root.is_dir():
-        return None
+        yield None
+        return
     ws.logs.mkdir(parents=True, exist_ok=True)
     path = ws.logs / f"pipeline_{timestamp()}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     logging.getLogger().addHandler(handler)
-    return path
+    try:
+        yield path
+    except Exception as exc:  # the one-line error main() prints, in the log too
+        logger.error("failed: %s: %s", type(exc).__name__, exc)
+        raise
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -586,20 +611,20 @@ def main(argv: list[str] | None = None) -> int:
             root = pipeline_demo.demo_root(a.root)
             pipeline_demo.check_demo_root(root)
             root.mkdir(parents=True, exist_ok=True)
-            _add_log_file(root)
-            result = run(PipelineConfig(root=pipeline_demo.prepare_demo(root)))
-            logger.info("demo: production model %s, report %s", Workspace.at(root).production_model,
-                        result.html_report or result.report)
-            return result
+            with _log_file(root):
+                return run(PipelineConfig(root=pipeline_demo.prepare_demo(root)))
         root = Workspace.at(a.root).root
         if a.status:
             return status(root)
         if a.rollback:
             return rollback(root, None if a.rollback == "previous" else a.rollback)
-        if not a.dry_run:
-            _add_log_file(root)
-        return run(config_from_args(PipelineConfig, a, source=a.source.resolve() if a.source else None,
-                                    candidate=a.candidate.resolve() if a.candidate else None))
+        config = config_from_args(PipelineConfig, a, source=a.source.resolve() if a.source else None,
+                                  candidate=a.candidate.resolve() if a.candidate else None)
+        preflight(config)  # a wrong folder gets no log file
+        if a.dry_run:
+            return run(config)
+        with _log_file(root):
+            return run(config)
 
     return run_main(args, execute, describe)
 

@@ -64,6 +64,9 @@ def test_candidate_promoted_then_kept_then_rollback(neu_workspace, shared_models
     assert second["decision"] == "kept"
     assert ws.production_model.read_bytes() == v11.read_bytes()
     assert any("fell" in r or "drop" in r or "not" in r for r in second["reasons"])
+    # the words that matter: v1.0 is worse than production v1.1, by a margin the bootstrap is sure of
+    assert any(r.startswith("mAP50-95 changed by -") and "below the required gain" in r for r in second["reasons"])
+    assert any("significantly worse" in r for r in second["reasons"]), second["reasons"]
 
     assert training_pipeline.main(["--root", str(root), "--rollback", "--json"]) == 0
     back = json.loads(capsys.readouterr().out)
@@ -100,21 +103,25 @@ def test_candidate_promoted_then_kept_then_rollback(neu_workspace, shared_models
     assert ws.production_model.read_bytes() == v10.read_bytes()
 
 
-def test_tampered_archive_refused_by_rollback_cli(neu_workspace, capsys):
-    ws = Workspace.at(neu_workspace)
-    archive = ws.models / "yolov8_v1.1.pt"
-    if not archive.exists():
-        pytest.skip("needs the promotion test above")
+def test_tampered_archive_refused_by_rollback_cli(tmp_path, shared_models, capsys):
+    """Its own workspace (v1.0 archived, v1.1 in production): independent of the other tests' order."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    shutil.copyfile(shared_models / "neu_v1.0_half.pt", root / "yolov8_model.pt")
+    ws = Workspace.at(root)
+    registry = Registry.load(ws)
+    registry.register_existing_production()
+    registry.promote(shared_models / "neu_v1.1_full.pt", reasons=["test: a second version"])
+    archive = ws.models / "yolov8_v1.0.pt"
+    assert archive.is_file() and Registry.load(ws).production_entry()["version"] == "1.1"
     original = archive.read_bytes()
-    try:
-        archive.write_bytes(original[:-10] + b"0123456789")
-        before = ws.production_model.read_bytes()
-        assert training_pipeline.main(["--root", str(ws.root), "--rollback", "1.1"]) == 1
-        err = capsys.readouterr().err
-        assert "does not match its recorded sha256" in err and len(err.strip().splitlines()) == 1
-        assert ws.production_model.read_bytes() == before
-    finally:
-        archive.write_bytes(original)
+    archive.write_bytes(original[:-10] + b"0123456789")
+    before = ws.production_model.read_bytes()
+    capsys.readouterr()  # ultralytics' first-use notice while the registry read the models' classes
+    assert training_pipeline.main(["--root", str(ws.root), "--rollback", "1.0"]) == 1
+    err = capsys.readouterr().err
+    assert "does not match its recorded sha256" in err and len(err.strip().splitlines()) == 1
+    assert ws.production_model.read_bytes() == before
 
 
 def test_dry_run_and_if_new_data_change_nothing(neu_workspace, capsys):

@@ -130,13 +130,26 @@ def _print_stdout(text: str) -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is logged (a redirect, a test's capture),
+    never to a stream that was closed since logging was configured."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_toolkit", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
     handler._toolkit = True  # type: ignore[attr-defined]
     root.addHandler(handler)

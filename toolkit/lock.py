@@ -76,6 +76,7 @@ def workspace_lock(workspace: Workspace, what: str = "pipeline run") -> Iterator
         return
     from filelock import FileLock, Timeout
 
+    made_folder = not workspace.lock_file.parent.exists()
     workspace.lock_file.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(workspace.lock_file), timeout=0)
     try:
@@ -84,13 +85,31 @@ def workspace_lock(workspace: Workspace, what: str = "pipeline run") -> Iterator
         raise UserError(f"the workspace {workspace.root} is busy: {lock_holder(workspace)} holds its lock; "
                         "wait for it to finish (the lock is released automatically if it dies)") from None
     _HELD[key] = [lock, 1, os.getpid()]
+    failed = True
     try:
         atomic_write_json(_holder_note(workspace), {"what": what, "pid": os.getpid(), "host": socket.gethostname(),
                                                     "started": utc_now_iso()})
         yield
+        failed = False
     finally:
         _HELD.pop(key, None)
         lock.release()
+        if failed and made_folder:
+            _remove_lock_debris(workspace)
+
+
+def _remove_lock_debris(workspace: Workspace) -> None:
+    """A run that failed in a folder it made only for its lock (a wrong --root, nothing set up)
+    leaves nothing behind: the lock files go, and the folder when it is empty."""
+    for path in (workspace.lock_file, _holder_note(workspace)):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    try:
+        workspace.lock_file.parent.rmdir()  # only when empty: whatever the run made stays
+    except OSError:
+        pass
 
 
 def holds_workspace_lock(what: str, when: Callable[[Any], bool] | None = None) -> Callable[[F], F]:
