@@ -2,7 +2,6 @@
 clear line and leaves nothing behind."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
