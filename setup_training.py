@@ -168,6 +168,9 @@ def describe(result: SetupResult) -> str:
              f"  base model:    {result.base_model}" + ("  (first run trains from scratch)" if result.from_scratch else ""),
              f"  created {len(result.created)} item(s)" if result.created else "  nothing to create: already set up"]
     lines.append("Next: put labelled batches in training/incoming/ and run dataset_preparer.py --incoming")
+    if result.from_scratch:
+        lines.append("      then training_pipeline.py trains the first model; it becomes version 1.0 if it reaches "
+                     "promotion.min_first_map (--force promotes a weaker one)")
     return "\n".join(lines)
 
 

@@ -350,7 +350,11 @@ def describe(result: TrainResult) -> str:
              f"P {_fmt(m.get('precision'))}  R {_fmt(m.get('recall'))}",
              f"  report:  {result.report}"]
     lines += [f"  note:    {n}" for n in result.notes]
-    lines.append("Next: compare the candidate with production on the test split (model_comparator.py)")
+    if result.start_mode == "scratch":
+        lines.append(f"Next: training_pipeline.py --candidate {result.best} scores it on the test split and makes it "
+                     "production (version 1.0 when there is none yet) if it passes the promotion rules")
+    else:
+        lines.append("Next: compare the candidate with production on the test split (model_comparator.py)")
     return "\n".join(lines)
 
 

@@ -503,6 +503,9 @@ def describe(result: Any) -> str:
         lines = [f"Decision: {result.decision.upper()}",
                  f"Production model: {result.production['path']} ({_production_words(result.production)})"]
         lines += [f"  - {r}" for r in result.reasons]
+        if result.decision == "kept" and result.production.get("sha256") is None:
+            lines.append("Next: no production model yet - train longer or on more images and rerun, or pass --force "
+                         "to promote this candidate anyway")
         if result.html_report:
             lines.append(f"Report: {result.html_report}")
         elif result.report:

@@ -95,3 +95,11 @@ def test_a_bad_flag_value_is_one_line_naming_flag_and_key(tmp_path, capsys, argv
     set_up(tmp_path, capsys)
     assert train_yolov8.main(["--root", str(tmp_path), *argv]) == 1
     assert words in one_error_line(capsys)
+
+
+def test_a_first_model_that_was_not_promoted_gets_a_next_hint(tmp_path):
+    result = training_pipeline.PipelineResult(
+        "kept", {"path": str(tmp_path / "yolov8_model.pt"), "version": None, "sha256": None}, {}, None,
+        ("no production model yet, and best.pt is not good enough to be the first",))
+    text = training_pipeline.describe(result)
+    assert "Next: no production model yet" in text and "--force" in text

@@ -22,10 +22,25 @@ SETUP_KEYS = {"root", "created", "dataset_yaml", "training_yaml", "base_model"}
 
 # --- settings -------------------------------------------------------------------------------
 
-def test_template_is_the_defaults():
+def test_template_is_the_defaults(tmp_path):
+    """What setup writes for the user is what every stage uses when the user changes nothing."""
+    from toolkit.config import Settings
+    from toolkit.decision import PromotionRules
+    from toolkit.inference import EvalSettings
+
     assert DEFAULTS == yaml.safe_load(TRAINING_YAML_TEMPLATE)
     assert DEFAULTS["training"]["epochs"] == 100
     assert DEFAULTS["promotion"]["metric"] == "map50_95"
+    setup_training.run(setup_training.SetupConfig(root=tmp_path, classes=("a",)))
+    written = Settings.load(Workspace.at(tmp_path).training_yaml)
+    assert written.as_dict() == Settings.load(None).as_dict()  # the file a user sees == no file at all
+    # the typed sections restate nothing: their defaults are the template's
+    assert PromotionRules() == PromotionRules.from_settings(written.section("promotion"))
+    assert EvalSettings() == EvalSettings.from_settings(written.section("evaluation"))
+    # and an edit of the written text is what a stage then uses
+    ws = Workspace.at(tmp_path)
+    ws.training_yaml.write_text(ws.training_yaml.read_text().replace("min_gain: 0.005", "min_gain: 0.02"))
+    assert PromotionRules.from_settings(Settings.load(ws.training_yaml).section("promotion")).min_gain == 0.02
 
 
 def test_precedence_defaults_then_yaml_then_flags(tmp_path):
