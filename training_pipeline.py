@@ -593,8 +593,9 @@ def _log_file(root: Path) -> Iterator[Path | None]:
     logging.getLogger().addHandler(handler)
     try:
         yield path
-    except Exception as exc:  # the one-line error main() prints, in the log too
-        logger.error("failed: %s: %s", type(exc).__name__, exc)
+    except Exception as exc:  # the one-line error main() prints on stderr, in the log file too
+        handler.handle(logging.LogRecord(__name__, logging.ERROR, __file__, 0, "failed: %s: %s",
+                                         (type(exc).__name__, exc), None))
         raise
     finally:
         logging.getLogger().removeHandler(handler)

@@ -5,6 +5,7 @@ import json
 import xml.etree.ElementTree as ET
 
 import numpy as np
+import pytest
 
 from toolkit.synthetic import NEU_CLASSES, write_batch, write_memory_bank
 
@@ -76,8 +77,27 @@ def test_generated_batch_loads_in_ultralytics(tiny_dataset, ultralytics_config_d
     assert sum(len(lb["cls"]) for lb in labels) == sum(tiny_dataset["train"].boxes_per_class.values())
 
 
-def test_a_model_learns_from_it(tiny_model):
+def test_a_model_trained_on_it_carries_its_classes(tiny_model):
     # tiny_model trained on generated images: it loads with the generator's classes
     from ultralytics import YOLO
 
     assert list(YOLO(str(tiny_model)).names.values()) == list(NEU_CLASSES)
+
+
+@pytest.mark.slow
+def test_a_model_learns_from_it(tmp_path, ultralytics_config_dir):
+    """From scratch, 200 generated images, 30 epochs at 64 px: the defects are learnable (measured
+    val mAP50 0.74 on 2 cores; one epoch gives 0.0). The default run checks the same through the
+    demo's first model (tests/test_demo.py)."""
+    import yaml
+    from ultralytics import YOLO
+
+    write_batch(tmp_path / "train", n_images=200, fmt="yolo", size=64, seed=11)
+    write_batch(tmp_path / "val", n_images=24, fmt="yolo", size=64, seed=12)
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "train/images", "val": "val/images",
+                                    "names": dict(enumerate(NEU_CLASSES))}))
+    model = YOLO("yolov8n.yaml")
+    results = model.train(data=str(data), epochs=30, imgsz=64, batch=8, device="cpu", workers=0, mosaic=0.0,
+                          seed=0, project=str(tmp_path / "runs"), name="r", plots=False, verbose=False, amp=False)
+    assert results.results_dict["metrics/mAP50(B)"] > 0.3
