@@ -3,8 +3,9 @@
     --memory-bank "postgresql://inspector@dbhost:5432/inspection?table=detections"
 
 The table has the columns of the SQLite layout in memory-bank/README.md, one row per detection.
-SQLAlchemy turns the URL into a connection (``postgresql://`` uses psycopg 3), so a plant on
-MS SQL gives ``mssql+pyodbc://...`` and the same code reads it.
+The URL is SQLAlchemy's, so a plant on MS SQL gives ``mssql+pyodbc://...`` and SQLAlchemy
+reads (and writes) it; PostgreSQL, the hot path, is read straight through psycopg 3's own
+server-side cursor and written through SQLAlchemy with psycopg 3 as its driver.
 
 - Reading streams the rows through a server-side cursor in primary-key order: a million rows
   are never in memory at once, only the typed columns of ``toolkit.memory_bank`` are.
@@ -379,8 +380,8 @@ def sql_rows(location: str, since: float | None = None, until: float | None = No
 def _postgres_batches(loc: BankLocation, since: float | None, until: float | None) -> Iterator[tuple[bool, list]]:
     """psycopg's own named (server-side) cursor in a read-only transaction, STREAM_ROWS plain tuples at a time.
 
-    Measured on 1M rows: SQLAlchemy's ``stream_results`` wraps every row and held several times
-    the memory; the driver's cursor keeps one batch and takes about a third less time.
+    Measured on 160,000 rows: SQLAlchemy's ``stream_results`` took about twice as long and held
+    250 MB against 110 MB; the driver's cursor keeps a few batches of plain tuples.
     """
     import psycopg
 
