@@ -131,3 +131,21 @@ def test_auto_scratch_that_does_not_fit_the_budget_fine_tunes():
     assert choice.strategy == "scratch"
     choice = tr.choose_strategy("auto", evidence(estimate_scratch_s=9000.0, time_budget_s=3600.0))
     assert choice.strategy == "finetune" and "exceeds the time budget" in choice.reason
+
+
+def test_plan_warns_a_cpu_user_when_the_run_takes_more_than_a_night(tmp_path):
+    from toolkit.layout import Workspace
+
+    ts = {"epochs": 100, "imgsz": 640, "arch": "yolov8n.yaml", "time_limit": 0, "device": "", "workers": "auto",
+          "batch": "auto"}
+    ws = Workspace.at(tmp_path)
+    ws.images_dir("train").mkdir(parents=True)
+    for i in range(1440):  # NEU-DET's training split, as far as the estimate is concerned
+        (ws.images_dir("train") / f"{i}.jpg").touch()
+    cpu = tr.plan_training(ws, ts, strategy="scratch", machine=tr.Machine(cores=2), read_only=True)
+    assert "more than a night" in cpu.describe() and cpu.estimate_s["scratch"] > 8 * 3600
+    gpu = tr.plan_training(ws, ts, strategy="scratch", machine=tr.Machine(cores=16, gpus=(H100,)), read_only=True)
+    assert "more than a night" not in gpu.describe() and gpu.estimate_s["scratch"] < 600
+    limited = tr.plan_training(ws, {**ts, "time_limit": 8}, strategy="scratch", machine=tr.Machine(cores=2),
+                               read_only=True)
+    assert "more than a night" not in limited.describe()

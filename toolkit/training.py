@@ -779,6 +779,7 @@ def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: 
 
 # ----------------------------------------------------------------------------- a training plan
 ROUTE_START = {"finetune": "production", "scratch": "scratch"}
+NIGHT_S = 8 * 3600.0  # a run longer than this does not fit in a night
 
 
 @dataclass(frozen=True)
@@ -793,11 +794,17 @@ class TrainingPlan:
     starts: dict                    # route -> start_from given to train_yolov8 (production | scratch | PATH)
     estimate_s: dict                # route -> about how many seconds
     notes: tuple[str, ...] = ()
+    time_limit_h: float = 0.0
 
     def describe(self) -> str:
         runs = ", ".join(f"{r} (about {format_duration(self.estimate_s.get(r))})" for r in self.choice.routes)
-        return (f"strategy {self.choice.requested} -> {self.choice.strategy}: train {runs} on {self.device}, "
+        text = (f"strategy {self.choice.requested} -> {self.choice.strategy}: train {runs} on {self.device}, "
                 f"workers {self.workers}, batch {self.batch} ({self.machine}); {self.choice.reason}")
+        total = sum(v for v in self.estimate_s.values() if v)
+        if total > NIGHT_S and not self.time_limit_h:
+            text += (f"; about {format_duration(total)} in all, more than a night: set training.time_limit "
+                     "(hours; the run stops cleanly with its best epoch) or a smaller imgsz")
+        return text
 
 
 def plan_training(workspace, ts: Mapping[str, Any], strategy: Any = None, start_from: Any = None,
@@ -826,7 +833,7 @@ def plan_training(workspace, ts: Mapping[str, Any], strategy: Any = None, start_
     return TrainingPlan(choice=choice, machine=machine.describe(), device=resolved["device"],
                         workers=resolved["workers"], batch=resolved["batch"], starts=starts,
                         estimate_s={r: (v if v is not None else ev.estimate_scratch_s) for r, v in estimate.items()},
-                        notes=tuple(notes))
+                        notes=tuple(notes), time_limit_h=float(ts.get("time_limit") or 0))
 
 
 @dataclass(frozen=True)
