@@ -473,7 +473,9 @@ def collect(roots: list[Path], results: Path) -> int:
     meta = dict(metas[0])
     for other in metas[1:]:
         for key in ("images", "imgsz", "batch", "epochs_finetune", "epochs_scratch", "model", "all_set", "device"):
-            if other.get(key) != meta.get(key):
+            same = (Path(other[key]).resolve() == Path(meta[key]).resolve()) if key == "model" else \
+                other.get(key) == meta.get(key)
+            if not same:
                 print(f"error: the runs differ in {key} ({meta.get(key)} vs {other.get(key)}); collect them apart",
                       file=sys.stderr)
                 return 2

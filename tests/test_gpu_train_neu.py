@@ -64,3 +64,28 @@ def test_tiny_real_run_writes_the_results_files(neu_dir, shared_models, tmp_path
     for r in report["rows"]:
         assert 0.0 <= r["map50_95"] <= r["map50"] <= 1.0 and r["loop_seconds"] > 0 and r["epochs"] == 1
     assert json_path.with_suffix(".md").read_text().count("| ours-both") == 1
+
+
+def test_collect_merges_cut_off_runs_and_counts_a_job_once(tmp_path, capsys):
+    meta = {"date": "2026-11-26", "card": "CPU, 2 cores", "slug": "cpu-2-cores", "cpu_proxy": True, "device": "cpu",
+            "ultralytics": "8", "imgsz": 160, "batch": 16, "epochs_finetune": 5, "epochs_scratch": 5,
+            "model": str(tmp_path / "m.pt"), "train_list": "train", "images": {"train": 720, "val": 180, "test": 180},
+            "seeds": [0, 1], "concurrent": 1, "workers_per_job": 1, "routes": ["plain-finetune"], "all_set": {}}
+    runs = []
+    for i, (routes, jobs) in enumerate(((["plain-finetune"], [row("plain", "finetune", 0, 0.4, 0.40, 50)]),
+                                        (["ours-finetune"], [row("ours", "finetune", 0, 0.4, 0.41, 55),
+                                                             row("plain", "finetune", 0, 0.4, 0.42, 60)])), 1):
+        root = tmp_path / f"run{i}"
+        for job in jobs:
+            (root / "jobs" / job["id"]).mkdir(parents=True)
+            (root / "jobs" / job["id"] / "row.json").write_text(json.dumps(job))
+        (root / "plan.json").write_text(json.dumps({**meta, "routes": routes}))
+        runs.append(root)
+    assert bench.main(["--collect", *map(str, runs), "--results", str(tmp_path / "results")]) == 0
+    report = json.loads((tmp_path / "results" / "2026-11-26-cpu-2-cores-cpu-proxy.json").read_text())
+    assert report["routes"] == ["plain-finetune", "ours-finetune"] and len(report["rows"]) == 2
+    table = {e["route"]: e for e in report["table"]}
+    assert table["plain-finetune"]["map50_95"] == 0.42  # the later run's row of the same job
+    assert "2 finished job(s) collected from 2 run(s)" in capsys.readouterr().out
+    (runs[1] / "plan.json").write_text(json.dumps({**meta, "imgsz": 320}))
+    assert bench.main(["--collect", *map(str, runs), "--results", str(tmp_path / "results")]) == 2
