@@ -226,6 +226,8 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
     analysis = analyze_memory_bank(bank, band, iou, instances, names, dataset_images=train_images)
 
     stamp = timestamp()
+    json_path = report_path(workspace, "analyze", stamp)
+    plots = charts.submit(analysis, json_path)   # drawn by the helper during the export and the report
     export = None
     if config.export > 0:
         from toolkit.analysis import export_for_labelling
@@ -233,8 +235,6 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         export = export_for_labelling(workspace, bank, analysis, config.export, stamp,
                                       settings["analyzer.near_duplicate_bits"],
                                       float(settings["analyzer.class_weight_power"]))
-    json_path = report_path(workspace, "analyze", stamp)
-    plots = charts.submit(analysis, json_path)   # drawn by the helper while the report is written
     result = AnalyzeResult(
         memory_bank=shown, format=bank.fmt, records=bank.records, skipped_records=bank.skipped,
         malformed=tuple(bank.malformed.items), filtered_out=bank.filtered_out, uncertain=band, iou_match=iou,
