@@ -1,0 +1,65 @@
+"""benchmarks/label_efficiency.py: its arithmetic, and (slow) one tiny end-to-end run on NEU-DET."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("label_efficiency", REPO / "benchmarks" / "label_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_random_images_to_match_interpolates_the_random_curve():
+    le = _module()
+    curve = [(0, 0.20), (40, 0.22), (80, 0.24), (360, 0.30)]
+    assert le.interpolate_k(curve, 0.23) == pytest.approx(60.0)
+    assert le.interpolate_k(curve, 0.27) == pytest.approx(220.0)
+    assert le.interpolate_k(curve, 0.31) is None           # beyond the whole pool
+    assert le.interpolate_k(curve, 0.19) == 0.0
+
+
+def test_summary_compares_the_analyzer_with_random_draws():
+    le = _module()
+    runs = [{"arm": "old_only", "k": 0, "map50": 0.4, "map50_95": 0.20},
+            {"arm": "all", "k": 360, "map50": 0.6, "map50_95": 0.30},
+            {"arm": "analyzer", "k": 40, "map50": 0.5, "map50_95": 0.24},
+            {"arm": "random", "k": 40, "map50": 0.45, "map50_95": 0.21},
+            {"arm": "random", "k": 40, "map50": 0.47, "map50_95": 0.23}]
+    summary = le.summarise(runs, [40], 360)
+    row = summary["per_k"][0]
+    assert row["random"]["map50_95"]["mean"] == pytest.approx(0.22) and row["random"]["map50_95"]["n"] == 2
+    assert row["analyzer"]["map50_95"]["mean"] == 0.24
+    # random: 0.22 at 40, 0.30 at 360 -> 0.24 is reached at 40 + 0.02/0.08 * 320 = 120 images
+    assert row["random_images_to_match"] == pytest.approx(120.0) and row["label_efficiency"] == pytest.approx(3.0)
+
+
+def test_balanced_subset_keeps_every_class():
+    le = _module()
+    names = ["a", "b", "c"]
+    stems = [f"{c}_{i}" for c in names for i in range(10)]
+    subset = le.balanced(stems, names, 9, seed=1)
+    assert len(subset) == 9 and {s.split("_")[0] for s in subset} == set(names)
+    assert le.balanced(stems, names, 0, seed=1) == stems
+
+
+@pytest.mark.slow
+def test_cpu_proxy_runs_end_to_end(neu_dir, shared_models, tmp_path):
+    le = _module()
+    out = tmp_path / "results"
+    code = le.main(["--mode", "cpu-proxy", "--neu", str(neu_dir), "--model", str(shared_models / "neu_v1.0_half.pt"),
+                    "--imgsz", "64", "--epochs", "1", "--ks", "4,8", "--draws", "2", "--old-limit", "24",
+                    "--pool-limit", "30", "--test-limit", "12", "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert code == 0
+    report = json.loads(next(out.glob("*-cpu-proxy.json")).read_text())
+    arms = sorted({r["arm"] for r in report["runs"]})
+    assert arms == ["all", "analyzer", "old_only", "random"] and len(report["runs"]) == 1 + 2 + 2 * 2 + 1
+    assert report["analyzer"]["exported"] == 8 and report["settings"]["pool_images"] == 30
+    assert "CPU PROXY" in next(out.glob("*-cpu-proxy.md")).read_text()
