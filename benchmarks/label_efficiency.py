@@ -374,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the results file names (a variant's name)")
     parser.add_argument("--analyzer-seeds", type=int, default=1,
                         help="training seeds for the analyzer's fine-tunes (its spread; the selection is fixed)")
+    parser.add_argument("--analyzer-first-seed", type=int, default=0, help="first training seed of the analyzer's runs")
+    parser.add_argument("--reuse-analyzer", action="store_true", help="with --reuse: take over its analyzer runs too "
+                        "(same analyzer settings required), e.g. to add training seeds")
     parser.add_argument("--reuse", type=Path, help="a results JSON of the same settings: its runs of the arms not "
                         "run now are taken over (e.g. rerun only the analyzer after changing its selection)")
     for key, value in MODES["gpu"].items():
@@ -420,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         specs.append(dict(common, name="old_only", arm="old_only", k=0, draw=0, seed=train_seed, train=sets["old"]))
     for k in ks:
         if "analyzer" in arms:
-            for seed in range(train_seed, train_seed + args.analyzer_seeds):
+            for seed in range(args.analyzer_first_seed, args.analyzer_first_seed + args.analyzer_seeds):
                 specs.append(dict(common, name=f"analyzer_k{k}" + (f"_t{seed}" if seed else ""), arm="analyzer", k=k,
                                   draw=0, seed=seed, train=sets["old"] + picks[:k]))
         if "random" in arms:
@@ -441,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         if same != now:
             print(f"--reuse {args.reuse}: other settings ({same} vs {now})", file=sys.stderr)
             return 1
-        reused = [r for r in old["runs"] if r["arm"] not in arms]
+        if args.reuse_analyzer and (old["analyzer"].get("settings") or {}) != analyzer_settings:
+            print(f"--reuse-analyzer: {args.reuse} picked with other analyzer settings "
+                  f"({old['analyzer'].get('settings')} vs {analyzer_settings})", file=sys.stderr)
+            return 1
+        reused = [r for r in old["runs"] if r["arm"] not in arms or (args.reuse_analyzer and r["arm"] == "analyzer")]
         logger.info("reusing %d run(s) of %s from %s", len(reused), sorted({r["arm"] for r in reused}), args.reuse)
     results = run_specs(specs, max(1, args.jobs), work) + reused
     import ultralytics
@@ -453,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                            "ks": ks, "draws": args.draws, "random_seeds": random_seeds, "train_seed": train_seed,
                            "old_images": len(sets["old"]), "pool_images": len(sets["pool"]),
                            "test_images": len(sets["test"]), "device": device, "trainer": "plain ultralytics",
-                           "analyzer_seeds": list(range(train_seed, train_seed + args.analyzer_seeds)),
+                           "analyzer_seeds": sorted({r["seed"] for r in results if r["arm"] == "analyzer"}),
                            "reused_from": str(args.reuse) if args.reuse else None},
               "analyzer": pick_summary, "runs": results,
               "summary": summarise(results, ks, len(sets["pool"])),

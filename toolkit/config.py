@@ -143,8 +143,9 @@ analyzer:
   # pair and catches 99% of copies shifted by 2 px (4 bits: 68%).
   near_duplicate_bits: 8
   # --export shares its picks among classes in proportion to priority score ** this power
-  # (1: by score; 0: equal shares; see benchmarks/label_efficiency.py for what was measured).
-  class_weight_power: 1.0
+  # (1: by score; 0: equal shares, most uncertain first within each class, missed classes taking
+  # one share). 0 measured better than 1 on NEU-DET (CPU proxy, benchmarks/results/).
+  class_weight_power: 0.0
 """
 
 
