@@ -201,14 +201,28 @@ def analyze_memory_bank(bank: MemoryBank, uncertain: tuple[float, float], iou_ma
     rev_images, fp_images = [0] * n_cls, [0] * n_cls
     confusions: dict[tuple[int, int], int] = {}
     remap_list = remap.tolist()
-    starts = bank.det_start
-    for r, labels in bank.reviews.items():
-        s, e = int(starts[r]), int(starts[r + 1])
-        d_cls = cls[s:e].tolist()
-        d_box = [tuple(b) for b in bank.det_box[s:e].tolist()]
+    # the reviewed records' detections gathered in one numpy pass, then plain lists (a few boxes each)
+    rev_records = list(bank.reviews)
+    r_arr = np.fromiter(rev_records, dtype=np.int64, count=len(rev_records))
+    r_start = bank.det_start[r_arr].astype(np.int64)
+    r_count = bank.det_start[r_arr + 1].astype(np.int64) - r_start
+    offsets = np.zeros(len(rev_records) + 1, dtype=np.int64)
+    np.cumsum(r_count, out=offsets[1:])
+    take = np.repeat(r_start - offsets[:-1], r_count) + np.arange(int(offsets[-1]), dtype=np.int64)
+    all_cls = cls[take].tolist()
+    all_box = bank.det_box[take].tolist()
+    bounds = offsets.tolist()
+    for i, r in enumerate(rev_records):
+        labels = bank.reviews[r]
+        s, e = bounds[i], bounds[i + 1]
+        d_cls = all_cls[s:e]
         l_cls = [remap_list[lab[0]] for lab in labels]
-        l_box = [lab[1:] for lab in labels]
-        matches, false_pos, missed, confused = match_image(d_cls, d_box, l_cls, l_box, iou_match)
+        if not d_cls or not l_cls:  # nothing to match: every detection is a false positive, every label a miss
+            matches, confused = [], []
+            false_pos, missed = list(range(len(d_cls))), list(range(len(l_cls)))
+        else:
+            matches, false_pos, missed, confused = match_image(d_cls, all_box[s:e], l_cls,
+                                                              [lab[1:] for lab in labels], iou_match)
         for d, _ in matches:
             tp[d_cls[d]] += 1
         for d in false_pos:
