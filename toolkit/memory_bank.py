@@ -521,20 +521,15 @@ class _Reader:
         with well-typed values goes straight into the columns; anything else (reviews, NULLs where
         a value belongs, odd types, a bad value) takes the general path, which gives the reason.
         """
-        key: Any = None
-        group: list[tuple] = []
-        fast = self._fast_group_fn()
-        for row in rows:
-            row_key = row[1:4]  # (timestamp, image, model_version): one slice, one tuple comparison
-            if row_key != key:
-                if group and not fast(group):
-                    self._slow_group(group)
-                key = row_key
-                group = [row]
-            else:
-                group.append(row)
-        if group and not fast(group):
-            self._slow_group(group)
+        from itertools import groupby
+        from operator import itemgetter
+
+        fast, slow = self._fast_group_fn(), self._slow_group
+        # groupby and itemgetter run in C: no Python step per row, only per record
+        for _, rows_of_record in groupby(rows, key=itemgetter(1, 2, 3)):  # timestamp, image, model_version
+            group = list(rows_of_record)
+            if not fast(group):
+                slow(group)
 
     def _fast_group_fn(self):
         """``fast(group)``: append a record of plain, well-typed detection rows; False (nothing kept)
