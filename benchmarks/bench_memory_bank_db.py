@@ -43,7 +43,8 @@ analysis = analyze_memory_bank(bank, uncertain=(0.25, 0.6), iou_match=0.5)
 seconds = time.perf_counter() - start
 digest = json.dumps({"records": bank.records, "skipped": bank.skipped, "classes": analysis.classes,
                      "priorities": analysis.priorities}, sort_keys=True, default=str)
-print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mb": usage.ru_maxrss / 1024,
                   "records": bank.records, "rows": bank.rows_read, "digest": hashlib.sha256(digest.encode()).hexdigest()}))
 """
 
@@ -133,6 +134,10 @@ def main() -> int:
                       "ratio": round(best_p["seconds"] / best_j["seconds"], 3),
                       "jsonl_peak_mb": round(best_j["peak_mb"]), "postgres_peak_mb": round(best_p["peak_mb"]),
                       "round_ratios": [round(p["seconds"] / j["seconds"], 3) for j, p in zip(jsonl_runs, pg_runs)],
+                      # CPU of the analysing process only (not the server's): steadier on a busy machine
+                      "cpu_ratio": round(min(r["cpu_s"] for r in pg_runs) / min(r["cpu_s"] for r in jsonl_runs), 3),
+                      "cpu_s": {"jsonl": round(min(r["cpu_s"] for r in jsonl_runs), 2),
+                                "postgres": round(min(r["cpu_s"] for r in pg_runs), 2)},
                       "runs": {"jsonl": [round(r["seconds"], 2) for r in jsonl_runs],
                                "postgres": [round(r["seconds"], 2) for r in pg_runs]},
                       "goal": "ratio <= 1.5, peak memory like JSONL's"}, indent=2))
