@@ -33,9 +33,10 @@ there is (the PCB finding of issue 12): M's weight puts such a class above every
 only uncertain.
 
 Export (``export_for_labelling``): the next images to label, chosen by ``candidate_order``
-(uncertain detections first, shared among classes by score, no near-duplicates by the toolkit's
-64-bit DCT perceptual hash, ``toolkit.phash``), copied with YOLO pre-labels; reviewed images
-become a labelled YOLO batch.
+(uncertain detections first, shared among classes by score ** ``analyzer.class_weight_power`` -
+default 0, equal shares, which measured best in benchmarks/label_efficiency.py - no
+near-duplicates by the toolkit's 64-bit DCT perceptual hash, ``toolkit.phash``), copied with YOLO
+pre-labels; reviewed images become a labelled YOLO batch.
 
 Images needed (a heuristic, not a guarantee): 0 when score < 5, else
 ``ceil10(score/100 * max(200, dataset_instances / 2))``: a severe class needs up to 200 new images
@@ -645,7 +646,7 @@ def prelabel_trust(analysis: Analysis, classes: list[str], confs: list[float]) -
 
 
 def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int, stamp: str,
-                         near_duplicate_bits: int, class_weight_power: float = 1.0) -> ExportResult:
+                         near_duplicate_bits: int, class_weight_power: float = 0.0) -> ExportResult:
     """Copy the ``n`` most useful images to ``training/to_label/<stamp>/`` and the reviewed ones to incoming/.
 
     to_label/<stamp>/: images/, labels/ (YOLO pre-labels from the detections), classes.txt,
