@@ -7,26 +7,29 @@ writes ``benchmarks/results/<date>-<card>.json`` and ``.md`` (mean ± spread ove
 
 Routes ``FAMILY-START[:RECIPE]``:
   FAMILY  plain (``YOLO(..).train`` with ultralytics' defaults) or ours (``train_yolov8.run``
-          with training.yaml's settings);
+          with training.yaml's settings), both plus the recipe's and --all-set's overrides;
   START   finetune (from --model, the production model: neu_v1.0_half.pt, trained on half the
           training images), scratch (yolov8n.yaml), or both (the finetune and scratch jobs of
           that family and seed; the one with the better *validation* mAP50-95 is "promoted", its
           test score reported, and the time is the sum of both);
   RECIPE  a named set of ultralytics overrides (RECIPES below), e.g. ours-finetune:metal.
 Every job gets the same plots setting (off: the toolkit's default), so time ratios compare the
-same work. Phases per job: setup (call -> first epoch), loop (ultralytics' epoch loop), after
-(loop end -> result, including ultralytics' final validation and our report).
+same work. Phases per job: setup (call -> first epoch), loop (ultralytics' epoch loop and its
+final validation of best.pt), after (loop end -> result: for ours, curves.png and the report).
 
 --concurrent N runs N jobs at once as separate processes, data-loader workers split over the
 cores (cores // N - 1 each, at most 8), CPU threads split likewise.
 --cpu-proxy: a small preset for a machine without a GPU (NEU at imgsz 160, 5 epochs,
-720 training images, fine-tune route, recipes default vs metal, 3 seeds); its figures check the
-direction of a recipe change and never stand in for GPU figures.
+720 training images, fine-tune route: plain, ours with ultralytics' augmentation, ours with
+"metal", 3 seeds; about 15 min on 2 idle cores); its figures check the direction of a recipe
+change and never stand in for GPU figures. A run cut off by a time limit keeps its finished
+jobs: --collect OUT/<stamp> [...] writes their results (several runs merged).
 
 Usage (GPU machine, after `source .gpu/setup.sh`, see ../shared/gpu/README.md):
     python3 benchmarks/gpu_train_neu.py --neu .gpu/NEU-DET --model .gpu/models/neu_v1.0_half.pt \\
         --routes plain-finetune,ours-finetune,plain-scratch,ours-scratch,ours-both --seeds 0,1,2 --concurrent 4
     nice -n 10 python benchmarks/gpu_train_neu.py --cpu-proxy                    # 2-core CPU, ~15 min
+    python benchmarks/gpu_train_neu.py --collect benchmarks/out/gpu_train_neu/*  # what cut-off runs finished
     python benchmarks/gpu_train_neu.py --routes ours-finetune --epochs-finetune 1 --imgsz 64 \\
         --limit-train 24 --limit-eval 12 --device cpu                            # smoke test
 """
