@@ -192,6 +192,9 @@ def test_status_checks_production_sidecar_and_archives(ws, models):
 
 
 def test_status_before_any_model(tmp_path):
+    import setup_training
+
+    setup_training.run(setup_training.SetupConfig(root=tmp_path, classes=("scratch", "dent")))  # no model yet
     run = _status_cli(tmp_path)
     assert run.returncode == 0, run.stderr
     assert "None" not in run.stdout and "Production: none yet" in run.stdout
