@@ -168,6 +168,16 @@ def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, 
     return {"new_batches": pending, "new_data": new_data, "steps": steps, "production": production_info(ws)}
 
 
+def is_workspace(ws: Workspace) -> bool:
+    """Set up, or holding a production model (setup can then take its classes)."""
+    return not _needs_setup(ws) or ws.production_model.exists() or ws.dataset_yaml.exists()
+
+
+def _nothing_new(config: PipelineConfig, ws: Workspace) -> bool:
+    """A nightly run (--if-new-data) with no batch to import: it ends at once, wherever it runs."""
+    return config.if_new_data and config.source is None and not _pending_batches(ws)
+
+
 def preflight(config: PipelineConfig) -> Workspace:
     """What can be checked before anything is written (no lock, log or history in a wrong folder)."""
     ws = Workspace.at(config.root)
@@ -180,7 +190,7 @@ def preflight(config: PipelineConfig) -> Workspace:
     if not ws.root.is_dir():
         raise UserError(f"workspace {ws.root} does not exist; give the --root that holds yolov8_model.pt, or try "
                         "the toolkit with: python training_pipeline.py --demo")
-    if _needs_setup(ws) and not ws.production_model.exists() and not ws.dataset_yaml.exists():
+    if not is_workspace(ws) and not _nothing_new(config, ws):
         raise UserError(f"{ws.root} is not a training workspace: no production model ({ws.production_model.name}) "
                         "and no training/configs/dataset.yaml. Put your model there and rerun, or set one up with "
                         f"'python setup_training.py --root {ws.root} --classes a,b,c'; to try the toolkit on "
@@ -195,6 +205,9 @@ def run(config: PipelineConfig) -> PipelineResult:
         the_plan = plan(config, settings)
         return PipelineResult("skipped", the_plan["production"], {"plan": the_plan}, None,
                               ("dry run: nothing was changed",), dry_run=True)
+    if not is_workspace(ws):  # a nightly run in a folder not set up yet: nothing to do, nothing written
+        return PipelineResult("skipped", production_info(ws), {name: {"skipped": "no new data"} for name in STAGES},
+                              None, ("no new labelled batch since the last run",))
 
     with workspace_lock(ws):
         started, start = utc_now_iso(), time.perf_counter()
@@ -624,8 +637,8 @@ def main(argv: list[str] | None = None) -> int:
             return rollback(root, None if a.rollback == "previous" else a.rollback)
         config = config_from_args(PipelineConfig, a, source=a.source.resolve() if a.source else None,
                                   candidate=a.candidate.resolve() if a.candidate else None)
-        preflight(config)  # a wrong folder gets no log file
-        if a.dry_run:
+        ws = preflight(config)  # a wrong folder gets no log file
+        if a.dry_run or not is_workspace(ws):
             return run(config)
         with _log_file(root):
             return run(config)

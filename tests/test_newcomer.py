@@ -39,6 +39,9 @@ def test_pipeline_in_a_folder_that_is_no_workspace_says_what_to_do_and_leaves_no
     assert "is not a training workspace" in line and "--demo" in line and "setup_training.py" in line
     assert "pass --classes" not in line  # the pipeline has no --classes flag
     assert files_under(tmp_path) == []  # no memory-bank/, training/logs, lock files or history
+    # a nightly --if-new-data there has nothing to do: it says so, exits 0 and writes nothing either
+    assert training_pipeline.main(["--root", str(tmp_path), "--if-new-data"]) == 0
+    assert "SKIPPED" in capsys.readouterr().out and files_under(tmp_path) == []
 
 
 def test_train_on_an_empty_folder_leaves_no_settings_fonts_or_lock(tmp_path, capsys):
