@@ -216,7 +216,7 @@ def test_pipeline_flags_reach_training_and_scoring_and_training_yaml_is_read_onc
     real_read = toolkit.config.read_training_yaml
     monkeypatch.setattr(toolkit.config, "read_training_yaml", lambda path: reads.append(path) or real_read(path))
     args = ["--root", str(root), "--imgsz", "96", "--epochs", "1", "--batch", "4", "--device", "cpu",
-            "--compare-subset", "8", "--no-analyze", "--json"]
+            "--compare-subset", "3", "--no-analyze", "--json"]
     assert training_pipeline.main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert reads == [Workspace.at(root).training_yaml]
@@ -226,6 +226,8 @@ def test_pipeline_flags_reach_training_and_scoring_and_training_yaml_is_read_onc
     assert (used["imgsz"], used["epochs"], used["batch"], used["device"]) == (96, 1, 4, "cpu")
     compare = result["stages"]["compare"]
     assert compare["settings"]["evaluation"]["batch"] == 4 and compare["settings"]["evaluation"]["device"] == "cpu"
+    assert compare["images"] == 3 and compare["settings"]["subset"] == 3  # --compare-subset
+    assert result["stages"]["analyze"] == {"skipped": "--no-analyze"}
     sizes = {m["role"]: (m["imgsz"], m["trained_imgsz"]) for m in compare["models"]}
     assert sizes == {"production": (64, 64), "candidate": (96, 96)}
     size_reason = [r for r in result["reasons"] if "trained at different sizes" in r]
