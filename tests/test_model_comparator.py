@@ -244,3 +244,20 @@ def test_evaluate_model_helper_shares_the_comparators_cache(first_run, workspace
     assert got["cached"] is True and got["sha256"] == want["sha256"]
     assert (got["map50"], got["map50_95"], got["per_class"]) == (want["map50"], want["map50_95"], want["per_class"])
     assert got["ms_per_image"] > 0
+
+
+@pytest.mark.parametrize("better_first", [False, True])
+def test_with_several_candidates_the_better_one_wins_wherever_it_is_listed(first_run, workspace, subset_yaml,
+                                                                          shared_models, tmp_path, better_first):
+    """What `--strategy both` relies on: the comparator ranks several candidates and picks the best
+    passing one, not the first or the last (a copy of v1.0 is the weaker candidate; cached scores)."""
+    weaker = tmp_path / "weaker_candidate.pt"
+    shutil.copyfile(shared_models / V10, weaker)
+    better = shared_models / V11
+    order = (better, weaker) if better_first else (weaker, better)
+    result = run(CompareConfig(root=workspace, production=shared_models / V10, candidates=order,
+                               data=subset_yaml, **FAST))
+    assert len(result.models) == 3
+    assert result.decision["promote"] is True
+    assert result.winner == str(better.resolve())
+    assert entry(result, V11)["map50_95"] > entry(result, weaker.name)["map50_95"]
