@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the results file names (a variant's name)")
     parser.add_argument("--analyzer-seeds", type=int, default=1,
                         help="training seeds for the analyzer's fine-tunes (its spread; the selection is fixed)")
+    parser.add_argument("--random-first-seed", type=int, default=1, help="first seed of the random draws")
     parser.add_argument("--analyzer-first-seed", type=int, default=0, help="first training seed of the analyzer's runs")
     parser.add_argument("--reuse-analyzer", action="store_true", help="with --reuse: take over its analyzer runs too "
                         "(same analyzer settings required), e.g. to add training seeds")
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(work=str(work), model=str(args.model.resolve()), names=names, test=sets["test"], epochs=args.epochs,
                   imgsz=args.imgsz, batch=args.batch, device=device, workers=workers)
     train_seed = 0
-    random_seeds = list(range(1, args.draws + 1))
+    random_seeds = list(range(args.random_first_seed, args.random_first_seed + args.draws))
     specs = []
     if "old_only" in arms:
         specs.append(dict(common, name="old_only", arm="old_only", k=0, draw=0, seed=train_seed, train=sets["old"]))
@@ -448,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--reuse-analyzer: {args.reuse} picked with other analyzer settings "
                   f"({old['analyzer'].get('settings')} vs {analyzer_settings})", file=sys.stderr)
             return 1
-        reused = [r for r in old["runs"] if r["arm"] not in arms or (args.reuse_analyzer and r["arm"] == "analyzer")]
+        running = {spec["name"] for spec in specs}
+        reused = [r for r in old["runs"] if r["name"] not in running
+                  and (r["arm"] != "analyzer" or args.reuse_analyzer)]
         logger.info("reusing %d run(s) of %s from %s", len(reused), sorted({r["arm"] for r in reused}), args.reuse)
     results = run_specs(specs, max(1, args.jobs), work) + reused
     import ultralytics
@@ -457,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"mode": args.mode, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "device_name": device_name, "ultralytics": ultralytics.__version__,
               "settings": {"model": str(args.model), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
-                           "ks": ks, "draws": args.draws, "random_seeds": random_seeds, "train_seed": train_seed,
+                           "ks": ks, "draws": len({r["draw"] for r in results if r["arm"] == "random"}),
+                           "random_seeds": sorted({r["seed"] for r in results if r["arm"] == "random"}),
+                           "train_seed": train_seed,
                            "old_images": len(sets["old"]), "pool_images": len(sets["pool"]),
                            "test_images": len(sets["test"]), "device": device, "trainer": "plain ultralytics",
                            "analyzer_seeds": sorted({r["seed"] for r in results if r["arm"] == "analyzer"}),
