@@ -94,6 +94,29 @@ def test_several_processes_append_whole_lines_while_the_analyzer_reads(tmp_path)
     assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
+@pytest.mark.skipif(os.name == "nt", reason="flock is POSIX; Windows writers share a lock file")
+def test_a_writer_starting_while_another_is_mid_line_leaves_no_empty_or_torn_line(tmp_path):
+    """Seen under load in CI: a writer that opened the log while another's long line was still being
+    written took that line for a crashed writer's cut-off line and 'repaired' it with a newline.
+    Here the other writer is held mid-line for a moment, with the writers' lock, as os.write is."""
+    import fcntl
+
+    path = tmp_path / "detections.jsonl"
+    line = (json.dumps(_record(0, 7, pad=5000), separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, line[:2000])  # half of a line is on disk, the writer is still writing
+    proc = subprocess.Popen([sys.executable, "-c", APPENDER, str(REPO), "1", "1", str(path), "0"])
+    time.sleep(1.0)  # the new writer opens the log now and looks at its last byte
+    os.write(fd, line[2000:])
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    assert proc.wait(60) == 0
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 3  # two records, nothing between them
+    assert [json.loads(x)["image"] for x in lines[:-1]] == [_record(0, 7)["image"], _record(0, 1)["image"]]
+
+
 def test_several_processes_append_to_postgres_while_the_analyzer_reads(postgres, pg_password):
     url = postgres.url("api_appends")
     MemoryBankWriter(url).close()  # create the table once, as the detection system's installer would

@@ -12,8 +12,8 @@ has to import:
   database URL of training.yaml ``memory_bank.url`` - with ``model_version`` filled in. Each
   record is checked against the schema first (a bad record raises ``BadRecord``, nothing is
   written). In a file every record is one whole line, written by one ``os.write`` on a file
-  opened for appending, so several processes can append while the analyzer reads: no torn or
-  interleaved lines. In a database the rows of one call are one transaction.
+  opened for appending, under a lock that only writers take, so several processes can append
+  while the analyzer reads: no torn, interleaved or empty lines. In a database the rows of one call are one transaction.
 
 Usage:
     from toolkit.detection_api import MemoryBankWriter, ProductionModel
@@ -27,13 +27,14 @@ Usage:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from toolkit.errors import UserError
 from toolkit.layout import Workspace
@@ -234,26 +235,46 @@ class MemoryBankWriter:
         return cls(url if is_database_url(url) or Path(url).is_absolute() else ws.root / url, **kwargs)
 
     def _end_torn_line(self, path: Path) -> None:
-        """A line cut short by a crashed foreign writer must not swallow our first record."""
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                if fh.tell() == 0:
-                    return
-                fh.seek(-1, os.SEEK_END)
-                last = fh.read(1)
-        except OSError:
-            return
-        if last != b"\n":
-            logger.warning("%s ends in a cut-off line; starting a new line after it", path)
-            self._write(b"\n")
+        """A line cut short by a crashed foreign writer must not swallow our first record.
 
-    def _write(self, data: bytes) -> None:
+        Checked under the writers' lock: without it, another writer's line still being written
+        looks like a cut-off line, and the repair newline would leave an empty line after it."""
+        with self._exclusive():
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(0, os.SEEK_END)
+                    if fh.tell() == 0:
+                        return
+                    fh.seek(-1, os.SEEK_END)
+                    last = fh.read(1)
+            except OSError:
+                return
+            if last != b"\n":
+                logger.warning("%s ends in a cut-off line; starting a new line after it", path)
+                self._write_unlocked(b"\n")
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The writers' lock: a lock file on Windows (its O_APPEND is seek + write), else an
+        advisory flock on the log itself (readers never wait for it)."""
         if self._lock is not None:
             with self._lock:
-                written = os.write(self._fd, data)
-        else:
-            written = os.write(self._fd, data)  # one system call: the line lands whole or not at all
+                yield
+            return
+        import fcntl
+
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _write(self, data: bytes) -> None:
+        with self._exclusive():
+            self._write_unlocked(data)
+
+    def _write_unlocked(self, data: bytes) -> None:
+        written = os.write(self._fd, data)  # one system call: the line lands whole or not at all
         if written != len(data):  # disk full mid-write
             raise OSError(f"{self.target}: only {written} of {len(data)} bytes written (disk full?)")
 
