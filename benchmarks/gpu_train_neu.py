@@ -79,7 +79,7 @@ def _voc_to_yolo(xml_path: Path) -> list[str]:
     return voc_as_yolo_text(xml_path, NEU_CLASSES).splitlines()
 
 
-def _find(neu: Path, stem: str) -> tuple[Path, Path]:
+def find_neu_pair(neu: Path, stem: str) -> tuple[Path, Path]:
     for images, notes in (("IMAGES", "ANNOTATIONS"), ("Validation_Images", "Validation_Annotations")):
         img, xml = neu / images / f"{stem}.jpg", neu / notes / f"{stem}.xml"
         if img.is_file() and xml.is_file():
@@ -110,7 +110,7 @@ def build_workspace(neu: Path, root: Path, limit: int | None = None, train_list:
         stems = (neu / "splits" / f"{list_name}.txt").read_text().split()
         stems = _take(stems, (limit_train if split == "train" else limit_eval) or limit)
         for stem in stems:
-            img, xml = _find(neu, stem)
+            img, xml = find_neu_pair(neu, stem)
             shutil.copyfile(img, ws.images_dir(split) / f"{stem}.jpg")
             (ws.labels_dir(split) / f"{stem}.txt").write_text("\n".join(_voc_to_yolo(xml)) + "\n")
         counts[split] = len(stems)

@@ -48,12 +48,14 @@ import statistics
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks.gpu_train_neu import find_neu_pair  # noqa: E402  (after the sys.path line)
+from toolkit.labels import voc_as_yolo_text  # noqa: E402
 
 logger = logging.getLogger("label_efficiency")
 
@@ -65,30 +67,6 @@ MODES = {
 
 
 # --- data ------------------------------------------------------------------------------------------
-
-def voc_to_yolo(xml_path: Path, names: list[str]) -> list[str]:
-    root = ET.parse(xml_path).getroot()
-    w, h = float(root.findtext("size/width")), float(root.findtext("size/height"))
-    lines = []
-    for obj in root.iter("object"):
-        box = obj.find("bndbox")
-        x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        x1, x2 = max(0.0, min(x1, x2)), min(w, max(x1, x2))
-        y1, y2 = max(0.0, min(y1, y2)), min(h, max(y1, y2))
-        if x2 - x1 < 1 or y2 - y1 < 1:
-            continue
-        cls = names.index(obj.findtext("name").strip())
-        lines.append(f"{cls} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
-    return lines
-
-
-def find_pair(neu: Path, stem: str) -> tuple[Path, Path]:
-    for images, notes in (("IMAGES", "ANNOTATIONS"), ("Validation_Images", "Validation_Annotations")):
-        img, xml = neu / images / f"{stem}.jpg", neu / notes / f"{stem}.xml"
-        if img.is_file() and xml.is_file():
-            return img, xml
-    raise FileNotFoundError(f"{stem}: image or annotation missing in {neu}")
-
 
 def balanced(stems: list[str], names: list[str], limit: int, seed: int) -> list[str]:
     """``limit`` stems taken round-robin over the classes (NEU names start with the class)."""
@@ -119,11 +97,11 @@ def build_data(neu: Path, work: Path, names: list[str], args) -> dict[str, list[
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     for stem in sorted({s for v in sets.values() for s in v}):
-        img, xml = find_pair(neu, stem)
+        img, xml = find_neu_pair(neu, stem)
         target = images / img.name
         if not target.exists():
             target.write_bytes(img.read_bytes())
-        (labels / f"{stem}.txt").write_text("\n".join(voc_to_yolo(xml, names)) + "\n")
+        (labels / f"{stem}.txt").write_text(voc_as_yolo_text(xml, names))  # the import's own conversion
     return sets
 
 
