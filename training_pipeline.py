@@ -376,7 +376,8 @@ def _promote(r: _Run) -> Any:
 
     classes = model_class_names(cand["path"], ws.ultralytics_config)  # must load before it goes live
     metrics = {k: cand[k] for k in ("map50", "map50_95", "precision", "recall") if k in cand}
-    metrics["split"] = compared.split  # the history must say which images these figures come from
+    # the history must say which images, at which size, these figures come from
+    metrics.update(split=compared.split, imgsz=cand.get("imgsz"))
     results = r.runner.results
     dataset_version = _get(results.get("prepare"), "dataset_version") or _get(compared, "dataset_version")
     return r.registry.promote(

@@ -58,6 +58,9 @@ def test_candidate_promoted_then_kept_then_rollback(neu_workspace, shared_models
     assert ws.production_model.read_bytes() == v11.read_bytes()
     assert first["production"]["version"] == "1.1"
     assert Path(first["html_report"]).is_file()
+    # the version's figures say where they were measured: the test split, at the size it was trained at
+    metrics = Registry.load(ws).entry("1.1")["metrics"]
+    assert (metrics["split"], metrics["imgsz"]) == ("test", 640) and 0 < metrics["map50_95"] < 1
 
     assert training_pipeline.main(["--root", str(root), "--candidate", str(v10), "--json", "--no-analyze"]) == 0
     second = json.loads(capsys.readouterr().out)
