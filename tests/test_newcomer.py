@@ -106,3 +106,18 @@ def test_a_first_model_that_was_not_promoted_gets_a_next_hint(tmp_path):
         ("no production model yet, and best.pt is not good enough to be the first",))
     text = training_pipeline.describe(result)
     assert "Next: no production model yet" in text and "--force" in text
+
+
+def test_ultralytics_first_use_notice_stays_out_of_the_users_way(tmp_path):
+    """Ultralytics' 'Creating new Ultralytics Settings ... yolo settings key=value' notice on the first
+    use of a workspace is not for the toolkit's user (debug log only); its settings file is still made."""
+    code = ("import logging, sys; sys.path.insert(0, sys.argv[1]); logging.basicConfig(level=logging.INFO);"
+            "from toolkit.offline import prepare_ultralytics; prepare_ultralytics(sys.argv[2]);"
+            "from ultralytics.utils import LOGGER; LOGGER.warning('after-import warning')")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO), str(tmp_path / "cfg")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Ultralytics Settings" not in done.stdout + done.stderr
+    assert (tmp_path / "cfg" / "Ultralytics" / "settings.json").is_file()
+    # ultralytics' own later messages still reach the user, on stderr (stdout is for --json)
+    assert "after-import warning" in done.stderr and done.stdout == ""

@@ -69,7 +69,7 @@ def test_safe_loading_still_loads_real_and_fresh_models(shared_models, tiny_mode
 
 
 def _one_error_line(stderr: str) -> str:
-    """The error line (ultralytics' first-run settings notice may precede it); no traceback."""
+    """The error line; no traceback."""
     assert "Traceback" not in stderr, stderr
     lines = stderr.strip().splitlines()
     assert sum("refused" in line for line in lines) == 1, stderr

@@ -22,6 +22,7 @@ The environment variables are inherited by ultralytics' DDP workers (several GPU
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -131,11 +132,16 @@ def prepare_ultralytics(config_dir: str | Path, verbose: bool | None = None) -> 
     elif _prepared_dir != config_dir:
         logger.debug("ultralytics already prepared with %s; keeping it", _prepared_dir)
 
-    # On its first import in a new config folder ultralytics prints a settings notice on stdout,
-    # which would corrupt a stage's --json output: send it to stderr with the other logs.
-    with contextlib.redirect_stdout(sys.stderr):
+    # On its first import in a new config folder ultralytics prints a 3-line settings notice (with
+    # `yolo settings` hints that do not apply here) on stdout, which would corrupt a stage's --json
+    # output and only puzzles the user: keep it for -v. Its console handler, made during the import,
+    # is pointed at stderr below.
+    notice = io.StringIO()
+    with contextlib.redirect_stdout(notice):
         import ultralytics
         from ultralytics.utils import LOGGER, SETTINGS
+    if notice.getvalue().strip():
+        logger.debug("ultralytics at first import: %s", " ".join(notice.getvalue().split()))
 
     wanted = {"sync": False, "hub": False, "clearml": False, "comet": False, "dvc": False, "mlflow": False,
               "neptune": False, "raytune": False, "tensorboard": False, "wandb": False, "vscode_msg": False,
