@@ -94,3 +94,19 @@ def pg_password(monkeypatch, postgres):
 
     monkeypatch.setenv("PGPASSWORD", pg_server.PASSWORD)
     return pg_server.PASSWORD
+
+
+@pytest.fixture
+def synthetic_workspace(tmp_path, tiny_model) -> Path:
+    """A set-up workspace: production = the tiny real model; one synthetic batch waiting in training/incoming."""
+    import shutil
+
+    import setup_training
+    from toolkit.synthetic import NEU_CLASSES, write_batch
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    shutil.copyfile(tiny_model, root / "yolov8_model.pt")
+    setup_training.run(setup_training.SetupConfig(root=root, classes=NEU_CLASSES))
+    write_batch(root / "training" / "incoming" / "batch_001", 40, size=64, seed=21)
+    return root

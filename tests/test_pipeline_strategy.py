@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 import dataset_preparer
-import setup_training
 import training_pipeline
 from toolkit import training as tr
 from toolkit.layout import Workspace
@@ -33,14 +32,9 @@ def _lax_promotion(root: Path) -> None:
 
 
 @pytest.fixture
-def workspace(tmp_path, tiny_model):
-    """Production = a tiny real model; one synthetic batch waiting in training/incoming."""
-    root = tmp_path / "ws"
-    root.mkdir()
-    shutil.copyfile(tiny_model, root / "yolov8_model.pt")
-    setup_training.run(setup_training.SetupConfig(root=root, classes=NEU_CLASSES))
-    write_batch(root / "training" / "incoming" / "batch_001", 40, size=64, seed=21)
-    return root
+def workspace(synthetic_workspace):
+    """Production = a tiny real model; one synthetic batch waiting in training/incoming (conftest)."""
+    return synthetic_workspace
 
 
 def test_both_trains_two_candidates_and_promotes_the_better_passing_one(workspace):

@@ -143,19 +143,6 @@ def test_dry_run_and_if_new_data_change_nothing(neu_workspace, capsys):
 
 # --- synthetic workspace: training inside the pipeline ------------------------------------------
 
-@pytest.fixture
-def synthetic_workspace(tmp_path, tiny_model):
-    """Production = a tiny real model; one new synthetic batch waiting in training/incoming."""
-    from toolkit.synthetic import NEU_CLASSES, write_batch
-
-    root = tmp_path / "ws"
-    root.mkdir()
-    shutil.copyfile(tiny_model, root / "yolov8_model.pt")
-    setup_training.run(setup_training.SetupConfig(root=root, classes=NEU_CLASSES))
-    write_batch(root / "training" / "incoming" / "batch_001", 40, size=64, seed=21)
-    return root
-
-
 def _pipeline_cmd(root: Path, *extra: str, epochs: int = 3) -> list[str]:
     return [sys.executable, str(REPO / "training_pipeline.py"), "--root", str(root), "--epochs", str(epochs),
             "--imgsz", "64", "--batch", "8", "--compare-subset", "8", "--json", *extra]
