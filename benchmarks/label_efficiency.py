@@ -42,7 +42,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 import random
 import statistics
 import subprocess
@@ -329,7 +328,7 @@ def markdown(report: dict) -> str:
     lines += ["", f"Analyzer settings: {pick.get('settings') or 'defaults'}. Analyzer: {'read the cached scan of the pool' if pick.get('scan_reused') else 'scanned the pool'} and exported {pick['exported']} image(s) in {pick['seconds']} s "
                   f"({pick['near_duplicates_skipped']} near-duplicates skipped); picks per true class: "
                   + ", ".join(f"{c} {n}" for c, n in sorted(pick["picked_per_class"].items()))
-                  + f"; top priorities: "
+                  + "; top priorities: "
                   + "; ".join(f"{p['class']} {p['score']:.0f}" for p in pick["priorities"][:3]) + ".",
               "", f"Wall time {report['seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,6 @@ import setup_training
 import train_yolov8
 import training_analyzer
 import training_pipeline
-from toolkit.errors import UserError
 from toolkit.layout import Workspace
 from toolkit.lock import workspace_lock
 from toolkit.synthetic import NEU_CLASSES, write_batch
