@@ -121,11 +121,12 @@ def _image_shape(path: Path) -> tuple[int, int]:
     """(height, width) as OpenCV will decode it (EXIF rotation applied); raises on a broken file."""
     from PIL import Image
 
+    with Image.open(path) as im:  # Pillow (>= 12 for PNG) refuses verify() once anything else was read
+        im.verify()
     with Image.open(path) as im:
         w, h = im.size
         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
             w, h = h, w
-        im.verify()
     return h, w
 
 

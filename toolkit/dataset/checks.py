@@ -85,6 +85,26 @@ def apply_orientation(img: "np.ndarray", orientation: int) -> "np.ndarray":
     return ops[orientation](img) if orientation in ops else img
 
 
+# Pillow modes of images that Pillow opens but OpenCV (which ultralytics trains and detects with) cannot.
+_SAMPLE_WORDS = {"F": "32-bit float", "I": "32-bit integer", "CMYK": "CMYK", "LAB": "Lab", "YCbCr": "YCbCr"}
+
+
+def _undecodable(data: bytes, kind: str) -> str:
+    """Why OpenCV could not decode ``data``: a sample format it lacks (named), else a corrupt file."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            mode = im.mode
+    except Exception:
+        mode = ""
+    words = _SAMPLE_WORDS.get(mode)
+    if words:
+        return (f"{words} {kind.upper()}: OpenCV, which training and detection use, cannot read it; "
+                "save it as 8- or 16-bit grayscale or RGB")
+    return f"corrupt {kind.upper()}: cannot be decoded"
+
+
 def check_image(item: SourceImage) -> CheckedImage:
     """Read, hash and fully decode one image; check its boxes against its real (upright) size.
 
@@ -134,9 +154,11 @@ def _check_image(item: SourceImage) -> CheckedImage:
         reencode = "data after the JPEG end marker (ultralytics would rewrite it)"
     if kind == "png" and b"IEND" not in data[-64:]:
         return CheckedImage(item, (Problem(path, "truncated PNG (no IEND chunk)"), *label_problems), **base)
+    # OpenCV's own "Sorry, can not handle ..." lines stay quiet: the problem below says it once
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
     if grey is None or grey.size == 0:
-        return CheckedImage(item, (Problem(path, f"corrupt {kind.upper()}: cannot be decoded"), *label_problems), **base)
+        return CheckedImage(item, (Problem(path, _undecodable(data, kind)), *label_problems), **base)
     raw_h, raw_w = grey.shape[:2]
     orientation = exif_orientation(data, kind)
     warnings: list[Problem] = []
