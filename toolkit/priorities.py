@@ -2,9 +2,28 @@
 
 Works on the per-class figures that ``toolkit.analysis.analyze_memory_bank`` computes.
 
-Priority score of a class (0..100, higher = label it first):
+A class is judged first against what the data says should be there, in absolute terms (issue 17):
 
-    score = min(100, 100 * (E * (0.35*U + 0.25*(1-P) + 0.25*(1-R) + 0.10*G + 0.05*D) + 0.6 * Em * M))
+    expected per image  the class's labelled instances per image in the reviewed images (when at
+                        least MIN_PREVALENCE_IMAGES were reviewed), else in the managed dataset's
+                        train split
+    expected            expected per image x the images behind it (reviewed images, else all records)
+    r                   estimated recall = min(1, detections / expected): reviewed images' own
+                        detections against their labels, else every record's detections against the
+                        dataset's rate (duplicates and false positives count as found, so r is an
+                        upper estimate; logged images that hold fewer defects than the training
+                        images lower it: review some images and their labels take over)
+    M                   missed: clip((RECALL_OK - r) / (RECALL_OK - RECALL_MISSED), 0, 1); 0 at
+                        r >= 0.8 (detected well), 1 at r <= 0.5 (missed)
+    Em                  evidence of the expectation: min(1, expected / EXPECTED_FULL); below 1 only
+                        where little data says what should be there
+    m = Em * M
+
+No other class enters this judgement: when the whole model is weak, every class is missed.
+
+The other signals make the base (0..100):
+
+    base = 100 * E * (0.35*U + 0.25*(1-P) + 0.25*(1-R) + 0.10*G + 0.05*D)
 
     U  share of the class's detections in the uncertain band
     P  reviewed precision, R reviewed recall (taken as 1, i.e. no evidence of a problem,
@@ -13,18 +32,14 @@ Priority score of a class (0..100, higher = label it first):
        (0 when there is no dataset)
     D  confidence drift: min(1, drop of mean confidence from the first to the last week / 0.2)
     E  evidence: min(1, (detections + reviewed labels) / 20), so 3 detections cannot top the list
-    M  missed (prevalence): how far the class is detected below the rate expected of it.
-       Expected per image = the class's instances per image in reviewed images (when at least
-       MIN_PREVALENCE_IMAGES were reviewed), else in the managed dataset's train split; expected
-       detections = that x records. ratio = detections / expected, taken relative to the typical
-       class (reference = min(1, median ratio of the classes with an expectation), so a model that
-       under-detects everything a little does not flag every class); shortfall = 1 - ratio/reference,
-       M = clip((shortfall - 0.2) / 0.8, 0, 1): a class never detected although common has M = 1
-    Em evidence of the expectation: min(1, expected detections / 20)
 
-A class the model never detects, although the data says it is common, is the strongest signal
-there is (the PCB finding of issue 12): M's weight puts such a class above every class that is
-only uncertain.
+Priority score (0..100, higher = label it first):
+
+    score = (1 - m) * base / 2  +  m * (50 + 50 * (1 - r))
+
+A class detected well (m = 0) scores at most 50; a missed class with full evidence (m = 1) scores
+75..100, lower recall first. So a class that works never outranks a missed one, whatever its
+share of detections or its uncertainty; between r = 0.5 and 0.8 the two blend.
 
 Images needed (a heuristic, not a guarantee): 0 when score < 5, else
 ``ceil10(score/100 * max(200, dataset_instances / 2))``: a severe class needs up to 200 new images
@@ -40,20 +55,24 @@ import numpy as np
 MIN_REVIEWED = 5       # reviewed detections/labels of a class before P / R count in the score
 WEIGHTS = {"uncertain": 0.35, "precision": 0.25, "recall": 0.25, "underrepresented": 0.10, "drift": 0.05}
 EVIDENCE_FULL = 20
-MISSED_WEIGHT = 0.6
-MISSED_TOLERANCE = 0.2  # a class detected at >= 80 % of the typical rate is not called missed
+RECALL_OK = 0.8        # estimated recall at or above this: detected well (M = 0)
+RECALL_MISSED = 0.5    # at or below this: missed (M = 1)
+EXPECTED_FULL = 10     # expected detections for full evidence of the expectation (Em = 1)
+MIN_IMAGES = 20        # fewer images behind the expectation: "little data"
 MIN_PREVALENCE_IMAGES = 20  # reviewed images before their labels, not the dataset, set the expectation
 WEAK_THRESHOLD = 0.9   # precision/recall below this gets a reason line
+BASE_CAP = 50.0        # the most a class detected well can score
 
 
 def prevalence(names: list[str], detections: np.ndarray, records: int, reviewed: int, rev_labels: list[int],
                rev_dets: list[int], dataset_instances: dict[str, int] | None,
                dataset_images: int | None) -> list[dict[str, Any] | None]:
-    """Expected against actual detections per class (module docstring, M); None where nothing is expected.
+    """Expected against actual detections per class, in absolute terms (module docstring: r, M, Em);
+    None where nothing is expected.
 
     With reviewed labels as the basis, the reviewed images' own detections are compared with their
-    labels (same images, so the ratio is a recall estimate that counts duplicates and false positives
-    too); with the dataset as the basis, all records' detections are compared with the dataset's rate.
+    labels (same images); with the dataset as the basis, all records' detections are compared with the
+    dataset's rate. No class is compared with the others.
     """
     n = len(names)
     if reviewed >= MIN_PREVALENCE_IMAGES and sum(rev_labels):
@@ -70,24 +89,30 @@ def prevalence(names: list[str], detections: np.ndarray, records: int, reviewed:
         share = [dataset_instances.get(name, 0) / total for name in names]
     else:
         return [None] * n
-    expected = [p * images for p in per_image]
-    ratios = [seen[c] / expected[c] if expected[c] > 0 else None for c in range(n)]
-    solid = [r for c, r in enumerate(ratios) if r is not None and expected[c] >= 1.0]
-    reference = min(1.0, float(np.median(solid))) if solid else 1.0
     out: list[dict[str, Any] | None] = []
     for c in range(n):
-        if ratios[c] is None:
+        expected = per_image[c] * images
+        if expected <= 0:
             out.append(None)
             continue
-        relative = ratios[c] / reference if reference > 0 else 1.0
-        shortfall = max(0.0, 1.0 - relative)
-        missed = min(1.0, max(0.0, (shortfall - MISSED_TOLERANCE) / (1.0 - MISSED_TOLERANCE)))
+        ratio = seen[c] / expected
+        recall = min(1.0, ratio)
+        missed = min(1.0, max(0.0, (RECALL_OK - recall) / (RECALL_OK - RECALL_MISSED)))
         out.append({"basis": basis, "images": int(images), "expected_per_image": round(per_image[c], 4),
-                    "expected_detections": round(expected[c], 1), "detections": int(seen[c]),
-                    "share": round(share[c], 4), "ratio": round(ratios[c], 4), "reference_ratio": round(reference, 4),
-                    "relative_rate": round(relative, 4), "missed": round(missed, 4),
-                    "evidence": round(min(1.0, expected[c] / EVIDENCE_FULL), 4)})
+                    "expected_detections": round(expected, 1), "detections": int(seen[c]),
+                    "share": round(share[c], 4), "ratio": round(ratio, 4), "estimated_recall": round(recall, 4),
+                    "missed": round(missed, 4), "evidence": round(min(1.0, expected / EXPECTED_FULL), 4),
+                    "little_data": bool(images < MIN_IMAGES or expected < EXPECTED_FULL)})
     return out
+
+
+def _missed_parts(stats: dict[str, Any]) -> tuple[float, float]:
+    """(m, r) of the module docstring; (0, 1) where nothing is expected."""
+    prev = stats.get("prevalence")
+    if not prev:
+        return 0.0, 1.0
+    recall = prev.get("estimated_recall", min(1.0, prev["ratio"]))
+    return prev["evidence"] * prev["missed"], recall
 
 
 def class_score(stats: dict[str, Any]) -> tuple[float, dict[str, float]]:
@@ -104,18 +129,18 @@ def class_score(stats: dict[str, Any]) -> tuple[float, dict[str, float]]:
         d = min(1.0, max(0.0, -stats["drift"]["mean_confidence_change"]) / 0.2)
     evidence = min(1.0, (stats["detections"] + rev["tp"] + rev["fn"]) / EVIDENCE_FULL)
     parts = {"uncertain": u, "precision": 1.0 - p, "recall": 1.0 - r, "underrepresented": g, "drift": d}
-    score = 100.0 * evidence * sum(WEIGHTS[k] * v for k, v in parts.items())
+    base = 100.0 * evidence * sum(WEIGHTS[k] * v for k, v in parts.items())
+    m, _ = _missed_parts(stats)
     prev = stats.get("prevalence")
     parts["missed"] = prev["missed"] if prev else 0.0
-    if prev:
-        score += 100.0 * MISSED_WEIGHT * prev["evidence"] * prev["missed"]
+    score = (1.0 - m) * base * BASE_CAP / 100.0 + missed_points(stats)
     return round(min(100.0, score), 2), parts
 
 
 def missed_points(stats: dict[str, Any]) -> float:
     """The part of a class's score that comes from being detected below its expected rate."""
-    prev = stats.get("prevalence")
-    return 100.0 * MISSED_WEIGHT * prev["evidence"] * prev["missed"] if prev else 0.0
+    m, recall = _missed_parts(stats)
+    return m * (BASE_CAP + (100.0 - BASE_CAP) * (1.0 - recall))
 
 
 def images_needed(score: float, dataset_instances: int | None) -> int:
@@ -156,29 +181,41 @@ def reasons_for(name: str, stats: dict[str, Any], uncertain: tuple[float, float]
                    f"({drift['first_week']}) to {drift['mean_confidence_last']:.2f} ({drift['last_week']})")
     prev = stats.get("prevalence")
     if prev and prev["missed"] > 0:
-        where = f"{prev['images']} {prev['images_word']} image(s)"
+        where = f"{prev['images']} {prev.get('images_word', prev['basis'])} image(s)"
         why = (f"the reviewed labels hold {prev['expected_per_image']:.2f} {name} defect(s) per image "
                f"({prev['share']:.0%} of reviewed labels)" if prev["basis"] == "reviewed"
-               else f"{prev['share']:.0%} of the training boxes are {name}")
+               else f"{prev['share']:.0%} of the training boxes are {name}, "
+                    f"{prev['expected_per_image']:.2f} per training image")
+        recall = prev.get("estimated_recall", min(1.0, prev["ratio"]))
+        verdict = "likely missed" if recall <= RECALL_MISSED else "often missed"
         if prev["detections"] == 0:
             out.insert(0, f"0 detections in {where}, while {why} (~{prev['expected_detections']:.0f} expected): "
-                          "likely missed")
+                          f"estimated recall 0%, {verdict}")
         else:
             out.insert(0, f"{prev['detections']} detection(s) in {where} where ~{prev['expected_detections']:.0f} "
-                          f"were expected ({why}): {prev['relative_rate']:.0%} of the typical class's rate, "
-                          "often missed")
-    if stats["detections"] + rev["tp"] + rev["fn"] < EVIDENCE_FULL and not (prev and prev["missed"] > 0):
-        out.append(f"little evidence: {stats['detections']} detection(s), {rev['tp'] + rev['fn']} reviewed label(s)")
+                          f"were expected ({why}): estimated recall {recall:.0%}, {verdict}")
+    if prev:
+        if prev.get("little_data", prev["evidence"] < 1.0):
+            out.append(f"little data: ~{prev['expected_detections']:.1f} {name} defect(s) expected in "
+                       f"{prev['images']} image(s)")
+    elif stats["detections"] + rev["tp"] + rev["fn"] < EVIDENCE_FULL:
+        out.append(f"little evidence: {stats['detections']} detection(s), {rev['tp'] + rev['fn']} reviewed label(s), "
+                   f"and no labelled data says how common {name} is (no managed dataset, fewer than "
+                   f"{MIN_PREVALENCE_IMAGES} reviewed images)")
     if not out:
         out.append("no sign of weakness in the logged data")
     return out
 
 
 def rank_priorities(analysis) -> list[dict[str, Any]]:
+    """Classes by score, highest first, each with its reasons, images needed, score parts and
+    ``estimated_recall`` (module docstring's r; None where no data says what should be there)."""
     ranked = []
     for name, stats in analysis.classes.items():
         score, parts = class_score(stats)
+        prev = stats.get("prevalence")
         ranked.append({"class": name, "score": score,
+                       "estimated_recall": _missed_parts(stats)[1] if prev else None,
                        "reasons": reasons_for(name, stats, analysis.uncertain, analysis.reviewed_images),
                        "images_needed": images_needed(score, stats["dataset_instances"]),
                        "parts": {k: round(v, 4) for k, v in parts.items()}})
