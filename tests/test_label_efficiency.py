@@ -41,6 +41,35 @@ def test_summary_compares_the_analyzer_with_random_draws():
     assert row["random_images_to_match"] == pytest.approx(120.0) and row["label_efficiency"] == pytest.approx(3.0)
 
 
+def test_random_rise_is_measured_in_standard_deviations_of_the_draws(tmp_path):
+    """Issue 17: the proxy must show random's mean rising with K; the summary says by how many SD."""
+    le = _module()
+    runs = [{"arm": "random", "k": k, "map50": 0.3, "map50_95": v}
+            for k, vs in ((30, (0.10, 0.09, 0.11)), (90, (0.12, 0.13)), (240, (0.15, 0.16, 0.14))) for v in vs]
+    summary = le.summarise(runs, [30, 90, 240], 720)
+    rise = summary["random_rise"]
+    assert (rise["from_k"], rise["to_k"]) == (30, 240)
+    assert rise["rise"] == pytest.approx(0.05) and rise["sd"] == pytest.approx(0.01)
+    assert rise["in_sd"] == pytest.approx(5.0)
+    flat = le.summarise([dict(r, map50_95=0.2 + (0.01 if i % 2 else -0.01)) for i, r in enumerate(runs)],
+                        [30, 90, 240], 720)["random_rise"]
+    assert abs(flat["in_sd"]) < 2
+    # --summarise rewrites a results file's summary and .md from its runs
+    path = tmp_path / "r.json"
+    report = {"mode": "cpu-proxy", "date": "2026-12-04", "device_name": "CPU proxy", "ultralytics": "x",
+              "settings": {"model": "m.pt", "epochs": 8, "imgsz": 128, "batch": 16, "ks": [30, 90, 240], "draws": 3,
+                           "random_seeds": [1, 2, 3], "train_seed": 0, "old_images": 60, "pool_images": 720,
+                           "test_images": 180},
+              "analyzer": {"exported": 0, "seconds": 1.0, "near_duplicates_skipped": 0, "picked_per_class": {},
+                           "priorities": []},
+              "runs": runs, "summary": {}, "seconds": 60.0}
+    path.write_text(json.dumps(report))
+    assert le.main(["--summarise", str(path)]) == 0
+    assert json.loads(path.read_text())["summary"]["random_rise"]["in_sd"] == pytest.approx(5.0)
+    assert "rises by +0.050 from K 30 to K 240, 5.0 standard deviations" in path.with_suffix(".md").read_text()
+    assert le.main(["--summarise", str(tmp_path / "missing.json")]) == 1
+
+
 def test_balanced_subset_keeps_every_class():
     le = _module()
     names = ["a", "b", "c"]
