@@ -1,7 +1,7 @@
 """Read the memory bank: what the production model is weak at, and which images to label next.
 
 Reads ROOT/memory-bank/detections.jsonl (or --memory-bank PATH: JSONL, a JSON array, CSV or
-SQLite; see memory-bank/README.md), skipping malformed records with their line numbers, and
+SQLite, Parquet; see memory-bank/README.md), skipping malformed records with their line numbers, and
 reports per class: detections, confidence distribution, share in the uncertain band, trend per
 week and per model version, and - on images an operator reviewed - precision, recall, wrong-class
 confusions and missed defects. Classes are ranked by a documented priority score
@@ -42,7 +42,7 @@ LIST_CAP = 200  # lists in the result are capped; their counts stay exact
 class AnalyzeConfig:
     root: Path
     memory_bank: Path | str | None = option(
-        "--memory-bank", "memory bank: a .jsonl, .json, .csv or SQLite file, or a database URL "
+        "--memory-bank", "memory bank: a .jsonl, .json, .csv, .parquet or SQLite file, or a database URL "
         "postgresql://user@host:5432/db?table=detections (password from PGPASSWORD or .pgpass); default "
         "training.yaml memory_bank.url, else ROOT/memory-bank/detections.jsonl", metavar="PATH|URL")
     since: str | None = option("--since", "only records from this date (2026-03-01) or ISO timestamp on")
@@ -210,7 +210,7 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         raise UserError(f"--since {config.since} is not before --until {config.until}")
     scanned = None
     if config.scan is not None:
-        from toolkit.memory_bank import scan_folder
+        from toolkit.detection_api import scan_folder
 
         scanned = scan_folder(workspace, Path(config.scan), Path(config.scan_model or workspace.production_model),
                               bank_path, batch=config.scan_batch, conf=config.scan_conf)

@@ -81,12 +81,16 @@ def test_json_array_reads_the_same_records_and_reports_a_broken_tail(tmp_path):
     assert b.fmt == "json" and b.records == a.records == 6 and b.skipped == 0
     assert b.line.tolist() == [2, 3, 4, 5, 6, 7]
     assert np.array_equal(a.det_box, b.det_box) and a.image == b.image
-    # a small buffer forces records to straddle chunk boundaries
-    from toolkit.memory_bank import _Reader
+    # a small buffer forces records to straddle chunk boundaries (the JSONL reader reads in chunks;
+    # the JSON array is read whole)
+    from toolkit.bank_table import Parts
+    from toolkit.memory_bank import _read_jsonl
 
-    reader = _Reader(None, None, None)
-    reader.read_json_array(array_path, chunk_chars=50)
-    assert len(reader.cols.image) == 6 and reader.malformed.count == 0
+    parts = Parts(None, None, None)
+    _read_jsonl(jsonl, parts, chunk_bytes=50)
+    small = parts.build(jsonl, "jsonl")
+    assert small.records == 6 and small.malformed.count == 0 and small.image == a.image
+    assert np.array_equal(small.det_box, a.det_box) and small.line.tolist() == a.line.tolist()
     broken = tmp_path / "broken.json"
     broken.write_text("[\n" + json.dumps(records[0]) + ",\n" + json.dumps(records[1])[:-9] + "\n")
     bank = read_memory_bank(broken)
@@ -184,3 +188,90 @@ def test_csv_field_over_the_csv_limit_is_one_malformed_record(tmp_path):
     assert bank.records == 2 and bank.image == ["a.jpg", "c.jpg"]
     assert bank.skipped == 1 and bank.malformed.items[0]["line"] == 3
     assert "field larger than field limit" in bank.malformed.items[0]["reason"]
+
+
+def test_huge_fields_are_malformed_records_with_their_line(tmp_path):
+    """Issue 19 item 5: a class name over 200 characters or an image path over 4096 is a malformed
+    record (reported with its line), in every format; nothing of it reaches the analysis."""
+    from toolkit.bank_table import MAX_CLASS_CHARS, MAX_IMAGE_CHARS
+
+    long_class = "c" * (MAX_CLASS_CHARS + 1)
+    records = [_good(0), _good(1, detections=[{"class": long_class, "confidence": 0.5, "bbox": [1, 1, 5, 5]}]),
+               _good(2, image="d/" + "i" * MAX_IMAGE_CHARS), _good(3, review={"labels": [{"class": long_class,
+                                                                                          "bbox": [1, 1, 5, 5]}]}),
+               _good(4, detections=[{"class": "x" * MAX_CLASS_CHARS, "confidence": 0.5, "bbox": [1, 1, 5, 5]}])]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    csv_path = tmp_path / "d.csv"
+    write_csv(records, csv_path)
+    for path, lines in ((jsonl, [2, 3, 4]), (csv_path, [3, 4, 5])):  # CSV: line 1 header, a record from its first row
+        bank = read_memory_bank(path)
+        assert bank.records == 2 and bank.skipped == 3, path
+        assert [m["line"] for m in bank.malformed.items] == lines
+        reasons = [m["reason"] for m in bank.malformed.items]
+        assert all("field larger than field limit" in r for r in reasons) and all(len(r) < 200 for r in reasons)
+        assert "class name" in reasons[0] and "image path" in reasons[1] and "review.labels[0]" in reasons[2] \
+            or path == csv_path
+        assert bank.classes == ["scratches", "x" * MAX_CLASS_CHARS]  # 200 characters are still a name
+
+
+def test_one_huge_row_does_not_reach_the_report(tmp_path):
+    """A 1 MB class name and a 5 MB image path (issue 19: no result after 180 s, a 4.2 MB report,
+    chart processes of 7 GB) are two malformed lines; the report stays small."""
+    import training_analyzer
+
+    root = tmp_path / "ws"
+    (root / "memory-bank").mkdir(parents=True)
+    records = [_good(i) for i in range(30)]
+    records[7]["detections"][0]["class"] = "n" * 1_000_000
+    records[9]["image"] = "p" * 5_000_000
+    (root / "memory-bank" / "detections.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=root))
+    assert result.records == 28 and [m["line"] for m in result.malformed] == [8, 10]
+    assert list(result.classes) == ["scratches"]
+    assert result.report.stat().st_size < 200_000
+    assert result.report.with_suffix(".md").stat().st_size < 50_000
+
+
+def test_parquet_and_csv_read_like_jsonl(tmp_path):
+    batch = write_batch(tmp_path / "src", n_images=40, size=96, seed=8, background_every=5)
+    jsonl = tmp_path / "detections.jsonl"
+    write_memory_bank(jsonl, batch, seed=8)
+    from toolkit.bank_table import record_rows
+
+    import pandas as pd
+
+    rows = [row for record in iter_jsonl(jsonl) for row in record_rows(record)]
+    parquet = tmp_path / "detections.parquet"
+    frame = pd.DataFrame(rows).replace("", None)
+    for c in ("confidence", "x1", "y1", "x2", "y2", "image_width", "image_height"):
+        frame[c] = pd.to_numeric(frame[c])
+    frame.to_parquet(parquet)
+    a, b = read_memory_bank(jsonl), read_memory_bank(parquet)
+    assert b.fmt == "parquet" and detect_format(parquet) == "parquet"
+    assert b.records == a.records == 40 and b.skipped == 0 and b.image == a.image
+    assert np.array_equal(a.det_box, b.det_box) and a.reviews == b.reviews and a.classes == b.classes
+
+
+def test_the_memory_bank_modules_import_in_one_direction():
+    """reading (memory_bank, memory_bank_sql) -> the table (bank_table); analysis and the detection
+    system's side import downwards only: no module imports one that imports it back."""
+    import ast
+    from pathlib import Path
+
+    toolkit = Path(__file__).resolve().parent.parent / "toolkit"
+    mods = ["bank_table", "memory_bank", "memory_bank_sql", "analysis", "detection_api", "priorities"]
+    imports = {}
+    for mod in mods:
+        tree = ast.parse((toolkit / f"{mod}.py").read_text(encoding="utf-8"))
+        imports[mod] = {n.module.split(".")[1] for n in ast.walk(tree)
+                        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("toolkit.")} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "toolkit"
+            for a in n.names}
+
+    def reaches(a, b, seen=()):
+        return any(x == b or (x in imports and x not in seen and reaches(x, b, seen + (x,))) for x in imports[a])
+
+    circles = [m for m in mods if reaches(m, m)]
+    assert circles == []
+    assert imports["bank_table"] & set(mods) == set()

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from toolkit.memory_bank import MemoryBank
+from toolkit.bank_table import MemoryBank
 from toolkit.phash import phash_bytes, within
 from toolkit.priorities import (MIN_REVIEWED, WEAK_THRESHOLD, images_needed, missed_points, prevalence,  # noqa: F401
                                 rank_priorities)
@@ -483,7 +483,7 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
     dataset_preparer.py imports. Source images are only read; missing ones are listed, paths that
     are not image files are refused unopened (``read_logged_image``), neither is fatal.
     """
-    import csv
+    import pandas as pd
 
     class_names = list(analysis.classes)
     index = {c: i for i, c in enumerate(class_names)}
@@ -526,10 +526,7 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
                      "memory_bank_line": int(bank.line[r])})
     if rows:
         (export_dir / "classes.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
-        with open(export_dir / "selection.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows({k: csv_safe(v) for k, v in row.items()} for row in rows)
+        pd.DataFrame(rows).map(csv_safe).to_csv(export_dir / "selection.csv", index=False, encoding="utf-8")
     incoming, reviewed = _write_reviewed_batch(workspace, bank, class_names, remap, stamp, missing, refused)
     for item in refused[:10]:
         logger.warning("refused %s", item)

@@ -38,11 +38,11 @@ from typing import Any, Iterable, Iterator
 
 from toolkit.errors import UserError
 from toolkit.layout import Workspace
-from toolkit.memory_bank import BadRecord, validate_record
+from toolkit.bank_table import BadRecord, validate_record
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BadRecord", "MemoryBankWriter", "ProductionModel", "record_from_result"]
+__all__ = ["BadRecord", "MemoryBankWriter", "ProductionModel", "record_from_result", "scan_folder"]
 
 # A promotion replaces yolov8_model.pt, then writes the sidecar: between the two the file's sha256
 # matches no sidecar yet. Loading waits this long for the pair to agree.
@@ -325,3 +325,70 @@ class MemoryBankWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# --- scan: run the production model over a folder and log what it sees --------------------------
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def scan_folder(workspace, folder: Path, model_path: Path, bank: str | Path, batch: int = 16,
+                conf: float = 0.25, imgsz: int | None = None) -> int:
+    """Run ``model_path`` over every image under ``folder``; append one record per image to ``bank``.
+
+    ``bank`` is a JSONL file or a database URL; records go through the detection system's writer
+    (below). Records follow the schema: timestamp (scan time, UTC), image
+    (absolute path), model_version (the production version when ``model_path`` is the production
+    model), source "scan", image_width/height, detections. ``imgsz`` defaults to the size the
+    model was trained at. Unreadable images are logged and skipped. Returns the records appended.
+    """
+    from toolkit.offline import load_yolo
+    from toolkit.progress import progress_bar
+
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"--scan {folder}: not a folder of images")
+    if batch < 1:
+        raise UserError("--scan-batch must be at least 1")
+    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise UserError(f"--scan {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    writer = MemoryBankWriter(bank, source="scan")  # checks the target before the model is loaded
+    try:
+        if Path(model_path).resolve() == workspace.production_model.resolve():
+            production = ProductionModel.load(workspace.root)
+            model, version, trained_size = production.model, production.version, production.imgsz
+        else:
+            model, version = load_yolo(model_path, workspace.ultralytics_config), None
+            ckpt = getattr(model, "ckpt", None)
+            size = (ckpt.get("train_args", {}) if isinstance(ckpt, dict) else {}).get("imgsz", 640)
+            trained_size = size if isinstance(size, int) else 640
+        names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+        imgsz = imgsz or trained_size
+        logger.info("scanning %d image(s) under %s with %s (imgsz %d)", len(images), folder, model_path, imgsz)
+        written = 0
+        batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+        for chunk in progress_bar(batches, total=len(batches), desc="scan"):
+            results = _predict(model, chunk, imgsz, conf)
+            records = [record_from_result(result, path, names, version, source="scan")
+                       for path, result in zip(chunk, results) if result is not None]
+            written += writer.append(records)
+    finally:
+        writer.close()
+    logger.info("appended %d record(s) to %s", written, writer.shown)
+    return written
+
+
+def _predict(model, paths: list[Path], imgsz: int, conf: float) -> list:
+    """One batch; if it fails (a corrupt image), image by image, None for the unreadable ones."""
+    try:
+        return list(model.predict([str(p) for p in paths], imgsz=imgsz, conf=conf, verbose=False))
+    except Exception:  # ultralytics raises plain exceptions for unreadable files
+        out = []
+        for p in paths:
+            try:
+                out.append(model.predict(str(p), imgsz=imgsz, conf=conf, verbose=False)[0])
+            except Exception as exc:
+                logger.warning("scan: cannot read %s (%s); skipped", p, str(exc).splitlines()[0][:80])
+                out.append(None)
+        return out

@@ -1,743 +1,519 @@
-"""Read the memory bank (JSONL, JSON array, CSV, SQLite) as one stream of validated records.
+"""Read the memory bank (JSONL, JSON array, CSV, SQLite, Parquet, a database URL) into frames.
 
-The detection system logs one record per inspected image (schema: memory-bank/README.md).
-Every reader streams - the file is never loaded whole - and turns its rows into the same
-normalised record, so an analysis of the same records gives the same answer in every format.
-A malformed record (broken JSON, a missing required field, a wrong type, a bad bbox, a
-confidence outside 0..1, an unreadable timestamp) is counted with its line number and
-skipped; it never stops the reading.
+The detection system logs one record per inspected image (schema: memory-bank/README.md). Every
+format becomes the same frames (``toolkit.bank_table.MemoryBank``), so an analysis of the same
+records gives the same answer in every format. A malformed record (broken JSON, a missing required
+field, a wrong type, a bad bbox, a confidence outside 0..1, an unreadable timestamp, a class name
+over 200 or an image path over 4096 characters) is counted with its line number (row id for a
+table) and skipped; it never stops the reading.
+
+- JSONL is parsed in bulk by pyarrow's C JSON reader, a few MB at a time, and checked with
+  vectorised masks. Only a block that does not parse (broken JSON, a value of another type) is
+  read again in smaller pieces, down to line by line, to name its malformed lines.
+- CSV (pandas with the pyarrow engine), SQLite and Parquet are tables of one row per detection:
+  consecutive rows of one timestamp, image and model version form a record (``records_from_rows``).
+- A database URL is read by ``toolkit.memory_bank_sql``.
 
 Usage (from code):
     bank = read_memory_bank("memory-bank/detections.jsonl", since=..., until=...)
-    bank.records, bank.skipped, bank.malformed         # columnar arrays + accounting
-
-The JSONL reader is the hot path (a year of a busy line is millions of records): it parses
-with ``orjson`` when installed (else the standard ``json``) and appends straight into typed
-arrays (``array.array``), so a million records cost tens of MB and no per-record objects.
+    bank.table, bank.boxes, bank.labels, bank.malformed       # frames + accounting
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import sqlite3
-from array import array
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from toolkit.bank_table import (ALL_COLUMNS, BOX, CSV_COLUMNS, MAX_CLASS_CHARS, MAX_IMAGE_CHARS,  # noqa: F401
+                                REQUIRED_COLUMNS, ROW_COLUMNS, SQLITE_TABLE, BadRecord, MalformedLog, MemoryBank,
+                                Parts, keep_mask, parse_date_bound, parse_timestamp, record_rows, validate_record)
 from toolkit.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-try:  # a 3-4x faster parser; the standard library is the fallback
-    import orjson as _orjson
-
-    _loads = _orjson.loads
-    _JSON_ERRORS: tuple[type[Exception], ...] = (_orjson.JSONDecodeError, ValueError)
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None
-    _loads = json.loads
-    _JSON_ERRORS = (ValueError,)
-
-FORMATS = ("jsonl", "json", "csv", "sqlite")
-CSV_COLUMNS = ("timestamp", "image", "model_version", "class", "confidence", "x1", "y1", "x2", "y2")
-CSV_OPTIONAL_COLUMNS = ("source", "image_width", "image_height", "kind")
-SQLITE_TABLE = "detections"
-REQUIRED_COLUMNS = ("timestamp", "image", "class", "confidence", "x1", "y1", "x2", "y2")
-# the order in which a database table's columns are read (line: rowid / primary key / row number)
-ROW_COLUMNS = ("line", "timestamp", "image", "model_version", "class", "confidence", "x1", "y1", "x2", "y2",
-               "source", "image_width", "image_height", "kind")
-_ROW_ERROR = "\x00error"  # key of a CSV row that could not be parsed (no real column has this name)
-MALFORMED_LIST_CAP = 200  # the list in results is capped; the count stays exact
-_UTC = timezone.utc
-_fromisoformat = datetime.fromisoformat
-
-
-class BadRecord(ValueError):
-    """A record that breaks the schema; the message is the reason shown to the user."""
-
-
-@dataclass
-class MalformedLog:
-    """Exact count of skipped records plus the first ``cap`` of them as {line, reason}."""
-
-    cap: int = MALFORMED_LIST_CAP
-    count: int = 0
-    items: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, line: int, reason: str) -> None:
-        self.count += 1
-        if len(self.items) < self.cap:
-            self.items.append({"line": line, "reason": reason})
-
-
-@dataclass
-class MemoryBank:
-    """Validated records in columns (one row per record, one row per detection).
-
-    Records: ``line`` (where it starts in the file, 1-based; SQLite: rowid), ``ts`` (epoch seconds,
-    UTC), ``image``, ``version`` (index into ``versions``; -1 none), ``source`` (index into
-    ``sources``; -1 none), ``width``/``height`` (0 unknown), ``det_start`` (offsets: record i's
-    detections are ``det_start[i]:det_start[i+1]``).
-    Detections: ``det_cls`` (index into ``classes``), ``det_conf``, ``det_box`` (n x 4, pixels).
-    Reviews: ``reviews`` {record index: [(class index, x1, y1, x2, y2), ...]} (empty list: the
-    operator saw no defect).
-    """
-
-    path: Path
-    fmt: str
-    classes: list[str]
-    versions: list[str]
-    sources: list[str]
-    line: np.ndarray
-    ts: np.ndarray
-    image: list[str]
-    version: np.ndarray
-    source: np.ndarray
-    width: np.ndarray
-    height: np.ndarray
-    det_start: np.ndarray
-    det_cls: np.ndarray
-    det_conf: np.ndarray
-    det_box: np.ndarray
-    reviews: dict[int, list[tuple[int, float, float, float, float]]]
-    malformed: MalformedLog
-    filtered_out: int = 0
-    location: str = ""      # a database URL (password masked); "" for a file (see ``path``)
-    rows_read: int = 0      # rows a database sent (after its WHERE clause); 0 for a file
-
-    @property
-    def records(self) -> int:
-        return len(self.image)
-
-    @property
-    def skipped(self) -> int:
-        return self.malformed.count
-
-    def det_record(self) -> np.ndarray:
-        """The record index of every detection."""
-        counts = np.diff(self.det_start)
-        return np.repeat(np.arange(self.records, dtype=np.int64), counts)
-
-
-class _Columns:
-    """Append-only typed columns; ``add`` takes one normalised record."""
-
-    def __init__(self) -> None:
-        self.class_ids: dict[str, int] = {}
-        self.version_ids: dict[str, int] = {}
-        self.source_ids: dict[str, int] = {}
-        self.line = array("q")
-        self.ts = array("d")
-        self.image: list[str] = []
-        self.version = array("i")
-        self.source = array("i")
-        self.width = array("i")
-        self.height = array("i")
-        self.det_start = array("q", [0])
-        self.det_cls = array("i")
-        self.det_conf = array("d")
-        self.det_box = array("d")
-        self.reviews: dict[int, list[tuple[int, float, float, float, float]]] = {}
-
-    def _id(self, table: dict[str, int], name: str | None) -> int:
-        if name is None:
-            return -1
-        got = table.get(name)
-        if got is None:
-            got = table[name] = len(table)
-        return got
-
-    def build(self, path: Path, fmt: str, malformed: MalformedLog, filtered_out: int) -> MemoryBank:
-        def names(table: dict[str, int]) -> list[str]:
-            return sorted(table, key=table.__getitem__)
-
-        return MemoryBank(
-            path=path, fmt=fmt, classes=names(self.class_ids), versions=names(self.version_ids),
-            sources=names(self.source_ids), line=np.frombuffer(self.line, dtype=np.int64),
-            ts=np.frombuffer(self.ts, dtype=np.float64), image=self.image,
-            version=np.frombuffer(self.version, dtype=np.int32), source=np.frombuffer(self.source, dtype=np.int32),
-            width=np.frombuffer(self.width, dtype=np.int32), height=np.frombuffer(self.height, dtype=np.int32),
-            det_start=np.frombuffer(self.det_start, dtype=np.int64),
-            det_cls=np.frombuffer(self.det_cls, dtype=np.int32), det_conf=np.frombuffer(self.det_conf, dtype=np.float64),
-            det_box=np.frombuffer(self.det_box, dtype=np.float64).reshape(-1, 4), reviews=self.reviews,
-            malformed=malformed, filtered_out=filtered_out)
-
-
-# --- validation: one function turns any format's record into the normalised form ----------------
-
-def parse_timestamp(value: Any) -> float:
-    """ISO 8601 (date or date-time; naive means UTC) to epoch seconds; BadRecord otherwise.
-
-    A ``datetime`` (a database ``timestamp`` column) is taken as is, naive meaning UTC as well.
-    """
-    if isinstance(value, datetime):
-        return (value if value.tzinfo is not None else value.replace(tzinfo=_UTC)).timestamp()
-    if type(value) is not str:
-        raise BadRecord(f"timestamp must be an ISO 8601 string, got {type(value).__name__}")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRecord(f"timestamp {value[:40]!r} is not ISO 8601 (e.g. 2026-03-01T08:15:02Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_UTC)
-    return moment.timestamp()
-
-
-def parse_date_bound(text: str, end: bool = False) -> float:
-    """``--since`` / ``--until``: a date (whole day; ``until`` includes that day) or an ISO timestamp."""
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UserError(f"{text!r} is not a date or ISO timestamp; write it like 2026-03-01 or 2026-03-01T08:00:00Z") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_UTC)
-    seconds = moment.timestamp()
-    if end and len(text.strip()) == 10:  # a bare date: up to the end of that day
-        seconds += 86400.0 - 1e-6
-    return seconds
-
-
-def _bbox(value: Any, what: str) -> tuple[float, float, float, float]:
-    if type(value) is not list or len(value) != 4:
-        raise BadRecord(f"{what} bbox must be [x1, y1, x2, y2], got {value!r:.60}")
-    x1, y1, x2, y2 = value
-    for v in value:
-        kind = type(v)
-        if kind is not float and kind is not int:
-            raise BadRecord(f"{what} bbox must hold 4 numbers, got {value!r:.60}")
-    # a box a little outside the image (-0.5) is a sloppy logger, not nonsense: it is clipped on export
-    if not (x2 > x1 and y2 > y1):
-        raise BadRecord(f"{what} bbox {value!r:.60} is not x1 < x2, y1 < y2 in pixels")
-    return x1, y1, x2, y2
-
-
-def _detection_problem(dets: list) -> str:
-    """The precise reason the first bad detection of a record is bad."""
-    for i, det in enumerate(dets):
-        if type(det) is not dict:
-            return f"detections[{i}] must be an object, got {det!r:.40}"
-        for key in ("class", "confidence", "bbox"):
-            if key not in det:
-                return f"detections[{i}] is missing '{key}'"
-        name, conf = det["class"], det["confidence"]
-        if type(name) is not str or not name:
-            return f"detections[{i}].class must be a class name, got {name!r:.40}"
-        if type(conf) not in (int, float) or not 0.0 <= conf <= 1.0:
-            return f"detections[{i}].confidence must be a number in 0..1, got {conf!r:.40}"
-        try:
-            _bbox(det["bbox"], f"detections[{i}]")
-        except BadRecord as exc:
-            return str(exc)
-    return "a detection is malformed"
-
-
-def _optional_int(obj: dict, key: str) -> int:
-    value = obj.get(key)
-    if value is None:
-        return 0
-    if type(value) is not int or value <= 0:
-        raise BadRecord(f"{key} must be a positive integer, got {value!r:.40}")
-    return value
-
-
-def _optional_str(obj: dict, key: str) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if type(value) is str:
-        return value
-    if type(value) in (int, float):  # "model_version": 1.1 is written as a number by some loggers
-        return str(value)
-    raise BadRecord(f"{key} must be a string, got {value!r:.40}")
-
-
-class _Reader:
-    """Validates records, applies the filters and appends them to the columns."""
-
-    def __init__(self, since: float | None, until: float | None, model_version: str | None) -> None:
-        self.cols = _Columns()
-        self.malformed = MalformedLog()
-        self.filtered_out = 0
-        self.since = since
-        self.until = until
-        self.model_version = model_version
-
-    def add(self, obj: Any, line: int) -> None:
-        """Validate one parsed record and append it (or count it as malformed / filtered)."""
-        try:
-            self._add(obj, line)
-        except BadRecord as exc:
-            self.malformed.add(line, str(exc))
-
-    def _add(self, obj: Any, line: int) -> None:
-        if type(obj) is not dict:
-            raise BadRecord(f"a record must be a JSON object, got {type(obj).__name__}")
-        try:
-            ts = obj["timestamp"]
-            image = obj["image"]
-            dets = obj["detections"]
-        except KeyError as exc:
-            raise BadRecord(f"missing required field '{exc.args[0]}'") from None
-        # the common cases inline (this runs a million times); the helpers give the reasons
-        if type(ts) is str:
-            try:
-                moment = _fromisoformat(ts)
-            except ValueError:
-                raise BadRecord(f"timestamp {ts[:40]!r} is not ISO 8601 (e.g. 2026-03-01T08:15:02Z)") from None
-            seconds = (moment if moment.tzinfo is not None else moment.replace(tzinfo=_UTC)).timestamp()
-        else:
-            seconds = parse_timestamp(ts)
-        if type(image) is not str or not image:
-            raise BadRecord(f"image must be a non-empty string, got {image!r:.40}")
-        if type(dets) is not list:
-            raise BadRecord(f"detections must be a list, got {type(dets).__name__}")
-        version = obj.get("model_version")
-        if version is not None and type(version) is not str:
-            version = _optional_str(obj, "model_version")
-        if self.model_version is not None and version != self.model_version:
-            self.filtered_out += 1
-            return
-        if (self.since is not None and seconds < self.since) or (self.until is not None and seconds > self.until):
-            self.filtered_out += 1
-            return
-        width = obj.get("image_width", 0)
-        if type(width) is not int or width <= 0:
-            width = _optional_int(obj, "image_width")
-        height = obj.get("image_height", 0)
-        if type(height) is not int or height <= 0:
-            height = _optional_int(obj, "image_height")
-        source = obj.get("source")
-        if source is not None and type(source) is not str:
-            source = _optional_str(obj, "source")
-        cols = self.cols
-        class_ids = cols.class_ids
-        c_cls, c_conf, c_box = cols.det_cls, cols.det_conf, cols.det_box
-        mark, class_mark = len(c_cls), len(class_ids)
-        # The hot loop: one try block, comparisons that raise TypeError on non-numbers; the
-        # precise reason is worked out only for a bad detection (rare), in _detection_problem.
-        # Appends go straight into the columns and are rolled back if the record turns out bad.
-        try:
-            for det in dets:
-                name = det["class"]
-                conf = det["confidence"]
-                box = det["bbox"]
-                x1, y1, x2, y2 = box
-                if not (type(name) is str and name and 0.0 <= conf <= 1.0 and x1 < x2 and y1 < y2
-                        and type(box) is list):
-                    raise TypeError
-                cid = class_ids.get(name)
-                if cid is None:
-                    cid = class_ids[name] = len(class_ids)
-                c_cls.append(cid)
-                c_conf.append(conf)
-                c_box.extend(box)
-        except (KeyError, TypeError, ValueError):
-            self._roll_back(mark, class_mark)
-            raise BadRecord(_detection_problem(dets)) from None
-        review = obj.get("review")
-        try:
-            labels = self._review(review) if review is not None else None
-        except BadRecord:
-            self._roll_back(mark, class_mark)
-            raise
-        # everything valid: append the record
-        index = len(cols.image)
-        cols.line.append(line)
-        cols.ts.append(seconds)
-        cols.image.append(image)
-        cols.version.append(-1 if version is None else cols._id(cols.version_ids, version))
-        cols.source.append(-1 if source is None else cols._id(cols.source_ids, source))
-        cols.width.append(width)
-        cols.height.append(height)
-        cols.det_start.append(len(c_cls))
-        if labels is not None:
-            cols.reviews[index] = labels
-
-    def _roll_back(self, mark: int, class_mark: int) -> None:
-        """Forget the detections (and class names) a record added before it turned out bad."""
-        cols = self.cols
-        del cols.det_cls[mark:], cols.det_conf[mark:], cols.det_box[4 * mark:]
-        while len(cols.class_ids) > class_mark:
-            cols.class_ids.popitem()  # dicts pop the newest entry first
-
-    def _review(self, review: Any) -> list[tuple[int, float, float, float, float]] | None:
-        if review is None:
-            return None
-        if type(review) is not dict:
-            raise BadRecord("review must be an object with 'labels'")
-        raw_labels = review.get("labels")
-        if raw_labels is None:
-            return None
-        if type(raw_labels) is not list:
-            raise BadRecord("review.labels must be a list")
-        labels = []
-        for i, lab in enumerate(raw_labels):
-            if type(lab) is not dict or type(lab.get("class")) is not str or not lab["class"]:
-                raise BadRecord(f"review.labels[{i}] must be an object with a 'class' name")
-            lx1, ly1, lx2, ly2 = _bbox(lab.get("bbox"), f"review.labels[{i}]")
-            labels.append((self.cols._id(self.cols.class_ids, lab["class"]), lx1, ly1, lx2, ly2))
-        return labels
-    # --- the four formats ------------------------------------------------------------------------
-
-    def read_jsonl(self, path: Path) -> None:
-        add = self._add
-        malformed = self.malformed
-        loads = _loads
-        errors = _JSON_ERRORS
-        # orjson parses bytes directly; the standard json is faster on text (no encoding sniffing)
-        opened = open(path, "rb") if _orjson is not None else open(path, encoding="utf-8-sig", errors="replace")
-        with opened as fh:
-            for number, raw in enumerate(fh, 1):
-                try:
-                    obj = loads(raw)
-                except errors as exc:
-                    if number == 1 and raw[:3] == b"\xef\xbb\xbf":  # a BOM from a Windows editor
-                        raw = raw[3:]
-                        if raw.strip():
-                            try:
-                                obj = loads(raw)
-                            except errors:
-                                pass
-                            else:
-                                try:
-                                    add(obj, number)
-                                except BadRecord as bad:
-                                    malformed.add(number, str(bad))
-                                continue
-                    if raw.strip():
-                        if raw[-1:] not in (b"\n", "\n"):  # the last line, unterminated
-                            malformed.add(number, "incomplete last line (a writer is still writing it, or it was "
-                                                  f"cut off by a crash): {_short(exc)}")
-                        else:
-                            malformed.add(number, f"broken JSON: {_short(exc)}")
-                    continue
-                try:
-                    add(obj, number)
-                except BadRecord as exc:
-                    malformed.add(number, str(exc))
-
-    def read_json_array(self, path: Path, chunk_chars: int = 1 << 22) -> None:
-        """A JSON array of records, decoded element by element from a sliding text buffer."""
-        decoder = json.JSONDecoder()
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            buf = fh.read(chunk_chars)
-            eof = not buf
-            pos, line = 0, 1
-
-            def skip_ws() -> None:
-                nonlocal pos, line
-                n = len(buf)
-                while pos < n and buf[pos] in " \t\r\n":
-                    if buf[pos] == "\n":
-                        line += 1
-                    pos += 1
-
-            skip_ws()
-            if pos >= len(buf) or buf[pos] != "[":
-                raise UserError(f"{path}: a .json memory bank must be one JSON array of records (or use .jsonl)")
-            pos += 1
-            while True:
-                skip_ws()
-                while pos >= len(buf) - 1 and not eof:  # keep at least one char ahead
-                    more = fh.read(chunk_chars)
-                    eof = not more
-                    buf = buf[pos:] + more
-                    pos = 0
-                    skip_ws()
-                if pos >= len(buf):
-                    self.malformed.add(line, "the JSON array is not closed with ']' (file cut short?)")
-                    return
-                if buf[pos] == "]":
-                    return
-                if buf[pos] == ",":
-                    pos += 1
-                    continue
-                start_line = line
-                while True:
-                    try:
-                        obj, end = decoder.raw_decode(buf, pos)
-                        break
-                    except json.JSONDecodeError as exc:
-                        if eof:
-                            self.malformed.add(start_line, f"broken JSON ({exc.msg}); the rest of the array "
-                                                           "cannot be read")
-                            return
-                        more = fh.read(chunk_chars)
-                        eof = not more
-                        buf = buf[pos:] + more
-                        pos = 0
-                line += buf.count("\n", pos, end)
-                pos = end
-                self.add(obj, start_line)
-                if pos > chunk_chars:  # drop what is consumed so memory stays one chunk
-                    buf = buf[pos:]
-                    pos = 0
-
-    def read_rows(self, rows: Iterable[tuple[int, dict[str, Any]]]) -> None:
-        """CSV-shaped rows (one per detection; consecutive rows of one image form a record)."""
-        key = None
-        record: dict[str, Any] | None = None
-        bad: tuple[int, str] | None = None
-        start = 0
-        for number, row in rows:
-            if _ROW_ERROR in row:  # a row the CSV parser could not read: a malformed record of its own
-                if record is not None:
-                    self._flush(record, start, bad)
-                key, record, bad = None, None, None
-                self.malformed.add(number, row[_ROW_ERROR])
-                continue
-            row_key = (row.get("timestamp"), row.get("image"), row.get("model_version"))
-            if row_key != key:
-                if record is not None:
-                    self._flush(record, start, bad)
-                key, start, bad = row_key, number, None
-                record = {"timestamp": row.get("timestamp") or None, "image": row.get("image") or None,
-                          "detections": []}
-                for name in ("model_version", "source"):
-                    if row.get(name) not in (None, ""):
-                        record[name] = str(row[name])
-                for name in ("image_width", "image_height"):
-                    if row.get(name) not in (None, ""):
-                        record[name] = _int_or_text(row[name])
-            if bad is not None:
-                continue
-            try:
-                self._row_into(record, row)
-            except BadRecord as exc:
-                bad = (number, str(exc))
-        if record is not None:
-            self._flush(record, start, bad)
-
-    def read_row_tuples(self, rows: Iterable[tuple]) -> None:
-        """Rows of a database table, as tuples in ``ROW_COLUMNS`` order (NULL and '' mean the same).
-
-        The same rules as ``read_rows``: consecutive rows of one timestamp, image and model version
-        form a record. This is the path of a million-row table, so a record of plain detection rows
-        with well-typed values goes straight into the columns; anything else (reviews, NULLs where
-        a value belongs, odd types, a bad value) takes the general path, which gives the reason.
-        """
-        from itertools import groupby
-        from operator import itemgetter
-
-        fast, slow = self._fast_group_fn(), self._slow_group
-        # groupby and itemgetter run in C: no Python step per row, only per record
-        for _, rows_of_record in groupby(rows, key=itemgetter(1, 2, 3)):  # timestamp, image, model_version
-            group = list(rows_of_record)
-            if not fast(group):
-                slow(group)
-
-    def _fast_group_fn(self):
-        """``fast(group)``: append a record of plain, well-typed detection rows; False (nothing kept)
-        for any other. A closure over the columns: this runs once per record of a big table."""
-        cols = self.cols
-        class_ids, version_ids, source_ids = cols.class_ids, cols.version_ids, cols.source_ids
-        c_cls, c_conf, c_box = cols.det_cls, cols.det_conf, cols.det_box
-        c_line, c_ts, c_image, c_version, c_source = cols.line, cols.ts, cols.image, cols.version, cols.source
-        c_width, c_height, c_start = cols.width, cols.height, cols.det_start
-        want_version, since, until = self.model_version, self.since, self.until
-        roll_back = self._roll_back
-        fromiso, utc = _fromisoformat, _UTC
-
-        def fast(group: list[tuple]) -> bool:
-            line, ts, image, version, _, _, _, _, _, _, source, width, height, _ = group[0]
-            if type(image) is not str or not image:
-                return False
-            if version is not None and (type(version) is not str or not version):
-                return False
-            if source is not None and (type(source) is not str or not source):
-                return False
-            if type(ts) is str:
-                try:
-                    moment = fromiso(ts)
-                except ValueError:
-                    return False
-            elif type(ts) is datetime:  # a timestamp / timestamptz column
-                moment = ts
-            else:
-                return False
-            seconds = (moment if moment.tzinfo is not None else moment.replace(tzinfo=utc)).timestamp()
-            if width is None:
-                width = 0
-            elif type(width) is not int or width <= 0:
-                return False
-            if height is None:
-                height = 0
-            elif type(height) is not int or height <= 0:
-                return False
-            if want_version is not None and version != want_version:
-                self.filtered_out += 1
-                return True
-            if (since is not None and seconds < since) or (until is not None and seconds > until):
-                self.filtered_out += 1
-                return True
-            mark, class_mark = len(c_cls), len(class_ids)
-            try:
-                for _, _, _, _, name, conf, x1, y1, x2, y2, _, _, _, kind in group:
-                    if kind is not None and kind != "detection":
-                        raise TypeError
-                    if name is None:
-                        continue  # an image with no detection
-                    # NULL or text where a number belongs fails the comparison with TypeError
-                    if type(name) is not str or not name or not (0.0 <= conf <= 1.0 and x1 < x2 and y1 < y2):
-                        raise TypeError
-                    cid = class_ids.get(name)
-                    if cid is None:
-                        cid = class_ids[name] = len(class_ids)
-                    c_cls.append(cid)
-                    c_conf.append(conf)
-                    c_box.extend((x1, y1, x2, y2))
-            except (TypeError, ValueError):
-                roll_back(mark, class_mark)
-                return False
-            c_line.append(line)
-            c_ts.append(seconds)
-            c_image.append(image)
-            if version is None:
-                c_version.append(-1)
-            else:
-                vid = version_ids.get(version)
-                if vid is None:
-                    vid = version_ids[version] = len(version_ids)
-                c_version.append(vid)
-            if source is None:
-                c_source.append(-1)
-            else:
-                sid = source_ids.get(source)
-                if sid is None:
-                    sid = source_ids[source] = len(source_ids)
-                c_source.append(sid)
-            c_width.append(width)
-            c_height.append(height)
-            c_start.append(len(c_cls))
-            return True
-
-        return fast
-
-    def _slow_group(self, group: list[tuple]) -> None:
-        """One record's rows the general way: a schema record checked by ``add`` (or the bad row's reason)."""
-        line, ts, image, version, _, _, _, _, _, _, source, width, height, _ = group[0]
-        record: dict[str, Any] = {"timestamp": None if ts == "" else ts, "image": None if image == "" else image,
-                                  "detections": []}
-        if version is not None and version != "":
-            record["model_version"] = version if type(version) is str else str(version)
-        if source is not None and source != "":
-            record["source"] = source if type(source) is str else str(source)
-        if width is not None and width != "":
-            record["image_width"] = width if type(width) is int else _int_or_text(width)
-        if height is not None and height != "":
-            record["image_height"] = height if type(height) is int else _int_or_text(height)
-        bad: tuple[int, str] | None = None
-        for number, _, _, _, name, conf, x1, y1, x2, y2, _, _, _, kind in group:
-            try:
-                self._row_into(record, {"kind": kind, "class": name, "confidence": conf,
-                                        "x1": x1, "y1": y1, "x2": x2, "y2": y2})
-            except BadRecord as exc:
-                bad = (number, str(exc))
-                break
-        self._flush(record, line, bad)
-
-    def _flush(self, record: dict, start: int, bad: tuple[int, str] | None) -> None:
-        if record.get("timestamp") is None:
-            del record["timestamp"]
-        if record.get("image") is None:
-            del record["image"]
-        if bad is not None:
-            self.malformed.add(bad[0], bad[1])
-        else:
-            self.add(record, start)
-
-    @staticmethod
-    def _row_into(record: dict, row: dict[str, Any]) -> None:
-        kind = (row.get("kind") or "detection").strip().lower()
-        name = row.get("class")
-        if kind == "review":
-            labels = record.setdefault("review", {"labels": []})["labels"]
-            if name in (None, ""):
-                return  # reviewed, no defect
-            labels.append({"class": str(name), "bbox": [_csv_float(row.get(k), k) for k in ("x1", "y1", "x2", "y2")]})
-            return
-        if kind != "detection":
-            raise BadRecord(f"kind must be 'detection' or 'review', got {kind!r:.20}")
-        if name in (None, ""):
-            return  # an image with no detection
-        record["detections"].append({"class": str(name), "confidence": _csv_float(row.get("confidence"), "confidence"),
-                                     "bbox": [_csv_float(row.get(k), k) for k in ("x1", "y1", "x2", "y2")]})
-
-
-def _csv_float(value: Any, what: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise BadRecord(f"{what} must be a number, got {value!r:.40}") from None
-
-
-def _int_or_text(value: Any) -> Any:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return value  # validation reports it
+FORMATS = ("jsonl", "json", "csv", "sqlite", "parquet")
+CHUNK_BYTES = 1 << 24      # JSONL parsed 16 MB at a time
+PIECE_BYTES = 1 << 20      # a block that does not parse is parsed again in pieces of 1 MB
+SPLIT_TRIES = 20           # bad lines in a piece before the rest of it is read line by line
 
 
 def _short(exc: Exception) -> str:
     return str(exc).split("\n")[0][:100]
 
 
-# --- format detection and the public entry point ------------------------------------------------
+# --- timestamps in bulk ---------------------------------------------------------------------------
 
-def detect_format(path: Path) -> str:
-    """jsonl / json / csv / sqlite from the suffix, else from the first bytes."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".db", ".sqlite", ".sqlite3"):
-        return "sqlite"
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
-    if head.startswith(b"SQLite format 3\x00"):
-        return "sqlite"
-    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if stripped.startswith(b"["):
-        return "json"
-    if stripped.startswith(b"{") or not stripped:
-        return "jsonl"
-    return "csv"
+def iso_seconds(values) -> tuple[np.ndarray, np.ndarray]:
+    """ISO 8601 strings (a pyarrow or pandas column) -> (epoch seconds, parsed mask); naive means UTC.
 
+    pyarrow's cast parses the common forms in C; when any value is of another form, the distinct
+    values are parsed by ``datetime.fromisoformat``, the rule of the record-by-record check.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
-        reader = csv.DictReader(fh)
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, type=pa.string(),
+                                                                                  from_pandas=True)
+    for unit in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):
         try:
-            fieldnames = reader.fieldnames or []
-        except csv.Error as exc:
-            raise UserError(f"{path}: cannot read the CSV header ({_short(exc)})") from None
-        missing = [c for c in REQUIRED_COLUMNS if c not in fieldnames]
-        if missing:
-            raise UserError(f"{path}: CSV header lacks {', '.join(missing)}; the columns are "
-                            f"{','.join(CSV_COLUMNS)} (see memory-bank/README.md)")
+            micros = pc.cast(arr, unit).cast(pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        ok = micros.is_valid().to_numpy(zero_copy_only=False)
+        return micros.fill_null(0).to_numpy(zero_copy_only=False) / 1e6, ok
+    codes, uniques = pd.factorize(arr.to_numpy(zero_copy_only=False))
+    seconds = np.full(len(uniques) + 1, np.nan)
+    for i, text in enumerate(uniques):
+        try:
+            seconds[i] = parse_timestamp(text)
+        except BadRecord:
+            pass
+    got = seconds[codes]   # code -1 (null) takes the NaN at the end
+    return np.nan_to_num(got), ~np.isnan(got)
+
+
+# --- JSONL ------------------------------------------------------------------------------------------
+
+def _schema():
+    import pyarrow as pa
+
+    box = ("bbox", pa.list_(pa.float64()))
+    det = pa.struct([("class", pa.string()), ("confidence", pa.float64()), box])
+    label = pa.struct([("class", pa.string()), box])
+    return pa.schema([("timestamp", pa.string()), ("image", pa.string()), ("model_version", pa.string()),
+                      ("source", pa.string()), ("image_width", pa.int64()), ("image_height", pa.int64()),
+                      ("detections", pa.list_(det)), ("review", pa.struct([("labels", pa.list_(label))]))])
+
+
+def _np(arr) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _name_ok(names) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    length = _np(pc.utf8_length(names).fill_null(0))
+    return (length > 0) & (length <= MAX_CLASS_CHARS)
+
+
+def _boxes(items) -> tuple[np.ndarray, np.ndarray]:
+    """(n x 4 boxes, ok) of a struct array's ``bbox`` lists: ok = 4 numbers with x1 < x2, y1 < y2."""
+    import pyarrow.compute as pc
+
+    bbox = items.field("bbox")
+    n4 = _np(pc.list_value_length(bbox).fill_null(0)) == 4
+    start = _np(bbox.offsets)[:-1]
+    values = _np(bbox.values) if len(bbox.values) else np.zeros(1)
+    take = np.where(n4, start, 0)[:, None] + np.arange(4)
+    box = values[np.minimum(take, len(values) - 1)]
+    with np.errstate(invalid="ignore"):
+        ok = n4 & _np(items.is_valid()) & _np(bbox.is_valid()) & (box[:, 0] < box[:, 2]) & (box[:, 1] < box[:, 3])
+    return box, ok
+
+
+def _rows_of(parent: np.ndarray, bad: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(parent[bad], minlength=n) > 0
+
+
+def _arrow_chunk(tab, lines: np.ndarray, parts: Parts) -> np.ndarray:
+    """Check a parsed block in bulk and keep its good records; returns the rows to check one by one."""
+    import pyarrow.compute as pc
+
+    n = tab.num_rows
+    ts, ok = iso_seconds(tab.column("timestamp"))
+    image_len = _np(pc.utf8_length(tab.column("image")).fill_null(0))
+    ok = ok & ((image_len > 0) & (image_len <= MAX_IMAGE_CHARS))
+    for name in ("image_width", "image_height"):
+        col = tab.column(name)
+        ok = ok & (_np(pc.or_kleene(pc.is_null(col), pc.greater(col, 0)).fill_null(False)))
+    dets = tab.column("detections").combine_chunks()
+    ok = ok & (_np(dets.is_valid()))
+    items = pc.list_flatten(dets)
+    parent = _np(pc.list_parent_indices(dets)).astype(np.int64)
+    box, d_ok = _boxes(items)
+    conf = _np(items.field("confidence").fill_null(-1.0))
+    d_ok = d_ok & (_name_ok(items.field("class")) & (conf >= 0.0) & (conf <= 1.0))
+    ok = ok & (~_rows_of(parent, ~d_ok, n))
+    review = tab.column("review").combine_chunks()
+    labels = review.field("labels")
+    reviewed = _np(review.is_valid()) & _np(labels.is_valid())
+    l_items = pc.list_flatten(labels)
+    l_parent = _np(pc.list_parent_indices(labels)).astype(np.int64)
+    l_box, l_ok = _boxes(l_items)
+    l_ok = l_ok & (_name_ok(l_items.field("class")))
+    l_keep = reviewed[l_parent] if len(l_parent) else np.zeros(0, bool)
+    ok = ok & (~_rows_of(l_parent, l_keep & ~l_ok, n))
+    version = tab.column("model_version").to_pandas()
+    keep = keep_mask(ts, version, parts.since, parts.until, parts.model_version)
+    parts.filtered_out += int((ok & ~keep).sum())
+    kept = ok & keep
+    new = np.cumsum(kept) - 1
+    d_sel, l_sel = kept[parent], l_keep & kept[l_parent]
+    table = pd.DataFrame({
+        "line": lines[kept], "ts": ts[kept], "image": tab.column("image").filter(kept).to_pandas(),
+        "version": version[kept].reset_index(drop=True),
+        "source": tab.column("source").filter(kept).to_pandas(),
+        "width": _np(tab.column("image_width").fill_null(0))[kept],
+        "height": _np(tab.column("image_height").fill_null(0))[kept], "reviewed": reviewed[kept]})
+    boxes = pd.DataFrame({"record": new[parent[d_sel]], "cls": _category(items.field("class").filter(d_sel)),
+                          "conf": conf[d_sel], **dict(zip(BOX, box[d_sel].T))})
+    labs = pd.DataFrame({"record": new[l_parent[l_sel]], "cls": _category(l_items.field("class").filter(l_sel)),
+                         **dict(zip(BOX, l_box[l_sel].T))})
+    parts.add_frames(table, boxes, labs)
+    return np.flatnonzero(~ok)
+
+
+def _category(names) -> pd.Categorical:
+    """Strings as a categorical (a class name repeats a million times; its code is what counts)."""
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(names)
+    return pd.Categorical.from_codes(_np(encoded.indices), categories=encoded.dictionary.to_pylist())
+
+
+def _python_lines(data: bytes, first_line: int, parts: Parts, eof: bool) -> None:
+    """A block line by line (the record-by-record check gives each malformed line its reason)."""
+    import orjson
+
+    for number, raw in enumerate(data.splitlines(keepends=True), first_line):
+        if number == 1 and raw[:3] == b"\xef\xbb\xbf":  # a BOM from a Windows editor
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if eof and raw[-1:] != b"\n":  # the last line, unterminated
+                parts.malformed.add(number, "incomplete last line (a writer is still writing it, or it was "
+                                            f"cut off by a crash): {_short(exc)}")
+            else:
+                parts.malformed.add(number, f"broken JSON: {_short(exc)}")
+            continue
+        parts.add_object(obj, number)
+
+
+def _parse(data: bytes, block_size: int):
+    """pyarrow's JSON reader over ``data``: (table, None) or (None, the row it failed at, if it says)."""
+    import io
+    import re
+
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        return pj.read_json(io.BytesIO(data), read_options=pj.ReadOptions(block_size=block_size),
+                            parse_options=pj.ParseOptions(explicit_schema=_schema(),
+                                                          unexpected_field_behavior="ignore")), None
+    except pa.ArrowInvalid as exc:
+        found = re.search(r"in row (\d+)", str(exc))
+        return None, int(found.group(1)) if found else None
+
+
+def _jsonl_block(data: bytes, first_line: int, parts: Parts, eof: bool) -> None:
+    """A block of whole lines: parsed in one go (in parallel); if that fails, piece by piece."""
+    tab, _ = _parse(data, PIECE_BYTES)
+    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    if tab is not None and tab.num_rows == n_lines:
+        _checked(tab, data, first_line, parts, eof)
+        return
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start + PIECE_BYTES)
+        end = len(data) if end < 0 else end + 1
+        _jsonl_piece(data[start:end], first_line, parts, eof and end == len(data))
+        first_line += data.count(b"\n", start, end)
+        start = end
+
+
+def _jsonl_piece(data: bytes, first_line: int, parts: Parts, eof: bool) -> None:
+    """A piece parsed as one block, so that a parse error names its row: the rows before it are
+    parsed again in bulk, the bad line is read on its own, and the rest goes on the same way."""
+    for _ in range(SPLIT_TRIES):
+        if not data:
+            return
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
+        n_lines = len(ends) + (0 if data.endswith(b"\n") else 1)
+        tab, row = _parse(data, len(data) + 1)
+        if tab is not None and tab.num_rows == n_lines:
+            _checked(tab, data, first_line, parts, eof)
+            return
+        if tab is not None or row is None or row >= n_lines:  # blank lines, or no row named
+            break
+        head_end = int(ends[row - 1]) if row else 0
+        line_end = int(ends[row]) if row < len(ends) else len(data)
+        head, _ = _parse(data[:head_end], head_end + 1) if row else (None, None)
+        if head is not None and head.num_rows == row:
+            _checked(head, data[:head_end], first_line, parts, False)
+        else:
+            _python_lines(data[:head_end], first_line, parts, False)
+        _python_lines(data[head_end:line_end], first_line + row, parts, eof and line_end == len(data))
+        data, first_line = data[line_end:], first_line + row + 1
+    _python_lines(data, first_line, parts, eof)
+
+
+def _checked(tab, data: bytes, first_line: int, parts: Parts, eof: bool) -> None:
+    again = _arrow_chunk(tab, np.arange(first_line, first_line + tab.num_rows, dtype=np.int64), parts)
+    if len(again):  # rows a mask refused: the record-by-record check says why (or keeps them)
+        lines = data.splitlines(keepends=True)
+        for i in again.tolist():
+            _python_lines(lines[i], first_line + i, parts, eof and i == tab.num_rows - 1)
+
+
+def _read_jsonl(path: Path, parts: Parts, chunk_bytes: int = CHUNK_BYTES) -> None:
+    with open(path, "rb") as fh:
+        rest, line = b"", 1
         while True:
-            starts = reader.line_num + 1  # the line where the next row begins
-            try:
-                row = next(reader)
-            except StopIteration:
+            more = fh.read(chunk_bytes)
+            data = rest + more
+            if not more:
+                if data:
+                    _jsonl_block(data, line, parts, eof=True)
                 return
-            except csv.Error as exc:  # a field over the csv module's limit, a NUL byte: that row only
-                yield starts, {_ROW_ERROR: f"unreadable CSV row: {_short(exc)}"}
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                rest = data
                 continue
-            yield reader.line_num, row
+            block, rest = data[:cut], data[cut:]
+            _jsonl_block(block, line, parts, eof=False)
+            line += block.count(b"\n")
 
 
-def _sqlite_rows(path: Path) -> Iterator[tuple]:
-    # read-only URI: the user's database is never written, not even a journal
-    uri = f"file:{path.resolve().as_posix()}?mode=ro"
+def _read_json_array(path: Path, parts: Parts) -> None:
+    """A JSON array of records, element by element by the standard decoder: each record's line is
+    where it starts, and a broken element ends the reading with its line named."""
+    import json
+
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    if not text.lstrip().startswith("["):
+        raise UserError(f"{path}: a .json memory bank must be one JSON array of records (or use .jsonl)")
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    line, counted = 1, 0
+    while True:  # element by element: each record's line is where it starts
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        line += text.count("\n", counted, pos)
+        counted = pos
+        if pos >= len(text):
+            parts.malformed.add(line, "the JSON array is not closed with ']' (file cut short?)")
+            return
+        if text[pos] == "]":
+            return
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            parts.malformed.add(line, f"broken JSON ({exc.msg}); the rest of the array cannot be read")
+            return
+        parts.add_object(obj, line)
+        pos = end
+
+
+# --- tables: one row per detection (CSV, SQLite, Parquet, a database) ---------------------------------
+
+def _text(col: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """A text column with '' as null, and where each value is usable as is (null or a string)."""
+    col = col.where(col.notna() & (col != ""), None) if len(col) else col
+    if pd.api.types.is_string_dtype(col) and col.dtype != object:
+        return col, np.ones(len(col), dtype=bool)
+    ok = col.map(lambda v: v is None or type(v) is str, na_action=None).to_numpy(dtype=bool)
+    return col, ok
+
+
+def _numbers(col: pd.Series) -> np.ndarray:
+    """Numbers of a column (NaN where null or not a number)."""
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _sizes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """image_width / image_height: (value, 0 when null; usable as is)."""
+    if pd.api.types.is_numeric_dtype(col):
+        values = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        null = np.isnan(values)
+        ok = null | ((values > 0) & (values == np.floor(values)))
+        return np.where(ok & ~null, values, 0).astype(np.int64), ok
+    text, is_text = _text(col)
+    null = text.isna().to_numpy()
+    if is_text.all():
+        digits = text.str.isdigit().fillna(False).to_numpy(dtype=bool)
+    else:  # a column of mixed values (SQLite without types): whole numbers only
+        digits = text.map(lambda v: type(v) is int or (type(v) is str and v.isdigit())).to_numpy(dtype=bool)
+    values = np.zeros(len(col), dtype=np.int64)
+    values[digits] = text[digits].astype(np.int64).to_numpy()
+    return values, null | (digits & (values > 0))
+
+
+def _lengths(text: pd.Series) -> np.ndarray:
+    """Characters of each string (0 for null or another type)."""
+    return text.map(lambda v: len(v) if type(v) is str else 0).to_numpy(dtype=np.int64) if text.dtype == object \
+        else text.str.len().fillna(0).to_numpy(dtype=np.int64)
+
+
+def _int_or_text(value: Any) -> Any:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value  # the record check reports it
+
+
+def _csv_float(value: Any, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise BadRecord(f"{what} must be a number, got {value!r:.40}") from None
+
+
+def _record_of_rows(rows: list[tuple]) -> tuple[dict, tuple[int, str] | None]:
+    """One record's rows (ROW_COLUMNS order, null as None) as a schema record; (line, why) of a bad row."""
+    _, ts, image, version, _, _, _, _, _, _, source, width, height, _ = rows[0]
+    record: dict[str, Any] = {"detections": []}
+    for key, value in (("timestamp", ts), ("image", image), ("model_version", version), ("source", source)):
+        if value is not None:
+            record[key] = str(value) if key in ("model_version", "source") else value
+    for key, value in (("image_width", width), ("image_height", height)):
+        if value is not None:
+            record[key] = _int_or_text(value)
+    for line, _, _, _, name, conf, x1, y1, x2, y2, _, _, _, kind in rows:
+        kind = str(kind or "detection").strip().lower()
+        try:
+            if kind not in ("detection", "review"):
+                raise BadRecord(f"kind must be 'detection' or 'review', got {kind!r:.20}")
+            if kind == "review":
+                labels = record.setdefault("review", {"labels": []})["labels"]
+            if name is None:
+                continue  # an image with no detection / reviewed, no defect
+            box = [_csv_float(v, k) for v, k in zip((x1, y1, x2, y2), BOX)]
+            if kind == "review":
+                labels.append({"class": str(name), "bbox": box})
+            else:
+                record["detections"].append({"class": str(name), "confidence": _csv_float(conf, "confidence"),
+                                             "bbox": box})
+        except BadRecord as exc:
+            return record, (line, str(exc))
+    return record, None
+
+
+def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
+    """Rows of ROW_COLUMNS (one per detection or review label; '' or null alike) into ``parts``.
+
+    Consecutive rows of one timestamp, image and model version form a record. Records whose every
+    value passes the masks go into the frames in bulk; the others are rebuilt as schema records
+    and checked one by one, which names the bad row (its line) and the reason.
+    """
+    if not len(df):
+        return
+    line = df["line"].to_numpy(dtype=np.int64)
+    cols = {c: _text(df[c]) for c in ("timestamp", "image", "model_version", "class", "source", "kind")}
+    keys = np.stack([pd.factorize(cols[c][0].to_numpy(dtype=object) if c != "timestamp" or not
+                                  pd.api.types.is_datetime64_any_dtype(df[c]) else df[c])[0]
+                     for c in ("timestamp", "image", "model_version")])
+    starts = np.ones(len(df), dtype=bool)
+    starts[1:] = (keys[:, 1:] != keys[:, :-1]).any(axis=0)
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    n = len(first)
+    # record level: the record's first row
+    ts_col = df["timestamp"].iloc[first]
+    if pd.api.types.is_datetime64_any_dtype(ts_col):
+        stamps = ts_col.dt.tz_localize("UTC") if ts_col.dt.tz is None else ts_col
+        ts = stamps.astype("int64").to_numpy() / 10 ** {"s": 0, "ms": 3, "us": 6, "ns": 9}[stamps.dt.unit]
+        ok = ts_col.notna().to_numpy()
+    else:
+        text, is_text = _text(ts_col)
+        ts, ok = iso_seconds(text)
+        ok = ok & (is_text)
+    image, image_ok = cols["image"][0].iloc[first], cols["image"][1][first]
+    length = _lengths(image)
+    ok = ok & (image_ok & (length > 0) & (length <= MAX_IMAGE_CHARS))
+    ok = ok & (cols["model_version"][1][first] & cols["source"][1][first])
+    width, w_ok = _sizes(df["image_width"].iloc[first])
+    height, h_ok = _sizes(df["image_height"].iloc[first])
+    ok = ok & (w_ok & h_ok)
+    # row level
+    kind, kind_ok = cols["kind"]
+    review = (kind == "review").to_numpy(dtype=bool)
+    row_ok = kind_ok & (kind.isna().to_numpy() | review | (kind == "detection").to_numpy(dtype=bool))
+    name, name_ok = cols["class"]
+    has = name.notna().to_numpy()
+    name_len = _lengths(name)
+    conf = _numbers(df["confidence"])
+    box = np.stack([_numbers(df[k]) for k in BOX], axis=1)
+    with np.errstate(invalid="ignore"):
+        good_box = (box[:, 0] < box[:, 2]) & (box[:, 1] < box[:, 3])
+        good_det = (conf >= 0) & (conf <= 1)
+    row_ok = row_ok & (name_ok & (~has | ((name_len <= MAX_CLASS_CHARS) & good_box & (review | good_det))))
+    ok = ok & (np.bincount(group[~row_ok], minlength=n) == 0)
+    version = cols["model_version"][0].iloc[first].reset_index(drop=True)
+    keep = keep_mask(ts, version, parts.since, parts.until, parts.model_version)
+    parts.filtered_out += int((ok & ~keep).sum())
+    kept = ok & keep
+    new = np.cumsum(kept) - 1
+    row_kept = kept[group]
+    reviewed = np.bincount(group[review & row_kept], minlength=n) > 0
+    table = pd.DataFrame({"line": line[first][kept], "ts": ts[kept], "image": image[kept].to_numpy(dtype=object),
+                          "version": version[kept].to_numpy(dtype=object),
+                          "source": cols["source"][0].iloc[first][kept].to_numpy(dtype=object),
+                          "width": width[kept], "height": height[kept], "reviewed": reviewed[kept]})
+    d_sel = row_kept & has & ~review
+    l_sel = row_kept & has & review
+    names = name.to_numpy(dtype=object)
+    boxes = pd.DataFrame({"record": new[group[d_sel]], "cls": pd.Categorical(names[d_sel]), "conf": conf[d_sel],
+                          **dict(zip(BOX, box[d_sel].T))})
+    labels = pd.DataFrame({"record": new[group[l_sel]], "cls": pd.Categorical(names[l_sel]),
+                           **dict(zip(BOX, box[l_sel].T))})
+    parts.add_frames(table, boxes, labels)
+    bad = np.flatnonzero(~ok)
+    if len(bad):
+        ends = np.append(first[1:], len(df))
+        frame = df[list(ROW_COLUMNS)].astype(object)
+        frame = frame.where(frame.notna() & (frame != ""), None)
+        for g in bad.tolist():
+            rows = list(frame.iloc[first[g]:ends[g]].itertuples(index=False, name=None))
+            record, problem = _record_of_rows(rows)
+            if problem is not None:
+                parts.malformed.add(*problem)
+            else:
+                parts.add_object(record, int(line[first[g]]))
+
+
+def _frame(df: pd.DataFrame, where: str, line: np.ndarray) -> pd.DataFrame:
+    """The reader's columns as ROW_COLUMNS (absent optional ones null); UserError without a required one."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{where} lacks {', '.join(missing)}; the columns are {','.join(CSV_COLUMNS)} "
+                        "(see memory-bank/README.md)")
+    out = pd.DataFrame({c: (df[c] if c in df.columns else pd.Series([None] * len(df), dtype=object))
+                        for c in ALL_COLUMNS})
+    out.insert(0, "line", line)
+    return out
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        header = pd.read_csv(path, nrows=0, encoding="utf-8-sig", encoding_errors="replace").columns.tolist()
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise UserError(f"{path}: cannot read the CSV header ({_short(exc)})") from None
+    if any(c not in header for c in REQUIRED_COLUMNS):
+        _frame(pd.DataFrame(columns=header), f"{path}: CSV header", np.zeros(0))
+    text = {c: str for c in ("timestamp", "image", "model_version", "class", "source", "kind", "image_width",
+                             "image_height") if c in header}
+    options = dict(dtype=text, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+    try:
+        df = pd.read_csv(path, engine="pyarrow", **options)
+    except Exception:  # rows of another length, odd bytes: the python engine keeps each row in its place
+        df = pd.read_csv(path, engine="python", encoding_errors="replace",
+                         on_bad_lines=lambda fields: (fields + [""] * len(header))[:len(header)], **options)
+    return _frame(df, f"{path}: CSV header", np.arange(2, len(df) + 2, dtype=np.int64))
+
+
+def _read_sqlite(path: Path) -> pd.DataFrame:
+    import sqlite3
+
+    uri = f"file:{path.resolve().as_posix()}?mode=ro"  # read-only: the user's database is never written
     try:
         con = sqlite3.connect(uri, uri=True)
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
@@ -752,10 +528,42 @@ def _sqlite_rows(path: Path) -> Iterator[tuple]:
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise UserError(f"{path}: table '{table}' lacks column(s) {', '.join(missing)} (see memory-bank/README.md)")
-        select = ", ".join(f'"{c}"' if c in columns else "NULL" for c in ROW_COLUMNS[1:])
-        yield from con.execute(f'SELECT rowid, {select} FROM "{table}" ORDER BY rowid')
+        select = ", ".join(f'"{c}"' if c in columns else f'NULL AS "{c}"' for c in ALL_COLUMNS)
+        df = pd.read_sql_query(f'SELECT rowid AS line, {select} FROM "{table}" ORDER BY rowid', con)
     finally:
         con.close()
+    return df
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow's errors have no common base
+        raise UserError(f"{path}: cannot read as Parquet ({_short(exc)})") from None
+    return _frame(df, f"{path}: Parquet file", np.arange(1, len(df) + 1, dtype=np.int64))
+
+
+# --- format detection and the public entry point ------------------------------------------------
+
+def detect_format(path: Path) -> str:
+    """jsonl / json / csv / sqlite / parquet from the suffix, else from the first bytes."""
+    suffix = path.suffix.lower()
+    by_suffix = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".db": "sqlite", ".sqlite": "sqlite",
+                 ".sqlite3": "sqlite", ".parquet": "parquet"}
+    if suffix in by_suffix:
+        return by_suffix[suffix]
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(b"SQLite format 3\x00"):
+        return "sqlite"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if stripped.startswith(b"["):
+        return "json"
+    if stripped.startswith(b"{") or not stripped:
+        return "jsonl"
+    return "csv"
 
 
 def read_memory_bank(path: str | Path, fmt: str | None = None, since: float | None = None,
@@ -767,149 +575,32 @@ def read_memory_bank(path: str | Path, fmt: str | None = None, since: float | No
     toolkit/memory_bank_sql.py); relative image paths in a database are taken relative to
     ``image_root`` (the analyzer passes ROOT/memory-bank, the folder of the default file).
     """
-    from toolkit.memory_bank_sql import is_database_url
+    from toolkit import memory_bank_sql as sql
 
-    if is_database_url(path):
-        return _read_database(str(path), since, until, model_version, image_root)
+    parts = Parts(since, until, model_version)
+    if sql.is_database_url(path):
+        loc = sql.parse_url(str(path))
+        frame, rows = sql.read_rows(str(path), since, until)
+        records_from_rows(frame, parts)
+        # ``path`` anchors relative image paths: its parent is image_root
+        bank = parts.build(Path(image_root or Path.cwd()).resolve() / "(database)", loc.backend)
+        bank.location, bank.rows_read = loc.shown, rows
+        logger.debug("read %d record(s) from %d row(s) of %s, %d malformed, %d filtered out",
+                     bank.records, rows, loc.shown, bank.skipped, bank.filtered_out)
+        return bank
     path = Path(path)
     if not path.is_file():
         raise UserError(f"memory bank not found: {path} (give --memory-bank PATH, or --scan DIR to build one)")
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise UserError(f"unknown memory-bank format {fmt!r}; use one of {', '.join(FORMATS)}")
-    reader = _Reader(since, until, model_version)
     if fmt == "jsonl":
-        reader.read_jsonl(path)
+        _read_jsonl(path, parts)
     elif fmt == "json":
-        reader.read_json_array(path)
-    elif fmt == "csv":
-        reader.read_rows(_csv_rows(path))
+        _read_json_array(path, parts)
     else:
-        reader.read_row_tuples(_sqlite_rows(path))
-    bank = reader.cols.build(path, fmt, reader.malformed, reader.filtered_out)
+        records_from_rows({"csv": _read_csv, "sqlite": _read_sqlite, "parquet": _read_parquet}[fmt](path), parts)
+    bank = parts.build(path, fmt)
     logger.debug("read %d record(s) from %s (%s), %d malformed, %d filtered out",
                  bank.records, path, fmt, bank.skipped, bank.filtered_out)
     return bank
-
-
-def _read_database(url: str, since: float | None, until: float | None, model_version: str | None,
-                   image_root: Path | None) -> MemoryBank:
-    from itertools import chain
-
-    from toolkit.memory_bank_sql import parse_url, sql_batches
-
-    loc = parse_url(url)
-    reader = _Reader(since, until, model_version)
-    stats: dict[str, Any] = {}
-    reader.read_row_tuples(chain.from_iterable(sql_batches(url, since, until, stats)))
-    # ``path`` anchors relative image paths: its parent is image_root
-    anchor = Path(image_root or Path.cwd()).resolve() / "(database)"
-    bank = reader.cols.build(anchor, loc.backend, reader.malformed, reader.filtered_out)
-    bank.location = loc.shown
-    bank.rows_read = stats.get("rows", 0)
-    logger.debug("read %d record(s) from %d row(s) of %s, %d malformed, %d filtered out",
-                 bank.records, bank.rows_read, loc.shown, bank.skipped, bank.filtered_out)
-    return bank
-
-
-def validate_record(obj: Any) -> None:
-    """Raise BadRecord (the reason) unless ``obj`` is a record the readers accept."""
-    _Reader(None, None, None)._add(obj, 0)
-
-
-# --- writing: records to the other formats (conversion, tests) and appending ---------------------
-
-def record_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """One schema record as CSV-shaped rows (detections, then review labels with kind=review)."""
-    base = {"timestamp": record.get("timestamp", ""), "image": record.get("image", ""),
-            "model_version": record.get("model_version", ""), "source": record.get("source", ""),
-            "image_width": record.get("image_width", ""), "image_height": record.get("image_height", "")}
-    empty = {"class": "", "confidence": "", "x1": "", "y1": "", "x2": "", "y2": ""}
-    rows = []
-    for det in record.get("detections", []):
-        x1, y1, x2, y2 = det["bbox"]
-        rows.append({**base, "class": det["class"], "confidence": det["confidence"],
-                     "x1": x1, "y1": y1, "x2": x2, "y2": y2, "kind": "detection"})
-    if not rows:
-        rows.append({**base, **empty, "kind": "detection"})
-    review = record.get("review")
-    if review is not None and review.get("labels") is not None:
-        labels = review["labels"]
-        for lab in labels:
-            x1, y1, x2, y2 = lab["bbox"]
-            rows.append({**base, "class": lab["class"], "confidence": "", "x1": x1, "y1": y1, "x2": x2, "y2": y2,
-                         "kind": "review"})
-        if not labels:
-            rows.append({**base, **empty, "kind": "review"})
-    return rows
-
-
-ALL_COLUMNS = CSV_COLUMNS + CSV_OPTIONAL_COLUMNS
-
-
-# --- scan: run the production model over a folder and log what it sees --------------------------
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def scan_folder(workspace, folder: Path, model_path: Path, bank: str | Path, batch: int = 16,
-                conf: float = 0.25, imgsz: int | None = None) -> int:
-    """Run ``model_path`` over every image under ``folder``; append one record per image to ``bank``.
-
-    ``bank`` is a JSONL file or a database URL; records go through the detection system's writer
-    (toolkit/detection_api.py). Records follow the schema: timestamp (scan time, UTC), image
-    (absolute path), model_version (the production version when ``model_path`` is the production
-    model), source "scan", image_width/height, detections. ``imgsz`` defaults to the size the
-    model was trained at. Unreadable images are logged and skipped. Returns the records appended.
-    """
-    from toolkit.detection_api import MemoryBankWriter, ProductionModel, record_from_result
-    from toolkit.offline import load_yolo
-    from toolkit.progress import progress_bar
-
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir():
-        raise UserError(f"--scan {folder}: not a folder of images")
-    if batch < 1:
-        raise UserError("--scan-batch must be at least 1")
-    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise UserError(f"--scan {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    writer = MemoryBankWriter(bank, source="scan")  # checks the target before the model is loaded
-    try:
-        if Path(model_path).resolve() == workspace.production_model.resolve():
-            production = ProductionModel.load(workspace.root)
-            model, version, trained_size = production.model, production.version, production.imgsz
-        else:
-            model, version = load_yolo(model_path, workspace.ultralytics_config), None
-            ckpt = getattr(model, "ckpt", None)
-            size = (ckpt.get("train_args", {}) if isinstance(ckpt, dict) else {}).get("imgsz", 640)
-            trained_size = size if isinstance(size, int) else 640
-        names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
-        imgsz = imgsz or trained_size
-        logger.info("scanning %d image(s) under %s with %s (imgsz %d)", len(images), folder, model_path, imgsz)
-        written = 0
-        batches = [images[i:i + batch] for i in range(0, len(images), batch)]
-        for chunk in progress_bar(batches, total=len(batches), desc="scan"):
-            results = _predict(model, chunk, imgsz, conf)
-            records = [record_from_result(result, path, names, version, source="scan")
-                       for path, result in zip(chunk, results) if result is not None]
-            written += writer.append(records)
-    finally:
-        writer.close()
-    logger.info("appended %d record(s) to %s", written, writer.shown)
-    return written
-
-
-def _predict(model, paths: list[Path], imgsz: int, conf: float) -> list:
-    """One batch; if it fails (a corrupt image), image by image, None for the unreadable ones."""
-    try:
-        return list(model.predict([str(p) for p in paths], imgsz=imgsz, conf=conf, verbose=False))
-    except Exception:  # ultralytics raises plain exceptions for unreadable files
-        out = []
-        for p in paths:
-            try:
-                out.append(model.predict(str(p), imgsz=imgsz, conf=conf, verbose=False)[0])
-            except Exception as exc:
-                logger.warning("scan: cannot read %s (%s); skipped", p, str(exc).splitlines()[0][:80])
-                out.append(None)
-        return out

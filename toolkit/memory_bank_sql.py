@@ -7,8 +7,8 @@ The URL is SQLAlchemy's, so a plant on MS SQL gives ``mssql+pyodbc://...`` and S
 reads (and writes) it; PostgreSQL, the hot path, is read straight through psycopg 3's own
 server-side cursor and written through SQLAlchemy with psycopg 3 as its driver.
 
-- Reading streams the rows through a server-side cursor in primary-key order: a million rows
-  are never in memory at once, only the typed columns of ``toolkit.memory_bank`` are.
+- Reading streams the rows through a server-side cursor in primary-key order, in batches that
+  become one pandas frame (``read_rows``), checked by ``toolkit.memory_bank.records_from_rows``.
 - ``--since/--until`` become a WHERE clause: a week of a year-long table is all the server sends.
 - The password never appears in the URL the toolkit shows: it comes from ``PGPASSWORD`` or
   ``.pgpass`` (libpq reads both); a URL that holds one is shown with ``***``.
@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator
 
 from toolkit.errors import UserError
-from toolkit.memory_bank import (ALL_COLUMNS, REQUIRED_COLUMNS, ROW_COLUMNS, SQLITE_TABLE, record_rows)
+from toolkit.bank_table import ALL_COLUMNS, REQUIRED_COLUMNS, ROW_COLUMNS, SQLITE_TABLE, record_rows
 
 logger = logging.getLogger(__name__)
 
@@ -370,11 +370,15 @@ def sql_batches(location: str, since: float | None = None, until: float | None =
         stats["rows"] = n
 
 
-def sql_rows(location: str, since: float | None = None, until: float | None = None,
-             stats: dict[str, Any] | None = None) -> Iterator[tuple]:
-    """The rows of ``sql_batches`` one by one."""
-    for batch in sql_batches(location, since, until, stats):
-        yield from batch
+def read_rows(location: str, since: float | None = None, until: float | None = None):
+    """The table's rows (after the WHERE clause) as one frame of ROW_COLUMNS, and their number."""
+    import pandas as pd
+
+    frames = [pd.DataFrame.from_records(batch, columns=list(ROW_COLUMNS)) for batch in sql_batches(location, since, until)]
+    if not frames:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in ROW_COLUMNS}), 0
+    frame = pd.concat(frames, ignore_index=True)
+    return frame, len(frame)
 
 
 def _postgres_batches(loc: BankLocation, since: float | None, until: float | None) -> Iterator[tuple[bool, list]]:
