@@ -260,7 +260,7 @@ def test_the_memory_bank_modules_import_in_one_direction():
     from pathlib import Path
 
     toolkit = Path(__file__).resolve().parent.parent / "toolkit"
-    mods = ["bank_table", "memory_bank", "memory_bank_sql", "analysis", "detection_api", "priorities"]
+    mods = ["bank_table", "bank_rows", "memory_bank", "memory_bank_sql", "analysis", "detection_api", "priorities"]
     imports = {}
     for mod in mods:
         tree = ast.parse((toolkit / f"{mod}.py").read_text(encoding="utf-8"))

@@ -48,16 +48,20 @@ class BadRecord(ValueError):
 
 @dataclass
 class MalformedLog:
-    """Exact count of skipped records plus the first ``cap`` of them as {line, reason}."""
+    """Exact count of skipped records plus the first ``cap`` of them (by line) as {line, reason}."""
 
     cap: int = MALFORMED_LIST_CAP
     count: int = 0
     items: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, line: int, reason: str) -> None:
+        """Readers check blocks in bulk first and single lines after: items may come out of order."""
+        from bisect import insort
+
         self.count += 1
-        if len(self.items) < self.cap:
-            self.items.append({"line": int(line), "reason": reason})
+        if len(self.items) < self.cap or line < self.items[-1]["line"]:
+            insort(self.items, {"line": int(line), "reason": reason}, key=lambda item: item["line"])
+            del self.items[self.cap:]
 
 
 @dataclass
