@@ -35,7 +35,7 @@ from toolkit.errors import UserError
 from toolkit.files import sha256_file
 from toolkit.layout import Workspace
 from toolkit.lock import workspace_lock
-from toolkit.registry import Registry, append_history, read_history
+from toolkit.registry import Registry, append_history, read_history, record_interrupted_runs
 from toolkit.reports import report_path, timestamp, utc_now_iso, write_report
 
 logger = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def run(config: PipelineConfig) -> PipelineResult:
         stamp = timestamp()
         runner = _StageRunner()
         try:
-            result = _run_locked(_Run(config, ws, settings, runner), stamp)
+            result = _run_locked(_Run(config, ws, settings, runner, stamp=stamp), stamp)
         except BaseException as exc:
             append_history(ws, {"run": stamp, "started_at": started, "finished_at": utc_now_iso(),
                                 "decision": "failed", "error": f"{type(exc).__name__}: {exc}",
@@ -260,6 +260,7 @@ class _Run:
     registry: Registry | None = None
     trained: Any = None                    # toolkit.training.TrainedRoutes: one run per route of the strategy
     notes: list[str] = field(default_factory=list)  # reasons added to the comparator's (the strategy, candidates)
+    stamp: str = ""                        # the run's stamp: its promotion event names it (history after a kill)
 
 
 @dataclass(frozen=True)
@@ -383,7 +384,20 @@ def _promote(r: _Run) -> Any:
     return r.registry.promote(
         Path(cand["path"]), major=config.major, metrics=metrics, reasons=list(compared.decision["reasons"]),
         dataset_version=dataset_version, run_dir=_get(results.get("train"), "run_dir"), classes=classes,
-        source="pipeline" if config.candidate is None else f"candidate {config.candidate}")
+        source="pipeline" if config.candidate is None else f"candidate {config.candidate}",
+        forced=_forced(compared, cand, r.settings), run=r.stamp)
+
+
+def _forced(compared: Any, cand: dict[str, Any], settings: Settings) -> str | None:
+    """Why a first model went live below promotion.min_first_map (--force), for --status to say; else None."""
+    decision = compared.decision
+    if not decision.get("first_model"):
+        return None
+    metric, floor = decision.get("metric", "map50_95"), float(settings["promotion.min_first_map"])
+    value = cand.get(metric)
+    if value is None or float(value) >= floor:
+        return None
+    return f"{metric} {float(value):.3f} below promotion.min_first_map {floor:.3f}, promoted with --force"
 
 
 def _has_memory_bank(ws: Workspace, settings: Settings) -> bool:
@@ -412,7 +426,9 @@ PIPELINE: tuple[Stage, ...] = (
 
 
 def _run_locked(r: _Run, stamp: str) -> PipelineResult:
-    Registry.load(r.ws).recover()  # finish or undo what a killed promotion/rollback left, before anything else
+    registry = Registry.load(r.ws)
+    registry.recover()  # finish or undo what a killed promotion/rollback left, before anything else
+    record_interrupted_runs(registry)
     r.pending = _pending_batches(r.ws)
     if r.config.if_new_data and not r.config.source and not r.pending:
         logger.info("no new batch in %s since the last run: nothing to do", r.ws.incoming)
@@ -486,7 +502,7 @@ def status(root: Path) -> dict[str, Any]:
     problems = registry.check()
     return {"root": str(ws.root), "production": production, "sidecar": sidecar,
             "previous_version": registry.previous_production(production["version"]),
-            "ok": not problems, "problems": problems,
+            "ok": not problems, "problems": problems, "notes": registry.notes(),
             "versions": registry.versions, "events": registry.events[-10:],
             "last_runs": read_history(ws, last=10),
             "pending_batches": [str(p) for p in _pending_batches(ws)] if ws.incoming.exists() else []}
@@ -500,13 +516,31 @@ def rollback(root: Path, version: str | None) -> dict[str, Any]:
     with workspace_lock(ws, what="rollback"):
         registry = Registry.load(ws)
         registry.recover()
+        record_interrupted_runs(registry)
+        finished = [f for f in registry.finished if f["action"] == "rollback"]
+        if finished and (version is None or registry.entry(version) == registry.entry(finished[-1]["version"])):
+            # the killed rollback this command repeats was finished by the recovery: one step, not two
+            production = production_info(ws, registry)
+            note = (f"the interrupted rollback to version {finished[-1]['version']} was finished; not stepping "
+                    f"back further (run --rollback again to go one more version back)")
+            logger.info("%s", note)
+            return {"decision": "rollback", "production": production, "from_version": None, "note": note}
+        stamp = timestamp()
+        sha_before = sha256_file(ws.production_model) if ws.production_model.exists() else None
         before = registry.ensure_production_archived()
-        entry = registry.rollback(version)
+        entry = registry.rollback(version, run=stamp)
         production = production_info(ws, registry)
-        append_history(ws, {"run": timestamp(), "finished_at": utc_now_iso(), "decision": "rollback",
-                            "from_version": before["version"] if before else None, "production": production})
+        kept = registry.quarantined(sha_before) if sha_before and before is None else None
+        record = {"run": stamp, "finished_at": utc_now_iso(), "decision": "rollback",
+                  "from_version": before["version"] if before else None, "production": production}
+        if kept is not None:
+            record["replaced_unloadable"] = str(kept)
+        append_history(ws, record)
     logger.info("rolled back: version %s is in production again", entry["version"])
-    return {"decision": "rollback", "production": production, "from_version": before["version"] if before else None}
+    result = {"decision": "rollback", "production": production, "from_version": before["version"] if before else None}
+    if kept is not None:
+        result["kept_unloadable"] = str(kept)
+    return result
 
 
 def describe(result: Any) -> str:
@@ -527,7 +561,12 @@ def describe(result: Any) -> str:
         return "\n".join(lines)
     if "versions" in result:
         return _describe_status(result)
-    was = f"was version {result['from_version']}" if result.get("from_version") else "was not registered"
+    if result.get("note"):
+        return f"Production is version {result['production']['version']}: {result['note']}"
+    if result.get("kept_unloadable"):
+        was = f"the file there did not load as a model; its bytes are kept as {result['kept_unloadable']}"
+    else:
+        was = f"was version {result['from_version']}" if result.get("from_version") else "was not registered"
     return f"Production is now version {result['production']['version']} ({was})"
 
 
@@ -556,6 +595,7 @@ def _describe_status(result: dict[str, Any]) -> str:
     lines.append("Checks: " + ("all consistent (production, registry, sidecar, archives)" if result["ok"] else
                                f"{len(result['problems'])} problem(s)"))
     lines += [f"  - {p['problem']}: {p['fix']}" for p in result["problems"]]
+    lines += [f"Note: {n}" for n in result.get("notes") or []]
     lines.append("Last runs:")
     lines += [f"  {_describe_run(r)}" for r in result["last_runs"]] or ["  (none yet)"]
     return "\n".join(lines)

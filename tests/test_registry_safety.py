@@ -5,6 +5,7 @@ Real NEU models from ../shared; the kill tests SIGKILL a real process at a named
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -338,3 +339,130 @@ def test_registry_with_two_versions_of_one_model_from_an_older_toolkit(ws, model
     assert run.returncode == 0, run.stderr
     assert ws.production_model.read_bytes() == models["v10"].read_bytes()
     assert _sidecar(ws)["version"] == "1.0"
+
+
+# --- issue 19: links, junk in production, refusals, interrupted runs ------------------------------
+
+def test_symlinked_archive_is_reported_and_production_is_never_its_only_copy(ws, models):
+    """Item 1: the archive of production replaced by a link to production itself."""
+    Registry.load(ws).promote(models["v11"])
+    archive = ws.models / "yolov8_v1.1.pt"
+    archive.unlink()
+    archive.symlink_to(Path("../..") / ws.production_model.name)
+    status = training_pipeline.status(ws.root)
+    assert not status["ok"]
+    assert any("yolov8_v1.1.pt" in p["problem"] and "link" in p["problem"] for p in status["problems"])
+    run = _rollback_cli(ws)
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert ws.production_model.read_bytes() == models["v10"].read_bytes()
+    # 1.1's bytes survive in a regular file of their own
+    assert not archive.is_symlink() and archive.read_bytes() == models["v11"].read_bytes()
+    _assert_consistent(ws, "1.0", models["v10"])
+
+
+def test_a_linked_archive_is_never_restored(ws, models):
+    """Item 1: an archive that is a link (to a copy elsewhere) is refused as a rollback target."""
+    Registry.load(ws).promote(models["v11"])
+    elsewhere = ws.root / "elsewhere.pt"
+    shutil.copyfile(models["v10"], elsewhere)
+    archive = ws.models / "yolov8_v1.0.pt"
+    archive.unlink()
+    archive.symlink_to(elsewhere)
+    run = _rollback_cli(ws, "1.0")
+    assert run.returncode == 1 and "link" in run.stderr, run.stderr[-1500:]
+    assert ws.production_model.read_bytes() == models["v11"].read_bytes()
+    assert "pending" not in Registry.load(ws).data
+
+
+def test_junk_production_is_kept_for_forensics_never_versioned_never_installed(ws, models):
+    """Item 2: 'not a model' in yolov8_model.pt; and a junk version left by an older toolkit."""
+    Registry.load(ws).promote(models["v11"])
+    junk = b"not a model\n"
+    ws.production_model.write_bytes(junk)
+    run = _rollback_cli(ws)
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert ws.production_model.read_bytes() == models["v11"].read_bytes()  # the last production that loads
+    registry = Registry.load(ws)
+    junk_sha = hashlib.sha256(junk).hexdigest()
+    assert registry.entry_by_sha(junk_sha) is None and [v["version"] for v in registry.versions] == ["1.0", "1.1"]
+    kept = registry.quarantined(junk_sha)
+    assert kept is not None and kept.read_bytes() == junk and not kept.name.startswith("yolov8_v")
+    _assert_consistent(ws, "1.1", models["v11"])
+    # an older toolkit registered the junk as 1.2: it is never installed again
+    shutil.copyfile(kept, ws.models / "yolov8_v1.2.pt")
+    registry.versions.append({**registry.entry("1.1"), "version": "1.2", "file": "yolov8_v1.2.pt",
+                              "sha256": junk_sha})
+    registry.save()
+    again = _rollback_cli(ws, "1.2")
+    assert again.returncode == 1 and "does not load" in again.stderr, again.stderr[-1500:]
+    assert ws.production_model.read_bytes() == models["v11"].read_bytes()
+    assert "pending" not in Registry.load(ws).data
+
+
+_FSIZE_PROMOTE = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)       # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+""" + _PROMOTE
+
+
+def test_a_refused_promotion_leaves_no_pending_record(ws, models):
+    """Item 10: a real write failure (RLIMIT_FSIZE: the 6 MB archive copy fails) leaves the registry clean."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(KILL_ENV, None)
+    run = subprocess.run([sys.executable, "-c", _FSIZE_PROMOTE, str(ws.root), str(models["v11"])], cwd=REPO,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 1 and "cannot archive" in run.stderr, run.stderr[-1500:]
+    assert "pending" not in Registry.load(ws).data
+    _assert_consistent(ws, "1.0", models["v10"])
+
+
+def test_rollback_reissued_after_a_killed_rollback_steps_back_once(ws, models):
+    """Item 10: the recovery finishes the killed rollback; the repeated command does not do a second one."""
+    Registry.load(ws).promote(models["v11"])
+    Registry.load(ws).promote(models["tiny"])
+    killed = _rollback_cli(ws, env={KILL_ENV: "installed"})
+    assert killed.returncode == -9, killed.stderr[-1500:]
+    again = _rollback_cli(ws)
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert "interrupted rollback to version 1.1 was finished" in again.stdout
+    _assert_consistent(ws, "1.1", models["v11"])
+
+
+def test_run_killed_after_production_was_replaced_gets_its_history_line(ws, models):
+    """Item 10: the history line of a killed promotion, and its report temp files, handled by the next run."""
+    stamp = "20990101-000000-000001"
+    env = {**os.environ, "PYTHONPATH": str(REPO), KILL_ENV: "sidecar_written"}
+    code = _PROMOTE.replace('metrics={"map50": 0.786}', f'run="{stamp}"')
+    killed = subprocess.run([sys.executable, "-c", code, str(ws.root), str(models["v11"])], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode == -9, killed.stderr[-1500:]
+    ws.reports.mkdir(parents=True, exist_ok=True)
+    temps = [ws.reports / f".compare_{stamp}.json.x1y2.tmp", ws.reports / f".pipeline_{stamp}.html.a9b8.tmp"]
+    for t in temps:
+        t.write_text("half a report")
+    assert not training_pipeline.status(ws.root)["ok"]  # --status names the leftovers
+    nightly = subprocess.run([sys.executable, str(REPO / "training_pipeline.py"), "--root", str(ws.root),
+                              "--if-new-data", "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert nightly.returncode == 0, nightly.stderr[-1500:]
+    runs = {r["run"]: r for r in training_pipeline.read_history(ws, last=10)}
+    assert runs[stamp]["decision"] == "promoted" and runs[stamp]["production"]["version"] == "1.1"
+    assert not any(t.exists() for t in temps)
+    _assert_consistent(ws, "1.1", models["v11"])
+
+
+def test_status_mentions_a_forced_first_model(tmp_path, models):
+    """Item 10: a first model promoted with --force below promotion.min_first_map is named by --status."""
+    from types import SimpleNamespace
+
+    from toolkit.config import Settings
+
+    compared = SimpleNamespace(decision={"first_model": True, "metric": "map50_95", "promote": True})
+    forced = training_pipeline._forced(compared, {"map50_95": 0.012}, Settings.load(tmp_path / "none.yaml"))
+    assert forced and "0.012" in forced and "min_first_map" in forced
+    assert training_pipeline._forced(compared, {"map50_95": 0.5}, Settings.load(tmp_path / "none.yaml")) is None
+    ws = Workspace.at(tmp_path / "ws")
+    ws.root.mkdir()
+    Registry.load(ws).promote(models["v10"], forced=forced)
+    out = _status_cli(ws.root)
+    assert out.returncode == 0 and "--force" in out.stdout and "0.012" in out.stdout, out.stdout

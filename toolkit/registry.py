@@ -21,14 +21,17 @@ entry -> production (temp, verified, atomic rename) -> sidecar -> event (pending
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import signal
-from dataclasses import dataclass
+import stat
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from toolkit.errors import UserError
 from toolkit.files import append_jsonl, atomic_write_json, commit_temp, copy_to_temp, sha256_file
@@ -67,6 +70,21 @@ def next_version(current: str | None, major: bool = False) -> str:
     return f"{maj + 1}.0" if major else f"{maj}.{minor + 1}"
 
 
+def is_regular(path: Path) -> bool:
+    """A regular file of its own (``lstat``: a symlink is not one, even to a regular file)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _not_regular(path: Path) -> str:
+    """'a link to X' / 'a folder' / 'not a regular file' for a path that exists but is not a file of its own."""
+    if path.is_symlink():
+        return f"a link to {os.readlink(path)}"
+    return "a folder" if path.is_dir() else "not a regular file"
+
+
 def _damaged(path: Path, why: str) -> UserError:
     return UserError(f"{path} is damaged ({why}); restore registry.json from a backup - "
                      "the archived models next to it are intact")
@@ -91,6 +109,10 @@ def _check_shape(path: Path, data: Any) -> dict[str, Any]:
     for i, e in enumerate(events):
         if not (isinstance(e, dict) and isinstance(e.get("action"), str) and isinstance(e.get("version"), str)):
             raise _damaged(path, f"events[{i}] lacks an action or version")
+    quarantined = data.get("quarantined", [])
+    if not (isinstance(quarantined, list) and all(isinstance(q, dict) and isinstance(q.get("sha256"), str)
+                                                    for q in quarantined)):
+        raise _damaged(path, "'quarantined' is not a list of kept files")
     pending = data.get("pending")
     if pending is not None:
         new = pending.get("entry") if isinstance(pending, dict) else None
@@ -107,6 +129,8 @@ def _check_shape(path: Path, data: Any) -> dict[str, Any]:
 class Registry:
     workspace: Workspace
     data: dict[str, Any]
+    # what this object's recover() finished for a killed run: [{action, version}]
+    finished: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def load(cls, workspace: Workspace) -> "Registry":
@@ -157,8 +181,12 @@ class Registry:
 
     def verify_archive(self, entry: dict[str, Any]) -> Path:
         path = self.workspace.models / entry["file"]
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise UserError(f"archived model of version {entry['version']} is missing ({path}); it cannot be used")
+        if not is_regular(path):
+            raise UserError(f"archived model {path} is {_not_regular(path)}, not a copy of its own; refusing to "
+                            f"use it - restore {path.name} from a backup (training_pipeline.py --root "
+                            f"{self.workspace.root} --status lists every archive)")
         actual = sha256_file(path)
         if actual != entry["sha256"]:
             raise UserError(f"archived model {path.name} does not match its recorded sha256 "
@@ -219,6 +247,8 @@ class Registry:
         found += list(ws.root.glob(f".{ws.production_sidecar.name}.*.tmp"))
         if ws.models.is_dir():
             found += list(ws.models.glob(".yolov8_v*.pt.*.tmp")) + list(ws.models.glob(f".{ws.registry.name}.*.tmp"))
+            found += list(self.quarantine_dir.glob(".yolov8_model.*.pt.*.tmp"))
+        found += stale_report_temps(ws)
         return sorted(found)
 
     def unregistered_archives(self) -> list[Path]:
@@ -226,7 +256,7 @@ class Registry:
             return []
         files = {v["file"] for v in self.versions}
         return sorted(p for p in self.workspace.models.glob("yolov8_v*.pt")
-                      if _ARCHIVE_RE.match(p.name) and p.name not in files)
+                      if _ARCHIVE_RE.match(p.name) and p.name not in files and is_regular(p))
 
     def recover(self) -> list[str]:
         """Finish or undo what a killed run left; call it holding the workspace lock. Returns what was done.
@@ -278,9 +308,12 @@ class Registry:
             self._write_sidecar(entry)
             last = self.events[-1] if self.events else None
             if not (last and last["action"] == action and last["version"] == entry["version"]):
-                self.events.append({"action": action, "version": entry["version"],
-                                    "previous": pending.get("previous"), "at": utc_now_iso(),
-                                    "note": "finished by recovery"})
+                event = {"action": action, "version": entry["version"], "previous": pending.get("previous"),
+                         "at": utc_now_iso(), "note": "finished by recovery"}
+                if pending.get("run"):
+                    event["run"] = pending["run"]
+                self.events.append(event)
+            self.finished.append({"action": action, "version": entry["version"]})
             done.append(f"finished the interrupted {action}: version {entry['version']} is in production")
         else:
             done.append(f"undid the interrupted {action} of version {pending.get('version')}: "
@@ -312,9 +345,11 @@ class Registry:
     # --- changes ------------------------------------------------------------------------------
 
     def _begin(self, action: str, sha: str, version: str, previous: str | None,
-               entry: dict[str, Any] | None = None) -> None:
+               entry: dict[str, Any] | None = None, run: str | None = None) -> None:
         self.data["pending"] = {"action": action, "sha256": sha, "version": version, "previous": previous,
                                 "entry": entry, "at": utc_now_iso()}
+        if run:
+            self.data["pending"]["run"] = run
         try:
             self.save()
         except OSError as exc:
@@ -323,8 +358,25 @@ class Registry:
                             "free space or fix the permissions of training/models and rerun") from None
         _step(f"{action}_pending")
 
-    def _end(self, action: str, version: str, previous: str | None) -> None:
-        self.events.append({"action": action, "version": version, "previous": previous, "at": utc_now_iso()})
+    @contextlib.contextmanager
+    def _refusal_clears_pending(self) -> Iterator[None]:
+        """A step refused before production was replaced (disk full, a model that does not load) leaves no
+        'pending' behind: nothing is left for the next run to finish or undo."""
+        try:
+            yield
+        except UserError:
+            if self.data.pop("pending", None) is not None:
+                try:
+                    self.save()
+                except OSError as exc:  # the next run drops it (production was not replaced)
+                    logger.debug("could not clear the pending record: %s", exc)
+            raise
+
+    def _end(self, action: str, version: str, previous: str | None, run: str | None = None) -> None:
+        event = {"action": action, "version": version, "previous": previous, "at": utc_now_iso()}
+        if run:  # the pipeline run that did it: its history line is written by the next run if it was killed
+            event["run"] = run
+        self.events.append(event)
         self.data.pop("pending", None)
         self.save()
 
@@ -355,6 +407,20 @@ class Registry:
         entry = self.entry_by_sha(sha)
         if entry is not None:
             archive = ws.models / entry["file"]
+            if archive.is_symlink() or (archive.exists() and not is_regular(archive)):
+                if archive.is_dir():
+                    raise UserError(f"production (version {entry['version']}) is not safely archived: {archive} is "
+                                    "a folder; move it away (production is then archived again) and rerun - "
+                                    "nothing was replaced")
+                # a link is no copy: production may be its only copy. It is archived again as a file of its
+                # own (the rename replaces the link itself, never what it points to) before anything else.
+                logger.warning("the archive of production version %s is %s, not a copy of its own; archiving "
+                               "production again", entry["version"], _not_regular(archive))
+                self._store_archive(ws.production_model, entry, "rearchive")
+                self.events.append({"action": "rearchive", "version": entry["version"], "at": utc_now_iso(),
+                                    "note": "its archive was a link"})
+                self.save()
+                return entry
             if archive.exists():
                 if sha256_file(archive) != sha:
                     raise UserError(f"production (version {entry['version']}) is not safely archived: {archive} "
@@ -384,22 +450,62 @@ class Registry:
 
         try:
             classes = model_class_names(ws.production_model, ws.ultralytics_config)
-        except UserError as exc:  # archived all the same: its bytes are what must not be lost
-            logger.warning("the production model does not load (%s); archiving its bytes anyway", exc)
-            classes = None
+        except UserError as exc:  # not a model: its bytes are kept, but it never becomes a version
+            self.quarantine_production(sha, str(exc))
+            return None
         lineage = self.production_lineage()
         previous = lineage[-1] if lineage else None
         entry = {"version": version, "file": self.archive_path(version).name, "sha256": sha,
                  "registered_at": utc_now_iso(), "parent": None, "source": "existing production model",
                  "classes": classes, "metrics": {}, "reasons": ["registered as found in production"]}
-        self._begin("register", sha, version, previous, entry)
-        self._store_archive(ws.production_model, entry, "register")
+        with self._refusal_clears_pending():
+            self._begin("register", sha, version, previous, entry)
+            self._store_archive(ws.production_model, entry, "register")
         self.versions.append(entry)
         self.save()
         self._write_sidecar(entry)
         self._end("register", version, previous)
         logger.info("registered the production model found in %s as version %s", ws.root, version)
         return entry
+
+    # --- a production file that is not a model: kept for forensics, never a version ---------------
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.workspace.models / "quarantine"
+
+    def quarantine_path(self, sha: str) -> Path:
+        return self.quarantine_dir / f"yolov8_model.{sha[:16]}.pt"
+
+    def quarantined(self, sha: str) -> Path | None:
+        """The verified forensic copy of the bytes ``sha`` (None: there is none)."""
+        path = self.quarantine_path(sha)
+        return path if is_regular(path) and sha256_file(path) == sha else None
+
+    def quarantine_production(self, sha: str, why: str) -> Path:
+        """Copy a ``yolov8_model.pt`` that does not load into ``training/models/quarantine/`` (verified).
+
+        Its bytes are kept for whoever investigates, outside the version list: it gets no version and
+        can never be installed again. Production may then be replaced by a version that loads.
+        """
+        dest = self.quarantine_path(sha)
+        if self.quarantined(sha) is None:
+            try:
+                tmp, _ = copy_to_temp(self.workspace.production_model, dest, expected_sha256=sha)
+                _step("quarantine_temp")
+                commit_temp(tmp, dest)
+            except OSError as exc:
+                raise UserError(f"{self.workspace.production_model} does not load as a model and cannot be kept "
+                                f"as {dest} ({exc}); nothing was replaced - free space or fix the permissions "
+                                "of training/models and rerun") from None
+            records = self.data.setdefault("quarantined", [])
+            records.append({"file": f"quarantine/{dest.name}", "sha256": sha, "at": utc_now_iso(),
+                            "why": why[:300]})
+            self.save()
+            logger.warning("%s does not load as a model (%s); its bytes are kept as %s for investigation - "
+                           "it gets no version and is never installed", self.workspace.production_model.name,
+                           why, dest)
+        return dest
 
     def register_existing_production(self) -> dict[str, Any] | None:
         """A production model found without a registry entry is archived first (version from its sidecar, else 1.0)."""
@@ -408,8 +514,13 @@ class Registry:
 
     def promote(self, model: Path, *, major: bool = False, metrics: dict | None = None,
                 reasons: list[str] | None = None, dataset_version: Any = None, run_dir: str | None = None,
-                source: str = "pipeline", classes: list[str] | None = None) -> dict[str, Any]:
-        """Archive ``model`` (a new version, or its existing one) and make it production (atomic replace)."""
+                source: str = "pipeline", classes: list[str] | None = None,
+                forced: str | None = None, run: str | None = None) -> dict[str, Any]:
+        """Archive ``model`` (a new version, or its existing one) and make it production (atomic replace).
+
+        ``forced``: why a rule was overridden (a first model below ``min_first_map`` with --force);
+        ``--status`` mentions it for as long as that version is production.
+        """
         model = Path(model)
         self.recover()
         parent = self.ensure_production_archived()
@@ -421,25 +532,30 @@ class Registry:
                 logger.info("the candidate is version %s, already in production: nothing to do", previous)
                 return entry
             logger.info("the candidate is version %s (same sha256): that version is promoted again", entry["version"])
-            self._begin("promote", sha, entry["version"], previous)
-            if not (self.workspace.models / entry["file"]).exists():
-                self._store_archive(model, entry, "promote")
+            with self._refusal_clears_pending():
+                self._begin("promote", sha, entry["version"], previous, run=run)
+                if not is_regular(self.workspace.models / entry["file"]):
+                    self._store_archive(model, entry, "promote")
+                self._install(entry)
         else:
             version = self._free_version(major=major)
             entry = {"version": version, "file": self.archive_path(version).name, "sha256": sha,
                      "registered_at": utc_now_iso(), "parent": previous, "source": source,
                      "metrics": metrics or {}, "reasons": reasons or [], "dataset_version": dataset_version,
                      "run_dir": run_dir, "classes": classes}
-            self._begin("promote", sha, version, previous, entry)
-            self._store_archive(model, entry, "promote")
-            self.versions.append(entry)
-            self.save()
-            _step("promote_registered")
-        self._install(entry)
-        self._end("promote", entry["version"], previous)
+            if forced:
+                entry["forced"] = forced
+            with self._refusal_clears_pending():
+                self._begin("promote", sha, version, previous, entry, run=run)
+                self._store_archive(model, entry, "promote")
+                self.versions.append(entry)
+                self.save()
+                _step("promote_registered")
+                self._install(entry)
+        self._end("promote", entry["version"], previous, run=run)
         return entry
 
-    def rollback(self, version: str | None = None) -> dict[str, Any]:
+    def rollback(self, version: str | None = None, run: str | None = None) -> dict[str, Any]:
         """Restore an archived version (default: the production before the current one)."""
         self.recover()
         current = self.ensure_production_archived()
@@ -458,9 +574,10 @@ class Registry:
             raise UserError(f"version {target['version']} is already in production")
         self.verify_archive(target)
         previous = current["version"] if current else None
-        self._begin("rollback", target["sha256"], target["version"], previous)
-        self._install(target)
-        self._end("rollback", target["version"], previous)
+        with self._refusal_clears_pending():
+            self._begin("rollback", target["sha256"], target["version"], previous, run=run)
+            self._install(target)
+        self._end("rollback", target["version"], previous, run=run)
         return target
 
     def _install(self, entry: dict[str, Any]) -> None:
@@ -468,8 +585,12 @@ class Registry:
         archive = self.verify_archive(entry)
         production = self.workspace.production_model
         current = sha256_file(production) if production.exists() else None
-        if current is not None and self.entry_by_sha(current) is None:  # the invariant, checked at the last moment
-            raise UserError(f"{production} is not archived; refusing to replace it")
+        if current is not None:  # the invariant, checked at the last moment: a verified copy of its own
+            kept = self.entry_by_sha(current)
+            copy = self.workspace.models / kept["file"] if kept else self.quarantined(current)
+            if copy is None or not is_regular(copy) or sha256_file(copy) != current:
+                raise UserError(f"{production} is not archived as a file of its own; refusing to replace it")
+        self._require_loads(archive, entry["version"])
         try:
             tmp, _ = copy_to_temp(archive, production, expected_sha256=entry["sha256"])
             _step("install_temp")
@@ -480,6 +601,16 @@ class Registry:
         self._write_sidecar(entry)
         _step("sidecar_written")
 
+    def _require_loads(self, archive: Path, version: str) -> None:
+        """Nothing that does not load as a model is ever installed as production."""
+        from toolkit.offline import model_class_names
+
+        try:
+            model_class_names(archive, self.workspace.ultralytics_config)
+        except UserError as exc:
+            raise UserError(f"version {version} ({archive.name}) does not load as a model ({exc}); it is never "
+                            "installed - choose another version (--status lists them)") from None
+
     def _write_sidecar(self, entry: dict[str, Any]) -> None:
         sidecar = {"version": entry["version"], "sha256": entry["sha256"], "classes": entry.get("classes"),
                    "metrics": entry.get("metrics", {}), "promoted_at": utc_now_iso(),
@@ -487,6 +618,14 @@ class Registry:
         atomic_write_json(self.workspace.production_sidecar, sidecar)
 
     # --- checks (read-only, for --status) ----------------------------------------------------
+
+    def notes(self) -> list[str]:
+        """What --status should say although nothing is inconsistent (a production promoted with --force)."""
+        current = self.production_entry()
+        if current is not None and current.get("forced"):
+            return [f"production version {current['version']} was promoted although it did not pass the rules "
+                    f"({current['forced']}); it detects little - train on more images and rerun the pipeline"]
+        return []
 
     def check(self) -> list[dict[str, str]]:
         """What is wrong, each as {problem, fix}; nothing is changed."""
@@ -501,6 +640,10 @@ class Registry:
         if prod_sha is None and self.versions:
             add(f"{ws.production_model.name} is missing although {len(self.versions)} version(s) are registered",
                 f"restore one with training_pipeline.py --root {ws.root} --rollback VERSION")
+        elif prod_sha is not None and current is None and self.quarantined(prod_sha) is not None:
+            add(f"{ws.production_model.name} does not load as a model (its bytes are kept as "
+                f"{self.quarantine_path(prod_sha)})",
+                f"install a version that loads: training_pipeline.py --root {ws.root} --rollback")
         elif prod_sha is not None and current is None:
             add(f"production (sha256 {prod_sha[:12]}) is not in the registry yet",
                 "nothing is lost: it is archived and registered as a version before anything replaces it "
@@ -508,9 +651,18 @@ class Registry:
         if current is not None and self._sidecar_disagrees(current):
             add(f"{ws.production_sidecar.name} does not describe the production model (version {current['version']})",
                 repair)
+        if prod_sha is not None and not is_regular(ws.production_model):
+            add(f"{ws.production_model.name} is {_not_regular(ws.production_model)}, not a file of its own",
+                f"replace it with a copy: training_pipeline.py --root {ws.root} --rollback VERSION installs one")
         for entry in self.versions:
             path = ws.models / entry["file"]
-            if not path.exists():
+            if path.is_symlink() or (path.exists() and not is_regular(path)):
+                is_prod = current is not None and current["version"] == entry["version"]
+                add(f"the archive of version {entry['version']} ({path.name}) is {_not_regular(path)}, "
+                    "not a copy of its own",
+                    f"production holds it: {repair} (it archives production again)" if is_prod else
+                    f"restore {path.name} from a backup; until then version {entry['version']} cannot be restored")
+            elif not path.exists():
                 is_prod = current is not None and current["version"] == entry["version"]
                 add(f"the archive of version {entry['version']} is missing ({path.name})",
                     f"production holds it: {repair}" if is_prod else
@@ -529,6 +681,11 @@ class Registry:
         if pending:
             add(f"an interrupted {pending['action']} of version {pending.get('version')}",
                 f"{repair}: it is finished if production was replaced, else undone")
+        if ws.models.is_dir():
+            for path in sorted(ws.models.glob("yolov8_v*.pt")):
+                if _ARCHIVE_RE.match(path.name) and path.name not in {v["file"] for v in self.versions} \
+                        and not is_regular(path):
+                    add(f"{path.name} is {_not_regular(path)}, not an archive", "delete it; nothing depends on it")
         for path in self.unregistered_archives():
             twin = self.entry_by_sha(sha256_file(path))
             if twin is not None:
@@ -542,6 +699,55 @@ class Registry:
         if temps:
             add(f"{len(temps)} temp file(s) left by an interrupted copy ({temps[0].name})", repair)
         return problems
+
+
+# Reports of the stages that hold the workspace lock: a temp file of theirs found under the lock is
+# left by a killed writer. The analyzer writes without the lock: its temp files count once old.
+_LOCKED_REPORTS = ("pipeline_", "compare_", "prepare_", "train_", "setup_")
+_STALE_TEMP_S = 3600
+
+
+def stale_report_temps(workspace: Workspace) -> list[Path]:
+    """``training/reports/.<report>.<random>.tmp`` left by a killed report writer (call holding the lock)."""
+    if not workspace.reports.is_dir():
+        return []
+    now, found = time.time(), []
+    for path in workspace.reports.glob(".*.tmp"):
+        try:
+            old = now - path.lstat().st_mtime > _STALE_TEMP_S
+        except OSError:
+            continue
+        if path.name[1:].startswith(_LOCKED_REPORTS) or old:
+            found.append(path)
+    return found
+
+
+def record_interrupted_runs(registry: Registry) -> list[dict[str, Any]]:
+    """A history line for each run that changed production but was killed before writing its own.
+
+    Promotions and rollbacks of the pipeline carry the run's stamp in their registry event; an event
+    whose run has no history line gets one now (decision 'promoted' or 'rollback'), saying so.
+    """
+    runs = {e["run"]: e for e in registry.events if e.get("run") and e["action"] in ("promote", "rollback")}
+    if not runs:
+        return []
+    logged = {r.get("run") for r in read_history(registry.workspace, last=len(runs) + 1000)}
+    added = []
+    for stamp, event in runs.items():
+        if stamp in logged:
+            continue
+        entry = registry.entry(event["version"])
+        record = {"run": stamp, "finished_at": event["at"],
+                  "decision": "promoted" if event["action"] == "promote" else "rollback",
+                  "production": {"version": event["version"], "path": str(registry.workspace.production_model),
+                                 "sha256": entry["sha256"] if entry else None},
+                  "from_version": event.get("previous"),
+                  "note": "this run was interrupted after production was replaced; recorded by the next run"}
+        append_history(registry.workspace, record)
+        logger.info("recovery: wrote the history line of run %s (%s version %s), which was interrupted",
+                    stamp, record["decision"], event["version"])
+        added.append(record)
+    return added
 
 
 def append_history(workspace: Workspace, record: dict[str, Any]) -> None:
