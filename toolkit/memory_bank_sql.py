@@ -84,9 +84,10 @@ def parse_url(text: str) -> BankLocation:
     """``postgresql://user@host:5432/db?table=schema.detections`` -> BankLocation; UserError if not a URL.
 
     PostgreSQL URLs are parsed here (the reader then needs no SQLAlchemy import, a third of a second
-    of every run); other dialects by SQLAlchemy.
+    of every run); other dialects by SQLAlchemy. The user information ends at the last ``@`` before
+    the host (``split_url``), so a password may hold ``@``, ``/`` or ``:`` written raw.
     """
-    from urllib.parse import parse_qsl, unquote, urlsplit
+    from urllib.parse import parse_qsl, unquote
 
     text = str(text).strip()
     shown = mask_url(text)
@@ -94,9 +95,11 @@ def parse_url(text: str) -> BankLocation:
                     "postgresql://user@host:5432/inspection?table=detections")
     scheme = text.split("://", 1)[0].lower()
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
-        parts = urlsplit(text)
-        userinfo, _, hostport = parts.netloc.rpartition("@")
-        user, has_pw, password = userinfo.partition(":")
+        parts = split_url(text)
+        if parts is None:
+            raise bad
+        _, userinfo, hostport, tail = parts
+        user, has_pw, password = (userinfo or "").partition(":")
         if hostport.startswith("["):  # [::1]:5432
             host, _, rest = hostport[1:].partition("]")
             port_text = rest[1:] if rest.startswith(":") else ""
@@ -104,12 +107,13 @@ def parse_url(text: str) -> BankLocation:
             host, _, port_text = hostport.partition(":")
         if port_text and not port_text.isdigit():
             raise bad
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        path, _, query_text = tail.split("#", 1)[0].partition("?")
+        query = dict(parse_qsl(query_text, keep_blank_values=True))
         table = query.pop("table", SQLITE_TABLE)
         loc = dict(backend="postgresql", drivername="postgresql+psycopg", host=unquote(host) or None,
                    port=int(port_text) if port_text else None, username=unquote(user) or None,
                    password=unquote(password) if has_pw else None,
-                   database=unquote(parts.path.lstrip("/")) or None, query=query)
+                   database=unquote(path.lstrip("/")) or None, query=query)
     else:
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
@@ -125,18 +129,67 @@ def parse_url(text: str) -> BankLocation:
     schema, _, name = table.rpartition(".")
     if not name:
         raise UserError(f"{shown}: ?table= names no table; e.g. ?table=detections")
-    if "password" in query:  # ?password=... is a libpq parameter too: treated like one in the URL
+    if "password" in query:  # ?password=... is a libpq parameter too: treated like one in the URL (masked above)
         given = query.pop("password")
         loc["password"] = loc["password"] or given
-        shown = re.sub(r"([?&]password=)[^&]*", r"\1***", shown)
-    if loc["password"]:
-        shown = shown.replace(loc["password"], "***")
     return BankLocation(table=name, schema=schema or None, shown=shown, **loc)
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+# what may follow the user information: a host name, an IPv4/IPv6 address or nothing (a socket), a port
+_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.%]*\]|[A-Za-z0-9._%~\-]*)(:[0-9]*)?$")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
+
+
+def split_url(text: str) -> tuple[str, str | None, str, str] | None:
+    """``scheme://``, user information (None: none), ``host[:port]``, the rest (``/db?query``).
+
+    Split as the driver reads it: the user information ends at the LAST ``@`` that is followed by
+    a host (a name or address, an optional port, then ``/``, ``?``, ``#`` or the end), so a raw
+    ``@``, ``/`` or ``:`` inside a password stays inside it. None: not ``scheme://...``.
+    """
+    match = _SCHEME.match(text)
+    if not match:
+        return None
+    scheme, rest = match.group(0), text[match.end():]
+    at = len(rest)
+    while (at := rest.rfind("@", 0, at)) >= 0:
+        host_end = len(rest)
+        for sep in "/?#":
+            found = rest.find(sep, at + 1)
+            if found >= 0:
+                host_end = min(host_end, found)
+        if _HOSTPORT.match(rest[at + 1:host_end]):
+            return scheme, rest[:at], rest[at + 1:host_end], rest[host_end:]
+    host_end = len(rest)
+    for sep in "/?#":
+        found = rest.find(sep)
+        if found >= 0:
+            host_end = min(host_end, found)
+    return scheme, None, rest[:host_end], rest[host_end:]
+
+
+def _mask_one(url: str) -> str:
+    parts = split_url(url)
+    if parts is None:
+        return url
+    scheme, userinfo, hostport, tail = parts
+    if userinfo is not None and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    tail = re.sub(r"([?&]password=)[^&#]*", r"\1***", tail, flags=re.IGNORECASE)
+    return f"{scheme}{userinfo + '@' if userinfo is not None else ''}{hostport}{tail}"
+
+
 def mask_url(text: str) -> str:
-    """A URL with any password replaced by ``***`` (for text that is not even a valid URL, too)."""
-    return re.sub(r"(://[^/:@\s]*:)[^@/\s]*@", r"\1***@", str(text))
+    """Text with the password of each URL in it replaced by ``***`` (``?password=`` too).
+
+    The password is found where the driver finds it (``split_url``), never by searching for its
+    text: a password that also occurs in the host, the database or the table masks nothing else.
+    """
+    text = str(text)
+    if _SCHEME.match(text.strip()):  # one URL (a password may even hold a space)
+        return _mask_one(text.strip())
+    return _URL_IN_TEXT.sub(lambda m: _mask_one(m.group(0)), text)
 
 
 # --- connections and one-line errors -------------------------------------------------------------
