@@ -40,7 +40,7 @@ from typing import Any
 
 from toolkit.cli import add_options, build_parser, config_from_args, run_main, to_jsonable
 from toolkit.config import Settings, check_value, option, resolve_config, setting
-from toolkit.datafile import read_class_names
+from toolkit.datafile import read_data_yaml
 from toolkit.dataset.store import settle_dataset
 from toolkit.errors import UserError
 from toolkit.files import atomic_write_json, atomic_write_text
@@ -129,10 +129,7 @@ def _check_dataset(data: Path) -> list[str]:
     if not data.is_file():
         raise UserError(f"no dataset file at {data}; run setup_training.py and dataset_preparer.py first "
                         "(or pass --data DATA.yaml)")
-    classes = read_class_names(data)
-    import yaml
-
-    spec = yaml.safe_load(data.read_text(encoding="utf-8")) or {}
+    spec, classes = read_data_yaml(data)  # the toolkit's one YAML reader: alias bombs refused
     base = Path(spec.get("path") or data.parent)
     if not base.is_absolute():
         base = (data.parent / base).resolve()
@@ -233,10 +230,10 @@ def _resume(workspace: Workspace, config: TrainConfig) -> TrainResult:
         raise UserError(f"--resume continues a run with its own settings; drop {', '.join(given)} "
                         f"(a resumed run may change only {', '.join(_RESUME_ALLOWED)}), or start a new run")
     run_dir = tr.resolve_resume_dir(workspace.runs, config.resume)
-    import yaml
+    from toolkit.config import load_yaml_text
 
     settings_file = run_dir / tr.SETTINGS_NAME
-    saved = yaml.safe_load(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+    saved = load_yaml_text(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
     toolkit_saved = dict(saved.get("toolkit") or {})
     last = run_weights(run_dir, "last")
     from toolkit.offline import load_yolo

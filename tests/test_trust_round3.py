@@ -76,3 +76,113 @@ def test_password_with_at_sign_never_reaches_stdout_reports_or_logs(postgres, tm
     assert training_analyzer.main(["--root", str(root), "--memory-bank", url.replace("at_bank", "nothere")]) == 1
     err = capsys.readouterr().err
     assert "no table 'nothere'" in err and "atuser2:***@127.0.0.1" in err and "Cd1" not in err
+
+
+# --- item 6: a YAML alias bomb in any YAML the toolkit reads ---------------------------------------
+
+def _alias_bomb(key: str = "names", levels: int = 9) -> str:
+    """~600 bytes, 9 levels of 9 aliases: 9**9 strings if anything walked it expanded."""
+    parts = ['&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        parts.append(f"&{chr(97 + i)} [{', '.join(['*' + chr(96 + i)] * 9)}]")
+    return f"{key}: [{', '.join(parts)}]\n"
+
+
+def test_an_alias_bomb_data_yaml_in_an_import_source_is_one_quick_error_line(tmp_path):
+    """Item 6: the real preparer on a source whose data.yaml is a bomb (it took 102 s and 2.8 GB)."""
+    import setup_training
+    from toolkit.synthetic import NEU_CLASSES, write_batch
+
+    setup_training.run(setup_training.SetupConfig(root=tmp_path / "ws", classes=NEU_CLASSES))
+    src = write_batch(tmp_path / "batch", 3, size=64, seed=1).root
+    bomb = _alias_bomb()
+    assert len(bomb) < 700
+    (src / "data.yaml").write_text("path: .\ntrain: images\n" + bomb)
+    run = subprocess.run([sys.executable, str(REPO / "dataset_preparer.py"), "--root", str(tmp_path / "ws"),
+                          "--source", str(src)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stderr[-800:]
+    errors = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "data.yaml" in errors[0] and "aliases" in errors[0], run.stderr[-800:]
+    assert len(errors[0]) < 400
+
+
+def test_every_toolkit_yaml_reader_refuses_an_alias_bomb(tmp_path):
+    """Item 6: dataset.yaml (read by training, the comparator and the manifest) goes through the one loader;
+    a --set value that is a bomb stays the text it is."""
+    from toolkit.config import parse_set_pairs
+    from toolkit.datafile import read_data_yaml
+    from toolkit.errors import UserError
+
+    path = tmp_path / "dataset.yaml"
+    path.write_text("path: .\ntrain: train.txt\n" + _alias_bomb())
+    with pytest.raises(UserError, match="aliases"):
+        read_data_yaml(path)
+    value = _alias_bomb("x").split(": ", 1)[1]
+    assert parse_set_pairs([f"lr0={value}"]) == {"lr0": value}
+
+
+def test_aliases_within_bounds_still_load():
+    from toolkit.config import load_yaml_text
+
+    assert load_yaml_text("a: &x [1, 2]\nb: *x\n") == {"a": [1, 2], "b": [1, 2]}
+
+
+# --- item 7: every numeric setting has a sane range, checked when the settings load -----------------
+
+def _numeric_keys() -> list[str]:
+    from toolkit.config import DEFAULTS, KEYS, _get
+
+    keys = []
+    for key in KEYS:
+        try:
+            default = _get(DEFAULTS, key)
+        except (KeyError, TypeError):
+            continue
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            keys.append(key)
+    return keys
+
+
+@pytest.mark.parametrize("value", [1e12, -1e12, 100000])
+def test_every_numeric_setting_refuses_an_absurd_value_naming_the_key(tmp_path, value):
+    from toolkit.config import Settings
+    from toolkit.errors import ConfigError
+
+    keys = _numeric_keys()
+    assert {"training.imgsz", "promotion.bootstrap_resamples", "training.epochs", "evaluation.batch"} <= set(keys)
+    accepted = []
+    for key in keys:
+        section, _, name = key.rpartition(".")
+        text = ""
+        indent = ""
+        for part in section.split("."):
+            text += f"{indent}{part}:\n"
+            indent += "  "
+        (tmp_path / "training.yaml").write_text(f"{text}{indent}{name}: {value!r}\n")
+        try:
+            Settings.load(tmp_path / "training.yaml")
+        except ConfigError as exc:
+            assert f"'{key}'" in str(exc), str(exc)
+            continue
+        accepted.append(key)
+    allowed = {"training.seed"} if value == 100000 else set()  # a seed may be any 32-bit number
+    assert set(accepted) == allowed, f"{value!r} accepted for {accepted}"
+
+
+def test_imgsz_and_resamples_of_the_issue_fail_at_dry_run(tmp_path):
+    """Item 7: imgsz 100000 passed --dry-run; bootstrap_resamples 1e12 ran 37 s into a MemoryError."""
+    import setup_training
+    from toolkit.synthetic import NEU_CLASSES
+
+    root = tmp_path / "ws"
+    setup_training.run(setup_training.SetupConfig(root=root, classes=NEU_CLASSES))
+    yaml_path = root / "training" / "configs" / "training.yaml"
+    original = yaml_path.read_text()
+    for old, new, key in (("imgsz: 640", "imgsz: 100000", "training.imgsz"),
+                          ("bootstrap_resamples: 1000", "bootstrap_resamples: 1000000000000", "promotion.bootstrap_resamples")):
+        assert old in original
+        yaml_path.write_text(original.replace(old, new, 1))
+        run = subprocess.run([sys.executable, str(REPO / "training_pipeline.py"), "--root", str(root), "--dry-run"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 or run.returncode == 1, run.stdout[-500:]
+        assert key in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr[-800:]

@@ -151,8 +151,51 @@ analyzer:
 
 # --------------------------------------------------------------------------------- YAML reading
 
+MAX_YAML_VALUES = 100_000  # a data.yaml of 1 000 classes is ~2 000; a 600-byte alias bomb, 9**9
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A YAML text whose aliases expand beyond ``MAX_YAML_VALUES`` values (a 'billion laughs' file)."""
+
+    def __init__(self, where: str, mark: Any = None):
+        self.problem = (f"{where} expands to more than {MAX_YAML_VALUES:,} values through its aliases (*name); "
+                        "write the values out")
+        self.problem_mark = mark
+        super().__init__(self.problem)
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key written twice in one mapping (YAML would keep the last)."""
+    """SafeLoader that refuses a key written twice in one mapping (YAML would keep the last), and a
+    text whose aliases expand beyond ``MAX_YAML_VALUES`` values: each node's expanded size is
+    counted as it is composed (an alias counts the whole node it names), before anything walks it.
+    """
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}
+        self._keys: list[str] = []
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        key = index.value if isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.ScalarNode) else None
+        if key is not None:
+            self._keys.append(str(key)[:40])
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            if key is not None:
+                self._keys.pop()
+        if id(node) not in self._sizes:
+            if isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(self._sizes.get(id(c), 1) for c in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                size = 1 + sum(self._sizes.get(id(k), 1) + self._sizes.get(id(v), 1) for k, v in node.value)
+            else:
+                size = 1
+            if size > MAX_YAML_VALUES:
+                where = f"'{'.'.join(self._keys + ([key] if key else []))}'" if self._keys or key else "the file"
+                raise YamlTooLarge(where, node.start_mark)
+            self._sizes[id(node)] = size
+        return node
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -175,7 +218,10 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 
 def load_yaml_text(text: str) -> Any:
-    """``yaml.safe_load`` that refuses duplicate keys."""
+    """``yaml.safe_load`` that refuses duplicate keys and alias bombs (``YamlTooLarge``).
+
+    The one YAML reader of the toolkit: training.yaml, dataset.yaml, an import source's data.yaml.
+    """
     return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
@@ -208,8 +254,10 @@ def integer(lo: int | None = None, hi: int | None = None) -> Rule:
         if isinstance(value, bool) or not (isinstance(value, int) or (_is_number(value) and float(value).is_integer())):
             raise ValueError("must be a whole number")
         value = int(value)
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ValueError(f"must be {_bounds(lo, hi)}")
+        if lo is not None and value < lo:
+            raise ValueError(f"must be {lo} or more")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be {hi} or less")
         return value
     return rule
 
@@ -274,13 +322,22 @@ def device(value: Any) -> str:
     raise ValueError("must be '', cpu, a GPU index such as 0, or indices such as 0,1")
 
 
+# Upper bounds of the numeric settings: far beyond any real use, low enough that a typo (an extra
+# zero or three) is refused when the settings load instead of failing deep in OpenCV or numpy
+# (imgsz 100000: a 30 GB image buffer; bootstrap_resamples 1e12: a 7 TiB array).
+MAX_IMGSZ = 8192
+MAX_EPOCHS = 10_000
+MAX_BATCH = 4096
+MAX_RESAMPLES = 50_000  # a Python loop, one mAP per resample: minutes at this count
+
+
 def batch_size(value: Any) -> int | float:
     if _is_number(value) and 0 < value < 1:
         return float(value)  # ultralytics: a share of the GPU memory
     value = integer()(value)
-    if value == -1 or value >= 1:
+    if value == -1 or 1 <= value <= MAX_BATCH:
         return value
-    raise ValueError("must be -1 (largest that fits the GPU), a share such as 0.7, or 1 or more")
+    raise ValueError(f"must be -1 (largest that fits the GPU), a share such as 0.7, or 1 to {MAX_BATCH}")
 
 
 def cache_mode(value: Any) -> str:
@@ -349,16 +406,16 @@ KEYS: dict[str, Key] = {
     "training.start_from": Key(text(), "--from", "starting point: production | scratch | PATH to a .pt "
                                "(empty: production if yolov8_model.pt exists, else scratch)",
                                metavar="production|scratch|PATH"),
-    "training.epochs": Key(integer(1), "--epochs", "training epochs", type=int),
-    "training.imgsz": Key(integer(32), "--imgsz", "image size in pixels that the model trains at", type=int),
+    "training.epochs": Key(integer(1, MAX_EPOCHS), "--epochs", "training epochs", type=int),
+    "training.imgsz": Key(integer(32, MAX_IMGSZ), "--imgsz", "image size in pixels that the model trains at", type=int),
     "training.batch": Key(auto_or(batch_size), "--batch", "images per training batch (-1: as many as fit one GPU)", type=float),
     "training.device": Key(device, "--device", "cpu | 0 | 0,1,2,3 (several GPUs: ultralytics DDP); "
                            "empty: GPU 0 if there is one, else cpu"),
-    "training.workers": Key(auto_or(integer(0)), "--workers", "data loader processes", type=int),
-    "training.patience": Key(integer(0), "--patience", "stop after this many epochs without val improvement "
+    "training.workers": Key(auto_or(integer(0, 64)), "--workers", "data loader processes", type=int),
+    "training.patience": Key(integer(0, MAX_EPOCHS), "--patience", "stop after this many epochs without val improvement "
                              "(0: never)", type=int),
-    "training.seed": Key(integer(), "--seed", "random seed", type=int),
-    "training.time_limit": Key(number(0), "--time-limit", "stop cleanly at the first epoch end that would pass "
+    "training.seed": Key(integer(0, 2**32 - 1), "--seed", "random seed", type=int),
+    "training.time_limit": Key(number(0, 24 * 365), "--time-limit", "stop cleanly at the first epoch end that would pass "
                                "this many hours (best.pt kept; 0: no limit)", metavar="HOURS", type=float),
     "training.cache": Key(cache_mode),
     "training.optimizer": Key(text()),
@@ -368,22 +425,22 @@ KEYS: dict[str, Key] = {
     "dataset.near_duplicate_bits": Key(integer(0, 64), "--near-duplicate-bits",
                                        "perceptual-hash distance (of 64 bits) for near-duplicates", type=int),
     "evaluation.split": Key(text(), "--split", "split to score on"),
-    "evaluation.imgsz": Key(optional(integer(32)), "--imgsz", "image size for scoring; empty: each model at the "
+    "evaluation.imgsz": Key(optional(integer(32, MAX_IMGSZ)), "--imgsz", "image size for scoring; empty: each model at the "
                             "size it was trained at", type=int),
-    "evaluation.batch": Key(integer(1), "--batch", "images per inference batch", type=int),
+    "evaluation.batch": Key(integer(1, MAX_BATCH), "--batch", "images per inference batch", type=int),
     "evaluation.conf": Key(number(0, 1, hi_open=True), "--conf", "confidence threshold; keep it low for mAP",
                            type=float),
     "evaluation.iou": Key(number(0, 1, lo_open=True), "--iou", "NMS IoU threshold", type=float),
     "evaluation.device": Key(device, "--device", "cpu | 0 | ...; empty: GPU 0 if there is one, else cpu"),
-    "evaluation.speed_images": Key(integer(0), "--speed-images", "images timed per model for ms/image "
+    "evaluation.speed_images": Key(integer(0, 10_000), "--speed-images", "images timed per model for ms/image "
                                    "(0: no timing)", type=int),
     "promotion.metric": Key(metric),
     "promotion.min_gain": Key(number(-1, 1)),
     "promotion.max_class_drop": Key(number(0, 1)),
     "promotion.require_significance": Key(flag_value),
-    "promotion.bootstrap_resamples": Key(integer(1000), "--resamples", "bootstrap resamples for the 95% "
+    "promotion.bootstrap_resamples": Key(integer(1000, MAX_RESAMPLES), "--resamples", "bootstrap resamples for the 95% "
                                          "interval of the gain", type=int),
-    "promotion.max_slowdown": Key(number(0, lo_open=True)),
+    "promotion.max_slowdown": Key(number(0, 1000, lo_open=True)),
     "promotion.min_first_map": Key(number(0, 1)),
     "memory_bank.url": Key(text()),  # --memory-bank (training_analyzer.py) overrides it, relative to the cwd
     "analyzer.near_duplicate_bits": Key(integer(0, 64)),
@@ -393,8 +450,11 @@ KEYS: dict[str, Key] = {
     "analyzer.iou_match": Key(number(0, 1, lo_open=True), "--iou-match",
                               "IoU at which a detection matches a reviewed label", type=float),
 }
-# Every augmentation value is a number (ultralytics checks their ranges when training starts).
-KEYS.update({f"training.augment.{name}": Key(number()) for name in DEFAULTS["training"]["augment"]})
+# Every augmentation value is checked when the settings load, not when training starts: shares of
+# the image or probabilities in [0, 1], rotation in degrees, close_mosaic in epochs.
+_AUGMENT_RANGES: dict[str, Rule] = {"degrees": number(0, 180), "close_mosaic": integer(0, MAX_EPOCHS)}
+KEYS.update({f"training.augment.{name}": Key(_AUGMENT_RANGES.get(name, number(0, 1)))
+             for name in DEFAULTS["training"]["augment"]})
 _MAPPING_VALUES = {"dataset.split"}  # a mapping that is one value, checked whole
 
 
@@ -563,7 +623,7 @@ def parse_set_pairs(pairs: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {short(pair)}: write it as key=value, e.g. --set lr0=0.005")
         try:
-            result[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            result[key.strip()] = load_yaml_text(raw) if raw.strip() else ""
         except yaml.YAMLError:
             result[key.strip()] = raw
     return result

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import yaml
 
+from toolkit.config import load_yaml_text, short
 from toolkit.errors import UserError
 from toolkit.files import atomic_write_text
 from toolkit.layout import SPLITS, Workspace
@@ -35,9 +36,10 @@ def read_data_yaml(path: str | Path) -> tuple[dict, list[str]]:
     """An ultralytics data yaml and its class names (``names`` as a list or an id->name mapping)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read {path}: {exc}; rerun setup_training.py --force to regenerate it") from None
+        data = load_yaml_text(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read {path}: {short(getattr(exc, 'problem', None) or exc)}; rerun "
+                        "setup_training.py --force to regenerate it") from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
         names = [names[k] for k in sorted(names, key=int)]

@@ -26,6 +26,7 @@ from typing import Iterable, Mapping, Sequence
 
 import yaml
 
+from toolkit.config import YamlTooLarge, load_yaml_text
 from toolkit.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,9 @@ def _find_data_yaml(index: FileIndex, explicit: Path | None) -> tuple[Path, dict
         if path is None:
             continue
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml_text(path.read_text(encoding="utf-8"))
+        except YamlTooLarge as exc:  # refused at once, found or given: never walked, never skipped silently
+            raise UserError(f"{path}: {exc.problem}; fix or remove this file and rerun") from None
         except (OSError, yaml.YAMLError, UnicodeDecodeError):
             if explicit:
                 raise UserError(f"{path} is not a readable YAML file; check the data yaml you passed") from None

@@ -110,10 +110,12 @@ def write_split_lists(workspace: Workspace, manifest: dict) -> None:
     if workspace.dataset_yaml.exists():
         import yaml
 
+        from toolkit.config import load_yaml_text
+
         try:
-            data = yaml.safe_load(workspace.dataset_yaml.read_text(encoding="utf-8")) or {}
+            data = load_yaml_text(workspace.dataset_yaml.read_text(encoding="utf-8")) or {}
             yaml_ok = all(data.get(s) == workspace.split_list(s).name for s in SPLITS)
-        except (OSError, yaml.YAMLError, AttributeError):
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
             yaml_ok = False
     if not yaml_ok:
         names = (read_class_names(workspace.dataset_yaml) if workspace.dataset_yaml.exists()
