@@ -186,3 +186,79 @@ def test_imgsz_and_resamples_of_the_issue_fail_at_dry_run(tmp_path):
                              cwd=REPO, capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 or run.returncode == 1, run.stdout[-500:]
         assert key in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr[-800:]
+
+
+# --- item 9: the safe loader never goes online ----------------------------------------------------
+
+_CRAFT = """
+import sys, torch
+from ultralytics.nn.modules.block import TorchVision
+from ultralytics.nn.tasks import DetectionModel
+
+class Call:
+    def __init__(self, cls, *args):
+        self.cls, self.args = cls, args
+    def __reduce__(self):
+        return (self.cls, self.args)
+
+torch.save({"model": Call(TorchVision, "resnet18", "DEFAULT"), "epoch": 1}, sys.argv[1] + "/torchvision.pt")
+torch.save({"model": Call(DetectionModel, "https://example.invalid/yolov8n.yaml")}, sys.argv[1] + "/remote_cfg.pt")
+"""
+
+_LOAD = """
+import sys
+from toolkit.errors import UserError
+from toolkit.offline import load_checkpoint, load_yolo
+for name in ("torchvision.pt", "remote_cfg.pt"):
+    for load in (load_yolo, load_checkpoint):
+        try:
+            load(sys.argv[1] + "/" + name, sys.argv[1] + "/cfg")
+        except UserError as exc:
+            print("REFUSED", name, exc)
+        else:
+            print("LOADED", name)
+"""
+
+
+def test_a_checkpoint_that_would_download_is_refused_and_nothing_is_written(tmp_path):
+    """Item 9: a real .pt whose pickle builds the allowed TorchVision('resnet18', 'DEFAULT')."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCH_HOME": str(tmp_path / "torch_home")}
+    made = subprocess.run([sys.executable, "-c", _CRAFT, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert made.returncode == 0, made.stderr[-800:]
+    run = subprocess.run([sys.executable, "-c", _LOAD, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-800:]
+    lines = run.stdout.splitlines()
+    assert len(lines) == 4 and all(line.startswith("REFUSED") for line in lines), run.stdout
+    assert "TorchVision" in lines[0] and "DetectionModel" in lines[2]
+    assert not (tmp_path / "torch_home").exists()
+    assert "Downloading" not in run.stderr and "resnet18" not in run.stderr
+
+
+def test_real_checkpoints_pass_the_scan(shared_models, tiny_model):
+    from toolkit.checkpoint_scan import reaching_out
+
+    for model in (shared_models / "neu_v1.0_half.pt", shared_models / "neu_v1.1_full.pt", tiny_model):
+        assert reaching_out(model) == [], model
+
+
+# --- item 10: a refused legacy pickle prints one line, no torch warnings ---------------------------
+
+def test_a_refused_plain_pickle_gives_the_one_line_error_only(tmp_path):
+    import pickle
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    with open(ws / "yolov8_model.pt", "wb") as fh:  # a plain pickle (protocol 4) renamed .pt
+        pickle.dump({"model": subprocess.CompletedProcess(["x"], 0)}, fh, protocol=4)
+    from toolkit.synthetic import write_batch
+
+    images = write_batch(tmp_path / "batch", 1, size=64, seed=1).root / "images"
+    run = subprocess.run([sys.executable, str(REPO / "training_analyzer.py"), "--root", str(ws), "--scan",
+                          str(images)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: refused to load"), run.stderr[-1500:]

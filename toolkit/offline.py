@@ -213,6 +213,36 @@ def _load_error(path: str | Path, exc: BaseException) -> str:
     return f"cannot load model {path}: {first[:300]} (is it a YOLOv8 detection model?)"
 
 
+@contextlib.contextmanager
+def _torch_warnings_to_debug_log():
+    """torch's warnings while it unpickles (a pickle protocol it does not expect, a legacy file) go to the
+    debug log: a refused file gets the one-line error only, a good one no noise."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                logger.debug("while loading a model: %s: %s", w.category.__name__, w.message)
+
+
+def _refuse_reaching_out(path: str | Path) -> None:
+    """A checkpoint whose pickle would call a class's constructor (a download, a file written outside the
+    workspace) is refused before it is unpickled: toolkit/checkpoint_scan.py."""
+    from toolkit.checkpoint_scan import reaching_out
+    from toolkit.errors import UserError
+
+    if str(path).endswith((".yaml", ".yml")):
+        return
+    why = reaching_out(path)
+    if why:
+        raise UserError(f"refused to load {path}: it is not a plain ultralytics checkpoint ({'; '.join(why[:2])}); "
+                        "loading it could reach the network or write outside the workspace - only models saved "
+                        "by ultralytics are loaded: re-export it with ultralytics from a trusted copy")
+
+
 def load_yolo(path: str | Path, config_dir: str | Path):
     """``ultralytics.YOLO(path)`` for a local .pt or .yaml: offline and without running code from the file.
 
@@ -227,10 +257,12 @@ def load_yolo(path: str | Path, config_dir: str | Path):
     path_str = str(path)
     if not path_str.endswith((".yaml", ".yml")) and not Path(path).is_file():
         raise UserError(f"model file not found: {path} (give the path of a YOLOv8 .pt file)")
+    _refuse_reaching_out(path)
     ultralytics = prepare_ultralytics(config_dir)
     _require_safe_loading()
     try:
-        return ultralytics.YOLO(path_str)
+        with _torch_warnings_to_debug_log():
+            return ultralytics.YOLO(path_str)
     except Exception as exc:
         raise UserError(_load_error(path, exc)) from None
 
@@ -241,12 +273,14 @@ def load_checkpoint(path: str | Path, config_dir: str | Path) -> dict:
 
     if not Path(path).is_file():
         raise UserError(f"model file not found: {path} (give the path of a YOLOv8 .pt file)")
+    _refuse_reaching_out(path)
     prepare_ultralytics(config_dir)
     _require_safe_loading()
     from ultralytics.nn.tasks import torch_safe_load
 
     try:
-        ckpt, _ = torch_safe_load(str(path), safe_only=True)
+        with _torch_warnings_to_debug_log():
+            ckpt, _ = torch_safe_load(str(path), safe_only=True)
     except Exception as exc:
         raise UserError(_load_error(path, exc)) from None
     return ckpt

@@ -1,0 +1,155 @@
+"""What a checkpoint's pickle would construct, read from its opcodes before anything is unpickled.
+
+torch's ``weights_only`` unpickler with ultralytics' allow-list runs no function from the file,
+but it still *calls* an allowed class when the pickle asks for it (``REDUCE`` on a class is a
+constructor call). A checkpoint saved by ultralytics never does that: its modules are rebuilt
+with ``NEWOBJ`` (``cls.__new__``) and their state set with ``BUILD``; no ``__init__`` runs. A
+constructor call is how a hostile file reaches the network or the disk through an allowed class:
+``TorchVision("resnet18", "DEFAULT")`` downloads weights into ``$TORCH_HOME``,
+``DetectionModel("https://...yaml")`` fetches its configuration. So a checkpoint is refused when
+its pickle
+
+- calls any ultralytics class (``REDUCE``/``OBJ``/``INST`` on it), or
+- names a class that loads weights from elsewhere at all (``TorchVision``; anything of
+  ``torchvision`` or ``torch.hub``).
+
+Only opcodes are read (``pickletools``); no module named in the file is imported.
+"""
+from __future__ import annotations
+
+import io
+import pickletools
+import zipfile
+from pathlib import Path
+
+_MARK = object()
+# classes that fetch weights or code from elsewhere whenever they are built (by any path)
+_REACHING_OUT = (".TorchVision",)
+_REACHING_OUT_MODULES = ("torchvision.", "torch.hub.")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
+               "STRING"}
+_CALLS = {"REDUCE", "OBJ", "INST"}
+
+
+def _scan_pickle(ops) -> list[str]:
+    """The problems of one pickle stream: constructor calls of ultralytics classes, classes that reach out."""
+    stack: list[object] = []
+    memo: dict[int, object] = {}
+    found: list[str] = []
+
+    def pop_to_mark() -> list[object]:
+        items = []
+        while stack:
+            item = stack.pop()
+            if item is _MARK:
+                break
+            items.append(item)
+        return items[::-1]
+
+    for op, arg, _ in ops:
+        name = op.name
+        if name in ("GLOBAL", "INST"):
+            module, _, attr = str(arg).partition(" ")
+            ref = ("global", f"{module}.{attr}")
+            if name == "INST":
+                pop_to_mark()
+                if ref[1].startswith("ultralytics."):
+                    found.append(f"it calls {ref[1]}(...)")
+                stack.append(("obj",))
+            else:
+                stack.append(ref)
+            continue
+        if name == "STACK_GLOBAL":
+            attr, module = (stack.pop() if stack else None), (stack.pop() if stack else None)
+            text = [x[1] if isinstance(x, tuple) and x[0] == "str" else "?" for x in (module, attr)]
+            stack.append(("global", f"{text[0]}.{text[1]}"))
+            continue
+        if name in _STRING_OPS:
+            stack.append(("str", str(arg)))
+            continue
+        if name == "MARK":
+            stack.append(_MARK)
+            continue
+        if name == "MEMOIZE":
+            memo[len(memo)] = stack[-1] if stack else None
+            continue
+        if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[int(arg)] = stack[-1] if stack else None
+            continue
+        if name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo.get(int(arg), ("obj",)))
+            continue
+        if name in _CALLS:
+            if name == "REDUCE":
+                stack.pop() if stack else None
+                func = stack.pop() if stack else None
+            else:  # OBJ: MARK cls args... OBJ
+                items = pop_to_mark()
+                func = items[0] if items else None
+            if isinstance(func, tuple) and func[0] == "global" and func[1].startswith("ultralytics."):
+                found.append(f"it calls {func[1]}(...)")
+            stack.append(("obj",))
+            continue
+        if name == "STOP":
+            break
+        # any other opcode: pop what it consumes (to the mark when it takes one), push what it makes
+        before = list(op.stack_before)
+        if pickletools.markobject in before:
+            below = before.index(pickletools.markobject)
+            pop_to_mark()
+            del stack[len(stack) - min(below, len(stack)):]
+        elif before:
+            del stack[len(stack) - min(len(before), len(stack)):]
+        stack.extend(("obj",) for _ in op.stack_after)
+    return found
+
+
+def _named_globals(ops) -> list[str]:
+    names = []
+    strings: list[str] = []
+    for op, arg, _ in ops:
+        if op.name in ("GLOBAL", "INST"):
+            module, _, attr = str(arg).partition(" ")
+            names.append(f"{module}.{attr}")
+        elif op.name in _STRING_OPS:
+            strings.append(str(arg))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            names.append(f"{strings[-2]}.{strings[-1]}")
+    return names
+
+
+def _pickles(path: Path) -> list[bytes]:
+    """The pickle streams of a checkpoint: ``*/data.pkl`` of a zip file, else the legacy file's first ones."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
+    data = path.read_bytes()
+    streams, stream = [], io.BytesIO(data)
+    for _ in range(5):  # legacy torch.save: magic, protocol, sys info, the object, storage keys
+        start = stream.tell()
+        try:
+            for _op in pickletools.genops(stream):
+                pass
+        except Exception:  # not (or no more) pickle: the loader reports what it is
+            break
+        streams.append(data[start:stream.tell()])
+    return streams
+
+
+def reaching_out(path: str | Path) -> list[str]:
+    """Why loading ``path`` could reach the network or write outside the workspace ([]: it cannot)."""
+    problems: list[str] = []
+    try:
+        streams = _pickles(Path(path))
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return []
+    for blob in streams:
+        try:
+            ops = list(pickletools.genops(blob))
+        except Exception:  # a damaged pickle: the loader refuses it with its own message
+            continue
+        problems += _scan_pickle(ops)
+        for name in _named_globals(ops):
+            if name.endswith(_REACHING_OUT) or name.startswith(_REACHING_OUT_MODULES):
+                problems.append(f"it builds {name}, which loads weights from the network")
+    return list(dict.fromkeys(problems))
