@@ -262,3 +262,79 @@ def test_a_refused_plain_pickle_gives_the_one_line_error_only(tmp_path):
     assert run.returncode == 1
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: refused to load"), run.stderr[-1500:]
+
+
+# --- item 4: a writer that hit a full disk repairs its own partial line -----------------------------
+
+_SHORT_WRITE = """
+import json, os, resource, signal, sys
+from toolkit.detection_api import MemoryBankWriter
+
+path, mode = sys.argv[1], sys.argv[2]
+record = {"image": "big.jpg", "detections": [{"class": "crazing", "confidence": 0.5, "bbox": [1, 1, 5 + i, 5]}
+                                             for i in range(200)]}  # about 11 KB on one line
+small = {"image": "after.jpg", "detections": [{"class": "crazing", "confidence": 0.9, "bbox": [1, 1, 5, 5]}]}
+with MemoryBankWriter(path, model_version="1.0") as bank:
+    bank.append({"image": "before.jpg", "detections": []})
+    size = os.path.getsize(path)
+    if mode == "fsize":  # the kernel cuts the write at the file-size limit, as a full disk does
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 3940, hard))
+    try:
+        bank.append(record)
+    except OSError as exc:
+        print("REFUSED", exc)
+    if mode == "fsize":
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))   # space freed
+    else:
+        os.remove(sys.argv[3])                                     # space freed
+    bank.append(small)                                             # the same writer, later
+print("DONE")
+"""
+
+
+def _small_tmpfs(tmp_path: Path):
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    return mount if done.returncode == 0 else None
+
+
+@pytest.mark.parametrize("mode", ["tmpfs", "fsize"])
+def test_a_writer_cuts_back_its_own_partial_line_after_a_short_write(tmp_path, mode):
+    """Item 4: a real short write (a full 64 KB tmpfs where this user may mount one, else RLIMIT_FSIZE)."""
+    import os
+
+    args = []
+    if mode == "tmpfs":
+        mount = _small_tmpfs(tmp_path)
+        if mount is None:
+            pytest.skip("cannot mount a small tmpfs here (not root); the RLIMIT_FSIZE case covers the short write")
+        path = mount / "detections.jsonl"
+        filler = mount / "filler"
+    else:
+        path = tmp_path / "detections.jsonl"
+        filler = tmp_path / "unused"
+    try:
+        if mode == "tmpfs":
+            first = subprocess.run(  # the first line, then fill the disk to ~4 KB free
+                [sys.executable, "-c", "from toolkit.detection_api import MemoryBankWriter as W\n"
+                 f"W({str(path)!r}).append({{'image': 'before.jpg', 'detections': []}})"],
+                cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+            assert first.returncode == 0, first.stderr
+            free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+            filler.write_bytes(b"\0" * (free - 4096))
+        args = [str(path), mode, str(filler)]
+        run = subprocess.run([sys.executable, "-c", _SHORT_WRITE, *args], cwd=REPO, capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert run.returncode == 0 and "DONE" in run.stdout, run.stderr[-1500:]
+        assert "REFUSED" in run.stdout and "bytes written" in run.stdout, run.stdout
+        lines = path.read_bytes().split(b"\n")
+        assert lines[-1] == b""
+        images = [json.loads(line)["image"] for line in lines[:-1]]  # every line whole JSON
+        assert images[-1] == "after.jpg" and "big.jpg" not in images and "before.jpg" in images
+    finally:
+        if mode == "tmpfs":
+            subprocess.run(["umount", "-l", str(tmp_path / "small_disk")], capture_output=True)

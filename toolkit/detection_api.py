@@ -200,6 +200,7 @@ class MemoryBankWriter:
         self._fd: int | None = None
         self._sql = None
         self._lock = None
+        self._torn_at: tuple[int, int] | None = None  # our partial line (start, end) if cutting it back failed
         if is_database_url(target):
             from toolkit.memory_bank_sql import SqlAppender
 
@@ -271,12 +272,55 @@ class MemoryBankWriter:
 
     def _write(self, data: bytes) -> None:
         with self._exclusive():
+            if self._torn_at is not None:  # a cut-back that failed last time: end that line first
+                self._repair_own_torn_line()
             self._write_unlocked(data)
 
     def _write_unlocked(self, data: bytes) -> None:
-        written = os.write(self._fd, data)  # one system call: the line lands whole or not at all
+        """One system call per line; a line cut short (disk full, a quota) is cut back at once.
+
+        Under the writers' lock nobody appends between our start and our end, so truncating the
+        file to where our line began removes exactly our partial bytes; the next record then starts
+        on a clean line, days later included (a detection service keeps its writer open).
+        """
+        start = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+        except OSError:
+            self._cut_back(start)
+            raise
         if written != len(data):  # disk full mid-write
-            raise OSError(f"{self.target}: only {written} of {len(data)} bytes written (disk full?)")
+            self._cut_back(start)
+            raise OSError(f"{self.target}: only {written} of {len(data)} bytes written (disk full?); "
+                          "the partial line was removed, the record was not stored")
+
+    def _cut_back(self, start: int) -> None:
+        end = os.fstat(self._fd).st_size
+        try:
+            if end > start:
+                os.ftruncate(self._fd, start)  # shrinking needs no free space
+            self._torn_at = None
+        except OSError as exc:
+            logger.warning("%s: could not remove a partial line (%s); it is ended before the next record",
+                           self.target, exc)
+            self._torn_at = (start, end)
+
+    def _repair_own_torn_line(self) -> None:
+        """Cut back our own partial line if nothing was appended after it, else end it with a newline."""
+        (start, end), self._torn_at = self._torn_at, None
+        if os.fstat(self._fd).st_size == end:
+            try:
+                os.ftruncate(self._fd, start)
+                return
+            except OSError:
+                pass
+        with open(self.target, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() == 0:
+                return
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                os.write(self._fd, b"\n")
 
     def prepare(self, record: dict[str, Any], model_version: str | None = None) -> dict[str, Any]:
         """The record as it will be stored: version, source filled in; checked (BadRecord if not valid)."""
