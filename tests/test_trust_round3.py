@@ -338,3 +338,66 @@ def test_a_writer_cuts_back_its_own_partial_line_after_a_short_write(tmp_path, m
     finally:
         if mode == "tmpfs":
             subprocess.run(["umount", "-l", str(tmp_path / "small_disk")], capture_output=True)
+
+
+# --- item 8: the preparer's workers die with it ----------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended (whoever reaps it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the workers")
+def test_workers_die_with_a_killed_preparer(tmp_path):
+    """Item 8: SIGKILL the real dataset_preparer.py while its forked workers check a 400-image batch."""
+    import os
+    import signal
+    import time
+
+    import setup_training
+    from toolkit.synthetic import NEU_CLASSES, write_batch
+
+    setup_training.run(setup_training.SetupConfig(root=tmp_path / "ws", classes=NEU_CLASSES))
+    src = write_batch(tmp_path / "batch", 400, size=96, seed=4).root
+    proc = subprocess.Popen([sys.executable, str(REPO / "dataset_preparer.py"), "--root", str(tmp_path / "ws"),
+                             "--source", str(src), "--workers", "2", "-q"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = [c for c in _children(proc.pid) if _alive(c)]
+            if len(workers) >= 2:
+                break
+            time.sleep(0.01)
+        assert len(workers) >= 2, "the preparer never started its worker processes"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        gone_by = time.monotonic() + 5
+        while time.monotonic() < gone_by and any(_alive(w) for w in workers):
+            time.sleep(0.05)
+        survivors = [w for w in workers if _alive(w)]
+        assert not survivors, f"workers {survivors} outlived their killed parent"
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()

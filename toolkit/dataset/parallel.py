@@ -40,7 +40,8 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int | None =
         return out
     size = chunk or max(1, min(64, len(items) // (workers * 4)))
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
-    pool: Executor = ThreadPoolExecutor(workers) if kind == "thread" else ProcessPoolExecutor(workers)
+    pool: Executor = (ThreadPoolExecutor(workers) if kind == "thread" else
+                      ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)))
     results: list = [None] * len(chunks)
     with pool:
         futures = {pool.submit(_run_chunk, fn, c): i for i, c in enumerate(chunks)}
@@ -50,6 +51,43 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int | None =
             if on_done:
                 on_done(len(chunks[i]))
     return [r for part in results for r in part]
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker when the process that started it dies (even by SIGKILL).
+
+    Linux: the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); the parent
+    may have died before the call, hence the check of the parent pid after it. Elsewhere
+    (Windows, macOS): a daemon thread waits on the parent process's sentinel and exits then.
+    Without it, a killed preparer leaves its workers running under init for minutes.
+    """
+    import signal
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent_pid:  # the parent died before the call
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        from multiprocessing.connection import wait
+
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _fork_available() -> bool:
@@ -97,7 +135,8 @@ def check_images(items: Sequence[SourceImage], workers: int | None = None, kind:
     try:
         # No cv2.setNumThreads in the children: after a fork it hangs (measured); OpenCV's own
         # parallel loops do run in a forked child (the checks use few: resize, rotate).
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_check_range, lo, hi): n for n, (lo, hi) in enumerate(bounds)}
             for fut in as_completed(futures):
                 n = futures[fut]
