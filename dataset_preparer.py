@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 from toolkit.cli import add_options, build_parser, config_from_args, run_main
 from toolkit.config import Settings, option, resolve_config, setting
 from toolkit.datafile import read_class_names, write_dataset_yaml
+from toolkit.dataset.groups import group_keys
 from toolkit.dataset.incoming import batch_fingerprint, pending_incoming_batches
 from toolkit.dataset.manifest import empty_manifest, load_manifest, split_counts, write_split_lists
 from toolkit.dataset.parallel import check_images, default_workers, parallel_map
@@ -136,6 +137,7 @@ class PrepareConfig:
     max_bad_fraction: float | None = setting("dataset.max_bad_fraction")
     workers: int | None = option("--workers", "parallel checks (default: CPU cores, at most 8)", type=int)
     near_duplicate_bits: int | None = setting("dataset.near_duplicate_bits")
+    group_by: str | None = setting("dataset.group_by")
     # checks on: auto (forked processes on Linux for big batches), thread, process
     executor: str = "auto"
 
@@ -155,6 +157,7 @@ class PrepareResult:
     added_per_split: dict[str, int] = field(default_factory=dict)
     duplicate_files: tuple[dict, ...] = ()   # [{path, duplicate_of, kind}]
     near_duplicates: tuple[dict, ...] = ()   # new images placed beside a near-duplicate
+    groups: tuple[dict, ...] = ()            # lots of dataset.group_by among the new images: split, images
     warnings: tuple[dict, ...] = ()          # accepted, but worth a look (EXIF, repeated boxes)
     difficult_boxes: int = 0
     formats: dict[str, str] = field(default_factory=dict)  # batch folder -> what was found
@@ -199,6 +202,8 @@ def _markdown(result: PrepareResult, counts: dict, classes: Sequence[str], bad_b
     listing("Rejected", result.rejected, ("path", "reason"))
     listing("Duplicates", result.duplicate_files, ("path", "kind", "duplicate_of"))
     listing("Near-duplicates placed together", result.near_duplicates, ("path", "split", "near"))
+    if result.groups:
+        listing("Lots kept in one split (dataset.group_by)", result.groups, ("group", "split", "images"))
     listing("Warnings", result.warnings, ("path", "reason"))
     if result.notes:
         lines += ["## Notes", "", *(f"- {md(n)}" for n in result.notes), ""]
@@ -275,13 +280,15 @@ class _Options:
     bits: int
     class_map: dict[str, str]
     workers: int
+    group_by: str = ""
 
 
 def _resolve_options(config: PrepareConfig, workspace: Workspace, settings: Settings | None) -> _Options:
     # A split given here names every share (a missing one is 0), checked like training.yaml's.
     config, _ = resolve_config(config, settings or Settings.load(workspace.training_yaml))
     return _Options(ratios=config.split, max_bad=config.max_bad_fraction, bits=config.near_duplicate_bits,
-                    class_map=parse_class_map(config.class_map), workers=config.workers or default_workers())
+                    class_map=parse_class_map(config.class_map), workers=config.workers or default_workers(),
+                    group_by=config.group_by or "")
 
 
 class _Clock:
@@ -318,8 +325,13 @@ def run(config: PrepareConfig, progress: Progress | None = None, settings: Setti
     checked = _check(to_check, options, config.executor, progress)
     clock("check")
     batch_ids = [(batch, f"b{len(current['batches']) + 1 + i:04d}") for i, batch in enumerate(batches)]
+    lots: dict[Path, str] = {}
+    for batch in batches:  # dataset.group_by: the lot of each image
+        keys, lot_notes = group_keys(batch.root, [item.image for item in batch.images], options.group_by)
+        lots.update(keys)
+        notes += lot_notes
     plan = plan_import(batch_ids, checked, already, current, classes, options.class_map, options.ratios,
-                       options.bits, config.keep_split)
+                       options.bits, config.keep_split, lots)
     notes += plan.notes
     too_bad = _too_bad(plan, options.max_bad)
     clock("plan")
@@ -482,7 +494,7 @@ def _result(config: PrepareConfig, current: dict, classes: list[str], version: i
         report=None, batches=tuple(str(b.root) for b in batches),
         background_images=sum(counts["background"].values()), classes=tuple(classes),
         added_per_split={s: sum(e["split"] == s for e in added) if n_added else 0 for s in SPLITS},
-        duplicate_files=tuple(plan.duplicates), near_duplicates=tuple(plan.near),
+        duplicate_files=tuple(plan.duplicates), near_duplicates=tuple(plan.near), groups=tuple(plan.groups),
         warnings=tuple(p.as_dict() for p in plan.warnings), difficult_boxes=plan.difficult,
         formats={str(b.root): b.description for b in batches}, changed=changed, check_only=config.check,
         notes=tuple(notes), seconds=round(time.perf_counter() - clock.start, 3), timings=clock.timings)

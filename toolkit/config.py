@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import yaml
 
+from toolkit.dataset.groups import check_group_by
 from toolkit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,11 @@ dataset:
   max_bad_fraction: 0.2
   # Perceptual-hash distance (bits of 64) at or below which two images are near-duplicates.
   near_duplicate_bits: 4
+  # Images that come in lots (a coil, a plate, a board design) are near-copies: a lot must never
+  # span train and test. Empty: no lots. A regular expression on the file name (on the path
+  # within the batch when it holds a '/'): the lot is its first group, e.g. '^(coil\d+)_';
+  # or csv:COLUMN for that column of groups.csv in the batch (columns: image, COLUMN).
+  group_by: ""
 
 evaluation:
   # Every model is scored on this split with the same settings (fair comparison).
@@ -422,6 +428,9 @@ KEYS: dict[str, Key] = {
     "dataset.split": Key(split_shares, "--split", "shares of new images per split, e.g. 80/10/10 or 0.7,0.2,0.1"),
     "dataset.max_bad_fraction": Key(number(0, 1), "--max-bad-fraction",
                                     "stop an import when a larger share of a batch is bad", type=float),
+    "dataset.group_by": Key(lambda v: check_group_by(text()(v)), "--group-by",
+                            "lot of each image, whose images share one split: a regex on the file name "
+                            "(first group) or csv:COLUMN of the batch's groups.csv", metavar="REGEX|csv:COLUMN"),
     "dataset.near_duplicate_bits": Key(integer(0, 64), "--near-duplicate-bits",
                                        "perceptual-hash distance (of 64 bits) for near-duplicates", type=int),
     "evaluation.split": Key(text(), "--split", "split to score on"),

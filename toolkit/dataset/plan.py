@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 from toolkit.datafile import read_class_names
 from toolkit.dataset.checks import CheckedImage
+from toolkit.dataset.groups import looks_grouped, lot_summary
 from toolkit.dataset.manifest import split_counts
 from toolkit.dataset.store import managed_name
 from toolkit.dataset.stratify import BACKGROUND, SplitGroup, UnionFind, assign_splits
@@ -36,6 +37,7 @@ class ImportPlan:
     warnings: list[Problem] = field(default_factory=list)
     duplicates: list[dict] = field(default_factory=list)
     near: list[dict] = field(default_factory=list)
+    groups: list[dict] = field(default_factory=list)            # lots (dataset.group_by): split, images
     notes: list[str] = field(default_factory=list)
     difficult: int = 0
     bad_by_batch: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -100,17 +102,28 @@ def class_problems(checked: CheckedImage, class_index: dict[str, int], class_map
 
 def plan_import(batches: Sequence[tuple[SourceBatch, str]], checked: Mapping[Path, CheckedImage],
                  already: Mapping[Path, dict], manifest: dict, classes: list[str], class_map: dict[str, str],
-                 ratios: dict[str, float], bits: int, keep_split: bool) -> ImportPlan:
-    """Decide, for every checked image, whether it is added and to which split (see the module)."""
+                 ratios: dict[str, float], bits: int, keep_split: bool,
+                 lots: Mapping[Path, str] | None = None) -> ImportPlan:
+    """Decide, for every checked image, whether it is added and to which split (see the module).
+
+    ``lots``: the lot of each source image (``dataset.group_by``); a lot shares one split, like a
+    near-duplicate group, and follows the split of its images imported before."""
     plan = ImportPlan(classes)
     accepted = _accept_images(plan, batches, checked, already, manifest, class_map)
-    split_of, to_stratify, left_out = _place_near_duplicates(plan, accepted, manifest, bits, keep_split)
+    lot_of = {i: lots[a[0].source.image] for i, a in enumerate(accepted) if lots and a[0].source.image in lots}
+    split_of, to_stratify, left_out = _place_near_duplicates(plan, accepted, manifest, bits, keep_split, lot_of)
     _stratify(split_of, to_stratify, accepted, manifest, classes, ratios)
+    if lot_of:
+        plan.groups = lot_summary({i: k for i, k in lot_of.items() if i not in left_out}, split_of)
+    elif len(accepted) >= 10:
+        hint = looks_grouped([a[0].phash for a in accepted], [split_of.get(i, "train") for i in range(len(accepted))])
+        if hint:
+            plan.notes.append(hint)
     for item in plan.near:
         if item["split"] is None:
             item["split"] = split_of[item.pop("_index")]
         item.pop("_index", None)
-    _add_entries(plan, accepted, split_of, left_out, manifest)
+    _add_entries(plan, accepted, split_of, left_out, manifest, lot_of)
     return plan
 
 
@@ -161,7 +174,8 @@ def _accept_images(plan: ImportPlan, batches: Sequence[tuple[SourceBatch, str]],
 
 
 def _place_near_duplicates(plan: ImportPlan, accepted: Sequence[Accepted], manifest: dict, bits: int,
-                           keep_split: bool) -> tuple[dict[int, str], list[list[int]], set[int]]:
+                           keep_split: bool, lot_of: Mapping[int, str]
+                           ) -> tuple[dict[int, str], list[list[int]], set[int]]:
     """Group near-duplicates (union-find over new images); a group touching managed images follows
     their split, one touching several splits is left out, one the source places keeps that split
     (``keep_split``). Returns the splits fixed so far, the groups left to stratify, the left-out."""
@@ -176,6 +190,14 @@ def _place_near_duplicates(plan: ImportPlan, accepted: Sequence[Accepted], manif
     linked: dict[int, list[dict]] = defaultdict(list)
     for i, k in across:
         linked[i].append(old[k])
+    # a lot is one group: its new images together, and with its images imported before
+    first_of_lot: dict[str, int] = {}
+    for i, lot in lot_of.items():
+        uf.union(first_of_lot.setdefault(lot, i), i)
+    managed_lots: dict[str, list[dict]] = defaultdict(list)
+    for e in manifest["images"]:
+        if e.get("group"):
+            managed_lots[e["group"]].append(e)
     split_of: dict[int, str] = {}
     to_stratify: list[list[int]] = []
     left_out: set[int] = set()
@@ -187,6 +209,9 @@ def _place_near_duplicates(plan: ImportPlan, accepted: Sequence[Accepted], manif
         managed = [e for i in members for e in linked.get(i, [])]
         splits_there = sorted({e["split"] for e in managed}, key=SPLITS.index)
         paths = [path(i) for i in members]
+        lots = sorted({lot_of[i] for i in members if i in lot_of})
+        if lots and not splits_there:  # no near-duplicate decides: the lot's managed images do
+            splits_there = _lot_split(plan, accepted[members[0]][0].source.image, lots, managed_lots)
         if len(splits_there) > 1:
             for i in members:
                 plan.duplicates.append({"path": path(i), "kind": "near (conflict)",
@@ -203,7 +228,7 @@ def _place_near_duplicates(plan: ImportPlan, accepted: Sequence[Accepted], manif
                                                  f"near-duplicate of a managed {splits_there[0]} image"))
                 split_of[i] = splits_there[0]
             near_files = sorted({e["file"] for e in managed})
-            for i in members:
+            for i in members if managed else ():  # a lot's members are listed as a lot, not as near-copies
                 plan.near.append({"path": path(i), "split": splits_there[0],
                                   "near": near_files + [p for p in paths if p != path(i)]})
             continue
@@ -219,11 +244,25 @@ def _place_near_duplicates(plan: ImportPlan, accepted: Sequence[Accepted], manif
                 split_of[i] = accepted[i][0].source.split or common
         else:
             to_stratify.append(members)
-        if len(members) > 1:
+        if len(members) > 1 and not lots:
             for i in members:
                 plan.near.append({"path": path(i), "split": None, "_index": i,
                                   "near": [p for p in paths if p != path(i)]})
     return split_of, to_stratify, left_out
+
+
+def _lot_split(plan: ImportPlan, image: Path, lots: Sequence[str], managed_lots: Mapping[str, list[dict]]) -> list[str]:
+    """The split of the lot's images imported before ([]: none). A lot that an import before
+    ``group_by`` spread over several splits keeps them (images never move); its new images join
+    the split holding most of it, with a warning."""
+    counts = Counter(e["split"] for lot in lots for e in managed_lots.get(lot, []))
+    if not counts:
+        return []
+    if len(counts) > 1:
+        plan.warnings.append(Problem(image, f"lot {', '.join(lots)} already spans {', '.join(sorted(counts))} (imported "
+                                            "before dataset.group_by was set; images never move): its new images "
+                                            f"join {counts.most_common(1)[0][0]}"))
+    return [counts.most_common(1)[0][0]]
 
 
 def _stratify(split_of: dict[int, str], to_stratify: Sequence[list[int]], accepted: Sequence[Accepted],
@@ -255,7 +294,7 @@ def _stratify(split_of: dict[int, str], to_stratify: Sequence[list[int]], accept
 
 
 def _add_entries(plan: ImportPlan, accepted: Sequence[Accepted], split_of: Mapping[int, str], left_out: set[int],
-                 manifest: dict) -> None:
+                 manifest: dict, lot_of: Mapping[int, str]) -> None:
     """A manifest entry (unique managed name) and a copy task for every image that is added."""
     from toolkit.phash import format_phash
 
@@ -265,6 +304,7 @@ def _add_entries(plan: ImportPlan, accepted: Sequence[Accepted], split_of: Mappi
     for i, (c, rows, batch_id) in enumerate(accepted):
         if i in left_out:
             continue
+        lot = lot_of.get(i)
         split = split_of[i]
         suffix = ".jpg" if c.reencode and c.kind == "jpeg" else None
         name = managed_name(c.source.image, c.sha256, suffix)
@@ -280,6 +320,8 @@ def _add_entries(plan: ImportPlan, accepted: Sequence[Accepted], split_of: Mappi
                  "source_size": c.size, "source_mtime_ns": c.mtime_ns, "batch": batch_id, "split": split,
                  "boxes": dict(sorted(boxes.items())), "difficult": c.difficult,
                  "width": c.width, "height": c.height, "added_at": now}
+        if lot:
+            entry["group"] = lot
         if c.reencode:
             entry["reencoded"] = c.reencode
         plan.difficult += c.difficult
