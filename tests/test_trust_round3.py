@@ -401,3 +401,54 @@ def test_workers_die_with_a_killed_preparer(tmp_path):
                 os.kill(w, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+
+
+# --- item 10: an import out of inodes says so, and leaves no manifest version behind ---------------
+
+def test_an_import_out_of_inodes_says_so_in_one_line(tmp_path):
+    """A real tmpfs with room for bytes but few files (root only: mount)."""
+    import setup_training
+    from toolkit.synthetic import NEU_CLASSES, write_batch
+
+    mount = tmp_path / "few_files"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m,nr_inodes=120", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'})")
+    try:
+        setup_training.run(setup_training.SetupConfig(root=mount / "ws", classes=NEU_CLASSES))
+        src = write_batch(tmp_path / "batch", 80, size=64, seed=2).root  # 160 files: more than the inodes left
+        run = subprocess.run([sys.executable, str(REPO / "dataset_preparer.py"), "--root", str(mount / "ws"),
+                              "--source", str(src), "-q"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1, run.stderr[-800:]
+        line = run.stderr.strip()
+        assert len(line.splitlines()) == 1 and "inodes" in line and "free at least 1 bytes" not in line, line
+        assert not list((mount / "ws" / "training" / "datasets").rglob("v*.json"))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_failed_commit_leaves_no_manifest_version_and_a_stale_one_is_removed(tmp_path):
+    """The history copy vNNNN.json of a version whose manifest.json was never written does not stay."""
+    import setup_training
+    from toolkit.dataset.manifest import empty_manifest, manifest_history_path, save_manifest
+    from toolkit.dataset.store import recover_staging
+    from toolkit.layout import Workspace
+    from toolkit.synthetic import NEU_CLASSES
+
+    setup_training.run(setup_training.SetupConfig(root=tmp_path / "ws", classes=NEU_CLASSES))
+    ws = Workspace.at(tmp_path / "ws")
+    manifest = dict(empty_manifest(NEU_CLASSES), version=1)
+    save_manifest(ws, manifest)
+    ws.manifest.unlink()
+    ws.manifest.mkdir()  # the commit (a rename onto manifest.json) fails for real
+    with pytest.raises(OSError):
+        save_manifest(ws, dict(manifest, version=2))
+    assert not manifest_history_path(ws, 2).exists()
+    ws.manifest.rmdir()
+    save_manifest(ws, manifest)
+    manifest_history_path(ws, 3).write_text("{}")  # as a SIGKILL between the two writes leaves it
+    notes = recover_staging(ws, manifest)
+    assert not manifest_history_path(ws, 3).exists() and manifest_history_path(ws, 1).exists()
+    assert any("v0003.json" in n for n in notes)

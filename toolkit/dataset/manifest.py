@@ -63,9 +63,28 @@ def manifest_text(manifest: dict) -> str:
 def save_manifest(workspace: Workspace, manifest: dict) -> Path:
     """Write the manifest and its versioned copy (the copy first: manifest.json is the commit)."""
     text = manifest_text(manifest)
-    atomic_write_text(manifest_history_path(workspace, int(manifest["version"])), text)
-    atomic_write_text(workspace.manifest, text)
+    history = manifest_history_path(workspace, int(manifest["version"]))
+    atomic_write_text(history, text)
+    try:
+        atomic_write_text(workspace.manifest, text)
+    except BaseException:  # not committed: no history copy of a version that never was
+        history.unlink(missing_ok=True)
+        raise
     return workspace.manifest
+
+
+def stale_history(workspace: Workspace, manifest: dict | None) -> list[Path]:
+    """``manifests/vNNNN.json`` newer than the committed manifest: left by an import killed before its commit."""
+    folder = workspace.datasets / "manifests"
+    if not folder.is_dir():
+        return []
+    current = int((manifest or {}).get("version") or 0)
+    stale = []
+    for path in folder.glob("v*.json"):
+        digits = path.stem[1:]
+        if digits.isdigit() and int(digits) > current:
+            stale.append(path)
+    return sorted(stale)
 
 
 def split_counts(manifest: dict | None, classes: Sequence[str]) -> dict:

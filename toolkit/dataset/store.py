@@ -94,10 +94,29 @@ def _free_bytes(folder: Path) -> int:
         return 0
 
 
+def _free_inodes(folder: Path) -> int | None:
+    """Files the file system can still create (None: unknown, e.g. Windows)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_favail if st.f_files else None  # f_files 0: the file system does not count inodes
+
+
 def no_space_message(path: Path | str, needed: int, folder: Path) -> str:
     free = _free_bytes(folder)
+    inodes = _free_inodes(folder)
+    if inodes is not None and inodes < 16 and free >= needed:
+        return (f"no space left writing {path}: the file system of {folder} can hold no more files (out of "
+                f"inodes: {inodes} left) although {_human(free)} are free; delete files there (or move the "
+                "workspace to a file system with more inodes) and rerun (nothing was imported)")
+    if free >= needed:
+        return (f"no space left writing {path} although the import needs {_human(needed)} and {_human(free)} "
+                f"are free on {folder}: a quota or a file-size limit? Raise it and rerun (nothing was imported)")
     return (f"no space left writing {path}: the import needs {_human(needed)} on {folder}, {_human(free)} free; "
-            f"free at least {_human(max(needed - free, 1))} there and rerun (nothing was imported)")
+            f"free at least {_human(needed - free)} there and rerun (nothing was imported)")
 
 
 def check_free_space(workspace: Workspace, needed: int) -> None:
@@ -201,12 +220,14 @@ class Staging:
             self.make_folders()
             written = map_fn(lambda task: write_copy(task, self.root), tasks)
         except NoSpace as exc:
+            message = no_space_message(exc.path, needed, self.workspace.datasets)  # before discard() frees space
             self.discard()
-            raise UserError(no_space_message(exc.path, needed, self.workspace.datasets)) from None
+            raise UserError(message) from None
         except OSError as exc:
+            message = no_space_message(exc.filename or self.root, needed, self.workspace.datasets)
             self.discard()
             if exc.errno in NO_SPACE:
-                raise UserError(no_space_message(exc.filename or self.root, needed, self.workspace.datasets)) from None
+                raise UserError(message) from None
             raise
         except BaseException:
             self.discard()
@@ -254,9 +275,10 @@ def commit_manifest(workspace: Workspace, manifest: dict, staging: Staging, adde
     try:
         save_manifest(workspace, manifest)
     except OSError as exc:  # not committed: the staged copies go
+        message = no_space_message(workspace.manifest, needed, workspace.datasets)  # measured before they go
         staging.discard()
         if exc.errno in NO_SPACE:
-            raise UserError(no_space_message(workspace.manifest, needed, workspace.datasets)) from None
+            raise UserError(message) from None
         raise
     try:
         staging.publish(added)
@@ -268,9 +290,15 @@ def commit_manifest(workspace: Workspace, manifest: dict, staging: Staging, adde
 def recover_staging(workspace: Workspace, manifest: dict | None) -> list[str]:
     """Finish or undo the imports a killed run left in ``.staging/``: a staged file the committed
     manifest lists is moved into place, every other one is removed. Call holding the lock."""
+    from toolkit.dataset.manifest import stale_history
+
+    stale = stale_history(workspace, manifest)
+    for path in stale:  # the history copy of a version whose commit never happened
+        path.unlink(missing_ok=True)
+        logger.warning("removed %s, left by an import interrupted before its commit", path)
     staging = workspace.dataset_staging
     if not staging.is_dir():
-        return []
+        return [f"removed {p.name}: an interrupted import never committed that version" for p in stale]
     listed = _listed(manifest)
     moved = removed = 0
     for folder in sorted(p for p in staging.iterdir()):
