@@ -35,7 +35,8 @@ from toolkit.errors import UserError
 from toolkit.files import sha256_file
 from toolkit.layout import Workspace
 from toolkit.lock import workspace_lock
-from toolkit.registry import Registry, append_history, read_history, record_interrupted_runs
+from toolkit.registry import Registry
+from toolkit.run_history import append_history, read_history, record_interrupted_runs
 from toolkit.reports import report_path, timestamp, utc_now_iso, write_report
 
 logger = logging.getLogger(__name__)

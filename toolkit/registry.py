@@ -28,20 +28,21 @@ import os
 import re
 import signal
 import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from toolkit.errors import UserError
-from toolkit.files import append_jsonl, atomic_write_json, commit_temp, copy_to_temp, sha256_file
+from toolkit.files import atomic_write_json, commit_temp, copy_to_temp, sha256_file
 from toolkit.layout import Workspace
 from toolkit.reports import utc_now_iso
+# the run history (memory-bank/training_history.jsonl) lives in its own module; re-exported here
+from toolkit.run_history import append_history, read_history, stale_report_temps  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
-_ARCHIVE_RE = re.compile(r"^yolov8_v(\d+\.\d+)\.pt$")
+ARCHIVE_RE = re.compile(r"^yolov8_v(\d+\.\d+)\.pt$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _INSTALLS = ("register", "promote", "rollback")
 
@@ -78,7 +79,7 @@ def is_regular(path: Path) -> bool:
         return False
 
 
-def _not_regular(path: Path) -> str:
+def not_regular_kind(path: Path) -> str:
     """'a link to X' / 'a folder' / 'not a regular file' for a path that exists but is not a file of its own."""
     if path.is_symlink():
         return f"a link to {os.readlink(path)}"
@@ -184,7 +185,7 @@ class Registry:
         if not path.exists() and not path.is_symlink():
             raise UserError(f"archived model of version {entry['version']} is missing ({path}); it cannot be used")
         if not is_regular(path):
-            raise UserError(f"archived model {path} is {_not_regular(path)}, not a copy of its own; refusing to "
+            raise UserError(f"archived model {path} is {not_regular_kind(path)}, not a copy of its own; refusing to "
                             f"use it - restore {path.name} from a backup (training_pipeline.py --root "
                             f"{self.workspace.root} --status lists every archive)")
         actual = sha256_file(path)
@@ -256,7 +257,7 @@ class Registry:
             return []
         files = {v["file"] for v in self.versions}
         return sorted(p for p in self.workspace.models.glob("yolov8_v*.pt")
-                      if _ARCHIVE_RE.match(p.name) and p.name not in files and is_regular(p))
+                      if ARCHIVE_RE.match(p.name) and p.name not in files and is_regular(p))
 
     def recover(self) -> list[str]:
         """Finish or undo what a killed run left; call it holding the workspace lock. Returns what was done.
@@ -325,7 +326,7 @@ class Registry:
     def _adopt_archive(self, path: Path) -> list[str]:
         """An archive file that no entry names (a run killed before registering it, an old toolkit)."""
         sha = sha256_file(path)
-        version = _ARCHIVE_RE.match(path.name).group(1)
+        version = ARCHIVE_RE.match(path.name).group(1)
         if self.entry_by_sha(sha) is not None or self.entry(version) is not None:
             logger.debug("%s is not registered: its model or its version number already is; left alone", path.name)
             return []
@@ -415,7 +416,7 @@ class Registry:
                 # a link is no copy: production may be its only copy. It is archived again as a file of its
                 # own (the rename replaces the link itself, never what it points to) before anything else.
                 logger.warning("the archive of production version %s is %s, not a copy of its own; archiving "
-                               "production again", entry["version"], _not_regular(archive))
+                               "production again", entry["version"], not_regular_kind(archive))
                 self._store_archive(ws.production_model, entry, "rearchive")
                 self.events.append({"action": "rearchive", "version": entry["version"], "at": utc_now_iso(),
                                     "note": "its archive was a link"})
@@ -617,154 +618,15 @@ class Registry:
                    "archive": str(self.workspace.models / entry["file"])}
         atomic_write_json(self.workspace.production_sidecar, sidecar)
 
-    # --- checks (read-only, for --status) ----------------------------------------------------
+    # --- checks (read-only, for --status): toolkit/registry_check.py ---------------------------
 
     def notes(self) -> list[str]:
-        """What --status should say although nothing is inconsistent (a production promoted with --force)."""
-        current = self.production_entry()
-        if current is not None and current.get("forced"):
-            return [f"production version {current['version']} was promoted although it did not pass the rules "
-                    f"({current['forced']}); it detects little - train on more images and rerun the pipeline"]
-        return []
+        from toolkit.registry_check import registry_notes
+
+        return registry_notes(self)
 
     def check(self) -> list[dict[str, str]]:
         """What is wrong, each as {problem, fix}; nothing is changed."""
-        ws, problems = self.workspace, []
+        from toolkit.registry_check import registry_problems
 
-        def add(problem: str, fix: str) -> None:
-            problems.append({"problem": problem, "fix": fix})
-
-        repair = f"training_pipeline.py --root {ws.root} --if-new-data repairs it first (or any promotion/rollback)"
-        prod_sha = sha256_file(ws.production_model) if ws.production_model.exists() else None
-        current = self.entry_by_sha(prod_sha) if prod_sha else None
-        if prod_sha is None and self.versions:
-            add(f"{ws.production_model.name} is missing although {len(self.versions)} version(s) are registered",
-                f"restore one with training_pipeline.py --root {ws.root} --rollback VERSION")
-        elif prod_sha is not None and current is None and self.quarantined(prod_sha) is not None:
-            add(f"{ws.production_model.name} does not load as a model (its bytes are kept as "
-                f"{self.quarantine_path(prod_sha)})",
-                f"install a version that loads: training_pipeline.py --root {ws.root} --rollback")
-        elif prod_sha is not None and current is None:
-            add(f"production (sha256 {prod_sha[:12]}) is not in the registry yet",
-                "nothing is lost: it is archived and registered as a version before anything replaces it "
-                "(the next comparison, promotion or rollback does it)")
-        if current is not None and self._sidecar_disagrees(current):
-            add(f"{ws.production_sidecar.name} does not describe the production model (version {current['version']})",
-                repair)
-        if prod_sha is not None and not is_regular(ws.production_model):
-            add(f"{ws.production_model.name} is {_not_regular(ws.production_model)}, not a file of its own",
-                f"replace it with a copy: training_pipeline.py --root {ws.root} --rollback VERSION installs one")
-        for entry in self.versions:
-            path = ws.models / entry["file"]
-            if path.is_symlink() or (path.exists() and not is_regular(path)):
-                is_prod = current is not None and current["version"] == entry["version"]
-                add(f"the archive of version {entry['version']} ({path.name}) is {_not_regular(path)}, "
-                    "not a copy of its own",
-                    f"production holds it: {repair} (it archives production again)" if is_prod else
-                    f"restore {path.name} from a backup; until then version {entry['version']} cannot be restored")
-            elif not path.exists():
-                is_prod = current is not None and current["version"] == entry["version"]
-                add(f"the archive of version {entry['version']} is missing ({path.name})",
-                    f"production holds it: {repair}" if is_prod else
-                    f"restore {path.name} from a backup; until then version {entry['version']} cannot be restored")
-            elif sha256_file(path) != entry["sha256"]:
-                add(f"the archive of version {entry['version']} ({path.name}) was changed after archiving",
-                    f"restore {path.name} from a backup; it is never restored as it is")
-        by_sha: dict[str, list[str]] = {}
-        for entry in self.versions:
-            by_sha.setdefault(entry["sha256"], []).append(entry["version"])
-        for versions in by_sha.values():
-            if len(versions) > 1:
-                add(f"versions {', '.join(versions)} hold the same model",
-                    f"they are one model; version {versions[0]} is used for it")
-        pending = self.data.get("pending")
-        if pending:
-            add(f"an interrupted {pending['action']} of version {pending.get('version')}",
-                f"{repair}: it is finished if production was replaced, else undone")
-        if ws.models.is_dir():
-            for path in sorted(ws.models.glob("yolov8_v*.pt")):
-                if _ARCHIVE_RE.match(path.name) and path.name not in {v["file"] for v in self.versions} \
-                        and not is_regular(path):
-                    add(f"{path.name} is {_not_regular(path)}, not an archive", "delete it; nothing depends on it")
-        for path in self.unregistered_archives():
-            twin = self.entry_by_sha(sha256_file(path))
-            if twin is not None:
-                add(f"{path.name} is not registered; it is a copy of version {twin['version']}",
-                    "nothing depends on it: delete it or keep it")
-            elif self.entry(_ARCHIVE_RE.match(path.name).group(1)) is not None:
-                pass  # its version holds other bytes: reported as a changed archive above
-            else:
-                add(f"{path.name} is archived but not registered", repair)
-        temps = self.leftover_temp_files()
-        if temps:
-            add(f"{len(temps)} temp file(s) left by an interrupted copy ({temps[0].name})", repair)
-        return problems
-
-
-# Reports of the stages that hold the workspace lock: a temp file of theirs found under the lock is
-# left by a killed writer. The analyzer writes without the lock: its temp files count once old.
-_LOCKED_REPORTS = ("pipeline_", "compare_", "prepare_", "train_", "setup_")
-_STALE_TEMP_S = 3600
-
-
-def stale_report_temps(workspace: Workspace) -> list[Path]:
-    """``training/reports/.<report>.<random>.tmp`` left by a killed report writer (call holding the lock)."""
-    if not workspace.reports.is_dir():
-        return []
-    now, found = time.time(), []
-    for path in workspace.reports.glob(".*.tmp"):
-        try:
-            old = now - path.lstat().st_mtime > _STALE_TEMP_S
-        except OSError:
-            continue
-        if path.name[1:].startswith(_LOCKED_REPORTS) or old:
-            found.append(path)
-    return found
-
-
-def record_interrupted_runs(registry: Registry) -> list[dict[str, Any]]:
-    """A history line for each run that changed production but was killed before writing its own.
-
-    Promotions and rollbacks of the pipeline carry the run's stamp in their registry event; an event
-    whose run has no history line gets one now (decision 'promoted' or 'rollback'), saying so.
-    """
-    runs = {e["run"]: e for e in registry.events if e.get("run") and e["action"] in ("promote", "rollback")}
-    if not runs:
-        return []
-    logged = {r.get("run") for r in read_history(registry.workspace, last=len(runs) + 1000)}
-    added = []
-    for stamp, event in runs.items():
-        if stamp in logged:
-            continue
-        entry = registry.entry(event["version"])
-        record = {"run": stamp, "finished_at": event["at"],
-                  "decision": "promoted" if event["action"] == "promote" else "rollback",
-                  "production": {"version": event["version"], "path": str(registry.workspace.production_model),
-                                 "sha256": entry["sha256"] if entry else None},
-                  "from_version": event.get("previous"),
-                  "note": "this run was interrupted after production was replaced; recorded by the next run"}
-        append_history(registry.workspace, record)
-        logger.info("recovery: wrote the history line of run %s (%s version %s), which was interrupted",
-                    stamp, record["decision"], event["version"])
-        added.append(record)
-    return added
-
-
-def append_history(workspace: Workspace, record: dict[str, Any]) -> None:
-    """One record per pipeline run in ``memory-bank/training_history.jsonl``."""
-    append_jsonl(workspace.training_history, record)
-
-
-def read_history(workspace: Workspace, last: int = 10) -> list[dict[str, Any]]:
-    path = workspace.training_history
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records[-last:]
+        return registry_problems(self)
