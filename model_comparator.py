@@ -60,6 +60,9 @@ class CompareConfig:
                                 type=int, metavar="N")
     resamples: int | None = setting("promotion.bootstrap_resamples")
     speed_images: int | None = setting("evaluation.speed_images")
+    speed_rounds: int | None = setting("evaluation.speed_rounds")
+    operating_conf: float | None = setting("promotion.operating_conf")
+    max_recall_drop: float | None = setting("promotion.max_recall_drop")
     use_cache: bool = option("--no-cache", "evaluate every model again, ignoring the evaluation cache", default=True)
     force: bool = option("--force", "approve a first model (no production yet) even below "
                          "promotion.min_first_map", default=False)
@@ -140,11 +143,16 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
                                            progress=lambda it, n, name=model.path.name: bar(it, n, name)))
     if eval_settings.speed_images:
         logger.info("measuring speed on %d images per model", min(len(data), eval_settings.speed_images))
-    for ev, ms in zip(evaluations, ev_mod.measure_speeds(models, data, eval_settings)):
-        ev.ms_per_image = ms
+    speed_rounds = ev_mod.measure_speed_rounds(models, data, eval_settings)
+    for ev, rounds in zip(evaluations, speed_rounds):
+        ev.ms_per_image = ev_mod.median(rounds)
     entries = [ev_mod.model_entry(ev, role) for ev, role in zip(evaluations, roles)]
-    for entry, model in zip(entries, models):
+    weights = ev_mod.resample_weights(len(data), rules.bootstrap_resamples, seed=BOOTSTRAP_SEED)
+    for entry, model, ev, rounds in zip(entries, models, evaluations, speed_rounds):
         entry["trained_imgsz"] = model.trained_imgsz
+        entry["architecture"] = model.architecture
+        entry["speed_rounds_ms"] = [round(t, 3) for t in rounds]
+        entry["operating_point"] = ev_mod.operating_point(ev, rules.operating_conf, weights)
 
     verdicts = []
     production_entry = entries[0] if production_path else None
@@ -154,6 +162,7 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
                                             seed=BOOTSTRAP_SEED)
             ci95 = ev_mod.interval95(gains)
             entry["gain"], entry["ci95"] = entry[rules.metric] - production_entry[rules.metric], list(ci95)
+            entry["recall_drop"] = ev_mod.recall_drops(evaluations[0], ev, rules.operating_conf, weights)
             verdicts.append(judge_candidate(production_entry, entry, rules, ci95))
     decision = decide(production_entry, verdicts, rules, entries if production_entry is None else (),
                       force=config.force)
@@ -245,6 +254,7 @@ def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:
     lines += ["", "## Per-class AP50", "", markdown_table(headers, rows)]
     if result.chart:
         lines += [f"![per-class AP50]({result.chart.name})", ""]
+    lines += operating_point_markdown(result, names)
     lines += ["## Decision", "", f"Winner: {md_code(result.winner)}" if result.winner else "Winner: none", ""]
     if d.get("gain") is not None and d.get("ci95"):
         lines += [f"Gain on {d['metric']}: {d['gain']:+.3f}, 95% bootstrap interval "
@@ -254,6 +264,34 @@ def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:
     if result.skipped:
         lines += ["", "## Images left out", ""] + [f"- {md_code(s['path'])}: {md(s['reason'])}" for s in result.skipped]
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def operating_point_markdown(result: CompareResult, names: tuple[str, ...]) -> list[str]:
+    """Per class: recall (1 - escape rate) and false calls per image at the line's confidence."""
+    conf = result.settings["promotion"]["operating_conf"]
+    models = [m for m in result.models if m.get("operating_point")]
+    if not models:
+        return []
+    headers = ["class"] + [f"{Path(m['path']).name} {what}" for m in models for what in ("recall", "false calls/img")]
+    rows = []
+    for n in names:
+        row = [n]
+        for m in models:
+            c = m["operating_point"]["per_class"].get(n) or {}
+            row += [_with_interval(c.get("recall"), c.get("recall_ci95")),
+                    _with_interval(c.get("false_calls_per_image"), c.get("false_calls_ci95"))]
+        rows.append(row)
+    return ["## At the line's confidence", "",
+            f"Recall (1 - escape rate) and false calls per image at confidence {conf:.2f} "
+            "(promotion.operating_conf), with 95% bootstrap intervals; a class's recall may fall by at most "
+            f"promotion.max_recall_drop {result.settings['promotion']['max_recall_drop']:.2f}.", "",
+            markdown_table(headers, rows), ""]
 
 
 def describe(result: CompareResult) -> str:

@@ -46,6 +46,7 @@ from toolkit.errors import UserError
 from toolkit.files import atomic_write_json, atomic_write_text
 from toolkit.layout import Workspace, run_weights
 from toolkit.lock import holds_workspace_lock
+from toolkit import machine as mc
 from toolkit import training as tr
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class TrainResult:
     data: Path
     report: Path
     notes: tuple[str, ...] = field(default_factory=tuple)
+    timing: dict = field(default_factory=dict)  # seconds per image-epoch on this machine (later estimates)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -190,8 +192,8 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
         elif config.new_classes:
             notes.append("--new-classes ignored: the dataset has the starting model's classes")
 
-    machine = tr.detect_machine()
-    resolved, machine_notes = tr.resolve_machine_settings(ts, machine)
+    machine = mc.detect_machine()
+    resolved, machine_notes = mc.resolve_machine_settings(ts, machine)
     notes.extend(machine_notes)
     args: dict[str, Any] = {
         "data": str(data), "epochs": ts["epochs"], "imgsz": ts["imgsz"], **resolved,
@@ -322,7 +324,8 @@ def _train(model, args: dict, run_dir: Path, info: dict, resumed: bool, notes: l
         start_from=str(info.get("start_from")), start_mode=str(info.get("start_mode")),
         classes=tuple(info.get("classes") or ()), stopped_early=reason != "completed", stop_reason=reason,
         resumed=resumed, device=device, data=Path(str(info.get("data") or args.get("data"))),
-        report=run_dir / tr.REPORT_NAME, notes=tuple(notes))
+        report=run_dir / tr.REPORT_NAME, notes=tuple(notes),
+        timing=_timing(model, trainer, args, records, seconds, resumed) or {})
     summary = to_jsonable(result)
     curves = tr.plot_curves(records, run_dir / tr.CURVES_NAME)
     atomic_write_text(result.report, tr.report_markdown(summary, records, curves.name if curves else None))
@@ -330,6 +333,24 @@ def _train(model, args: dict, run_dir: Path, info: dict, resumed: bool, notes: l
     logger.info("run finished (%s): %d epochs, best mAP50 %s mAP50-95 %s -> %s", reason, epochs_completed,
                 _fmt(metrics.get("map50")), _fmt(metrics.get("map50_95")), best)
     return result
+
+
+def _timing(model, trainer, args: dict, records: list[dict], seconds: float, resumed: bool) -> dict | None:
+    """This run's seconds per image-epoch on this machine, for later estimates (None: not measurable).
+
+    A resumed run is left out: its first epochs ran in another session.
+    """
+    if resumed or trainer is None:
+        return None
+    try:
+        train_images = len(trainer.train_loader.dataset)
+        val_images = len(trainer.test_loader.dataset) if getattr(trainer, "test_loader", None) else 0
+    except (AttributeError, TypeError):
+        return None
+    arch = ((getattr(model.model, "yaml", None) or {}).get("yaml_file")) or args.get("model") or "yolov8n.yaml"
+    return mc.measured_timing(arch=arch, imgsz=int(args["imgsz"]), device=str(args.get("device") or "cpu"),
+                              machine=mc.detect_machine(), train_images=train_images, val_images=val_images,
+                              epoch_times=[float(r.get("seconds") or 0.0) for r in records], seconds=seconds)
 
 
 def _fmt(value) -> str:

@@ -215,7 +215,8 @@ def run(config: PipelineConfig) -> PipelineResult:
         stamp = timestamp()
         runner = _StageRunner()
         try:
-            result = _run_locked(_Run(config, ws, settings, runner, stamp=stamp), stamp)
+            the_run = _Run(config, ws, settings, runner, stamp=stamp)
+            result = _run_locked(the_run, stamp)
         except BaseException as exc:
             append_history(ws, {"run": stamp, "started_at": started, "finished_at": utc_now_iso(),
                                 "decision": "failed", "error": f"{type(exc).__name__}: {exc}",
@@ -228,6 +229,7 @@ def run(config: PipelineConfig) -> PipelineResult:
                             "scores": _scores(result.stages.get("compare")),
                             "candidate": _get(result.stages.get("train"), "best") or (str(config.candidate) if config.candidate else None),
                             "strategy": _get(_get(result.stages.get("train"), "strategy"), "strategy"),
+                            **_history_extras(the_run),
                             "report": str(result.report) if result.report else None, "timings": result.timings})
         return result
 
@@ -301,7 +303,7 @@ def _training_plan(config: PipelineConfig, settings: Settings, ws: Workspace, re
 
     ``pending``: batches not imported yet (a dry run): their images count, at the train share.
     """
-    from toolkit.training import plan_training
+    from toolkit.planning import plan_training
 
     waiting = sum(1 for folder in pending for p in Path(folder).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
     share = float(settings["dataset.split"].get("train", 0.8))
@@ -310,25 +312,57 @@ def _training_plan(config: PipelineConfig, settings: Settings, ws: Workspace, re
 
 
 def _train(r: _Run) -> Any:
-    import train_yolov8
-    from toolkit.training import TrainedRoutes
+    from toolkit.planning import TrainedRoutes, pick_route
 
     the_plan = _training_plan(r.config, r.settings, r.ws)
     logger.info("training plan: %s", the_plan.describe())
-    routes = the_plan.choice.routes
-    limit = float(r.settings["training.time_limit"] or 0)
-    runs = {}
-    for route in routes:  # one after the other; a time limit is shared between them
-        runs[route] = train_yolov8.run(train_yolov8.TrainConfig(
-            root=r.ws.root, name="pipeline" if len(routes) == 1 else f"pipeline-{route}",
-            start_from=the_plan.starts[route], time_limit=limit / len(routes) if limit else None),
-            settings=r.settings)
+    runs = _train_routes(r, the_plan)
     choice = the_plan.choice
+    metric = str(r.settings["promotion.metric"] or "map50_95")
+    chosen, scores, why = pick_route(runs, metric) if len(runs) > 1 else (None, {}, "")
+    if chosen:
+        logger.info("%s", why)
     r.trained = TrainedRoutes(choice.requested, choice.strategy, choice.reason, dict(choice.evidence), runs,
-                              the_plan.describe())
-    r.candidate = Path(next(iter(runs.values())).best)
-    # the stage's result: the run the report shows (after the comparison: the promoted one) + the strategy
-    return {**to_jsonable(next(iter(runs.values()))), "strategy": r.trained.summary()}
+                              the_plan.describe(), chosen=chosen, metric=metric, val_scores=scores, pick_reason=why)
+    r.candidate = Path(runs[chosen or next(iter(runs))].best)
+    shown = runs[chosen] if chosen else next(iter(runs.values()))
+    # the stage's result: the run the report shows (the one chosen on val, after the comparison the promoted one)
+    return {**to_jsonable(shown), "strategy": r.trained.summary()}
+
+
+def _train_routes(r: _Run, the_plan) -> dict:
+    """One run per route: one after the other (sharing a time limit), or at the same time on a GPU
+    with spare CPU cores (``the_plan.concurrent``), each with its share of the data workers."""
+    import train_yolov8
+
+    routes = the_plan.choice.routes
+    limit = the_plan.time_limit_per_route()
+
+    def one(route: str, workers: int | None = None):
+        return train_yolov8.run(train_yolov8.TrainConfig(
+            root=r.ws.root, name="pipeline" if len(routes) == 1 else f"pipeline-{route}",
+            start_from=the_plan.starts[route], time_limit=limit, workers=workers), settings=r.settings)
+
+    if not the_plan.concurrent:
+        return {route: one(route) for route in routes}
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolkit.training import ultralytics_output
+
+    logger.info("training %s at the same time: %s", " and ".join(routes), the_plan.concurrency)
+    # one redirection around both runs: each run's own redirection then saves and restores the same streams
+    with ultralytics_output(show_progress=False), ThreadPoolExecutor(max_workers=len(routes)) as pool:
+        futures = {route: pool.submit(one, route, the_plan.concurrent_workers) for route in routes}
+        return {route: futures[route].result() for route in routes}
+
+
+def _history_extras(r: _Run | None) -> dict:
+    """What later runs learn from: the route chosen on val (a 'both' run) and every run's measured speed."""
+    trained = r.trained if r is not None else None
+    if trained is None:
+        return {}
+    timings = [{"route": route, **run.timing} for route, run in trained.runs.items() if getattr(run, "timing", None)]
+    return {"routes": trained.history_record(), "trainings": timings}
 
 
 def _trained_outcome(res: dict) -> str:
@@ -337,20 +371,26 @@ def _trained_outcome(res: dict) -> str:
 
 
 def _after_compare(r: _Run) -> None:
-    """The train stage's result and the reasons say which route won, and each candidate's score."""
+    """The train stage's result and the reasons say which route was chosen on val, and how it fared on test."""
     trained, compared = r.trained, r.compared
     summary = trained.summary(compared)
     winner = trained.route_of(compared.winner) if compared.decision["promote"] else None
-    shown = trained.runs[winner] if winner else next(iter(trained.runs.values()))
+    shown = trained.runs[winner or trained.chosen or next(iter(trained.runs))]
     r.runner.results["train"] = {**to_jsonable(shown), "strategy": summary}
     r.notes.append(f"training: {trained.reason}")
     if len(trained.runs) > 1:
+        r.notes.append(f"route: {trained.pick_reason}")
         for c in summary["candidates"]:
-            test = c["test"] or {}
-            score = test.get("map50_95")
-            r.notes.append(f"candidate {c['route']} ({c['path']}): test mAP50-95 "
-                           f"{'n/a' if score is None else f'{score:.3f}'}, "
-                           f"{'passes' if c['passes'] else 'does not pass'} the rules{', promoted' if c['promoted'] else ''}")
+            val = (c["val"] or {}).get(trained.metric)
+            test = (c["test"] or {}).get("map50_95")
+            line = f"candidate {c['route']} ({c['path']}): val {trained.metric} {'n/a' if val is None else f'{val:.3f}'}"
+            if c["chosen_on_val"]:
+                line += (f", chosen on val; test mAP50-95 {'n/a' if test is None else f'{test:.3f}'}, "
+                         f"{'passes' if c['passes'] else 'does not pass'} the rules against production"
+                         f"{', promoted' if c['promoted'] else ''}")
+            else:
+                line += ", not chosen on val (not scored on test)"
+            r.notes.append(line)
 
 
 def _compare(r: _Run) -> Any:

@@ -234,3 +234,75 @@ def test_dataset_version_from_manifest_for_the_managed_dataset_only(tmp_path):
     ws.manifest.write_text(json.dumps({"version": 7}))
     assert E.dataset_version_of(ws, ws.dataset_yaml, fingerprint) == "7"
     assert E.dataset_version_of(ws, tmp_path / "other.yaml", fingerprint) == "sha-" + fingerprint[:12]
+
+
+# ----------------------------------------------------------------------------- issue 17: operating point, speed
+def _one_hit_per_target(n_images: int, confs: dict[int, float], false_conf: float = 0.3) -> M.ModelEvaluation:
+    """Every image holds one instance of each class, found by one correct prediction of the given confidence,
+    plus one false call of class 0 at ``false_conf``."""
+    tp, conf, cls, img, tcls, timg = [], [], [], [], [], []
+    for i in range(n_images):
+        for c, value in confs.items():
+            tp.append([True] * 10), conf.append(value), cls.append(c), img.append(i)
+            tcls.append(c), timg.append(i)
+        tp.append([False] * 10), conf.append(false_conf), cls.append(0), img.append(i)
+    ev = M.ModelEvaluation(Path("m.pt"), "0" * 64, NAMES, np.array(tp), np.array(conf), np.array(cls),
+                           np.array(img), np.array(tcls), np.array(timg), n_images)
+    ev.metrics = M.detection_metrics(ev.tp, ev.conf, ev.pred_cls, ev.target_cls, NAMES)
+    return ev
+
+
+def test_recall_and_false_calls_at_the_operating_conf():
+    ev = _one_hit_per_target(20, {0: 0.9, 1: 0.2, 2: 0.5})
+    weights = M.resample_weights(20, 200, seed=0)
+    op = M.operating_point(ev, 0.25, weights)
+    assert op["per_class"]["a"]["recall"] == 1.0 and op["per_class"]["b"]["recall"] == 0.0
+    assert op["per_class"]["c"]["recall"] == 1.0 and op["per_class"]["a"]["instances"] == 20
+    assert op["per_class"]["a"]["false_calls_per_image"] == 1.0 and op["per_class"]["b"]["false_calls_per_image"] == 0
+    assert op["false_calls_per_image"] == 1.0
+    # at 0.1 class b's predictions count; at 0.95 nothing does (no false call either)
+    assert M.operating_point(ev, 0.1, weights)["per_class"]["b"]["recall"] == 1.0
+    high = M.operating_point(ev, 0.95, weights)
+    assert high["per_class"]["a"]["recall"] == 0.0 and high["false_calls_per_image"] == 0.0
+
+
+def test_a_class_that_escapes_refuses_a_candidate_with_higher_map():
+    """AP ranks predictions, recall at the line's confidence counts what passes it: a candidate can rise
+    on mAP while one class's defects fall below the threshold."""
+    production = _one_hit_per_target(60, {0: 0.6, 1: 0.6, 2: 0.6}, false_conf=0.95)  # a's false calls rank first
+    candidate = _one_hit_per_target(60, {0: 0.9, 1: 0.1, 2: 0.9})  # perfect ranking, class b below 0.25
+    weights = M.resample_weights(60, 200)
+    drops = M.recall_drops(production, candidate, 0.25, weights)
+    assert drops["b"] == {"before": 1.0, "after": 0.0, "drop": 1.0, "ci95": [1.0, 1.0]}
+    assert drops["a"]["drop"] == 0.0 and drops["c"]["drop"] == 0.0
+    rules = PromotionRules(require_significance=False)
+    prod_entry = entry("prod.pt", production.metrics["map50_95"], [0.5, 0.5, 0.5])
+    cand_entry = {**entry("cand.pt", candidate.metrics["map50_95"], [0.5, 0.5, 0.5]), "recall_drop": drops}
+    assert cand_entry["map50_95"] > prod_entry["map50_95"]
+    verdict = judge_candidate(prod_entry, cand_entry, rules, (0.1, 0.2))
+    assert not verdict.passes
+    assert any(r.startswith("b recall at confidence 0.25 fell") for r in verdict.reasons), verdict.reasons
+    assert judge_candidate(prod_entry, cand_entry, PromotionRules(require_significance=False, max_recall_drop=1.0),
+                           (0.1, 0.2)).passes
+
+
+def test_speed_rule_same_architecture_and_size_is_never_refused_else_medians_with_spread():
+    rules = PromotionRules()
+    arch = {"name": "yolov8n", "params": 3006818, "signature": "abc"}
+    prod = {**entry("prod.pt", 0.4, [0.5] * 3, ms=10.0), "imgsz": 640, "architecture": arch,
+            "speed_rounds_ms": [9.0, 10.0, 30.0]}
+    same = {**entry("c.pt", 0.45, [0.5] * 3, ms=40.0), "imgsz": 640, "architecture": arch,
+            "speed_rounds_ms": [35.0, 40.0, 90.0]}
+    failure, reason = rules_speed(prod, same, rules)
+    assert failure is None and "same architecture as production" in reason and "spread 35.0-90.0 vs 9.0-30.0" in reason
+    bigger = {**same, "architecture": {"name": "yolov8s", "params": 11e6, "signature": "def"}}
+    failure, _ = rules_speed(prod, bigger, rules)
+    assert "4.00x as slow as production" in failure and "median of 3 interleaved rounds" in failure
+    other_size = {**same, "imgsz": 1280}
+    assert rules_speed(prod, other_size, rules)[0] is not None
+
+
+def rules_speed(prod, cand, rules):
+    from toolkit.decision import speed_rule
+
+    return speed_rule(prod, cand, rules)

@@ -8,6 +8,7 @@ significant with room to spare (interval about [+0.056, +0.124] on mAP50-95); th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -261,3 +262,100 @@ def test_with_several_candidates_the_better_one_wins_wherever_it_is_listed(first
     assert result.decision["promote"] is True
     assert result.winner == str(better.resolve())
     assert entry(result, V11)["map50_95"] > entry(result, weaker.name)["map50_95"]
+
+
+# ----------------------------------------------------------------------------- issue 17: the line's operating point
+def test_recall_and_false_calls_at_the_operating_conf_are_in_json_and_report(first_run):
+    """Per class, for production and candidate: recall (1 - escape rate) and false calls per image at
+    promotion.operating_conf, each with a 95% bootstrap interval; the rule's verdict is in the reasons."""
+    result, _ = first_run
+    report = json.loads(result.report.read_text())
+    assert report["settings"]["promotion"]["operating_conf"] == 0.25
+    for m in report["models"]:
+        op = m["operating_point"]
+        assert op["conf"] == 0.25 and set(op["per_class"]) == set(NEU_NAMES)
+        for c in op["per_class"].values():
+            assert c["instances"] > 0 and 0 <= c["recall"] <= 1
+            lo, hi = c["recall_ci95"]
+            assert lo <= c["recall"] <= hi
+            assert c["false_calls_per_image"] >= 0 and len(c["false_calls_ci95"]) == 2
+    cand = report["models"][1]
+    drops = cand["recall_drop"]
+    for n in NEU_NAMES:
+        before, after = report["models"][0]["operating_point"]["per_class"][n]["recall"], \
+            cand["operating_point"]["per_class"][n]["recall"]
+        assert drops[n]["drop"] == pytest.approx(before - after)
+    assert any("recall at confidence 0.25" in r for r in report["decision"]["reasons"])
+    text = result.markdown.read_text()
+    assert "## At the line's confidence" in text and "recall" in text and "false calls/img" in text
+
+
+def _escaping_copy(source: Path, dest: Path, class_index: int, ultralytics_config_dir: Path) -> Path:
+    """``source`` with one class's score bias lowered: that class ranks as before (its AP is almost
+    unchanged) but its confidences fall below the line's threshold - the defects escape."""
+    import torch
+
+    from toolkit.offline import load_yolo
+
+    yolo = load_yolo(source, ultralytics_config_dir)
+    head = yolo.model.model[-1]
+    with torch.no_grad():
+        for branch in head.cv3:
+            branch[-1].bias[class_index] -= 5.0
+    yolo.save(str(dest))
+    return dest
+
+
+def test_a_candidate_that_lets_one_class_escape_is_refused_even_with_higher_map(
+        first_run, workspace, subset_yaml, shared_models, tmp_path, ultralytics_config_dir):
+    patches = NEU_NAMES.index("patches")
+    candidate = _escaping_copy(shared_models / V11, tmp_path / "v11_patches_escape.pt", patches,
+                               ultralytics_config_dir)
+    result = run(CompareConfig(root=workspace, production=shared_models / V10, candidates=(candidate,),
+                               data=subset_yaml, **FAST))
+    prod, cand = result.models
+    assert cand["map50_95"] > prod["map50_95"] + 0.02  # mAP rises ...
+    drop = cand["recall_drop"]["patches"]
+    assert drop["before"] > 0.9 and drop["drop"] > 0.05  # ... but patches escape at 0.25
+    d = result.decision
+    assert d["promote"] is False
+    assert any(r.startswith("patches recall at confidence 0.25 fell") and "max_recall_drop 0.05" in r
+               for r in d["reasons"]), d["reasons"]
+    # the same comparison with the rule loosened promotes it: the recall rule alone refused it
+    loose = run(CompareConfig(root=workspace, production=shared_models / V10, candidates=(candidate,),
+                              data=subset_yaml, max_recall_drop=1.0, **FAST))
+    assert loose.decision["promote"] is True
+
+
+def test_copies_of_one_model_on_a_loaded_machine_are_never_refused_for_speed(
+        first_run, workspace, subset_yaml, shared_models, tmp_path):
+    """Busy loops on every core while two copies of one model are timed: whatever the timings say,
+    a candidate of production's architecture and input size is not refused for speed."""
+    import multiprocessing
+
+    copy = tmp_path / "copy_of_v11.pt"
+    shutil.copyfile(shared_models / V11, copy)
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    burners = [ctx.Process(target=_burn, args=(stop,), daemon=True) for _ in range(max(2, os.cpu_count() or 2))]
+    for p in burners:
+        p.start()
+    try:
+        result = run(CompareConfig(root=workspace, production=shared_models / V11, candidates=(copy,),
+                                   data=subset_yaml, device="cpu", speed_images=4, speed_rounds=5))
+    finally:
+        stop.set()
+        for p in burners:
+            p.join(10)
+    prod, cand = result.models
+    assert len(prod["speed_rounds_ms"]) == len(cand["speed_rounds_ms"]) == 5
+    assert prod["architecture"]["signature"] == cand["architecture"]["signature"]
+    verdict = result.decision["candidates"][0]
+    assert not any("as slow as production" in r for r in verdict["reasons"]), verdict["reasons"]
+    assert "same architecture as production" in verdict["speed"] and "slowdown rule does not apply" in verdict["speed"]
+    assert "median of 5 interleaved rounds (spread " in verdict["speed"]
+
+
+def _burn(stop) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10000))

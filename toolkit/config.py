@@ -115,6 +115,9 @@ evaluation:
   device: ""
   # Images timed per model for ms_per_image, after a warm-up batch (0 = do not time).
   speed_images: 16
+  # The models take turns over this many timing rounds; ms_per_image is each model's median
+  # round, and the speed rule's reason gives the spread of the rounds.
+  speed_rounds: 5
 
 promotion:
   # Metric that decides: map50_95 (stricter, default) or map50.
@@ -127,7 +130,15 @@ promotion:
   require_significance: true
   bootstrap_resamples: 1000
   # Largest accepted slowdown of inference, as a ratio to production (1.5 = 50% slower).
+  # Not applied to a candidate of production's architecture and input size (same cost by
+  # construction); otherwise the ratio of the median timing rounds is judged.
   max_slowdown: 1.5
+  # The confidence the line runs at (what the detection system logs, --scan's 0.25): recall
+  # (1 - escape rate) and false calls per image of each class are measured there.
+  operating_conf: 0.25
+  # Largest accepted drop of any class's recall at operating_conf (0.05 = 5 points), even when
+  # mAP rises: a model that lets more defects of one class escape is refused.
+  max_recall_drop: 0.05
   # The first model of a workspace (no production yet) must reach at least this on the metric:
   # a model that detects almost nothing is not put into production (pipeline --force overrides).
   min_first_map: 0.05
@@ -443,6 +454,8 @@ KEYS: dict[str, Key] = {
     "evaluation.device": Key(device, "--device", "cpu | 0 | ...; empty: GPU 0 if there is one, else cpu"),
     "evaluation.speed_images": Key(integer(0, 10_000), "--speed-images", "images timed per model for ms/image "
                                    "(0: no timing)", type=int),
+    "evaluation.speed_rounds": Key(integer(1, 100), "--speed-rounds", "timing rounds the models take turns "
+                                   "over; ms/image is each model's median round", type=int),
     "promotion.metric": Key(metric),
     "promotion.min_gain": Key(number(-1, 1)),
     "promotion.max_class_drop": Key(number(0, 1)),
@@ -450,6 +463,11 @@ KEYS: dict[str, Key] = {
     "promotion.bootstrap_resamples": Key(integer(1000, MAX_RESAMPLES), "--resamples", "bootstrap resamples for the 95% "
                                          "interval of the gain", type=int),
     "promotion.max_slowdown": Key(number(0, 1000, lo_open=True)),
+    "promotion.operating_conf": Key(number(0, 1, hi_open=True), "--operating-conf",
+                                    "confidence the line runs at: per-class recall and false calls are "
+                                    "measured there", type=float),
+    "promotion.max_recall_drop": Key(number(0, 1), "--max-recall-drop", "largest accepted drop of one "
+                                     "class's recall at operating_conf", type=float),
     "promotion.min_first_map": Key(number(0, 1)),
     "memory_bank.url": Key(text()),  # --memory-bank (training_analyzer.py) overrides it, relative to the cwd
     "analyzer.near_duplicate_bits": Key(integer(0, 64)),

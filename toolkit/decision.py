@@ -4,7 +4,10 @@ The rules come from the ``promotion:`` section of training.yaml. A candidate pas
   - its gain on the decision metric (mAP50-95 by default) reaches ``min_gain``,
   - the bootstrap 95% interval of that gain lies above zero (when ``require_significance``),
   - no class's AP50 falls by more than ``max_class_drop``,
-  - it is at most ``max_slowdown`` times slower than production,
+  - no class's recall at the line's confidence (``operating_conf``) falls by more than
+    ``max_recall_drop``: more escapes of one class refuse a model whatever its mAP,
+  - it is at most ``max_slowdown`` times slower than production (median timing rounds); a
+    candidate of production's architecture and input size is never refused for speed,
   - and it is not the production file itself.
 The winner is the passing candidate with the highest metric; without one, production stays.
 """
@@ -40,6 +43,8 @@ class PromotionRules:
     bootstrap_resamples: int = _promotion_default("bootstrap_resamples")
     max_slowdown: float = _promotion_default("max_slowdown")
     min_first_map: float = _promotion_default("min_first_map")
+    operating_conf: float = _promotion_default("operating_conf")
+    max_recall_drop: float = _promotion_default("max_recall_drop")
 
     @classmethod
     def from_settings(cls, promotion: Mapping[str, Any]) -> "PromotionRules":
@@ -59,6 +64,7 @@ class Verdict:
     ci95: tuple[float, float] | None
     reasons: tuple[str, ...]          # every failed rule, or why it passes
     regressed_classes: tuple[str, ...]
+    speed: str = ""                   # what the slowdown rule found, passed or not
 
 
 def judge_candidate(production: Mapping[str, Any], candidate: Mapping[str, Any], rules: PromotionRules,
@@ -94,24 +100,24 @@ def judge_candidate(production: Mapping[str, Any], candidate: Mapping[str, Any],
             regressed.append(name)
             failures.append(f"{name} AP50 fell {drop:.3f} ({old:.3f} -> {new:.3f}), more than the allowed "
                             f"{rules.max_class_drop:.2f}")
-    prod_ms, cand_ms = production.get("ms_per_image"), candidate.get("ms_per_image")
-    if prod_ms and cand_ms and cand_ms / prod_ms > rules.max_slowdown:
-        failures.append(f"inference is {cand_ms / prod_ms:.2f}x as slow as production ({cand_ms:.1f} vs "
-                        f"{prod_ms:.1f} ms/image), more than the allowed {rules.max_slowdown:.2f}x")
+    recall_failures, recall_ok = _recall_rule(candidate, rules)
+    failures += recall_failures
+    speed_failure, speed_reason = speed_rule(production, candidate, rules)
+    if speed_failure:
+        failures.append(speed_failure)
     if failures:
-        return Verdict(str(candidate["path"]), False, after, gain, ci95, tuple(failures), tuple(regressed))
+        return Verdict(str(candidate["path"]), False, after, gain, ci95, tuple(failures), tuple(regressed),
+                       speed_failure or speed_reason)
     reasons = [f"{label} rose {gain:+.3f} ({before:.3f} -> {after:.3f}), at least the required {rules.min_gain:.3f}"]
     if ci95 is not None:
         reasons.append(f"the gain is significant: its 95% bootstrap interval [{ci95[0]:+.3f}, {ci95[1]:+.3f}] "
                        "lies above zero" if ci95[0] > 0 else
                        f"95% bootstrap interval of the gain [{ci95[0]:+.3f}, {ci95[1]:+.3f}] (significance not required)")
     reasons.append(f"no class's AP50 fell by more than {rules.max_class_drop:.2f}")
-    if prod_ms and cand_ms:
-        reasons.append(f"speed {cand_ms:.1f} ms/image vs production {prod_ms:.1f} "
-                       f"({cand_ms / prod_ms:.2f}x, allowed {rules.max_slowdown:.2f}x)")
-    else:
-        reasons.append("speed was not measured (evaluation speed_images 0): the slowdown rule was not applied")
-    return Verdict(str(candidate["path"]), True, after, gain, ci95, tuple(reasons), ())
+    if recall_ok:
+        reasons.append(recall_ok)
+    reasons.append(speed_reason)
+    return Verdict(str(candidate["path"]), True, after, gain, ci95, tuple(reasons), (), speed_reason)
 
 
 def decide(production: Mapping[str, Any] | None, verdicts: Sequence[Verdict], rules: PromotionRules,
@@ -165,4 +171,61 @@ def decide(production: Mapping[str, Any] | None, verdicts: Sequence[Verdict], ru
             "reasons": reasons,
             "candidates": [{"path": v.path, "passes": v.passes, "gain": v.gain,
                             "ci95": list(v.ci95) if v.ci95 else None, "regressed_classes": list(v.regressed_classes),
-                            "reasons": list(v.reasons)} for v in verdicts]}
+                            "speed": v.speed, "reasons": list(v.reasons)} for v in verdicts]}
+
+
+def _recall_rule(candidate: Mapping[str, Any], rules: PromotionRules) -> tuple[list[str], str | None]:
+    """Failures for classes whose recall at ``operating_conf`` fell more than ``max_recall_drop``;
+    else one line that says the rule held (None when the comparison measured no recall)."""
+    drops = candidate.get("recall_drop")
+    if drops is None:
+        return [], None
+    conf = rules.operating_conf
+    failures = []
+    for name, d in drops.items():
+        if d["drop"] > rules.max_recall_drop + 1e-12:
+            ci = f", 95% interval of the drop [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d.get("ci95") else ""
+            failures.append(f"{name} recall at confidence {conf:.2f} fell {d['drop']:.3f} ({d['before']:.3f} -> "
+                            f"{d['after']:.3f}{ci}), more than promotion.max_recall_drop {rules.max_recall_drop:.2f}: "
+                            f"more {name} defects would escape on the line")
+    if failures:
+        return failures, None
+    return [], (f"no class's recall at confidence {conf:.2f} (the line's operating point) fell by more than "
+                f"{rules.max_recall_drop:.2f}")
+
+
+def _spread(rounds: Sequence[float]) -> str:
+    return f"{min(rounds):.1f}-{max(rounds):.1f}"
+
+
+def speed_rule(production: Mapping[str, Any], candidate: Mapping[str, Any],
+               rules: PromotionRules) -> tuple[str | None, str]:
+    """``(failure or None, reason)`` of the slowdown rule.
+
+    A candidate with production's architecture (same layers and parameter count) scored at the
+    same input size costs the same by construction: its measured times differ only by the load
+    of the machine while they were taken, so it is never refused for speed. Otherwise the ratio
+    of the two models' median timing rounds is judged, and the reason gives rounds and spread.
+    """
+    prod_ms, cand_ms = production.get("ms_per_image"), candidate.get("ms_per_image")
+    prod_arch, cand_arch = production.get("architecture") or {}, candidate.get("architecture") or {}
+    same_arch = bool(prod_arch.get("signature")) and prod_arch.get("signature") == cand_arch.get("signature")
+    same_size = production.get("imgsz") is not None and production.get("imgsz") == candidate.get("imgsz")
+    measured = ""
+    if prod_ms and cand_ms:
+        p_rounds, c_rounds = production.get("speed_rounds_ms") or [], candidate.get("speed_rounds_ms") or []
+        measured = f"{cand_ms:.1f} vs production {prod_ms:.1f} ms/image"
+        if c_rounds and p_rounds:
+            measured += (f", median of {len(c_rounds)} interleaved rounds (spread {_spread(c_rounds)} vs "
+                         f"{_spread(p_rounds)} ms)")
+    if same_arch and same_size:
+        return None, (f"same architecture as production ({cand_arch.get('name')}, {cand_arch.get('params')} "
+                      f"parameters) at the same input size ({candidate.get('imgsz')} px): the same inference cost by "
+                      "construction, so the slowdown rule does not apply" + (f" (measured {measured})" if measured else ""))
+    if not (prod_ms and cand_ms):
+        return None, "speed was not measured (evaluation speed_images 0): the slowdown rule was not applied"
+    ratio = cand_ms / prod_ms
+    if ratio > rules.max_slowdown:
+        return (f"inference is {ratio:.2f}x as slow as production ({measured}), more than the allowed "
+                f"{rules.max_slowdown:.2f}x"), ""
+    return None, f"speed {ratio:.2f}x production's, allowed {rules.max_slowdown:.2f}x ({measured})"

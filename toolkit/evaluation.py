@@ -19,15 +19,17 @@ import numpy as np
 from toolkit.errors import UserError
 from toolkit.eval_split import SplitData, load_split
 from toolkit.files import atomic_write_bytes, sha256_file
-from toolkit.inference import (EvalSettings, LoadedModel, check_names, measure_speeds, run_inference,
-                               scoring_size, settings_for)
-from toolkit.metrics import ModelEvaluation, interval95, paired_bootstrap
+from toolkit.inference import (EvalSettings, LoadedModel, check_names, measure_speed_rounds, measure_speeds,
+                               run_inference, scoring_size, settings_for)
+from toolkit.metrics import (ModelEvaluation, interval95, operating_point, paired_bootstrap, recall_drops,
+                             resample_weights)
 
 logger = logging.getLogger(__name__)
 
 # what the comparator uses, from one place
 __all__ = ["EvalSettings", "LoadedModel", "ModelEvaluation", "SplitData", "dataset_version_of", "evaluate",
-           "interval95", "load_model", "load_split", "measure_speeds", "model_entry", "paired_bootstrap",
+           "interval95", "load_model", "load_split", "measure_speed_rounds", "measure_speeds", "median",
+           "model_entry", "operating_point", "paired_bootstrap", "recall_drops", "resample_weights",
            "scoring_size"]
 
 # Bump when anything that changes the stored numbers changes (matching, preprocessing, layout).
@@ -114,6 +116,11 @@ def dataset_version_of(workspace, data_yaml: Path, fingerprint: str) -> str:
         if version is not None:
             return str(version)
     return "sha-" + fingerprint[:12]
+
+
+def median(values) -> float | None:
+    """The median of timing rounds (None: not timed)."""
+    return float(np.median(values)) if len(values) else None
 
 
 def model_entry(ev: ModelEvaluation, role: str) -> dict[str, Any]:

@@ -493,7 +493,34 @@ def _comparison(stage: dict[str, Any]) -> str:
         head = "".join(f"<th>{_esc(label)}</th>" for label in labels)
         parts.append("<h3>AP50 per class</h3><table><thead><tr><th>class</th>" + head
                      + f"</tr></thead><tbody>{''.join(body)}</tbody></table>")
+        parts.append(_operating_point(models, names))
     return "".join(parts)
+
+
+def _operating_point(models: list[dict[str, Any]], names: list[str]) -> str:
+    """Per class: recall (1 - escape rate) and false calls per image at the line's confidence."""
+    scored = [(i, m) for i, m in enumerate(models) if isinstance(m.get("operating_point"), dict)]
+    if not scored:
+        return ""
+
+    def cell(value: Any, ci: Any) -> str:
+        if _num(value) is None:
+            return "-"
+        interval = f" [{_fmt(_num(ci[0]))}, {_fmt(_num(ci[1]))}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+        return f"{_fmt(_num(value))}{interval}"
+
+    rows = []
+    for name in names:
+        row: list[Any] = [name]
+        for _, m in scored:
+            c = (m["operating_point"].get("per_class") or {}).get(name) or {}
+            row += [cell(c.get("recall"), c.get("recall_ci95")),
+                    cell(c.get("false_calls_per_image"), c.get("false_calls_ci95"))]
+        rows.append(row)
+    conf = _num(scored[0][1]["operating_point"].get("conf"))
+    headers = ["class"] + [f"{_model_label(m, i)} {what}" for i, m in scored for what in ("recall", "false calls / image")]
+    return (f"<h3>At the line's confidence ({_fmt(conf, 2)}): recall and false calls per class</h3>"
+            + _table(headers, rows) + _note("recall = 1 - escape rate; 95% bootstrap intervals in brackets"))
 
 
 def _class_names(models: list[dict[str, Any]]) -> list[str]:

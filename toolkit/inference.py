@@ -48,6 +48,7 @@ class EvalSettings:
     iou: float = _evaluation_default("iou")
     device: str = _evaluation_default("device")            # "" = first GPU if any, else cpu
     speed_images: int = _evaluation_default("speed_images")  # images timed per round; 0: no timing
+    speed_rounds: int = _evaluation_default("speed_rounds")  # rounds the models take turns over
 
     @classmethod
     def from_settings(cls, evaluation: Mapping[str, Any]) -> "EvalSettings":
@@ -175,6 +176,7 @@ class LoadedModel:
         self.stride = max(int(self.backend.stride), 32) if hasattr(self.backend, "stride") else 32
         self.end2end = bool(getattr(self.backend, "end2end", False))
         self.trained_imgsz = trained_imgsz(yolo)
+        self.architecture = architecture_of(yolo)
 
     def forward(self, tensor, settings: EvalSettings, max_det: int):
         import torch
@@ -190,6 +192,24 @@ class LoadedModel:
 
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def architecture_of(yolo) -> dict[str, Any]:
+    """What fixes a model's inference cost: its layer configuration and parameter count.
+
+    Two checkpoints with the same ``signature`` run the same layers on the same tensor shapes at
+    one input size: their speed differs only by the machine's load while they are timed.
+    """
+    import hashlib
+    import json
+
+    net = yolo.model
+    cfg = getattr(net, "yaml", None) or {}
+    layers = {k: v for k, v in cfg.items() if k not in ("yaml_file", "ch", "channels")}
+    params = int(sum(p.numel() for p in net.parameters()))
+    text = json.dumps({"cfg": layers, "params": params}, sort_keys=True, default=str)
+    name = Path(str(cfg.get("yaml_file") or "")).stem or "unknown"
+    return {"name": name, "params": params, "signature": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
 def trained_imgsz(yolo) -> int | None:
@@ -263,18 +283,19 @@ def run_inference(model: LoadedModel, data: SplitData, settings: EvalSettings,
     return ev
 
 
-def measure_speeds(models: Sequence[LoadedModel], data: SplitData, settings: EvalSettings,
-                   rounds: int = 2) -> list[float | None]:
-    """Milliseconds per image (network + NMS) of each model, on the same images and batch size,
-    each at its scoring size (``settings_for``).
+def measure_speed_rounds(models: Sequence[LoadedModel], data: SplitData, settings: EvalSettings,
+                         rounds: int | None = None) -> list[list[float]]:
+    """Milliseconds per image (network + NMS) of each model in every timing round, on the same
+    images and batch size, each model at its scoring size (``settings_for``).
 
-    Every model is warmed up first, then the models take turns over ``rounds`` rounds and each
-    keeps its fastest round: a load spike on a shared machine then hits no model in particular.
-    Measured afresh in every comparison (even when accuracy comes from the cache), so the
-    slowdown ratio compares models under the same conditions.
+    Every model is warmed up first, then the models take turns, round after round
+    (``evaluation.speed_rounds``): a load spike on a shared machine hits one round of one model,
+    and each model's median round leaves it out. Measured afresh in every comparison (even when
+    accuracy comes from the cache), so the slowdown ratio compares models under the same conditions.
     """
     if not models or settings.speed_images == 0:
-        return [None] * len(models)
+        return [[] for _ in models]
+    rounds = max(1, int(rounds or settings.speed_rounds))
     stride = max(m.stride for m in models)
     n = min(len(data), settings.speed_images)
     sizes = [imgsz_for(settings_for(settings, m), stride) for m in models]
@@ -289,12 +310,20 @@ def measure_speeds(models: Sequence[LoadedModel], data: SplitData, settings: Eva
     for m, batches in zip(models, inputs):  # warm-up: allocations, kernel selection, lazy initialisation
         m.forward(batches[0].tensor, settings, 300)
         m.synchronize()
-    best = [math.inf] * len(models)
-    for _ in range(rounds):
-        for k, (m, batches) in enumerate(zip(models, inputs)):
+    times: list[list[float]] = [[] for _ in models]
+    for r in range(rounds):
+        # the order alternates, so that neither model always runs right after the other's warm caches
+        order = list(enumerate(zip(models, inputs)))
+        for k, (m, batches) in (order if r % 2 == 0 else order[::-1]):
             start = time.perf_counter()
             for lb in batches:
                 m.forward(lb.tensor, settings, 300)
             m.synchronize()
-            best[k] = min(best[k], (time.perf_counter() - start) * 1000 / n)
-    return best
+            times[k].append((time.perf_counter() - start) * 1000 / n)
+    return times
+
+
+def measure_speeds(models: Sequence[LoadedModel], data: SplitData, settings: EvalSettings,
+                   rounds: int | None = None) -> list[float | None]:
+    """Each model's median round of ``measure_speed_rounds`` in ms/image (None: not timed)."""
+    return [float(np.median(t)) if t else None for t in measure_speed_rounds(models, data, settings, rounds)]

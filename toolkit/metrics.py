@@ -169,3 +169,95 @@ def paired_bootstrap(production: ModelEvaluation, candidate: ModelEvaluation, me
 def interval95(samples: np.ndarray) -> tuple[float, float]:
     lo, hi = np.percentile(samples, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- the operating point
+def _per_image_counts(ev: ModelEvaluation, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hits, targets, false) per image and class, (n_images, nc) each, at confidence ``conf``.
+
+    A hit is a prediction at or above ``conf`` that is correct at IoU 0.5; the matching was done
+    in descending confidence, so the predictions above ``conf`` keep exactly these matches when
+    the ones below it are dropped.
+    """
+    nc, n = len(ev.names), ev.n_images
+    keep = ev.conf >= conf
+    cls, img = ev.pred_cls[keep].astype(int), ev.pred_img[keep].astype(int)
+    correct = ev.tp[keep, 0] if len(ev.tp) else np.zeros(0, bool)
+    hits = np.zeros((n, nc))
+    false = np.zeros((n, nc))
+    np.add.at(hits, (img[correct], cls[correct]), 1)
+    np.add.at(false, (img[~correct], cls[~correct]), 1)
+    targets = np.zeros((n, nc))
+    np.add.at(targets, (ev.target_img.astype(int), ev.target_cls.astype(int)), 1)
+    return hits, targets, false
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def operating_point_samples(ev: ModelEvaluation, conf: float, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class recall and false calls per image at ``conf`` for each row of image ``weights`` (B, n)."""
+    hits, targets, false = _per_image_counts(ev, conf)
+    recall = _ratio(weights @ hits, weights @ targets)            # (B, nc); nan: no instance in the resample
+    false_per_image = (weights @ false) / np.maximum(weights.sum(1, keepdims=True), 1)
+    return recall, false_per_image
+
+
+def resample_weights(n_images: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """(resamples, n_images) image counts of paired bootstrap resamples."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, n_images, n_images), minlength=n_images)
+                     for _ in range(resamples)]).astype(float) if n_images else np.zeros((resamples, 0))
+
+
+def _interval(samples: np.ndarray) -> list[float] | None:
+    samples = samples[np.isfinite(samples)]
+    if not len(samples):
+        return None
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def operating_point(ev: ModelEvaluation, conf: float, weights: np.ndarray) -> dict[str, Any]:
+    """Recall (1 - escape rate) and false calls per image of every class at the line's confidence.
+
+    ``weights``: the bootstrap resamples (``resample_weights``); the 95% intervals come from them,
+    as the gain's interval does.
+    """
+    whole = np.ones((1, ev.n_images))
+    recall, false = operating_point_samples(ev, conf, whole)
+    r_samples, f_samples = operating_point_samples(ev, conf, weights)
+    _, targets, _ = _per_image_counts(ev, conf)
+    per_class = {}
+    for c, name in enumerate(ev.names):
+        instances = int(targets[:, c].sum())
+        per_class[name] = {
+            "instances": instances,
+            "recall": float(recall[0, c]) if instances else None,
+            "recall_ci95": _interval(r_samples[:, c]) if instances else None,
+            "false_calls_per_image": float(false[0, c]),
+            "false_calls_ci95": _interval(f_samples[:, c]),
+        }
+    return {"conf": float(conf), "false_calls_per_image": float(false[0].sum()),
+            "false_calls_ci95": _interval(f_samples.sum(1)), "per_class": per_class}
+
+
+def recall_drops(production: ModelEvaluation, candidate: ModelEvaluation, conf: float,
+                 weights: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per class: production's recall minus the candidate's at ``conf``, with its paired 95% interval."""
+    if production.n_images != candidate.n_images:
+        raise ValueError("paired bootstrap needs both models evaluated on the same images")
+    whole = np.ones((1, production.n_images))
+    before, _ = operating_point_samples(production, conf, whole)
+    after, _ = operating_point_samples(candidate, conf, whole)
+    before_s, _ = operating_point_samples(production, conf, weights)
+    after_s, _ = operating_point_samples(candidate, conf, weights)
+    out = {}
+    for c, name in enumerate(production.names):
+        if not np.isfinite(before[0, c]):
+            continue  # no instance of the class in the split: nothing escapes
+        out[name] = {"before": float(before[0, c]), "after": float(after[0, c]),
+                     "drop": float(before[0, c] - after[0, c]), "ci95": _interval(before_s[:, c] - after_s[:, c])}
+    return out
