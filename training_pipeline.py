@@ -13,7 +13,7 @@ Usage:
     python training_pipeline.py --root D:/inspection --status
     python training_pipeline.py --root D:/inspection --rollback        # back to the previous version
     python training_pipeline.py --root D:/inspection --dry-run         # say what would happen, about how long
-    python training_pipeline.py --root D:/inspection --strategy both   # fine-tune and scratch; the better wins
+    python training_pipeline.py --root D:/inspection --strategy both   # fine-tune and scratch; the better on val is the candidate
 
 Exit codes: 0 whether the model was promoted, kept or the run skipped (the JSON says which);
 1 a failure (production is left untouched; rerunning is safe); 2 a usage error.
@@ -161,7 +161,9 @@ def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, 
         "train": ("skip (--candidate given)" if config.candidate else
                   f"{_training_plan(config, settings, ws, read_only=True, pending=[Path(p) for p in pending] + ([Path(config.source)] if config.source else [])).describe()} "
                   f"at {config.imgsz} px, {config.epochs} epochs"),
-        "compare": "evaluate candidate vs production on the test split",
+        "compare": ("evaluate the candidate (with two routes: the one better on the validation split) vs "
+                    "production on the test split: mAP, per-class AP50, per-class recall at confidence "
+                    f"{settings['promotion.operating_conf']} (promotion.operating_conf), speed"),
         "promote": "promote if the comparator approves",
     }
     if config.if_new_data and not new_data:

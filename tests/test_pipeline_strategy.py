@@ -126,3 +126,17 @@ def test_time_limit_keeps_auto_off_routes_that_do_not_fit(workspace):
           "workers": 0, "batch": 16}
     plan = pl.plan_training(Workspace.at(workspace), ts, machine=mc.Machine(cores=2), read_only=True)
     assert plan.choice.strategy == "finetune" and "time budget" in plan.choice.reason
+
+
+def test_both_routes_at_the_same_time_train_and_pick_on_val(workspace, monkeypatch):
+    """The concurrent path (decided for a GPU with spare cores) run for real on this CPU: the GPU
+    decision is the one stand-in; both trainings run in threads of one process."""
+    _lax_promotion(workspace)
+    monkeypatch.setattr(pl, "concurrency", lambda machine, device, workers: (True, 0, "both at once (test)"))
+    result = training_pipeline.run(training_pipeline.PipelineConfig(root=workspace, strategy="both", **FAST))
+    strategy = result.stages["train"]["strategy"]
+    assert "both at once (test)" in strategy["plan"]
+    cands = strategy["candidates"]
+    assert [c["route"] for c in cands] == ["finetune", "scratch"] and all(c["epochs"] == 1 for c in cands)
+    assert strategy["chosen"] in ("finetune", "scratch") and result.decision in ("promoted", "kept")
+    assert all(Path(c["path"]).is_file() for c in cands)
