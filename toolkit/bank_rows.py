@@ -49,11 +49,26 @@ def iso_seconds(values) -> tuple[np.ndarray, np.ndarray]:
 
 def _text(col: pd.Series) -> tuple[pd.Series, np.ndarray]:
     """A text column with '' as null, and where each value is usable as is (null or a string)."""
+    if pd.api.types.is_string_dtype(col) and col.dtype != object:  # pandas' own string type: nulls as NA
+        empty = (col == "").fillna(False).to_numpy(dtype=bool)
+        return (col.mask(empty) if empty.any() else col), np.ones(len(col), dtype=bool)
     col = col.where(col.notna() & (col != ""), None) if len(col) else col
-    if pd.api.types.is_string_dtype(col) and col.dtype != object:
-        return col, np.ones(len(col), dtype=bool)
     ok = col.map(lambda v: v is None or type(v) is str, na_action=None).to_numpy(dtype=bool)
     return col, ok
+
+
+def _changed(col: pd.Series) -> np.ndarray:
+    """Whether each value (after the first) differs from the one before it; null equals null."""
+    if isinstance(col.dtype, pd.StringDtype) and col.dtype.storage == "pyarrow":
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arr = pa.array(col.array)
+        a, b = arr.slice(1), arr.slice(0, len(arr) - 1)
+        differ = pc.fill_null(pc.not_equal(a, b), True).to_numpy(zero_copy_only=False)
+        return differ & ~(a.is_null().to_numpy(zero_copy_only=False) & b.is_null().to_numpy(zero_copy_only=False))
+    codes = pd.factorize(col)[0]
+    return codes[1:] != codes[:-1]
 
 
 def _numbers(col: pd.Series) -> np.ndarray:
@@ -142,11 +157,10 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
         return
     line = df["line"].to_numpy(dtype=np.int64)
     cols = {c: _text(df[c]) for c in ("timestamp", "image", "model_version", "class", "source", "kind")}
-    keys = np.stack([pd.factorize(cols[c][0].to_numpy(dtype=object) if c != "timestamp" or not
-                                  pd.api.types.is_datetime64_any_dtype(df[c]) else df[c])[0]
-                     for c in ("timestamp", "image", "model_version")])
-    starts = np.ones(len(df), dtype=bool)
-    starts[1:] = (keys[:, 1:] != keys[:, :-1]).any(axis=0)
+    starts = np.zeros(len(df), dtype=bool)
+    starts[0] = True
+    for c in ("timestamp", "image", "model_version"):
+        starts[1:] |= _changed(cols[c][0])
     group = np.cumsum(starts) - 1
     first = np.flatnonzero(starts)
     n = len(first)
@@ -188,16 +202,17 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
     new = np.cumsum(kept) - 1
     row_kept = kept[group]
     reviewed = np.bincount(group[review & row_kept], minlength=n) > 0
-    table = pd.DataFrame({"line": line[first][kept], "ts": ts[kept], "image": image[kept].to_numpy(dtype=object),
-                          "version": version[kept].to_numpy(dtype=object),
-                          "source": cols["source"][0].iloc[first][kept].to_numpy(dtype=object),
+    table = pd.DataFrame({"line": line[first][kept], "ts": ts[kept], "image": image[kept].array,
+                          "version": version[kept].array, "source": cols["source"][0].iloc[first][kept].array,
                           "width": width[kept], "height": height[kept], "reviewed": reviewed[kept]})
     d_sel = row_kept & has & ~review
     l_sel = row_kept & has & review
-    names = name.to_numpy(dtype=object)
-    boxes = pd.DataFrame({"record": new[group[d_sel]], "cls": pd.Categorical(names[d_sel]), "conf": conf[d_sel],
+    codes, uniques = pd.factorize(name)
+    names = pd.Index(np.asarray(uniques, dtype=object), dtype=object)
+    boxes = pd.DataFrame({"record": new[group[d_sel]], "cls": pd.Categorical.from_codes(codes[d_sel], names),
+                          "conf": conf[d_sel],
                           **dict(zip(BOX, box[d_sel].T))})
-    labels = pd.DataFrame({"record": new[group[l_sel]], "cls": pd.Categorical(names[l_sel]),
+    labels = pd.DataFrame({"record": new[group[l_sel]], "cls": pd.Categorical.from_codes(codes[l_sel], names),
                            **dict(zip(BOX, box[l_sel].T))})
     parts.add_frames(table, boxes, labels)
     bad = np.flatnonzero(~ok)

@@ -349,6 +349,7 @@ class Parts:
         from pandas.api.types import union_categoricals
 
         pieces = [p for p in self.pieces + ([self._single_frames()] if self._single else []) if len(p[0])]
+        self.pieces, self._single = [], []  # the frames below replace them: hold each copy only once
         offset, tables, boxes, labels = 0, [], [], []
         for table, box, lab in pieces:
             tables.append(table)
@@ -364,10 +365,12 @@ class Parts:
         codes, at = names.codes.astype(np.int64), 0
         for f in boxes + labels:
             f["cls"], at = codes[at:at + len(f)], at + len(f)
+        n_pieces = len(pieces)
         table = pd.concat(tables, ignore_index=True)
         box, lab = pd.concat(boxes, ignore_index=True), pd.concat(labels, ignore_index=True)
+        del pieces, tables, boxes, labels
         line = table["line"].to_numpy(dtype=np.int64)
-        if len(pieces) > 1 and (np.diff(line) < 0).any():  # single records rejoin their place
+        if n_pieces > 1 and (np.diff(line) < 0).any():  # single records rejoin their place
             order = np.argsort(line, kind="stable")
             rank = np.empty_like(order)
             rank[order] = np.arange(len(order))
@@ -383,7 +386,7 @@ class Parts:
         remap = np.zeros(len(names.categories), dtype=np.int32)
         remap[first] = np.arange(len(first))
         table = pd.DataFrame({
-            "line": line if len(table) == len(line) and not len(pieces) > 1 else table["line"].to_numpy(dtype=np.int64),
+            "line": table["line"].to_numpy(dtype=np.int64),
             "ts": table["ts"].to_numpy(dtype=np.float64), "image": table["image"].array,
             "version": version, "source": source, "width": table["width"].to_numpy(dtype=np.int32),
             "height": table["height"].to_numpy(dtype=np.int32), "reviewed": table["reviewed"].to_numpy(dtype=bool)})
