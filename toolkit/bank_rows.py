@@ -218,10 +218,13 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
     bad = np.flatnonzero(~ok)
     if len(bad):
         ends = np.append(first[1:], len(df))
-        frame = df[list(ROW_COLUMNS)].astype(object)
+        sizes = ends[bad] - first[bad]
+        at = np.concatenate([[0], np.cumsum(sizes)])
+        take = np.repeat(first[bad] - at[:-1], sizes) + np.arange(at[-1])   # the bad records' rows only
+        frame = df.iloc[take][list(ROW_COLUMNS)].astype(object)
         frame = frame.where(frame.notna() & (frame != ""), None)
-        for g in bad.tolist():
-            rows = list(frame.iloc[first[g]:ends[g]].itertuples(index=False, name=None))
+        for k, g in enumerate(bad.tolist()):
+            rows = list(frame.iloc[at[k]:at[k + 1]].itertuples(index=False, name=None))
             record, problem = _record_of_rows(rows)
             if problem is not None:
                 parts.malformed.add(*problem)

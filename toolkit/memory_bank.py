@@ -327,14 +327,18 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: cannot read the CSV header ({_short(exc)})") from None
     if any(c not in header for c in REQUIRED_COLUMNS):
         _frame(pd.DataFrame(columns=header), f"{path}: CSV header", np.zeros(0))
-    text = {c: str for c in ("timestamp", "image", "model_version", "class", "source", "kind", "image_width",
-                             "image_height") if c in header}
-    options = dict(dtype=text, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
-    try:
-        df = pd.read_csv(path, engine="pyarrow", **options)
-    except Exception:  # rows of another length, odd bytes: the python engine keeps each row in its place
-        df = pd.read_csv(path, engine="python", encoding_errors="replace",
-                         on_bad_lines=lambda fields: (fields + [""] * len(header))[:len(header)], **options)
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    text = [c for c in ("timestamp", "image", "model_version", "class", "source", "kind", "image_width",
+                        "image_height") if c in header]
+    try:  # pyarrow's CSV reader (what pandas' pyarrow engine runs), text columns kept as text
+        df = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in text}, null_values=[""], strings_can_be_null=True)).to_pandas()
+    except (pa.ArrowInvalid, UnicodeDecodeError):  # rows of another length, odd bytes: pandas' python engine
+        df = pd.read_csv(path, engine="python", encoding="utf-8-sig", encoding_errors="replace",
+                         dtype={c: str for c in text}, keep_default_na=False, na_values=[""],
+                         on_bad_lines=lambda fields: (fields + [""] * len(header))[:len(header)])
     return _frame(df, f"{path}: CSV header", np.arange(2, len(df) + 2, dtype=np.int64))
 
 
