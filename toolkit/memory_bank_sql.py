@@ -447,6 +447,10 @@ def _postgres_rows(loc: BankLocation, since: float | None, until: float | None):
             with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)", params) as copy:
                 for data in copy:
                     spool.write(data)
+            if spool.tell() == 0:  # an empty table (or window)
+                import pandas as pd
+
+                return pd.DataFrame({c: pd.Series([], dtype=object) for c in ROW_COLUMNS})
             spool.seek(0)
             text = {c: pa.string() for c in ROW_COLUMNS if c in TEXT_COLUMNS + ("timestamp",)}
             table = pacsv.read_csv(spool, read_options=pacsv.ReadOptions(column_names=list(ROW_COLUMNS)),
