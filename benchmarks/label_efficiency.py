@@ -23,11 +23,12 @@ scores come from ultralytics' ``val`` on the test split (conf 0.001, iou 0.7).
 Modes:
   --mode gpu        imgsz 640, 30 epochs, batch 32, K 120,240,360, 3 draws, whole pool and test
                     split; ``--jobs N`` runs N fine-tunes at once (one GPU fits several).
-  --mode cpu-proxy  a proxy that finishes in ~30 min on 2 shared cores: imgsz 128, 8 epochs,
+  --mode cpu-proxy  a proxy that took 34 min on 2 busy shared cores: imgsz 128, 8 epochs,
                     a class-balanced 60-image replay of the old set, the whole 720-image pool,
-                    K 30,90,240, 5 draws. At 128 px production is weak (mAP50-95 ~0.07 after a
+                    K 30,90,240, 5 draws. At 128 px production is weak (mAP50-95 0.067 after a
                     fine-tune on the replay alone), so new labelled images show: random rose from
-                    0.100 at K 30 to 0.151 at K 240 in a 2-draw pilot. The first proxy (224 px, 3 epochs,
+                    0.108 +- 0.010 at K 30 to 0.146 +- 0.007 at K 240 (5 draws, 4.0 SD; results of
+                    2026-12-04). The first proxy (224 px, 3 epochs,
                     a 240-image replay of a model that already knew those images) was flat from
                     40 to 120 images (0.214 / 0.210 / 0.212), so no method could show a gain in it.
                     Its figures are a CPU proxy, labelled so in the results, and say nothing about
