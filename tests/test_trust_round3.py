@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.memory_bank_sql import mask_url, parse_url, split_url
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -24,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
                                       "detections", "postgresql", "@", "x@host:5432/insp"])
 def test_url_password_is_parsed_like_the_driver_and_masked_whole(password):
     from urllib.parse import unquote
+
+    from toolkit.memory_bank_sql import mask_url, parse_url, split_url
 
     url = f"postgresql://atuser2:{password}@host:5432/insp?table=detections"
     loc = parse_url(url)
@@ -37,6 +37,8 @@ def test_url_password_is_parsed_like_the_driver_and_masked_whole(password):
 
 
 def test_url_without_password_or_with_query_password_is_unchanged_but_masked():
+    from toolkit.memory_bank_sql import mask_url
+
     assert mask_url("postgresql://inspector@h/db?table=t") == "postgresql://inspector@h/db?table=t"
     assert mask_url("postgresql://u@h/db?password=se@cret&table=t") == "postgresql://u@h/db?password=***&table=t"
     assert mask_url("postgresql://u:pw@[::1]:5432/db") == "postgresql://u:***@[::1]:5432/db"
