@@ -454,3 +454,38 @@ def test_a_failed_commit_leaves_no_manifest_version_and_a_stale_one_is_removed(t
     notes = recover_staging(ws, manifest)
     assert not manifest_history_path(ws, 3).exists() and manifest_history_path(ws, 1).exists()
     assert any("v0003.json" in n for n in notes)
+
+
+def test_password_with_at_sign_stays_out_of_the_pipeline_report_and_log(postgres, synthetic_workspace, tiny_model,
+                                                                        capsys, monkeypatch):
+    """Item 3: the pipeline's analyze stage reads a bank whose URL (training.yaml) holds 'Ab@Cd12345'."""
+    import pg_server
+    import training_pipeline
+    from bank_helpers import iter_jsonl, write_pg_table
+    from toolkit.synthetic import write_batch, write_memory_bank
+
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    root = synthetic_workspace
+    with postgres.admin() as con:
+        con.execute("DROP ROLE IF EXISTS atuser3")
+        con.execute("CREATE ROLE atuser3 LOGIN PASSWORD 'Ab@Cd12345'")
+        con.execute(f"GRANT {pg_server.USER} TO atuser3")
+    batch = write_batch(root.parent / "src", n_images=6, size=64, seed=3)
+    write_memory_bank(root.parent / "bank.jsonl", batch, seed=3)
+    with postgres.admin(pg_server.DATABASE) as con:
+        write_pg_table(con, "pipe_bank", iter_jsonl(root.parent / "bank.jsonl"))
+    url = f"postgresql://atuser3:Ab@Cd12345@127.0.0.1:{postgres.port}/{pg_server.DATABASE}?table=pipe_bank"
+    yaml_path = root / "training" / "configs" / "training.yaml"
+    text = yaml_path.read_text()
+    assert 'url: ""' in text
+    yaml_path.write_text(text.replace('url: ""', f'url: "{url}"', 1))
+    code = training_pipeline.main(["--root", str(root), "--candidate", str(tiny_model), "--compare-subset", "4",
+                                   "--device", "cpu"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-1500:]
+    reports = list((root / "training" / "reports").glob("pipeline_*.json"))
+    logs = list((root / "training" / "logs").glob("*.log"))
+    assert reports and logs
+    assert "atuser3:***@127.0.0.1" in reports[0].read_text()
+    for text in [out.out, out.err] + [p.read_text(errors="replace") for p in reports + logs]:
+        assert "Cd12345" not in text
