@@ -489,3 +489,18 @@ def test_password_with_at_sign_stays_out_of_the_pipeline_report_and_log(postgres
     assert "atuser3:***@127.0.0.1" in reports[0].read_text()
     for text in [out.out, out.err] + [p.read_text(errors="replace") for p in reports + logs]:
         assert "Cd12345" not in text
+
+
+def test_the_scan_follows_names_assembled_from_memoised_strings(tmp_path):
+    """Item 9: a hand-written pickle that hides TorchVision behind memo references is still refused."""
+    import zipfile
+
+    from toolkit.checkpoint_scan import reaching_out
+
+    body = (b"\x80\x04" + b"\x8c\x1cultralytics.nn.modules.block\x94" + b"\x8c\x0bTorchVision\x94" + b"00"
+            + b"h\x00h\x01\x93" + b"\x8c\x08resnet18\x8c\x07DEFAULT\x86R.")
+    path = tmp_path / "hidden.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("hidden/data.pkl", body)
+    why = reaching_out(path)
+    assert any("calls ultralytics.nn.modules.block.TorchVision" in w for w in why), why

@@ -31,11 +31,16 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHOR
 _CALLS = {"REDUCE", "OBJ", "INST"}
 
 
-def _scan_pickle(ops) -> list[str]:
-    """The problems of one pickle stream: constructor calls of ultralytics classes, classes that reach out."""
+def _scan_pickle(ops) -> tuple[list[str], list[str]]:
+    """Constructor calls of ultralytics classes in one pickle stream, and every global it names.
+
+    A small simulation of the unpickler's stack and memo (values reduced to 'a string', 'a global',
+    'an object'), so a name assembled from memoised strings is resolved as the unpickler would.
+    """
     stack: list[object] = []
     memo: dict[int, object] = {}
     found: list[str] = []
+    names: list[str] = []
 
     def pop_to_mark() -> list[object]:
         items = []
@@ -51,6 +56,7 @@ def _scan_pickle(ops) -> list[str]:
         if name in ("GLOBAL", "INST"):
             module, _, attr = str(arg).partition(" ")
             ref = ("global", f"{module}.{attr}")
+            names.append(ref[1])
             if name == "INST":
                 pop_to_mark()
                 if ref[1].startswith("ultralytics."):
@@ -63,6 +69,7 @@ def _scan_pickle(ops) -> list[str]:
             attr, module = (stack.pop() if stack else None), (stack.pop() if stack else None)
             text = [x[1] if isinstance(x, tuple) and x[0] == "str" else "?" for x in (module, attr)]
             stack.append(("global", f"{text[0]}.{text[1]}"))
+            names.append(f"{text[0]}.{text[1]}")
             continue
         if name in _STRING_OPS:
             stack.append(("str", str(arg)))
@@ -101,21 +108,7 @@ def _scan_pickle(ops) -> list[str]:
         elif before:
             del stack[len(stack) - min(len(before), len(stack)):]
         stack.extend(("obj",) for _ in op.stack_after)
-    return found
-
-
-def _named_globals(ops) -> list[str]:
-    names = []
-    strings: list[str] = []
-    for op, arg, _ in ops:
-        if op.name in ("GLOBAL", "INST"):
-            module, _, attr = str(arg).partition(" ")
-            names.append(f"{module}.{attr}")
-        elif op.name in _STRING_OPS:
-            strings.append(str(arg))
-        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-            names.append(f"{strings[-2]}.{strings[-1]}")
-    return names
+    return found, names
 
 
 def _pickles(path: Path) -> list[bytes]:
@@ -148,8 +141,11 @@ def reaching_out(path: str | Path) -> list[str]:
             ops = list(pickletools.genops(blob))
         except Exception:  # a damaged pickle: the loader refuses it with its own message
             continue
-        problems += _scan_pickle(ops)
-        for name in _named_globals(ops):
+        calls, names = _scan_pickle(ops)
+        problems += calls
+        for name in names:
             if name.endswith(_REACHING_OUT) or name.startswith(_REACHING_OUT_MODULES):
                 problems.append(f"it builds {name}, which loads weights from the network")
+            elif "?" in name:  # a name computed at load time: no checkpoint written by torch.save does that
+                problems.append("it names a class the scan cannot read")
     return list(dict.fromkeys(problems))
