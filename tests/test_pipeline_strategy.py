@@ -69,6 +69,8 @@ def test_both_picks_on_val_and_only_the_chosen_one_meets_production_on_test(work
     assert any(r.startswith(f"candidate {other['route']} (") and "not chosen on val" in r for r in result.reasons)
     report = json.loads(Path(result.report).read_text())
     assert [c["route"] for c in report["stages"]["train"]["strategy"]["candidates"]] == ["finetune", "scratch"]
+    # the HTML report shows recall and false calls per class at the line's confidence
+    assert "recall and false calls per class" in Path(result.html_report).read_text()
     # the history keeps the winner for a later auto, and both runs' measured speed for later estimates
     last = read_history(ws, last=1)[0]
     assert last["strategy"] == "both" and last["routes"]["winner"] == want

@@ -177,7 +177,7 @@ def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: 
     ``extra_train_images``: training images not imported yet (a dry run counts pending batches).
     """
     from toolkit.datafile import read_class_names
-    from toolkit.registry import read_history
+    from toolkit.run_history import read_history
 
     production = workspace.production_model.exists()
     train_now = _count_files(workspace.images_dir("train"))
