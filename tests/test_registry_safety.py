@@ -379,6 +379,8 @@ def test_junk_production_is_kept_for_forensics_never_versioned_never_installed(w
     Registry.load(ws).promote(models["v11"])
     junk = b"not a model\n"
     ws.production_model.write_bytes(junk)
+    status = training_pipeline.status(ws.root)
+    assert any("does not load as a model" in p["problem"] for p in status["problems"]), status["problems"]
     run = _rollback_cli(ws)
     assert run.returncode == 0, run.stderr[-1500:]
     assert ws.production_model.read_bytes() == models["v11"].read_bytes()  # the last production that loads

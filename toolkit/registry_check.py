@@ -6,6 +6,18 @@ from toolkit.files import sha256_file
 from toolkit.registry import ARCHIVE_RE, Registry, not_regular_kind, is_regular
 
 
+def _does_not_load(registry: Registry) -> str | None:
+    """Why an unregistered production model does not load (None: it loads); read-only."""
+    from toolkit.errors import UserError
+    from toolkit.offline import model_class_names
+
+    try:
+        model_class_names(registry.workspace.production_model, registry.workspace.ultralytics_config)
+    except UserError as exc:
+        return str(exc)[:200]
+    return None
+
+
 def registry_notes(registry: Registry) -> list[str]:
     """What --status should say although nothing is inconsistent (a production promoted with --force)."""
     current = registry.production_entry()
@@ -32,6 +44,10 @@ def registry_problems(registry: Registry) -> list[dict[str, str]]:
         add(f"{ws.production_model.name} does not load as a model (its bytes are kept as "
             f"{registry.quarantine_path(prod_sha)})",
             f"install a version that loads: training_pipeline.py --root {ws.root} --rollback")
+    elif prod_sha is not None and current is None and (why := _does_not_load(registry)):
+        add(f"{ws.production_model.name} does not load as a model ({why})",
+            f"install a version that loads: training_pipeline.py --root {ws.root} --rollback (its bytes are "
+            "kept in training/models/quarantine/, never given a version)")
     elif prod_sha is not None and current is None:
         add(f"production (sha256 {prod_sha[:12]}) is not in the registry yet",
             "nothing is lost: it is archived and registered as a version before anything replaces it "
