@@ -9,7 +9,7 @@ constructor call is how a hostile file reaches the network or the disk through a
 ``DetectionModel("https://...yaml")`` fetches its configuration. So a checkpoint is refused when
 its pickle
 
-- calls any ultralytics class (``REDUCE``/``OBJ``/``INST`` on it), or
+- calls an ultralytics model class, ``ultralytics.nn.*`` (``REDUCE``/``OBJ``/``INST`` on it), or
 - names a class that loads weights from elsewhere at all (``TorchVision``; anything of
   ``torchvision`` or ``torch.hub``).
 
@@ -29,6 +29,9 @@ _REACHING_OUT_MODULES = ("torchvision.", "torch.hub.")
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
                "STRING"}
 _CALLS = {"REDUCE", "OBJ", "INST"}
+# the model classes (layers, whole models) whose constructors build networks, read configurations, fetch
+# weights; a training checkpoint's plain data (IterableSimpleNamespace of its arguments) is rebuilt by a call
+_MODEL_CLASSES = ("ultralytics.nn.",)
 
 
 def _scan_pickle(ops) -> tuple[list[str], list[str]]:
@@ -59,7 +62,7 @@ def _scan_pickle(ops) -> tuple[list[str], list[str]]:
             names.append(ref[1])
             if name == "INST":
                 pop_to_mark()
-                if ref[1].startswith("ultralytics."):
+                if ref[1].startswith(_MODEL_CLASSES):
                     found.append(f"it calls {ref[1]}(...)")
                 stack.append(("obj",))
             else:
@@ -93,7 +96,7 @@ def _scan_pickle(ops) -> tuple[list[str], list[str]]:
             else:  # OBJ: MARK cls args... OBJ
                 items = pop_to_mark()
                 func = items[0] if items else None
-            if isinstance(func, tuple) and func[0] == "global" and func[1].startswith("ultralytics."):
+            if isinstance(func, tuple) and func[0] == "global" and func[1].startswith(_MODEL_CLASSES):
                 found.append(f"it calls {func[1]}(...)")
             stack.append(("obj",))
             continue
