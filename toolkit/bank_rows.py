@@ -204,16 +204,16 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
     reviewed = np.bincount(group[review & row_kept], minlength=n) > 0
     table = pd.DataFrame({"line": line[first][kept], "ts": ts[kept], "image": image[kept].array,
                           "version": version[kept].array, "source": cols["source"][0].iloc[first][kept].array,
-                          "width": width[kept], "height": height[kept], "reviewed": reviewed[kept]})
+                          "width": width[kept], "height": height[kept], "reviewed": reviewed[kept]}, copy=False)
     d_sel = row_kept & has & ~review
     l_sel = row_kept & has & review
     codes, uniques = pd.factorize(name)
     names = pd.Index(np.asarray(uniques, dtype=object), dtype=object)
     boxes = pd.DataFrame({"record": new[group[d_sel]], "cls": pd.Categorical.from_codes(codes[d_sel], names),
                           "conf": conf[d_sel],
-                          **dict(zip(BOX, box[d_sel].T))})
+                          **dict(zip(BOX, box[d_sel].T))}, copy=False)
     labels = pd.DataFrame({"record": new[group[l_sel]], "cls": pd.Categorical.from_codes(codes[l_sel], names),
-                           **dict(zip(BOX, box[l_sel].T))})
+                           **dict(zip(BOX, box[l_sel].T))}, copy=False)
     parts.add_frames(table, boxes, labels)
     bad = np.flatnonzero(~ok)
     if len(bad):

@@ -389,14 +389,14 @@ class Parts:
             "line": table["line"].to_numpy(dtype=np.int64),
             "ts": table["ts"].to_numpy(dtype=np.float64), "image": table["image"].array,
             "version": version, "source": source, "width": table["width"].to_numpy(dtype=np.int32),
-            "height": table["height"].to_numpy(dtype=np.int32), "reviewed": table["reviewed"].to_numpy(dtype=bool)})
+            "height": table["height"].to_numpy(dtype=np.int32), "reviewed": table["reviewed"].to_numpy(dtype=bool)}, copy=False)
         box = pd.DataFrame({"record": box["record"].to_numpy(dtype=np.int64),
                             "cls": remap[box["cls"].to_numpy(dtype=np.int64)],
                             "conf": box["conf"].to_numpy(dtype=np.float64),
-                            **{k: box[k].to_numpy(dtype=np.float64) for k in BOX}})
+                            **{k: box[k].to_numpy(dtype=np.float64) for k in BOX}}, copy=False)
         lab = pd.DataFrame({"record": lab["record"].to_numpy(dtype=np.int64),
                             "cls": remap[lab["cls"].to_numpy(dtype=np.int64)].astype(np.int64),
-                            **{k: lab[k].to_numpy(dtype=np.float64) for k in BOX}})
+                            **{k: lab[k].to_numpy(dtype=np.float64) for k in BOX}}, copy=False)
         return MemoryBank(path=path, fmt=fmt, table=table, boxes=box, labels=lab,
                           classes=[str(c) for c in names.categories[first]], versions=versions, sources=sources,
                           malformed=self.malformed, filtered_out=self.filtered_out)

@@ -129,11 +129,11 @@ def _arrow_chunk(tab, lines: np.ndarray, parts: Parts) -> np.ndarray:
         "version": version[kept].reset_index(drop=True),
         "source": tab.column("source").filter(kept).to_pandas(),
         "width": _np(tab.column("image_width").fill_null(0))[kept],
-        "height": _np(tab.column("image_height").fill_null(0))[kept], "reviewed": reviewed[kept]})
+        "height": _np(tab.column("image_height").fill_null(0))[kept], "reviewed": reviewed[kept]}, copy=False)
     boxes = pd.DataFrame({"record": new[parent[d_sel]], "cls": _category(items.field("class").filter(d_sel)),
-                          "conf": conf[d_sel], **dict(zip(BOX, box[d_sel].T))})
+                          "conf": conf[d_sel], **dict(zip(BOX, box[d_sel].T))}, copy=False)
     labs = pd.DataFrame({"record": new[l_parent[l_sel]], "cls": _category(l_items.field("class").filter(l_sel)),
-                         **dict(zip(BOX, l_box[l_sel].T))})
+                         **dict(zip(BOX, l_box[l_sel].T))}, copy=False)
     parts.add_frames(table, boxes, labs)
     return np.flatnonzero(~ok)
 
@@ -314,9 +314,7 @@ def _frame(df: pd.DataFrame, where: str, line: np.ndarray) -> pd.DataFrame:
     if missing:
         raise UserError(f"{where} lacks {', '.join(missing)}; the columns are {','.join(CSV_COLUMNS)} "
                         "(see memory-bank/README.md)")
-    out = pd.DataFrame({c: (df[c] if c in df.columns else pd.Series([None] * len(df), dtype=object))
-                        for c in ALL_COLUMNS})
-    out.insert(0, "line", line)
+    out = df.assign(line=line, **{c: None for c in ALL_COLUMNS if c not in df.columns})  # columns by name
     return out
 
 
@@ -334,7 +332,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
                         "image_height") if c in header]
     try:  # pyarrow's CSV reader (what pandas' pyarrow engine runs), text columns kept as text
         df = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in text}, null_values=[""], strings_can_be_null=True)).to_pandas()
+            column_types={c: pa.string() for c in text}, null_values=[""], strings_can_be_null=True)).to_pandas(split_blocks=True, self_destruct=True)
     except (pa.ArrowInvalid, UnicodeDecodeError):  # rows of another length, odd bytes: pandas' python engine
         df = pd.read_csv(path, engine="python", encoding="utf-8-sig", encoding_errors="replace",
                          dtype={c: str for c in text}, keep_default_na=False, na_values=[""],

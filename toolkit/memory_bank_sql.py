@@ -459,7 +459,7 @@ def _postgres_rows(loc: BankLocation, since: float | None, until: float | None):
         raise database_error(loc, exc) from None
     finally:
         con.close()
-    return table.to_pandas()
+    return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def _generic_rows(loc: BankLocation, since: float | None, until: float | None):
