@@ -216,3 +216,26 @@ def test_a_table_without_primary_key_reports_row_numbers(postgres, pg_password):
     bank = read_memory_bank(postgres.url("no_key"))
     assert bank.records == 2 and bank.image == ["a.jpg", "c.jpg"] and bank.det_start.tolist() == [0, 2, 2]
     assert bank.skipped == 1 and bank.malformed.items[0]["line"] == 3 and "bbox" in bank.malformed.items[0]["reason"]
+
+
+def test_model_version_is_a_where_clause_too(postgres, pg_password, same_records):
+    """--model-version goes into the WHERE clause with --since/--until (a bound value): the server
+    sends that version's rows (and the rows malformed whatever their version), not the table."""
+    records = [{**r, "model_version": "2.0"} if i % 3 == 0 else r for i, r in enumerate(same_records["records"])]
+    jsonl = same_records["base"] / "by_version.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with postgres.admin("inspection") as con:
+        write_pg_table(con, "by_version", records)
+        total = con.execute("SELECT count(*) FROM by_version").fetchone()[0]
+    from_file = read_memory_bank(jsonl, model_version="2.0")
+    from_db = read_memory_bank(postgres.url("by_version"), model_version="2.0")
+    assert 0 < from_file.records < 60 and from_db.versions == ["2.0"]
+    assert from_db.image == from_file.image and from_db.skipped == from_file.skipped
+    assert _summary(from_db) == _summary(from_file)
+    assert from_db.rows_read < total / 2
+    lite = same_records["base"] / "by_version.db"
+    write_sqlite(records, lite)
+    via_url = read_memory_bank(f"sqlite:///{lite}?table=detections", model_version="2.0")
+    assert _summary(via_url) == _summary(from_file) and via_url.rows_read < total / 2
+    hostile = read_memory_bank(postgres.url("by_version"), model_version="2.0' OR '1'='1")
+    assert hostile.records == 0

@@ -410,7 +410,7 @@ def read_memory_bank(path: str | Path, fmt: str | None = None, since: float | No
     parts = Parts(since, until, model_version)
     if sql.is_database_url(path):
         loc = sql.parse_url(str(path))
-        frame, rows = sql.read_rows(str(path), since, until)
+        frame, rows = sql.read_rows(str(path), since, until, model_version)
         records_from_rows(frame, parts)
         # ``path`` anchors relative image paths: its parent is image_root
         bank = parts.build(Path(image_root or Path.cwd()).resolve() / "(database)", loc.backend)

@@ -344,8 +344,8 @@ def _quote(name: str) -> str:
 
 
 def build_select(loc: BankLocation, info: TableInfo, since: float | None, until: float | None,
-                 pyformat: bool = False, quote=_quote) -> tuple[str, dict[str, Any]]:
-    """The SELECT of the ROW_COLUMNS in reading order, with ``since/until`` as a WHERE clause.
+                 pyformat: bool = False, quote=_quote, model_version: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The SELECT of the ROW_COLUMNS in reading order, with ``since/until/model_version`` as a WHERE clause.
 
     A text timestamp is compared as text with a day of margin either side (a time zone shifts it
     by at most 14 hours); the reader then applies the exact bounds. Rows that are malformed
@@ -353,7 +353,8 @@ def build_select(loc: BankLocation, info: TableInfo, since: float | None, until:
     sent, so they are counted as in a file, where a record is checked before the filter.
     """
     table = (f"{quote(loc.schema)}." if loc.schema else "") + quote(loc.table)
-    since_p, until_p = ("%(since)s", "%(until)s") if pyformat else (":since", ":until")
+    since_p, until_p, version_p = (("%(since)s", "%(until)s", "%(version)s") if pyformat
+                                   else (":since", ":until", ":version"))
     cols = info.columns
 
     def col(name: str) -> str:
@@ -372,8 +373,14 @@ def build_select(loc: BankLocation, info: TableInfo, since: float | None, until:
     params: dict[str, Any] = {}
     ts = quote("timestamp")
     no_image = f"{quote('image')} IS NULL OR {quote('image')} = ''"
-    if since is not None or until is not None:
+    if since is not None or until is not None or model_version is not None:
         parts = []
+        if model_version is not None:  # a text column compares as text; other kinds are checked after
+            if cols.get("model_version") == "text":
+                parts.append(f"{quote('model_version')} = {version_p}")
+                params["version"] = model_version
+            else:
+                parts.append("1 = 1")
         if cols["timestamp"] in ("datetime", "datetimetz"):
             def bound(seconds: float) -> datetime:
                 moment = datetime.fromtimestamp(seconds, timezone.utc)
@@ -408,17 +415,19 @@ def _warn_no_key(loc: BankLocation, info: TableInfo) -> None:
                        loc.shown, loc.table)
 
 
-def read_rows(location: str, since: float | None = None, until: float | None = None):
+def read_rows(location: str, since: float | None = None, until: float | None = None,
+              model_version: str | None = None):
     """The table's rows (after the WHERE clause) as one frame of ROW_COLUMNS, and their number."""
     loc = parse_url(location)
-    frame = _postgres_rows(loc, since, until) if loc.backend == "postgresql" else _generic_rows(loc, since, until)
+    read = _postgres_rows if loc.backend == "postgresql" else _generic_rows
+    frame = read(loc, since, until, model_version)
     frame.columns = list(ROW_COLUMNS)
     if frame["line"].isna().all():  # no primary key: the row number in reading order
         frame["line"] = range(1, len(frame) + 1)
     return frame, len(frame)
 
 
-def _postgres_rows(loc: BankLocation, since: float | None, until: float | None):
+def _postgres_rows(loc: BankLocation, since: float | None, until: float | None, model_version: str | None):
     """``COPY (SELECT ...) TO STDOUT`` in a read-only transaction, spooled to a temporary file and
     parsed by pyarrow's CSV reader: no Python step per row. The WHERE clause's values are bound by
     psycopg (``--since/--until``), never pasted into the text."""
@@ -441,7 +450,7 @@ def _postgres_rows(loc: BankLocation, since: float | None, until: float | None):
         con.read_only = True  # the analyzer never writes the plant's database
         info = _inspect_postgres(con, loc)
         _warn_no_key(loc, info)
-        sql, params = build_select(loc, info, since, until, pyformat=True)
+        sql, params = build_select(loc, info, since, until, pyformat=True, model_version=model_version)
         logger.debug("memory bank query: %s %s", sql, params)
         with tempfile.TemporaryFile() as spool, con.cursor() as cur:
             with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)", params) as copy:
@@ -462,7 +471,7 @@ def _postgres_rows(loc: BankLocation, since: float | None, until: float | None):
     return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
-def _generic_rows(loc: BankLocation, since: float | None, until: float | None):
+def _generic_rows(loc: BankLocation, since: float | None, until: float | None, model_version: str | None):
     """Any other SQLAlchemy dialect (SQLite, MS SQL): ``pandas.read_sql`` of the same SELECT."""
     import pandas as pd
     from sqlalchemy import text
@@ -474,7 +483,8 @@ def _generic_rows(loc: BankLocation, since: float | None, until: float | None):
             info = inspect_table(conn, loc)
             _warn_no_key(loc, info)
             conn.rollback()
-            sql, params = build_select(loc, info, since, until, quote=engine.dialect.identifier_preparer.quote)
+            sql, params = build_select(loc, info, since, until, quote=engine.dialect.identifier_preparer.quote,
+                                       model_version=model_version)
             logger.debug("memory bank query: %s %s", sql, params)
             return pd.read_sql_query(text(sql), conn, params=params)
     except SQLAlchemyError as exc:
