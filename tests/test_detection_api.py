@@ -184,7 +184,8 @@ def test_detection_system_notices_a_promotion_while_appending(neu_dir, shared_mo
     settings = yaml.safe_load(ws.training_yaml.read_text()) or {}
     # the gate is not under test here: a quick, permissive comparison on 24 images
     settings.setdefault("evaluation", {}).update({"imgsz": 320, "speed_images": 0})
-    settings.setdefault("promotion", {}).update({"require_significance": False, "max_class_drop": 1.0, "min_gain": 0.0})
+    settings.setdefault("promotion", {}).update({"require_significance": False, "max_class_drop": 1.0, "min_gain": 0.0,
+                                                 "max_recall_drop": 1.0})
     ws.training_yaml.write_text(yaml.safe_dump(settings))
 
     images = tmp_path / "line_images"
