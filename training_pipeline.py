@@ -36,6 +36,7 @@ from toolkit.files import sha256_file
 from toolkit.layout import Workspace
 from toolkit.lock import workspace_lock
 from toolkit.registry import Registry
+from toolkit.registry_check import registry_notes, registry_problems
 from toolkit.run_history import append_history, read_history, record_interrupted_runs
 from toolkit.reports import report_path, timestamp, utc_now_iso, write_report
 
@@ -542,10 +543,10 @@ def status(root: Path) -> dict[str, Any]:
             sidecar = json.loads(ws.production_sidecar.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             sidecar = {"error": "unreadable"}
-    problems = registry.check()
+    problems = registry_problems(registry)
     return {"root": str(ws.root), "production": production, "sidecar": sidecar,
             "previous_version": registry.previous_production(production["version"]),
-            "ok": not problems, "problems": problems, "notes": registry.notes(),
+            "ok": not problems, "problems": problems, "notes": registry_notes(registry),
             "versions": registry.versions, "events": registry.events[-10:],
             "last_runs": read_history(ws, last=10),
             "pending_batches": [str(p) for p in _pending_batches(ws)] if ws.incoming.exists() else []}

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import logging
 import math
+import re
 import reprlib
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -29,7 +30,6 @@ from typing import Any, Callable, Iterator, Mapping
 
 import yaml
 
-from toolkit.dataset.groups import check_group_by
 from toolkit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -414,6 +414,26 @@ def _band_arg(text_value: str) -> tuple[float, float]:
         raise ConfigError(f"--uncertain {short(text_value)}: give two confidences as lo,hi, e.g. --uncertain 0.25,0.6") from None
     return lo, hi
 
+
+
+GROUPS_CSV = "groups.csv"
+CSV_PREFIX = "csv:"
+
+
+def check_group_by(value: str) -> str:
+    """The setting's rule: '' (no lots), ``csv:COLUMN`` or a regular expression (ValueError otherwise)."""
+    value = value.strip()
+    if not value:
+        return ""
+    if value.startswith(CSV_PREFIX):
+        if not value[len(CSV_PREFIX):].strip():
+            raise ValueError(f"'{CSV_PREFIX}' must name a column of {GROUPS_CSV}, e.g. csv:lot")
+        return value
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a regular expression ({exc})") from None
+    return value
 
 KEYS: dict[str, Key] = {
     "training.arch": Key(text(), help="architecture when training from scratch (yolov8n/s/m/l/x.yaml)"),

@@ -617,16 +617,3 @@ class Registry:
                    "metrics": entry.get("metrics", {}), "promoted_at": utc_now_iso(),
                    "archive": str(self.workspace.models / entry["file"])}
         atomic_write_json(self.workspace.production_sidecar, sidecar)
-
-    # --- checks (read-only, for --status): toolkit/registry_check.py ---------------------------
-
-    def notes(self) -> list[str]:
-        from toolkit.registry_check import registry_notes
-
-        return registry_notes(self)
-
-    def check(self) -> list[dict[str, str]]:
-        """What is wrong, each as {problem, fix}; nothing is changed."""
-        from toolkit.registry_check import registry_problems
-
-        return registry_problems(self)

@@ -22,29 +22,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from toolkit.config import CSV_PREFIX, GROUPS_CSV
 from toolkit.errors import UserError
 
-GROUPS_CSV = "groups.csv"
-CSV_PREFIX = "csv:"
 LOOSE_BITS = 10          # a lot's near-copies: closer than this many bits of 64 (the exact-copy check uses 4)
 GROUPED_SHARE = 0.2      # a batch looks grouped when this share of its held-out images has such a copy in train
 _SAMPLE = 3000           # images compared at most (brute force, all pairs)
-
-
-def check_group_by(value: str) -> str:
-    """The setting's rule: '' (no lots), ``csv:COLUMN`` or a regular expression (ValueError otherwise)."""
-    value = value.strip()
-    if not value:
-        return ""
-    if value.startswith(CSV_PREFIX):
-        if not value[len(CSV_PREFIX):].strip():
-            raise ValueError(f"'{CSV_PREFIX}' must name a column of {GROUPS_CSV}, e.g. csv:lot")
-        return value
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"is not a regular expression ({exc})") from None
-    return value
 
 
 def group_keys(root: Path, images: Sequence[Path], group_by: str) -> tuple[dict[Path, str], list[str]]:
