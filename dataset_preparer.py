@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from toolkit.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.cli import add_options, build_parser, command, config_from_args, run_main
 from toolkit.config import Settings, option, resolve_config, setting
 from toolkit.datafile import read_class_names, write_dataset_yaml
 from toolkit.dataset.groups import group_keys
@@ -55,7 +55,7 @@ from toolkit.dataset.store import (Staging, check_free_space, commit_manifest, r
                                    space_needed)
 from toolkit.errors import UserError
 from toolkit.labels import SourceBatch, SourceImage, read_source
-from toolkit.layout import SPLITS, Workspace
+from toolkit.layout import SPLITS, Workspace, require_workspace
 from toolkit.lock import holds_workspace_lock
 from toolkit.progress import progress_enabled
 from toolkit.reports import markdown_table, md, md_code, report_path, utc_now_iso, write_report
@@ -310,7 +310,7 @@ def run(config: PrepareConfig, progress: Progress | None = None, settings: Setti
 
     ``settings``: the resolved settings of a pipeline run (default: read training.yaml)."""
     clock = _Clock()
-    workspace = Workspace.at(config.root)
+    workspace = require_workspace(config.root)  # a mistyped --root: one line, nothing written
     options = _resolve_options(config, workspace, settings)
     notes: list[str] = []
     manifest = load_manifest(workspace)
@@ -533,6 +533,8 @@ def describe(result: PrepareResult) -> str:
         lines.append(f"  note: {n}")
     if result.report:
         lines.append(f"  report: {result.report}")
+        if result.changed and not result.check_only:  # ROOT/training/reports/prepare_<stamp>.json
+            lines.append(f"Next: train, compare and promote: {command('training_pipeline.py', Path(result.report).parents[2])}")
     return "\n".join(lines)
 
 

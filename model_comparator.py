@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.cli import add_options, build_parser, command, config_from_args, run_main
 from toolkit.config import Settings, option, resolve_config, setting
 from toolkit.dataset.store import settle_dataset
 from toolkit.decision import PromotionRules, decide, judge_candidate
 from toolkit.errors import UserError
-from toolkit.layout import Workspace
+from toolkit.layout import Workspace, require_workspace
 from toolkit.lock import holds_workspace_lock
 from toolkit.progress import progress_bar
 from toolkit.reports import markdown_table, md, md_code, report_path, timestamp, write_report
@@ -118,7 +118,7 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
     from toolkit.offline import prepare_ultralytics
 
     started = time.perf_counter()
-    workspace = Workspace.at(config.root)
+    workspace = require_workspace(config.root)  # a mistyped --root: one line, nothing written
     config, settings = resolve_config(config, settings or Settings.load(workspace.training_yaml))
     eval_settings = ev_mod.EvalSettings.from_settings(settings.section("evaluation"))
     rules = PromotionRules.from_settings(settings.section("promotion"))
@@ -169,8 +169,8 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
     decision["reasons"].append(size_reason(entries, eval_settings))
     decision["imgsz"] = {Path(e["path"]).name: e["imgsz"] for e in entries}
     winner = decision.pop("winner")
-    for line in decision["reasons"]:
-        logger.info("  %s", line)
+    for line in decision["reasons"]:  # the result (terminal, --json, reports) states them; here only with -v
+        logger.debug("  %s", line)
 
     json_path = report_path(workspace, "compare", timestamp())
     chart = write_chart(json_path.with_suffix(".png"), entries, data.names, split)
@@ -305,6 +305,19 @@ def describe(result: CompareResult) -> str:
                  "KEEP production" if result.winner else "NOTHING to promote")
     lines += [f"  - {r}" for r in d["reasons"]]
     lines.append(f"Report: {result.report}")
+    root = Path(result.report).parents[2]  # ROOT/training/reports/compare_<stamp>.json
+    candidates = [m for m in result.models if m["role"] == "candidate"]
+    if d["promote"]:
+        won = next((m for m in result.models if m["path"] == result.winner), None)
+        below = (d.get("first_model") and won is not None
+                 and won[d["metric"]] < result.settings["promotion"]["min_first_map"])
+        force = ("--force",) if below else ()  # approved only because --force was given here
+        lines.append(f"Next: make it production: "
+                     f"{command('training_pipeline.py', root, '--candidate', result.winner, *force)}")
+    elif d.get("first_model") and candidates:
+        best = max(candidates, key=lambda m: m[d["metric"]])
+        lines.append(f"Next: promote it anyway (below the bar): "
+                     f"{command('training_pipeline.py', root, '--candidate', best['path'], '--force')}")
     return "\n".join(lines)
 
 

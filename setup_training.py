@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.cli import add_options, build_parser, command, config_from_args, run_main
 from toolkit.config import DEFAULTS, TRAINING_YAML_TEMPLATE, Settings, option
 from toolkit.datafile import read_class_names, write_dataset_yaml
 from toolkit.errors import UserError
@@ -104,6 +104,9 @@ def run(config: SetupConfig, settings: Settings | None = None) -> SetupResult:
     """Create what the workspace lacks. ``settings``: already read (a pipeline run), so the
     existing training.yaml is not read again here."""
     workspace = Workspace.at(config.root)
+    if workspace.root.exists() and not workspace.root.is_dir():
+        raise UserError(f"--root {workspace.root} is a file; give the folder to set the workspace up in "
+                        "(it is created when missing)")
     arch = normalize_arch(config.arch)
     classes = resolve_classes(workspace, config.classes)
     created: list[str] = []
@@ -167,10 +170,12 @@ def describe(result: SetupResult) -> str:
              f"  training.yaml: {result.training_yaml}  (edit it to change training and promotion settings)",
              f"  base model:    {result.base_model}" + ("  (first run trains from scratch)" if result.from_scratch else ""),
              f"  created {len(result.created)} item(s)" if result.created else "  nothing to create: already set up"]
-    lines.append("Next: put labelled batches in training/incoming/ and run dataset_preparer.py --incoming")
+    lines.append(f"Next: put each labelled batch in its own folder under {Workspace.at(result.root).incoming}, then")
+    lines.append(f"      import and check them: {command('dataset_preparer.py', result.root, '--incoming')}")
+    lines.append(f"      or import, train, compare and promote in one go: {command('training_pipeline.py', result.root)}")
     if result.from_scratch:
-        lines.append("      then training_pipeline.py trains the first model; it becomes version 1.0 if it reaches "
-                     "promotion.min_first_map (--force promotes a weaker one)")
+        lines.append("      (the first model becomes version 1.0 if it reaches promotion.min_first_map; the run's "
+                     "Next: line says how to promote a weaker one)")
     return "\n".join(lines)
 
 

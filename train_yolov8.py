@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.cli import add_options, build_parser, config_from_args, run_main, to_jsonable
+from toolkit.cli import add_options, build_parser, command, config_from_args, run_main, to_jsonable
 from toolkit.config import Settings, check_value, option, resolve_config, setting
 from toolkit.datafile import read_data_yaml
 from toolkit.dataset.store import settle_dataset
-from toolkit.errors import UserError
+from toolkit.errors import Interrupted, UserError
 from toolkit.files import atomic_write_json, atomic_write_text
-from toolkit.layout import Workspace, run_weights
+from toolkit.layout import Workspace, require_workspace, run_weights
 from toolkit.lock import holds_workspace_lock
 from toolkit import machine as mc
 from toolkit import training as tr
@@ -158,7 +158,7 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     """Train one run (or resume one) and return what the next stage needs.
 
     ``settings``: the resolved settings of a pipeline run (default: read training.yaml)."""
-    workspace = Workspace.at(config.root)
+    workspace = require_workspace(config.root)  # a mistyped --root: one line, nothing written
     from toolkit.offline import prepare_ultralytics
 
     if config.resume not in (None, False):
@@ -284,10 +284,9 @@ def _train(model, args: dict, run_dir: Path, info: dict, resumed: bool, notes: l
         with tr.ultralytics_output(show_progress=show), tr.sigterm_as_interrupt():
             returned = model.train(**args)
     except KeyboardInterrupt:
-        logger.warning("training interrupted after epoch %d; its last saved epoch is in %s - continue with: "
-                       "python train_yolov8.py --root %s --resume %s", monitor.last_epoch,
-                       run_weights(run_dir, "last"), run_dir.parent.parent.parent, run_dir)
-        raise
+        resume = command("train_yolov8.py", run_dir.parent.parent.parent, "--resume", run_dir)
+        raise Interrupted(f"training interrupted after epoch {monitor.last_epoch} (saved in "
+                          f"{run_weights(run_dir, 'last')}); continue it with: {resume}", resume) from None
     seconds = time.time() - t0
     trainer = getattr(model, "trainer", None)
 
@@ -368,11 +367,11 @@ def describe(result: TrainResult) -> str:
              f"P {_fmt(m.get('precision'))}  R {_fmt(m.get('recall'))}",
              f"  report:  {result.report}"]
     lines += [f"  note:    {n}" for n in result.notes]
-    if result.start_mode == "scratch":
-        lines.append(f"Next: training_pipeline.py --candidate {result.best} scores it on the test split and makes it "
-                     "production (version 1.0 when there is none yet) if it passes the promotion rules")
-    else:
-        lines.append("Next: compare the candidate with production on the test split (model_comparator.py)")
+    root = result.run_dir.parent.parent.parent
+    lines.append(f"Next: compare it with production on the test split (changes nothing): "
+                 f"{command('model_comparator.py', root, '--candidates', result.best)}")
+    lines.append(f"      score it and make it production (version 1.0 when there is none yet) if it passes the "
+                 f"promotion rules: {command('training_pipeline.py', root, '--candidate', result.best)}")
     return "\n".join(lines)
 
 

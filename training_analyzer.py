@@ -30,7 +30,7 @@ from typing import Any
 from toolkit.cli import add_options, build_parser, config_from_args, run_main
 from toolkit.config import Settings, option, resolve_config, setting
 from toolkit.errors import UserError
-from toolkit.layout import Workspace
+from toolkit.layout import Workspace, require_workspace
 from toolkit.lock import holds_workspace_lock
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
     from toolkit.memory_bank import parse_date_bound, read_memory_bank
     from toolkit.reports import report_path, timestamp
 
-    workspace = Workspace.at(config.root)
+    workspace = require_workspace(config.root)  # a mistyped --root: one line, nothing written
     config, settings = resolve(config, workspace, settings)
     band, iou = config.uncertain, config.iou_match
     bank_path = memory_bank_location(config.memory_bank, settings["memory_bank.url"], workspace)

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from toolkit.cli import add_options, build_parser, config_from_args, run_main, to_jsonable
+from toolkit.cli import add_options, build_parser, command, config_from_args, run_main, to_jsonable
 from toolkit.config import Settings, option, resolve_config, setting
-from toolkit.errors import UserError
+from toolkit.errors import Interrupted, UserError, WorkspaceBusy
 from toolkit.files import sha256_file
-from toolkit.layout import Workspace
+from toolkit.layout import Workspace, is_workspace, require_workspace
 from toolkit.lock import workspace_lock
 from toolkit.registry import Registry
 from toolkit.registry_check import registry_notes, registry_problems
@@ -172,11 +172,6 @@ def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, 
     return {"new_batches": pending, "new_data": new_data, "steps": steps, "production": production_info(ws)}
 
 
-def is_workspace(ws: Workspace) -> bool:
-    """Set up, or holding a production model (setup can then take its classes)."""
-    return not _needs_setup(ws) or ws.production_model.exists() or ws.dataset_yaml.exists()
-
-
 def _nothing_new(config: PipelineConfig, ws: Workspace) -> bool:
     """A nightly run (--if-new-data) with no batch to import: it ends at once, wherever it runs."""
     return config.if_new_data and config.source is None and not _pending_batches(ws)
@@ -195,10 +190,7 @@ def preflight(config: PipelineConfig) -> Workspace:
         raise UserError(f"workspace {ws.root} does not exist; give the --root that holds yolov8_model.pt, or try "
                         "the toolkit with: python training_pipeline.py --demo")
     if not is_workspace(ws) and not _nothing_new(config, ws):
-        raise UserError(f"{ws.root} is not a training workspace: no production model ({ws.production_model.name}) "
-                        "and no training/configs/dataset.yaml. Put your model there and rerun, or set one up with "
-                        f"'python setup_training.py --root {ws.root} --classes a,b,c'; to try the toolkit on "
-                        "synthetic data: python training_pipeline.py --demo")
+        require_workspace(ws.root)  # one line naming what a workspace holds
     return ws
 
 
@@ -213,28 +205,53 @@ def run(config: PipelineConfig) -> PipelineResult:
         return PipelineResult("skipped", production_info(ws), {name: {"skipped": "no new data"} for name in STAGES},
                               None, ("no new labelled batch since the last run",))
 
-    with workspace_lock(ws):
-        started, start = utc_now_iso(), time.perf_counter()
-        stamp = timestamp()
-        runner = _StageRunner()
-        try:
-            the_run = _Run(config, ws, settings, runner, stamp=stamp)
-            result = _run_locked(the_run, stamp)
-        except BaseException as exc:
-            append_history(ws, {"run": stamp, "started_at": started, "finished_at": utc_now_iso(),
-                                "decision": "failed", "error": f"{type(exc).__name__}: {exc}",
-                                "production": production_info(ws), "timings": runner.timings})
+    try:
+        with workspace_lock(ws):
+            return _run_with_history(config, ws, settings)
+    except WorkspaceBusy as exc:
+        if not config.if_new_data:
             raise
+        # a nightly run finds another run at work: not a failure; the next night looks again
+        return PipelineResult("skipped", production_info(ws), {name: {"skipped": "workspace busy"} for name in STAGES},
+                              None, (f"{exc}; this --if-new-data run ends here, the next one looks again",))
+
+
+def _run_with_history(config: PipelineConfig, ws: Workspace, settings: Settings) -> PipelineResult:
+    started, start = utc_now_iso(), time.perf_counter()
+    stamp = timestamp()
+    runner = _StageRunner()
+    before = production_info(ws)
+    try:
+        the_run = _Run(config, ws, settings, runner, stamp=stamp)
+        result = _run_locked(the_run, stamp)
+    except KeyboardInterrupt as exc:
+        after = production_info(ws)
         append_history(ws, {"run": stamp, "started_at": started, "finished_at": utc_now_iso(),
-                            "seconds": round(time.perf_counter() - start, 1), "decision": result.decision,
-                            "reasons": list(result.reasons), "production": result.production,
-                            "dataset_version": _get(result.stages.get("prepare"), "dataset_version"),
-                            "scores": _scores(result.stages.get("compare")),
-                            "candidate": _get(result.stages.get("train"), "best") or (str(config.candidate) if config.candidate else None),
-                            "strategy": _get(_get(result.stages.get("train"), "strategy"), "strategy"),
-                            **_history_extras(the_run),
-                            "report": str(result.report) if result.report else None, "timings": result.timings})
-        return result
+                            "decision": "interrupted", "error": "interrupted by the user (Ctrl-C or a stop signal)",
+                            "production": after, "timings": runner.timings})
+        resume = getattr(exc, "resume", None)
+        what = ("nothing was promoted" if after.get("sha256") == before.get("sha256") else
+                f"production had already become {_production_words(after)}")
+        raise Interrupted(
+            f"interrupted by the user; {what}. The next pipeline run starts its training over (what "
+            "was imported stays imported)"
+            + (f"; to continue the interrupted training instead: {resume} (its Next: line says how to score "
+               "and promote it)" if resume else ""), resume) from None
+    except BaseException as exc:
+        append_history(ws, {"run": stamp, "started_at": started, "finished_at": utc_now_iso(),
+                            "decision": "failed", "error": f"{type(exc).__name__}: {exc}",
+                            "production": production_info(ws), "timings": runner.timings})
+        raise
+    append_history(ws, {"run": stamp, "started_at": started, "finished_at": utc_now_iso(),
+                        "seconds": round(time.perf_counter() - start, 1), "decision": result.decision,
+                        "reasons": list(result.reasons), "production": result.production,
+                        "dataset_version": _get(result.stages.get("prepare"), "dataset_version"),
+                        "scores": _scores(result.stages.get("compare")),
+                        "candidate": _get(result.stages.get("train"), "best") or (str(config.candidate) if config.candidate else None),
+                        "strategy": _get(_get(result.stages.get("train"), "strategy"), "strategy"),
+                        **_history_extras(the_run),
+                        "report": str(result.report) if result.report else None, "timings": result.timings})
+    return result
 
 
 def _scores(compared: Any) -> list[dict[str, Any]]:
@@ -511,7 +528,10 @@ def _finish(r: _Run, stamp: str, decision: str, reasons: list[str], previous_ver
         html_path = None
     data["html_report"] = str(html_path) if html_path else None
     write_report(json_path, data, _markdown(data))
-    logger.info("decision: %s - production: %s", decision.upper(), _production_words(production))
+    if decision == "kept" and production.get("sha256") is None:
+        logger.info("decision: no model promoted - there is no production model yet")
+    else:
+        logger.info("decision: %s - production: %s", decision.upper(), _production_words(production))
     return PipelineResult(decision, production, stages, json_path, tuple(reasons), dict(runner.timings),
                           html_report=html_path)
 
@@ -534,7 +554,7 @@ def status(root: Path) -> dict[str, Any]:
     Read-only: it changes nothing (a run in progress is not disturbed); each problem found comes
     with the command that repairs it.
     """
-    ws = Workspace.at(root)
+    ws = require_workspace(root)  # --status of a mistyped --root is no 'all consistent'
     registry = Registry.load(ws)
     production = production_info(ws, registry)
     sidecar = None
@@ -554,9 +574,7 @@ def status(root: Path) -> dict[str, Any]:
 
 def rollback(root: Path, version: str | None) -> dict[str, Any]:
     """Put an archived version back into production (default: the previous production, from history)."""
-    ws = Workspace.at(root)
-    if not ws.root.is_dir():
-        raise UserError(f"workspace {ws.root} does not exist; give the --root that holds yolov8_model.pt")
+    ws = require_workspace(root)
     with workspace_lock(ws, what="rollback"):
         registry = Registry.load(ws)
         registry.recover()
@@ -592,12 +610,14 @@ def describe(result: Any) -> str:
         if result.dry_run:
             steps = result.stages["plan"]["steps"]
             return "Dry run (nothing changed):\n" + "\n".join(f"  {k:8s} {v}" for k, v in steps.items())
-        lines = [f"Decision: {result.decision.upper()}",
+        root = Path(result.production["path"]).parent
+        first = result.decision == "kept" and result.production.get("sha256") is None
+        lines = [_headline(result) if first else f"Decision: {result.decision.upper()}",
+                 f"Production model: none yet ({result.production['path']} does not exist)" if first and
+                 not Path(result.production["path"]).exists() else
                  f"Production model: {result.production['path']} ({_production_words(result.production)})"]
         lines += [f"  - {r}" for r in result.reasons]
-        if result.decision == "kept" and result.production.get("sha256") is None:
-            lines.append("Next: no production model yet - train longer or on more images and rerun, or pass --force "
-                         "to promote this candidate anyway")
+        lines += _next_lines(result, root, first)
         if result.html_report:
             lines.append(f"Report: {result.html_report}")
         elif result.report:
@@ -611,7 +631,54 @@ def describe(result: Any) -> str:
         was = f"the file there did not load as a model; its bytes are kept as {result['kept_unloadable']}"
     else:
         was = f"was version {result['from_version']}" if result.get("from_version") else "was not registered"
-    return f"Production is now version {result['production']['version']} ({was})"
+    lines = [f"Production is now version {result['production']['version']} ({was})"]
+    if result.get("from_version"):
+        lines.append(f"Next: to go back to version {result['from_version']}: "
+                     f"{command('training_pipeline.py', Path(result['production']['path']).parent, '--rollback', result['from_version'])}")
+    return "\n".join(lines)
+
+
+def _best_candidate(result: PipelineResult) -> dict[str, Any] | None:
+    """The best-scoring candidate of the comparison (what --force would have promoted), if any."""
+    compared = result.stages.get("compare") or {}
+    metric = (compared.get("decision") or {}).get("metric", "map50_95")
+    candidates = [m for m in compared.get("models") or [] if m.get("role") == "candidate" and m.get(metric) is not None]
+    return max(candidates, key=lambda m: m[metric]) if candidates else None
+
+
+def _headline(result: PipelineResult) -> str:
+    """No production model and the first candidate below the bar: say what happened, in those words."""
+    compared = result.stages.get("compare") or {}
+    metric = (compared.get("decision") or {}).get("metric", "map50_95")
+    bar = ((compared.get("settings") or {}).get("promotion") or {}).get("min_first_map")
+    best = _best_candidate(result)
+    if best is None or bar is None:
+        return "Decision: NO MODEL PROMOTED (there is no production model yet)"
+    label = {"map50_95": "mAP50-95", "map50": "mAP50"}.get(metric, metric)
+    return (f"Decision: NO MODEL PROMOTED - the first candidate scored {label} {best[metric]:.3f}, below "
+            f"promotion.min_first_map {bar:.3f}")
+
+
+def _next_lines(result: PipelineResult, root: Path, first: bool) -> list[str]:
+    """Complete commands for what the user most likely does next."""
+    if first:
+        best = _best_candidate(result)
+        if best is None:
+            return ["Next: no production model yet - train longer or on more images and rerun, or promote the "
+                    "candidate anyway with --candidate <its weights/best.pt> --force"]
+        return [f"Next: no production model yet - promote this candidate anyway: "
+                f"{command('training_pipeline.py', root, '--candidate', best['path'], '--force')}",
+                "      or train longer (training.epochs in training/configs/training.yaml) or on more images, then: "
+                f"{command('training_pipeline.py', root)}"]
+    previous = (result.stages.get("promote") or {}).get("parent") if isinstance(result.stages.get("promote"), dict) else None
+    if result.decision == "promoted":
+        return [f"Next: versions and past runs: {command('training_pipeline.py', root, '--status')}"
+                + (f"; back to version {previous}: {command('training_pipeline.py', root, '--rollback', previous)}"
+                   if previous else "")]
+    if result.decision == "kept":
+        return [f"Next: production is unchanged; versions and past runs: "
+                f"{command('training_pipeline.py', root, '--status')}"]
+    return []
 
 
 def _production_words(production: dict[str, Any]) -> str:

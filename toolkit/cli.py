@@ -18,7 +18,7 @@ from pathlib import Path, PurePath
 from typing import Any, Callable
 
 from toolkit.config import DEFAULTS, options_of
-from toolkit.errors import UserError
+from toolkit.errors import Interrupted, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,22 @@ def config_from_args(config_type: type, args: argparse.Namespace, **fixed: Any) 
     return config_type(**values)
 
 
+_SAFE_WORD = re.compile(r"[\w@%+=:,./\\-]+")
+
+
+def command(script: str, root: str | Path | None, *args: Any) -> str:
+    """A hint as a complete command that works from any folder: ``python <toolkit>/<script> --root
+    <absolute root> <args>``; a word with spaces or shell characters is put in double quotes (which
+    both a POSIX shell and Windows' cmd read as one word)."""
+    from toolkit.layout import TOOLKIT_HOME, Workspace
+
+    words = ["python", str(TOOLKIT_HOME / script)]
+    if root is not None:
+        words += ["--root", str(Workspace.at(root).root)]
+    words += [str(a) for a in args]
+    return " ".join(w if _SAFE_WORD.fullmatch(w) else '"' + w.replace('"', '\\"') + '"' for w in words)
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -185,8 +201,12 @@ def run_main(args: argparse.Namespace, execute: Callable[[argparse.Namespace], A
     except UserError as exc:
         print(f"error: {one_line(exc, 1000)}", file=sys.stderr)
         return EXIT_FAILURE
+    except Interrupted as exc:  # the stage said what was kept and how to go on
+        print(f"error: {one_line(exc, 1000)}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("error: interrupted by the user; nothing was promoted - rerun to continue", file=sys.stderr)
+        print("error: interrupted by the user; nothing half-done was kept - run the same command again to "
+              "start over", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or an environment problem: one line, traceback with -v
         logger.debug("unexpected failure", exc_info=True)

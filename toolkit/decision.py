@@ -106,6 +106,9 @@ def judge_candidate(production: Mapping[str, Any], candidate: Mapping[str, Any],
     if speed_failure:
         failures.append(speed_failure)
     if failures:
+        if gain >= rules.min_gain and not same_file:  # the gain itself, then why it is not enough
+            failures.insert(0, f"{label} rose {gain:+.3f} ({before:.3f} -> {after:.3f}), at least the required "
+                               f"{rules.min_gain:.3f}")
         return Verdict(str(candidate["path"]), False, after, gain, ci95, tuple(failures), tuple(regressed),
                        speed_failure or speed_reason)
     reasons = [f"{label} rose {gain:+.3f} ({before:.3f} -> {after:.3f}), at least the required {rules.min_gain:.3f}"]
@@ -144,7 +147,8 @@ def decide(production: Mapping[str, Any] | None, verdicts: Sequence[Verdict], ru
         else:
             why = (f"no production model yet, and {name} is not good enough to be the first: {label} {value:.3f} "
                    f"is below promotion.min_first_map {rules.min_first_map:.3f} (it detects almost nothing); "
-                   "train longer or on more images, or pass --force to promote it anyway")
+                   "train longer or on more images, or promote this very file anyway with training_pipeline.py "
+                   "--candidate PATH --force (--force alone trains a new model)")
         return {"promote": promote, "winner": str(best["path"]) if promote else None, "metric": rules.metric,
                 "gain": None, "ci95": None, "reasons": [why], "candidates": [], "first_model": True}
     if not verdicts:

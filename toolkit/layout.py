@@ -153,6 +153,34 @@ class Workspace:
 SPLITS = ("train", "val", "test")
 
 
+def is_workspace(ws: Workspace) -> bool:
+    """A folder the user set up (``training/configs/dataset.yaml``), or one that holds a production
+    model or a memory bank (the detection system's side; setup can take its classes from the model)."""
+    return ws.dataset_yaml.is_file() or ws.production_model.is_file() or ws.detections.is_file()
+
+
+def require_workspace(root: str | Path | None) -> Workspace:
+    """The workspace at ``root``, or a one-line ``UserError`` naming what was expected there.
+
+    Only setup_training.py and the demo create a workspace; every other script calls this before it
+    writes anything, so a mistyped ``--root`` never becomes a new, empty workspace.
+    """
+    from toolkit.cli import command
+    from toolkit.errors import UserError
+
+    ws = Workspace.at(root)
+    if is_workspace(ws):
+        return ws
+    if ws.root.exists() and not ws.root.is_dir():
+        raise UserError(f"--root {ws.root} is a file; give the workspace folder (the one that holds "
+                        f"{PRODUCTION_MODEL_NAME}, memory-bank/ and training/)")
+    where = ("does not exist" if not ws.root.exists() else "is not a training workspace: no dataset file "
+             f"(training/configs/dataset.yaml), no production model ({PRODUCTION_MODEL_NAME}) and no memory bank")
+    raise UserError(f"{ws.root} {where} - check the --root path, or set a workspace up "
+                    f"with: {command('setup_training.py', ws.root, '--classes', 'a,b,c')} (to try the toolkit on "
+                    f"synthetic data: {command('training_pipeline.py', None, '--demo')})")
+
+
 def run_weights(run_dir: str | Path, which: str = "best") -> Path:
     """``best.pt`` or ``last.pt`` of a training run folder (ultralytics' layout)."""
     return Path(run_dir) / "weights" / f"{which}.pt"

@@ -27,7 +27,7 @@ import socket
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
-from toolkit.errors import UserError
+from toolkit.errors import WorkspaceBusy
 from toolkit.files import atomic_write_json
 from toolkit.layout import Workspace
 from toolkit.reports import utc_now_iso
@@ -82,7 +82,7 @@ def workspace_lock(workspace: Workspace, what: str = "pipeline run") -> Iterator
     try:
         lock.acquire()
     except Timeout:
-        raise UserError(f"the workspace {workspace.root} is busy: {lock_holder(workspace)} holds its lock; "
+        raise WorkspaceBusy(f"the workspace {workspace.root} is busy: {lock_holder(workspace)} holds its lock; "
                         "wait for it to finish (the lock is released automatically if it dies)") from None
     _HELD[key] = [lock, 1, os.getpid()]
     failed = True

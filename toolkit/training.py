@@ -465,6 +465,12 @@ def report_markdown(summary: Mapping[str, Any], records: list[dict], curves: str
         rows = [[("" if v is None else v) for v in row] for row in rows]
         lines += ["## Epochs", "", markdown_table(
             ["epoch", "box loss", "cls loss", "dfl loss", "P", "R", "mAP50", "mAP50-95", "time"], rows)]
-    lines += [f"Next: compare {md_code(summary.get('best'))} with the production model on the test split "
-              "(model_comparator.py).", ""]
+    best = summary.get("best")
+    if best:  # ROOT/training/runs/<run>/weights/best.pt
+        from toolkit.cli import command
+
+        root = Path(best).parents[4]
+        lines += [f"Next: compare it with the production model on the test split: "
+                  f"{md_code(command('model_comparator.py', root, '--candidates', best))}; score and promote it: "
+                  f"{md_code(command('training_pipeline.py', root, '--candidate', best))}", ""]
     return "\n".join(lines)
