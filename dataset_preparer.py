@@ -353,8 +353,10 @@ def run(config: PrepareConfig, progress: Progress | None = None, settings: Setti
     result = _write_report(config, workspace, result, current, classes, plan)
     if too_bad:
         raise _too_bad_error(too_bad, plan, options.max_bad, result.report)
-    logger.info("dataset version %s: added %d, duplicates %d, problems %d (%.1f s)", result.dataset_version,
-                result.added, result.duplicates, len(result.rejected), result.seconds)
+    logger.info("%s %d, duplicates %d, problems %d (%.1f s)",
+                "check only, nothing changed: an import would add" if config.check else
+                f"dataset version {result.dataset_version}: added", result.added, result.duplicates,
+                len(result.rejected), result.seconds)
     return result
 
 
@@ -519,10 +521,17 @@ def _too_bad_error(too_bad: Sequence[str], plan: Any, max_bad: float, report: Pa
 
 # --------------------------------------------------------------------------- CLI
 
+def _per_file(problems: Sequence[dict]) -> str:
+    """'8 in 5 files' when a file has several (a bad label line per box): the count a user can act on."""
+    files = len({p["path"] for p in problems})
+    return str(len(problems)) if files == len(problems) else f"{len(problems)} in {files} file(s)"
+
+
 def describe(result: PrepareResult) -> str:
     head = "Check only, nothing changed. An import would add" if result.check_only else "Added"
     lines = [f"{head} {result.added} image(s): " + ", ".join(f"{s} {n}" for s, n in result.added_per_split.items()),
-             f"  duplicates not added: {result.duplicates};  problems: {len(result.rejected)};  warnings: {len(result.warnings)}",
+             f"  duplicates not added: {result.duplicates};  problems: {_per_file(result.rejected)};  "
+             f"warnings: {_per_file(result.warnings)}",
              f"  dataset version {result.dataset_version}: " + ", ".join(f"{s} {n}" for s, n in result.images.items())
              + f" images; {sum(result.boxes_per_class.values())} boxes; {result.background_images} background"]
     for r in result.rejected[:10]:

@@ -118,7 +118,9 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
     from toolkit.offline import prepare_ultralytics
 
     started = time.perf_counter()
-    workspace = require_workspace(config.root)  # a mistyped --root: one line, nothing written
+    # a mistyped --root: one line, nothing written (with --data the dataset is elsewhere and ROOT only
+    # receives the runs and reports)
+    workspace = Workspace.at(config.root) if config.data else require_workspace(config.root)
     config, settings = resolve_config(config, settings or Settings.load(workspace.training_yaml))
     eval_settings = ev_mod.EvalSettings.from_settings(settings.section("evaluation"))
     rules = PromotionRules.from_settings(settings.section("promotion"))
@@ -236,13 +238,24 @@ def chart_figure(entries: list[dict[str, Any]], names: tuple[str, ...], split: s
     return fig
 
 
+def _setting_words(key: str, value: Any, decision: dict[str, Any]) -> str:
+    """An evaluation setting as the report states it: an empty value says what was used instead."""
+    if value in (None, ""):
+        if key == "imgsz":
+            sizes = sorted({v for v in (decision.get("imgsz") or {}).values() if v})
+            return f"imgsz as trained ({', '.join(map(str, sizes)) or '?'})"
+        return f"{key} auto"
+    return f"{key} {value}"
+
+
 def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:
     d = result.decision
-    verdict = "PROMOTE" if d["promote"] else "KEEP PRODUCTION"
+    verdict = ("PROMOTE" if d["promote"] else "NO MODEL PROMOTED" if d.get("first_model") else
+               "KEEP PRODUCTION")
     lines = [f"# Model comparison: {verdict}", "",
              f"Split {md_code(result.split)} of {md_code(result.data)}: {result.images} images, dataset version "
              f"{md(result.dataset_version)}.",
-             f"Settings: {', '.join(f'{k} {v}' for k, v in result.settings['evaluation'].items())}.", "",
+             f"Settings: {', '.join(_setting_words(k, v, d) for k, v in result.settings['evaluation'].items())}.", "",
              "| role | model | mAP50 | mAP50-95 | precision | recall | ms/image | cached |", "|---|---|---|---|---|---|---|---|"]
     for m in result.models:
         ms = f"{m['ms_per_image']:.1f}" if m.get("ms_per_image") else "-"

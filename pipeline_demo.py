@@ -1,19 +1,19 @@
-"""The whole retraining loop on synthetic steel images, on a laptop CPU (``training_pipeline.py --demo``).
+"""The whole retraining loop on synthetic steel images, on a laptop CPU (as training_pipeline.py --demo).
 
 1. In a fresh demo workspace: generate a labelled batch and a memory bank, set up, import,
    train a small v1.0 from scratch and put it in production (as a user's existing model).
 2. Every demo run then drops a *new* labelled batch into training/incoming/, logs it in the
    memory bank, and runs the real pipeline: analyze -> prepare -> fine-tune -> compare -> promote or keep.
 Images are 64 px so that the loop takes a few minutes on 2 CPU cores; the settings it uses are
-written into the demo's training.yaml, where a user can read them.
-
-It lives at the top level, beside the stage scripts it drives (no toolkit/ module imports a
-script). ``prepare_demo`` readies the workspace; the pipeline's own ``run`` then does the loop.
+written into the demo's training.yaml, where you can read them. It refuses a folder that holds a
+production model it did not make.
 
 Usage:
     python pipeline_demo.py                 # the same as: python training_pipeline.py --demo
     python pipeline_demo.py --root D:/try-it --json
 """
+# For developers: this module lives at the top level, beside the stage scripts it drives (no toolkit/
+# module imports a script). ``prepare_demo`` readies the workspace; the pipeline's own ``run`` does the loop.
 from __future__ import annotations
 
 import logging
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from toolkit.cli import build_parser
 
-    args = build_parser(__doc__, prog="pipeline_demo.py").parse_args(argv)
+    args = build_parser(__doc__, prog="pipeline_demo.py", root_default="./demo").parse_args(argv)
     passed = ["--root", str(args.root)] if args.root is not None else []
     passed += [flag for flag, on in (("--json", args.json), ("-v", args.verbose), ("-q", args.quiet)) if on]
     return training_pipeline.main(["--demo", *passed])

@@ -158,7 +158,9 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     """Train one run (or resume one) and return what the next stage needs.
 
     ``settings``: the resolved settings of a pipeline run (default: read training.yaml)."""
-    workspace = require_workspace(config.root)  # a mistyped --root: one line, nothing written
+    # a mistyped --root: one line, nothing written (with --data the dataset is elsewhere and ROOT only
+    # receives the runs and reports)
+    workspace = Workspace.at(config.root) if config.data else require_workspace(config.root)
     from toolkit.offline import prepare_ultralytics
 
     if config.resume not in (None, False):

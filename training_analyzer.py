@@ -302,7 +302,8 @@ def markdown_report(result: AnalyzeResult) -> str:
     if result.exported or result.export_dir or result.incoming_batch:
         lines += ["## Export", "",
                   f"- {result.exported} image(s) to label in {md_code(result.export_dir)} (selection.csv says why)",
-                  f"- {result.reviewed_exported} reviewed image(s) as a labelled batch in {md_code(result.incoming_batch)}",
+                  (f"- {result.reviewed_exported} reviewed image(s) as a labelled batch in {md_code(result.incoming_batch)}"
+                   if result.incoming_batch else "- no reviewed images: no labelled batch was written"),
                   f"- near-duplicates skipped: {result.near_duplicates_skipped}; missing image files: "
                   f"{result.missing_images_count}; refused (not image files): {result.refused_images_count}", ""]
         lines += [f"  - missing: {md_code(m)}" for m in result.missing_images[:20]]

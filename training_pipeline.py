@@ -164,8 +164,11 @@ def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, 
                   f"at {config.imgsz} px, {config.epochs} epochs"),
         "compare": ("evaluate the candidate (with two routes: the one better on the validation split) vs "
                     "production on the test split: mAP, per-class AP50, per-class recall at confidence "
-                    f"{settings['promotion.operating_conf']} (promotion.operating_conf), speed"),
-        "promote": "promote if the comparator approves",
+                    f"{settings['promotion.operating_conf']} (promotion.operating_conf), speed"
+                    if ws.production_model.exists() else
+                    "score the candidate on the test split (no production model yet)"),
+        "promote": ("promote if the comparator approves" if ws.production_model.exists() else
+                    "make it version 1.0 if it reaches promotion.min_first_map"),
     }
     if config.if_new_data and not new_data:
         steps = {name: "skip (no new data)" for name in STAGES}
@@ -186,10 +189,7 @@ def preflight(config: PipelineConfig) -> Workspace:
         if Path(config.candidate).suffix.lower() != ".pt":
             raise UserError(f"--candidate {config.candidate}: not a .pt checkpoint; give a YOLOv8 model saved "
                             "by ultralytics (e.g. a run's weights/best.pt)")
-    if not ws.root.is_dir():
-        raise UserError(f"workspace {ws.root} does not exist; give the --root that holds yolov8_model.pt, or try "
-                        "the toolkit with: python training_pipeline.py --demo")
-    if not is_workspace(ws) and not _nothing_new(config, ws):
+    if not ws.root.is_dir() or (not is_workspace(ws) and not _nothing_new(config, ws)):
         require_workspace(ws.root)  # one line naming what a workspace holds
     return ws
 

@@ -530,3 +530,38 @@ def test_main_json_and_errors(tmp_path, capsys):
     assert usage.value.code == 2
     assert dp.main(["--root", str(root), "--source", str(src), "--keep-split"]) == 1
     assert "carries no train/val/test split" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 18: what the user reads
+def test_half_the_images_without_labels_is_said_not_silently_imported_as_background(tmp_path, caplog):
+    root = make_workspace(tmp_path)
+    batch = write_batch(tmp_path / "batch", 20, size=64, seed=61)
+    for image in batch.images[:10]:
+        (batch.root / "labels" / f"{image.path.stem}.txt").unlink()
+    result = prepare(root, batch.root)
+    assert result.background_images == 10
+    note = [n for n in result.notes if "no label file" in n]
+    assert note and "10 of 20 images" in note[0] and "background" in note[0]
+    assert any("10 of 20 images have no label file" in r.message and r.levelname == "WARNING" for r in caplog.records)
+    assert "10 of 20 images have no label file" in dp.describe(result)
+
+
+def test_check_mode_never_says_added(tmp_path, caplog):
+    root = make_workspace(tmp_path)
+    batch = write_batch(tmp_path / "batch", 6, size=64, seed=62)
+    caplog.set_level("INFO")
+    result = prepare(root, batch.root, check=True)
+    logged = " ".join(r.message for r in caplog.records)
+    assert "added" not in logged and "an import would add 6" in logged
+    assert dp.describe(result).startswith("Check only, nothing changed. An import would add 6")
+
+
+def test_problems_are_counted_per_file_as_well_as_per_line(tmp_path):
+    root = make_workspace(tmp_path)
+    batch = write_batch(tmp_path / "batch", 20, size=64, seed=63)
+    bad = batch.images[0].path.stem
+    (batch.root / "labels" / f"{bad}.txt").write_text("0 1.5 0.5 0.1 0.1\n1 1.6 0.5 0.1 0.1\n2 1.7 0.5 0.1 0.1\n")
+    result = prepare(root, batch.root)
+    paths = {r["path"] for r in result.rejected}
+    assert len(result.rejected) > len(paths) == 1
+    assert f"problems: {len(result.rejected)} in 1 file(s)" in dp.describe(result)

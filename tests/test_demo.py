@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import training_pipeline
 from toolkit.layout import Workspace
 from toolkit.registry import Registry
@@ -36,3 +38,13 @@ def test_demo_refuses_a_root_with_a_production_model_it_did_not_make(tmp_path, c
     assert training_pipeline.main(["--demo", "--root", str(tmp_path)]) == 1
     assert "did not make" in capsys.readouterr().err
     assert (tmp_path / "yolov8_model.pt").read_bytes() == b"the user's real model"
+
+
+def test_demo_help_states_its_real_default_and_speaks_to_the_user(capsys):
+    import pipeline_demo
+
+    with pytest.raises(SystemExit):
+        pipeline_demo.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: ./demo)" in text and "toolkit's own folder" not in text
+    assert "top level" not in text and "prepare_demo" not in text and "``" not in text

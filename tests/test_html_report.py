@@ -149,7 +149,8 @@ def test_full_report_has_every_section_embeds_its_pictures_and_escapes_user_stri
     assert "false positives" in page.sections["priorities"] and "drift" not in page.sections["priorities"]
     # escaped: the browser shows the user's text as text, and no tag of it exists
     assert "<script>" not in text and "&lt;script&gt;" in text
-    assert EVIL in page.sections["summary"] and EVIL in page.sections["decision"]
+    # the run's reasons are listed once, in the summary (issue 18: they were shown four times)
+    assert EVIL in page.sections["summary"] and EVIL not in page.sections["decision"]
     assert EVIL in page.sections["priorities"] and EVIL in page.sections["versions"]
     assert "D:/batch/<bad>&name.jpg" in page.sections["dataset"]
     assert "plant & line <3>" in text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
@@ -286,7 +287,48 @@ def test_history_says_which_split_each_versions_figures_come_from(tmp_path):
     assert "not comparable" in section  # two different splits in one table get a caveat
     data["history"][0]["metrics"]["split"] = "test"
     data["history"][0]["metrics"]["imgsz"] = 96
+    # the same split name at the same size, but dataset versions 1 and 3: each import grew the test split
+    assert "not comparable" in Page(render_pipeline_report(data)).sections["versions"]
+    data["history"][0]["dataset_version"] = 3
     assert "not comparable" not in Page(render_pipeline_report(data)).sections["versions"]
+
+
+def test_reasons_appear_once_and_the_promotion_table_speaks_words(tmp_path):
+    data = full_data(tmp_path)
+    data["reasons"] = ["mAP50-95 rose +0.020 (0.446 -> 0.466), at least the required 0.005"]
+    data["history"][1]["reasons"] = list(data["reasons"])
+    data["stages"]["compare"]["decision"]["reasons"] = list(data["reasons"])
+    data["stages"]["promote"] = {"version": "1.1", "registered_at": "2026-03-01T02:14:00Z", "run_dir": "/r/run",
+                                 "metrics": {"map50": 0.786, "map50_95": 0.453}, "reasons": list(data["reasons"])}
+    page = Page(render_pipeline_report(data))
+    text = "".join(page.sections.values())
+    assert text.count("rose +0.020") == 1, text
+    decision = page.sections["decision"]
+    for raw in ("registered_at", "run_dir", "map50_95", "2026-03-01T02:14:00Z"):
+        assert raw not in decision, raw
+    assert "registered" in decision and "2026-03-01 02:14 UTC" in decision and "mAP50-95 0.453" in decision
+    assert "2026-02-01 02:00 UTC" in page.sections["versions"]
+
+
+def test_priorities_say_they_come_from_before_this_runs_import(tmp_path):
+    section = Page(render_pipeline_report(full_data(tmp_path))).sections["priorities"]
+    assert "before this run's import" in section
+
+
+def test_no_production_model_reads_no_model_promoted(tmp_path):
+    data = full_data(tmp_path)
+    data.update(decision="kept", production={"version": None, "path": str(tmp_path / "yolov8_model.pt"),
+                                             "sha256": None}, previous_version=None)
+    summary = Page(render_pipeline_report(data)).sections["summary"]
+    assert "NO MODEL PROMOTED" in summary and "KEPT" not in summary and "none yet" in summary
+
+
+def test_markdown_of_reasons_reads_as_plain_text_and_still_escapes_what_could_render():
+    from toolkit.reports import md
+
+    reason = "mAP50-95 rose +0.020 (0.446 -> 0.466); its 95% bootstrap interval [+0.004, +0.037] lies above zero"
+    assert md(reason) == reason
+    assert md("[x](http://e)") == "[x\\](http://e)" and md("<b>") == "&lt;b&gt;" and md("> q") == "\\> q"
 
 
 def test_analyzer_charts_get_captions_that_say_what_they_show(tmp_path):

@@ -121,3 +121,52 @@ def test_ultralytics_first_use_notice_stays_out_of_the_users_way(tmp_path):
     assert (tmp_path / "cfg" / "Ultralytics" / "settings.json").is_file()
     # ultralytics' own later messages still reach the user, on stderr (stdout is for --json)
     assert "after-import warning" in done.stderr and done.stdout == ""
+
+
+def _batch_with_classes(folder: Path) -> Path:
+    from toolkit.synthetic import write_batch
+
+    write_batch(folder, 3, size=64, seed=41)  # images/, labels/ and classes.txt: enough to make a workspace
+    return folder
+
+
+@pytest.mark.parametrize("argv", [
+    ["dataset_preparer.py", "--source", "{batch}"],
+    ["dataset_preparer.py", "--incoming"],
+    ["train_yolov8.py", "--epochs", "1"],
+    ["model_comparator.py"],
+    ["training_analyzer.py", "--scan", "{batch}/images"],
+    ["training_pipeline.py", "--status"],
+    ["training_pipeline.py", "--rollback"],
+    ["training_pipeline.py"],
+])
+@pytest.mark.parametrize("typo", ["plant-typo", "existing-empty-folder"])
+def test_a_mistyped_root_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, argv, typo):
+    """Only setup_training.py (and the demo) make a workspace; every other script refuses the folder."""
+    import importlib
+
+    batch = _batch_with_classes(tmp_path / "batch")
+    root = tmp_path / typo
+    if typo.startswith("existing"):
+        root.mkdir()
+    module = importlib.import_module(argv[0][:-3])
+    rest = [a.replace("{batch}", str(batch)) for a in argv[1:]]
+    capsys.readouterr()
+    assert module.main(["--root", str(root), *rest]) == 1
+    line = one_error_line(capsys)
+    assert str(root) in line and ("does not exist" in line or "is not a training workspace" in line), line
+    assert "setup_training.py --root" in line
+    assert files_under(tmp_path / "batch") == files_under(batch)
+    if typo.startswith("existing"):
+        assert files_under(root) == []
+    else:
+        assert not root.exists()
+
+
+def test_setup_with_a_file_as_root_says_so_in_one_line(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("not a folder\n")
+    assert setup_training.main(["--root", str(readme), "--classes", "a,b"]) == 1
+    line = one_error_line(capsys)
+    assert line.startswith("error: --root") and "is a file" in line and "NotADirectoryError" not in line
+    assert readme.read_text() == "not a folder\n"

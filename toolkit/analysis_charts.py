@@ -85,9 +85,9 @@ def _weekly_chart(plt, analysis, names: list[str], stem: Path) -> Path:
         ax2.plot(x, [weeks[w]["per_100_images"] for w in analysis.weeks], marker="o", label=name)
     ax1.set_ylabel("mean confidence")
     ax2.set_ylabel("detections / 100 images")
-    ax2.set_xticks(list(x), analysis.weeks, rotation=45, ha="right", fontsize=8)
+    ax2.set_xticks(list(x), analysis.weeks, rotation=45, ha="right", fontsize=10)
     _margins(fig, width, height, left=0.8, right=1.7, bottom=0.85, top=0.5, hspace=0.08)
-    fig.legend(*ax1.get_legend_handles_labels(), fontsize=7, loc="upper left",
+    fig.legend(*ax1.get_legend_handles_labels(), fontsize=9, loc="upper left",
                bbox_to_anchor=(1 - 1.6 / width, 1 - 0.5 / height))
     fig.suptitle("Weekly trend per class")
     return _save(fig, Path(f"{stem}_weekly.png"), plt)
@@ -101,11 +101,11 @@ def _reviewed_chart(plt, analysis, names: list[str], stem: Path) -> Path:
     rec = [analysis.classes[n]["reviewed"]["recall"] or 0.0 for n in names]
     ax.bar([p - 0.2 for p in pos], prec, width=0.4, label="precision")
     ax.bar([p + 0.2 for p in pos], rec, width=0.4, label="recall")
-    ax.set_xticks(list(pos), names, rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(list(pos), names, rotation=30, ha="right", fontsize=10)
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Reviewed precision / recall ({analysis.reviewed_images} reviewed images)")
     _margins(fig, width, height, left=0.5, right=1.3, bottom=0.85, top=0.45)
-    fig.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1 - 1.2 / width, 1 - 0.45 / height))
+    fig.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1 - 1.2 / width, 1 - 0.45 / height))
     return _save(fig, Path(f"{stem}_reviewed.png"), plt)
 
 

@@ -29,13 +29,14 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the module docstring's layout; each option's help states its default itself (once)."""
 
 
-def build_parser(doc: str | None, prog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(doc: str | None, prog: str | None = None,
+                 root_default: str = "the toolkit's own folder") -> argparse.ArgumentParser:
     """A parser with the shared flags; ``doc`` (the module docstring) becomes the help text."""
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=_HelpFormatter)
     common = parser.add_argument_group("common options")
     common.add_argument("--root", type=Path, default=None,
                         help="workspace folder holding yolov8_model.pt, memory-bank/ and training/ "
-                             "(default: the toolkit's own folder)")
+                             f"(default: {root_default})")
     common.add_argument("--json", action="store_true",
                         help="print the result as one JSON object on stdout (logs stay on stderr)")
     common.add_argument("-v", "--verbose", action="store_true", help="more detail in the log")

@@ -23,6 +23,7 @@ import html
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -80,18 +81,38 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+# Field names of the registry and the stages as a person reads them (the promotion table, nested figures).
+FIELD_WORDS = {"registered_at": "registered", "promoted_at": "promoted", "run_dir": "run folder", "path": "file",
+               "map50": "mAP50", "map50_95": "mAP50-95", "sha256": "sha256", "parent": "previous version",
+               "dataset_version": "dataset version", "imgsz": "image size (px)", "ms_per_image": "ms per image",
+               "source": "from", "split": "split", "major": "new major version"}
+_ISO_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2})(?::\d{2}(?:\.\d+)?)?(Z|[+-]00:?00)?$")
+
+
+def _words(key: Any) -> str:
+    return FIELD_WORDS.get(str(key), str(key).replace("_", " "))
+
+
+def _when(value: Any) -> Any:
+    """An ISO UTC timestamp as '2026-12-04 20:22 UTC'; anything else as it is."""
+    match = _ISO_TIME.match(value) if isinstance(value, str) else None
+    if not match:
+        return value
+    return f"{match.group(1)} {match.group(2)}" + (" UTC" if match.group(3) else "")
+
+
 def _plain(value: Any, digits: int = 3) -> str:
     """Nested values as a person reads them: ``map50 0.786, map50_95 0.453``, floats rounded
     (a raw JSON dump showed 16 decimals in the promotion table)."""
     if isinstance(value, dict):
-        return ", ".join(f"{k} {_plain(v, digits)}" for k, v in value.items()) or "-"
+        return ", ".join(f"{_words(k)} {_plain(v, digits)}" for k, v in value.items()) or "-"
     if isinstance(value, (list, tuple)):
         return ", ".join(_plain(v, digits) for v in value) or "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}" if math.isfinite(value) else "-"
     if value is None:
         return "-"
-    return str(value)
+    return str(_when(value))
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -207,7 +228,7 @@ def line_chart_svg(series: dict[str, list[tuple[float, float | None]]], title: s
     sx = lambda x: left + (x - x0) / (x1 - x0) * pw  # noqa: E731
     sy = lambda y: top + ph - (y - y0) / (y1 - y0) * ph  # noqa: E731
     out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" '
-           f'height="{height}" role="img" aria-label="{_esc(title)}" font-size="12" font-family="sans-serif">',
+           f'height="{height}" role="img" aria-label="{_esc(title)}" font-size="14" font-family="sans-serif">',
            f'<text x="{left}" y="16" font-weight="bold">{_esc(title)}</text>']
     for i in range(6):
         v = y0 + (y1 - y0) * i / 5
@@ -255,7 +276,7 @@ def bar_chart_svg(categories: list[str], series: dict[str, list[float | None]], 
     group = pw / len(categories)
     bar = group * 0.8 / max(1, len(series))
     out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" '
-           f'height="{height}" role="img" aria-label="{_esc(title)}" font-size="12" font-family="sans-serif">',
+           f'height="{height}" role="img" aria-label="{_esc(title)}" font-size="14" font-family="sans-serif">',
            f'<text x="{left}" y="16" font-weight="bold">{_esc(title)}</text>']
     for i in range(6):
         v = y1 * i / 5
@@ -340,8 +361,10 @@ def _summary(data: dict[str, Any]) -> str:
     parts = []
     if data.get("dry_run"):
         parts.append('<p class="banner">Dry run: nothing was changed; this page says what would happen.</p>')
-    parts.append(f'<div class="decision {cls}">{_esc(decision.upper())}</div>')
-    line = f"Production model: version <b>{_esc(prod.get('version'))}</b>"
+    none_yet = decision == "kept" and not prod.get("sha256") and not prod.get("version")
+    parts.append(f'<div class="decision {cls}">{"NO MODEL PROMOTED" if none_yet else _esc(decision.upper())}</div>')
+    line = ("Production model: none yet" if none_yet else
+            f"Production model: version <b>{_esc(prod.get('version'))}</b>")
     if data.get("previous_version") not in (None, "") and data.get("previous_version") != prod.get("version"):
         line += f" (was {_esc(data['previous_version'])})"
     parts.append(f"<p>{line}</p>")
@@ -356,7 +379,9 @@ def _summary(data: dict[str, Any]) -> str:
 
 
 def _priorities(stage: dict[str, Any]) -> str:
-    parts = [_kv_table([("memory-bank records", stage.get("records")), ("skipped records", stage.get("skipped_records")),
+    parts = [_note("From the memory bank as it was at the start of this run, before this run's import and "
+                   "training: what to label next, not how the new model does."),
+             _kv_table([("memory-bank records", stage.get("records")), ("skipped records", stage.get("skipped_records")),
                         ("images exported for labelling", stage.get("exported")),
                         ("report", _path(stage.get("report")) if stage.get("report") else None)])]
     prios = [p for p in stage.get("priorities") or [] if isinstance(p, dict)]
@@ -548,8 +573,8 @@ def _chart(stage: dict[str, Any]) -> str:
 def _decision(data: dict[str, Any], stages: dict[str, Any]) -> str:
     decision = str(data.get("decision") or "unknown")
     cls = decision if decision in ("promoted", "kept", "skipped") else "unknown"
-    parts = [f'<p>Outcome: <span class="decision {cls}" style="font-size:1.3em">{_esc(decision)}</span></p>',
-             _list(data.get("reasons") or [])]
+    parts = [f'<p>Outcome: <span class="decision {cls}" style="font-size:1.3em">{_esc(decision)}</span> '
+             '(the reasons are listed in the summary at the top)</p>']
     compare = stages.get("compare")
     verdict = compare.get("decision") if isinstance(compare, dict) else None
     if isinstance(verdict, dict) and verdict:
@@ -565,7 +590,8 @@ def _decision(data: dict[str, Any], stages: dict[str, Any]) -> str:
     parts.append("<h3>Promotion</h3>")
     missing = _stage_missing(promote)
     parts.append(_note(missing) if missing else _kv_table(
-        [(k, _path(v) if k in ("path", "file", "run_dir") else v) for k, v in promote.items()]))
+        [(_words(k), _path(v) if k in ("path", "file", "run_dir") else _when(v)) for k, v in promote.items()
+         if k != "reasons"]))
     return "".join(parts)
 
 
@@ -585,15 +611,19 @@ def _versions(data: dict[str, Any]) -> str:
         current = (prod.get("sha256") and h.get("sha256") == prod.get("sha256")) or (
             not prod.get("sha256") and prod.get("version") and h.get("version") == prod.get("version"))
         rows.append([_Html(f"<b>{_esc(h.get('version'))}</b> (production)") if current else h.get("version"),
-                     h.get("promoted_at") or h.get("registered_at"),
+                     _when(h.get("promoted_at") or h.get("registered_at")),
                      _Html(f'<span class="path">{_esc(str(h.get("sha256") or "")[:12]) or "-"}</span>'),
                      h.get("dataset_version"), _scored_on(metrics), _num(metrics.get("map50")),
                      _num(metrics.get("map50_95")),
-                     _Html("; ".join(_esc(r) for r in (h.get("reasons") or [])) or "-")])
-    splits = {_scored_on(h.get("metrics") if isinstance(h.get("metrics"), dict) else {}) for h in history}
-    caveat = _note("Figures measured on different splits or sizes (see 'scored on') are not comparable "
-                   "with each other; the comparison section above scores both models on the same images.") \
-        if len(splits) > 1 else ""
+                     "this run: see the summary" if h.get("reasons") and h.get("reasons") == data.get("reasons")
+                     else _Html("; ".join(_esc(r) for r in (h.get("reasons") or [])) or "-")])
+    # each import grows the test split: figures of different dataset versions come from different images
+    splits = {(_scored_on(h.get("metrics") if isinstance(h.get("metrics"), dict) else {}), h.get("dataset_version"))
+              for h in history if _scored_on(h.get("metrics") if isinstance(h.get("metrics"), dict) else {}) != "-"}
+    caveat = _note("Caution: these figures were measured on different test images (each import adds to the "
+                   "test split: see 'dataset') or at different sizes (see 'scored on'), so they are not "
+                   "comparable with each other; the comparison section above scores both models on the same "
+                   "images.") if len(splits) > 1 else ""
     return "".join(parts) + _table(["version", "promoted", "sha256", "dataset", "scored on", "mAP50", "mAP50-95",
                                     "reasons"], rows, numeric=(5, 6)) + caveat + _cut_note(len(history))
 

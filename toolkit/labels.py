@@ -773,6 +773,13 @@ def read_source(source: str | Path, fmt: str = "auto") -> SourceBatch:
     if index.skipped:
         notes.append(f"{index.skipped} hidden or system file(s) skipped")
     logger.info("%s: %s (%s)", source, batch.description, why)
+    unlabelled = sum(1 for i in batch.images if i.label is None and not i.problems)
+    if unlabelled and unlabelled < len(batch.images):  # all without labels: a background batch, said elsewhere
+        note = (f"{unlabelled} of {len(batch.images)} images have no label file: they are imported as defect-free "
+                "background images; if they are just not labelled yet, label them first (an empty label file "
+                "marks a defect-free image on purpose)")
+        logger.warning("%s: %s", source, note)
+        notes.append(note)
     return SourceBatch(batch.root, batch.fmt, batch.class_names, _without_refused_labels(batch.images, index),
                        batch.problems + tuple(extra), f"{batch.description} [{why}]", batch.has_split, tuple(notes))
 

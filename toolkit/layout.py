@@ -177,7 +177,8 @@ def require_workspace(root: str | Path | None) -> Workspace:
     where = ("does not exist" if not ws.root.exists() else "is not a training workspace: no dataset file "
              f"(training/configs/dataset.yaml), no production model ({PRODUCTION_MODEL_NAME}) and no memory bank")
     raise UserError(f"{ws.root} {where} - check the --root path, or set a workspace up "
-                    f"with: {command('setup_training.py', ws.root, '--classes', 'a,b,c')} (to try the toolkit on "
+                    f"with: {command('setup_training.py', ws.root, '--classes', 'a,b,c')} and import labelled batches "
+                    f"into it with dataset_preparer.py (to try the toolkit on "
                     f"synthetic data: {command('training_pipeline.py', None, '--demo')})")
 
 

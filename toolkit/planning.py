@@ -271,8 +271,14 @@ class TrainingPlan:
 
     def describe(self) -> str:
         runs = ", ".join(f"{r} (about {format_duration(self.estimate_s.get(r))})" for r in self.choice.routes)
-        text = (f"strategy {self.choice.requested} -> {self.choice.strategy}: train {runs} on {self.device}, "
-                f"workers {self.workers}, batch {self.batch} ({self.machine}); {self.choice.reason}")
+        if self.choice.requested == self.choice.strategy and self.choice.routes == (self.choice.strategy,):
+            # chosen by the user: said once ("strategy finetune -> finetune: train finetune ...; strategy finetune")
+            text = (f"strategy {self.choice.strategy} (training.yaml or --strategy): about "
+                    f"{format_duration(self.estimate_s.get(self.choice.strategy))} on {self.device}, "
+                    f"workers {self.workers}, batch {self.batch} ({self.machine})")
+        else:
+            text = (f"strategy {self.choice.requested} -> {self.choice.strategy}: train {runs} on {self.device}, "
+                    f"workers {self.workers}, batch {self.batch} ({self.machine}); {self.choice.reason}")
         if len(self.choice.routes) > 1:
             text += f"; {self.concurrency}"
         if self.estimate_basis and self.estimate_basis not in self.choice.reason:

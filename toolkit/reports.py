@@ -36,7 +36,9 @@ def write_report(json_path: Path, data: Any, markdown: str | None = None) -> Pat
 # Markdown punctuation that can change how a user's string renders (emphasis, links, images, code,
 # table cells, headings), and HTML, which markdown passes through: a class name or a file path
 # must show as the text it is, as the HTML report does with html.escape.
-_MD_SPECIAL = re.compile(r"([\\`*\[\]|~#])")
+# Only what can take effect is escaped, so a report read as plain text stays readable: "]" where a
+# link or image would start ("](" or "]["), ">" and "&" only as HTML (a "<" in the text) or at the start.
+_MD_SPECIAL = re.compile(r"([\\`*|~#]|\](?=[(\[]))")
 # "_" only at a word edge: snake_case_names render as they are (GFM ignores intraword underscores)
 _MD_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
@@ -45,8 +47,11 @@ _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 def md(value: Any) -> str:
     """A user string (class name, path, reason) as markdown text that renders literally, on one line."""
     text = " ".join(str(value).splitlines())
-    text = "".join(_HTML.get(ch, ch) for ch in text)
+    if "<" in text or "&" in text:
+        text = "".join(_HTML.get(ch, ch) for ch in text)
     text = _MD_SPECIAL.sub(r"\\\1", text)
+    if text.startswith(">"):  # a block quote
+        text = "\\" + text
     return _MD_UNDERSCORE.sub(r"\\_", text)
 
 
