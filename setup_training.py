@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import shutil
@@ -37,7 +38,14 @@ _ARCH_RE = re.compile(r"^yolov8[nsmlx]\.yaml$")
 
 
 def normalize_arch(arch: str) -> str:
-    """``n`` / ``yolov8s`` / ``yolov8m.yaml`` -> ``yolov8?.yaml``; anything else is an error."""
+    """``n`` / ``yolov8s`` / ``yolov8m.yaml`` -> ``yolov8?.yaml``; a ``.pt`` on disk (COCO-pretrained
+    weights, a sister line's model) -> its absolute path; anything else is an error."""
+    if arch.strip().lower().endswith(".pt"):
+        path = Path(arch.strip()).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"--arch {arch}: no such file; give a .pt you have on disk (the toolkit downloads "
+                            "nothing) or one of yolov8n/s/m/l/x.yaml")
+        return str(path)
     value = arch.strip().lower()
     if value in ("n", "s", "m", "l", "x"):
         value = f"yolov8{value}"
@@ -64,7 +72,8 @@ class SetupConfig:
     root: Path
     classes: tuple[str, ...] | None = option(
         "--classes", "class names in model order, comma-separated (default: from yolov8_model.pt)", parse=parse_classes)
-    arch: str = option("--arch", "architecture when there is no production model: yolov8n/s/m/l/x.yaml",
+    arch: str = option("--arch", "what the first model starts from when there is no production model: "
+                       "yolov8n/s/m/l/x.yaml (random weights) or a .pt on disk (e.g. COCO yolov8n.pt)",
                        default=DEFAULTS["training"]["arch"])
     force: bool = option("--force", "regenerate dataset.yaml and training.yaml (your old ones are kept as .bak)",
                          default=False)
@@ -132,7 +141,8 @@ def run(config: SetupConfig, settings: Settings | None = None) -> SetupResult:
             Settings.load(workspace.training_yaml)  # a broken edit is reported now, not mid-run
     else:
         _keep_backup(workspace.training_yaml, created)
-        text = TRAINING_YAML_TEMPLATE.replace(f"arch: {DEFAULTS['training']['arch']}", f"arch: {arch}", 1)
+        value = json.dumps(arch) if arch.endswith(".pt") else arch  # a path: quoted (JSON strings are YAML)
+        text = TRAINING_YAML_TEMPLATE.replace(f"arch: {DEFAULTS['training']['arch']}", f"arch: {value}", 1)
         atomic_write_text(workspace.training_yaml, text)
         created.append(str(workspace.training_yaml))
 
@@ -148,7 +158,7 @@ def run(config: SetupConfig, settings: Settings | None = None) -> SetupResult:
         base_model = arch
         from_scratch = True
         notes.append(f"no production model at {workspace.production_model}: the first training run "
-                     f"trains {arch} from scratch")
+                     + (f"starts from the weights of {arch}" if arch.endswith(".pt") else f"trains {arch} from scratch"))
     for note in notes:
         logger.info(note)
     return SetupResult(workspace.root, tuple(created), workspace.dataset_yaml, workspace.training_yaml,
@@ -168,7 +178,10 @@ def describe(result: SetupResult) -> str:
              f"  classes ({len(result.classes)}): {', '.join(result.classes)}",
              f"  dataset.yaml:  {result.dataset_yaml}",
              f"  training.yaml: {result.training_yaml}  (edit it to change training and promotion settings)",
-             f"  base model:    {result.base_model}" + ("  (first run trains from scratch)" if result.from_scratch else ""),
+             f"  base model:    {result.base_model}" + (("  (the first run starts from these weights)"
+                                                            if str(result.base_model).endswith(".pt") else
+                                                            "  (first run trains from scratch)")
+                                                           if result.from_scratch else ""),
              f"  created {len(result.created)} item(s)" if result.created else "  nothing to create: already set up"]
     lines.append(f"Next: put each labelled batch in its own folder under {Workspace.at(result.root).incoming}, then")
     lines.append(f"      import and check them: {command('dataset_preparer.py', result.root, '--incoming')}")

@@ -114,8 +114,16 @@ def resolve_start(workspace: Workspace, start_from: str, arch: str) -> tuple[str
         return "production", str(workspace.production_model)
     if value == "scratch":
         arch = str(arch).strip()
+        if arch.lower().endswith(".pt"):  # pretrained weights the user has (COCO yolov8n.pt, a sister line's model)
+            path = Path(arch).expanduser()
+            path = path if path.is_absolute() else workspace.root / path
+            if not path.is_file():
+                raise UserError(f"training.arch {arch}: no such file; put the .pt there (the toolkit downloads "
+                                "nothing) or use an architecture yaml such as yolov8n.yaml")
+            return "pretrained", str(path.resolve())
         if not arch.endswith((".yaml", ".yml")):
-            raise UserError(f"training.arch {arch!r} in training.yaml must be an architecture yaml such as yolov8n.yaml")
+            raise UserError(f"training.arch {arch!r} in training.yaml must be an architecture yaml such as "
+                            "yolov8n.yaml or a .pt on disk")
         return "scratch", arch
     path = Path(value).expanduser()
     if not path.is_absolute() and not path.exists():
@@ -185,7 +193,7 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     if mode != "scratch":
         model_classes = _names(model)
         if model_classes != classes:
-            if not config.new_classes:
+            if not config.new_classes and mode != "pretrained":  # training.arch weights: a new head is the point
                 raise UserError(f"the dataset's classes {classes} differ from the starting model's {model_classes} "
                                 f"({start}); fix the dataset, or pass --new-classes to train a new class head")
             reinit_head = True

@@ -157,3 +157,37 @@ def test_every_script_help_is_fast():
         assert "--root" in proc.stdout and "--json" in proc.stdout, script
         # the contract is "under 2 s"; importing torch or ultralytics alone takes longer than that here
         assert elapsed < 2.0, f"{script} --help took {elapsed:.2f}s: a heavy import at module level?"
+
+
+# ----------------------------------------------------------------------------- a first model from weights on disk
+def test_a_first_model_starts_from_weights_the_user_has(tmp_path, capsys, tiny_model, ultralytics_config_dir):
+    """training.arch / setup --arch: a .pt on disk (here a 'sister line' model with 6 other classes; a
+    COCO yolov8n.pt works the same) starts the first training; a new class head, nothing downloaded."""
+    import dataset_preparer
+    import torch
+    import train_yolov8
+    from toolkit.synthetic import write_batch
+
+    root = tmp_path / "line2"
+    assert setup_training.main(["--root", str(root), "--classes", "crazing,patches", "--arch", str(tiny_model)]) == 0
+    out = capsys.readouterr().out
+    assert f"base model:    {tiny_model.resolve()}  (the first run starts from these weights)" in out
+    ws = Workspace.at(root)
+    assert yaml.safe_load(ws.training_yaml.read_text())["training"]["arch"] == str(tiny_model.resolve())
+    write_batch(tmp_path / "batch", 12, size=64, seed=71, classes=("crazing", "patches"))
+    assert dataset_preparer.main(["--root", str(root), "--source", str(tmp_path / "batch"), "-q"]) == 0
+    result = train_yolov8.run(train_yolov8.TrainConfig(root=root, epochs=1, imgsz=64, batch=8, device="cpu"))
+    assert result.start_mode == "pretrained" and result.start_from == str(tiny_model.resolve())
+    assert any("new classes" in n for n in result.notes)
+    # the backbone came from the .pt: its first convolution is the sister model's, moved by one short epoch
+    first = lambda path: torch.load(path, map_location="cpu", weights_only=False)["model"].model[0].conv.weight.float()  # noqa: E731
+    start, trained = first(tiny_model), first(result.best)
+    assert (trained - start).abs().mean() < 0.2 * start.abs().mean()
+
+
+def test_a_missing_weights_file_as_arch_is_one_line(tmp_path, capsys):
+    assert setup_training.main(["--root", str(tmp_path / "ws"), "--classes", "a", "--arch",
+                                str(tmp_path / "yolov8n.pt")]) == 1
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and "no such file" in line and "downloads nothing" in line
+    assert not (tmp_path / "ws").exists()

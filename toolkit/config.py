@@ -41,7 +41,11 @@ TRAINING_YAML_TEMPLATE = """\
 # (and then it keeps your version as training.yaml.bak). Unknown keys are an error.
 
 training:
-  # Architecture used when there is no production model to fine-tune (n/s/m/l/x).
+  # What a model trained "from scratch" starts from (the first model, and the scratch route):
+  # an architecture (yolov8n/s/m/l/x.yaml, random weights) or a .pt on disk - COCO-pretrained
+  # yolov8n.pt or a model of a sister line - whose weights start the training, with a new class
+  # head when its classes differ. A first model on a few hundred images learns far more from
+  # such weights. The toolkit never downloads anything.
   arch: yolov8n.yaml
   # What the pipeline trains: finetune (production + all data), scratch (arch, all data),
   # both (two runs; the better on the validation split meets production on test), or auto:
@@ -436,7 +440,7 @@ def check_group_by(value: str) -> str:
     return value
 
 KEYS: dict[str, Key] = {
-    "training.arch": Key(text(), help="architecture when training from scratch (yolov8n/s/m/l/x.yaml)"),
+    "training.arch": Key(text(), help="what training from scratch starts from: yolov8n/s/m/l/x.yaml or a .pt on disk"),
     "training.strategy": Key(text("auto", "finetune", "scratch", "both"), "--strategy",
                              "what the pipeline trains: finetune production, scratch, both (picked on the validation "
                              "split) or auto (from this workspace's time budget, timings and earlier both runs)",

@@ -778,7 +778,7 @@ def read_source(source: str | Path, fmt: str = "auto") -> SourceBatch:
         note = (f"{unlabelled} of {len(batch.images)} images have no label file: they are imported as defect-free "
                 "background images; if they are just not labelled yet, label them first (an empty label file "
                 "marks a defect-free image on purpose)")
-        logger.warning("%s: %s", source, note)
+        logger.info("%s: %s", source, note)  # and in the result's notes: the summary states it
         notes.append(note)
     return SourceBatch(batch.root, batch.fmt, batch.class_names, _without_refused_labels(batch.images, index),
                        batch.problems + tuple(extra), f"{batch.description} [{why}]", batch.has_split, tuple(notes))

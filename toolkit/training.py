@@ -466,7 +466,7 @@ def report_markdown(summary: Mapping[str, Any], records: list[dict], curves: str
         lines += ["## Epochs", "", markdown_table(
             ["epoch", "box loss", "cls loss", "dfl loss", "P", "R", "mAP50", "mAP50-95", "time"], rows)]
     best = summary.get("best")
-    if best:  # ROOT/training/runs/<run>/weights/best.pt
+    if best and len(Path(best).parents) > 4:  # ROOT/training/runs/<run>/weights/best.pt
         from toolkit.cli import command
 
         root = Path(best).parents[4]
