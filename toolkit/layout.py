@@ -159,11 +159,12 @@ def is_workspace(ws: Workspace) -> bool:
     return ws.dataset_yaml.is_file() or ws.production_model.is_file() or ws.detections.is_file()
 
 
-def require_workspace(root: str | Path | None) -> Workspace:
+def require_workspace(root: str | Path | None, missing: str = "") -> Workspace:
     """The workspace at ``root``, or a one-line ``UserError`` naming what was expected there.
 
     Only setup_training.py and the demo create a workspace; every other script calls this before it
-    writes anything, so a mistyped ``--root`` never becomes a new, empty workspace.
+    writes anything, so a mistyped ``--root`` never becomes a new, empty workspace. ``missing``: what the
+    script itself lacks, said first (the analyzer: "memory bank not found").
     """
     from toolkit.cli import command
     from toolkit.errors import UserError
@@ -176,7 +177,8 @@ def require_workspace(root: str | Path | None) -> Workspace:
                         f"{PRODUCTION_MODEL_NAME}, memory-bank/ and training/)")
     where = ("does not exist" if not ws.root.exists() else "is not a training workspace: no dataset file "
              f"(training/configs/dataset.yaml), no production model ({PRODUCTION_MODEL_NAME}) and no memory bank")
-    raise UserError(f"{ws.root} {where} - check the --root path, or set a workspace up "
+    raise UserError(f"{missing + ': ' if missing else ''}{ws.root} {where} - check the --root path, or set a "
+                    "workspace up "
                     f"with: {command('setup_training.py', ws.root, '--classes', 'a,b,c')} and import labelled batches "
                     f"into it with dataset_preparer.py (to try the toolkit on "
                     f"synthetic data: {command('training_pipeline.py', None, '--demo')})")
