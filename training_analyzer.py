@@ -200,7 +200,10 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
     from toolkit.memory_bank import parse_date_bound, read_memory_bank
     from toolkit.reports import report_path, timestamp
 
-    workspace = require_workspace(config.root, "memory bank not found")  # a mistyped --root: nothing written
+    # a mistyped --root: one line, nothing written; with --memory-bank the bank is elsewhere and an
+    # existing ROOT only receives the reports
+    workspace = (Workspace.at(config.root) if config.memory_bank and Path(config.root).is_dir()
+                 else require_workspace(config.root, "memory bank not found"))
     config, settings = resolve(config, workspace, settings)
     band, iou = config.uncertain, config.iou_match
     bank_path = memory_bank_location(config.memory_bank, settings["memory_bank.url"], workspace)
