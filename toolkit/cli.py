@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from toolkit.config import DEFAULTS, options_of
 from toolkit.errors import Interrupted, UserError
+from toolkit.layout import command  # noqa: F401 - the scripts' hints come from here too
 
 logger = logging.getLogger(__name__)
 
@@ -109,22 +110,6 @@ def config_from_args(config_type: type, args: argparse.Namespace, **fixed: Any) 
         values["root"] = Workspace.at(getattr(args, "root", None)).root
     values.update(fixed)
     return config_type(**values)
-
-
-_SAFE_WORD = re.compile(r"[\w@%+=:,./\\-]+")
-
-
-def command(script: str, root: str | Path | None, *args: Any) -> str:
-    """A hint as a complete command that works from any folder: ``python <toolkit>/<script> --root
-    <absolute root> <args>``; a word with spaces or shell characters is put in double quotes (which
-    both a POSIX shell and Windows' cmd read as one word)."""
-    from toolkit.layout import TOOLKIT_HOME, Workspace
-
-    words = ["python", str(TOOLKIT_HOME / script)]
-    if root is not None:
-        words += ["--root", str(Workspace.at(root).root)]
-    words += [str(a) for a in args]
-    return " ".join(w if _SAFE_WORD.fullmatch(w) else '"' + w.replace('"', '\\"') + '"' for w in words)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

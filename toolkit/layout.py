@@ -6,8 +6,10 @@ DESIGN.md in one file, so a change of layout is a change here only.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +155,20 @@ class Workspace:
 SPLITS = ("train", "val", "test")
 
 
+_SAFE_WORD = re.compile(r"[\w@%+=:,./\\-]+")
+
+
+def command(script: str, root: str | Path | None, *args: Any) -> str:
+    """A hint as a complete command that works from any folder: ``python <toolkit>/<script> --root
+    <absolute root> <args>``; a word with spaces or shell characters is put in double quotes (which
+    both a POSIX shell and Windows' cmd read as one word)."""
+    words = ["python", str(TOOLKIT_HOME / script)]
+    if root is not None:
+        words += ["--root", str(Workspace.at(root).root)]
+    words += [str(a) for a in args]
+    return " ".join(w if _SAFE_WORD.fullmatch(w) else '"' + w.replace('"', '\\"') + '"' for w in words)
+
+
 def is_workspace(ws: Workspace) -> bool:
     """A folder the user set up (``training/configs/dataset.yaml``), or one that holds a production
     model or a memory bank (the detection system's side; setup can take its classes from the model)."""
@@ -166,7 +182,6 @@ def require_workspace(root: str | Path | None, missing: str = "") -> Workspace:
     writes anything, so a mistyped ``--root`` never becomes a new, empty workspace. ``missing``: what the
     script itself lacks, said first (the analyzer: "memory bank not found").
     """
-    from toolkit.cli import command
     from toolkit.errors import UserError
 
     ws = Workspace.at(root)

@@ -467,7 +467,7 @@ def report_markdown(summary: Mapping[str, Any], records: list[dict], curves: str
             ["epoch", "box loss", "cls loss", "dfl loss", "P", "R", "mAP50", "mAP50-95", "time"], rows)]
     best = summary.get("best")
     if best and len(Path(best).parents) > 4:  # ROOT/training/runs/<run>/weights/best.pt
-        from toolkit.cli import command
+        from toolkit.layout import command
 
         root = Path(best).parents[4]
         lines += [f"Next: compare it with the production model on the test split: "
