@@ -196,8 +196,8 @@ def run(config: AnalyzeConfig, settings: Settings | None = None) -> AnalyzeResul
 
 
 def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker") -> AnalyzeResult:
-    from toolkit.analysis import analyze_memory_bank
-    from toolkit.memory_bank import parse_date_bound, read_memory_bank
+    from toolkit.analysis import analyze_aggregate, analyze_memory_bank
+    from toolkit.memory_bank import aggregate_memory_bank, parse_date_bound, read_memory_bank
     from toolkit.reports import report_path, timestamp
 
     # a mistyped --root: one line, nothing written; with --memory-bank the bank is elsewhere and an
@@ -217,8 +217,12 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
 
         scanned = scan_folder(workspace, Path(config.scan), Path(config.scan_model or workspace.production_model),
                               bank_path, batch=config.scan_batch, conf=config.scan_conf)
-    bank = read_memory_bank(bank_path, since=since, until=until, model_version=config.model_version,
-                            image_root=workspace.memory_bank)
+    if config.export > 0:  # the export picks records and copies their images: the bank is read whole
+        bank = read_memory_bank(bank_path, since=since, until=until, model_version=config.model_version,
+                                image_root=workspace.memory_bank)
+    else:  # only the figures: read chunk by chunk, memory holds one chunk whatever the bank's size
+        bank = aggregate_memory_bank(bank_path, band, iou, since=since, until=until,
+                                     model_version=config.model_version)
     shown = bank.location or bank_path  # a database URL with its password masked
     logger.info("memory bank %s: %d record(s), %d malformed (skipped), %d outside the filters",
                 shown, bank.records, bank.skipped, bank.filtered_out)
@@ -226,7 +230,10 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         logger.warning("line %d skipped: %s", item["line"], item["reason"])
     names = known_classes(workspace)
     instances, train_images = dataset_counts(workspace, names)
-    analysis = analyze_memory_bank(bank, band, iou, instances, names, dataset_images=train_images)
+    if config.export > 0:
+        analysis = analyze_memory_bank(bank, band, iou, instances, names, dataset_images=train_images)
+    else:
+        analysis = analyze_aggregate(bank, instances, names, dataset_images=train_images)
 
     stamp = timestamp()
     json_path = report_path(workspace, "analyze", stamp)

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from toolkit.bank_aggregate import HIST_BINS, BankAggregate, match_image  # noqa: F401  (match_image: re-exported)
 from toolkit.bank_table import MemoryBank
 from toolkit.phash import phash_bytes, within
 from toolkit.priorities import (MIN_REVIEWED, WEAK_THRESHOLD, images_needed, missed_points, prevalence,  # noqa: F401
@@ -33,7 +34,6 @@ from toolkit.priorities import (MIN_REVIEWED, WEAK_THRESHOLD, images_needed, mis
 
 logger = logging.getLogger(__name__)
 
-HIST_BINS = 10
 MIN_WEEK_DETECTIONS = 20  # a week with fewer detections is too noisy for a drift figure
 
 
@@ -50,61 +50,6 @@ class Analysis:
     records: int = 0
 
 
-def _iou(a: tuple, b: tuple) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def match_image(det_cls: list[int], det_box: list[tuple], label_cls: list[int], label_box: list[tuple],
-                iou_min: float) -> tuple[list[tuple[int, int]], list[int], list[int], list[tuple[int, int]]]:
-    """Greedy IoU matching of one image's detections against its reviewed labels.
-
-    Returns (matches [(det, label)] of the same class, false-positive detections, missed labels,
-    confusions [(det, label)]: a leftover detection overlapping a leftover label of another class).
-    Pairs are taken by decreasing IoU, same-class pairs first; a confusion is also a false
-    positive and a miss. Plain Python: an image holds a handful of boxes, where numpy's
-    per-call overhead would dominate.
-    """
-    pairs = []
-    for d, db in enumerate(det_box):
-        for lab, lb in enumerate(label_box):
-            iou = _iou(db, lb)
-            if iou >= iou_min:
-                pairs.append((det_cls[d] != label_cls[lab], -iou, d, lab))
-    pairs.sort()
-    used_d: set[int] = set()
-    used_l: set[int] = set()
-    matches: list[tuple[int, int]] = []
-    confusions: list[tuple[int, int]] = []
-    for other_class, _, d, lab in pairs:
-        if d in used_d or lab in used_l:
-            continue
-        used_d.add(d)
-        used_l.add(lab)
-        (confusions if other_class else matches).append((d, lab))
-    conf_d = {d for d, _ in confusions}
-    conf_l = {lab for _, lab in confusions}
-    false_pos = [d for d in range(len(det_cls)) if d not in used_d or d in conf_d]
-    missed = [lab for lab in range(len(label_cls)) if lab not in used_l or lab in conf_l]
-    return matches, false_pos, missed, confusions
-
-
-def _images_per_class(rec: np.ndarray, cls: np.ndarray, n_records: int, n_cls: int) -> np.ndarray:
-    """Records holding at least one detection of each class."""
-    if len(rec) == 0:
-        return np.zeros(n_cls, np.int64)
-    if n_records * n_cls <= 200_000_000:  # a boolean matrix beats np.unique (no sort)
-        seen = np.zeros((n_records, n_cls), dtype=bool)
-        seen[rec, cls] = True
-        return seen.sum(axis=0)
-    pair = np.unique(rec * n_cls + cls)
-    return np.bincount(pair % n_cls, minlength=n_cls)
-
-
 def iso_week(monday_days: int) -> str:
     """Epoch day of a Monday -> '2026-W10'."""
     year, week, _ = (date(1970, 1, 1) + timedelta(days=int(monday_days))).isocalendar()
@@ -118,105 +63,57 @@ def _ratio(num: float, den: float) -> float | None:
 def analyze_memory_bank(bank: MemoryBank, uncertain: tuple[float, float], iou_match: float,
                         dataset_instances: dict[str, int] | None = None,
                         class_order: list[str] | None = None, dataset_images: int | None = None) -> Analysis:
+    """Every per-class figure and the priorities of a bank read whole (``analyze_aggregate``)."""
+    agg = BankAggregate(uncertain, iou_match)
+    agg.add_bank(bank)
+    return analyze_aggregate(agg, dataset_instances, class_order, dataset_images)
+
+
+def analyze_aggregate(agg: BankAggregate, dataset_instances: dict[str, int] | None = None,
+                      class_order: list[str] | None = None, dataset_images: int | None = None) -> Analysis:
     """Every per-class figure and the priorities. ``class_order`` puts known classes first (model order);
     ``dataset_images``: train images behind ``dataset_instances`` (for the expected rate per image)."""
-    lo, hi = uncertain
+    lo, hi = agg.uncertain
     names = list(class_order or [])
-    names += [c for c in bank.classes if c not in names]
+    names += [c for c in agg.classes if c not in names]
     if dataset_instances:
         names += [c for c in dataset_instances if c not in names]
     index = {c: i for i, c in enumerate(names)}
     n_cls = len(names)
-    # bank class ids -> our order
-    remap = np.array([index[c] for c in bank.classes], dtype=np.int64) if bank.classes else np.zeros(0, np.int64)
-    cls = remap[bank.det_cls] if len(bank.det_cls) else np.zeros(0, np.int64)
-    conf = bank.det_conf
-    rec = bank.det_record()
+    # aggregate class ids -> our order (classes absent from the bank stay at zero)
+    place = np.array([index[c] for c in agg.classes], dtype=np.int64)
 
-    detections = np.bincount(cls, minlength=n_cls)
-    conf_sum = np.bincount(cls, weights=conf, minlength=n_cls)
-    in_band = (conf >= lo) & (conf < hi)
-    band_count = np.bincount(cls[in_band], minlength=n_cls)
-    bins = np.minimum((conf * HIST_BINS).astype(np.int64), HIST_BINS - 1)
-    hist = np.bincount(cls * HIST_BINS + bins, minlength=n_cls * HIST_BINS).reshape(n_cls, HIST_BINS)
-    images = _images_per_class(rec, cls, bank.records, n_cls)
+    def ours(arr: np.ndarray) -> np.ndarray:   # the class axis (the last) in our order
+        out = np.zeros(arr.shape[:-1] + (n_cls,), dtype=arr.dtype)
+        out[..., place] = arr
+        return out
 
-    # per model version
-    versions = bank.versions + ["unknown"]
-    ver = bank.version[rec].astype(np.int64)
-    ver = np.where(ver < 0, len(versions) - 1, ver)
-    vkey = ver * n_cls + cls
-    v_count = np.bincount(vkey, minlength=len(versions) * n_cls).reshape(len(versions), n_cls)
-    v_conf = np.bincount(vkey, weights=conf, minlength=len(versions) * n_cls).reshape(len(versions), n_cls)
-    v_band = np.bincount(vkey[in_band], minlength=len(versions) * n_cls).reshape(len(versions), n_cls)
-    rec_ver = np.where(bank.version < 0, len(versions) - 1, bank.version).astype(np.int64)
-    v_images = np.bincount(rec_ver, minlength=len(versions))
-
-    # per ISO week (Monday-based; epoch day 0 was a Thursday)
-    days = np.floor(bank.ts / 86400.0).astype(np.int64)
-    mondays = days - (days + 3) % 7
-    week_days, rec_week = np.unique(mondays, return_inverse=True)
-    weeks = [iso_week(d) for d in week_days]
+    per = {k: ours(v) for k, v in agg.c.items()}
+    detections, conf_sum, band_count, images = per["det"], per["conf"], per["band"], per["images"]
+    hist = ours(agg.hist.T).T
+    # per model version: the bank's versions in order of first appearance, then "unknown" (id 0)
+    versions = agg.versions + ["unknown"]
+    v_order = np.append(np.arange(1, len(versions)), 0)
+    v_count, v_conf, v_band = (ours(agg.v[k])[v_order] for k in ("det", "conf", "band"))
+    v_images = agg.v_records[v_order]
+    # per ISO week, in time order
+    w_order = np.argsort(np.array(agg.mondays, dtype=np.int64), kind="stable")
+    weeks = [iso_week(agg.mondays[i]) for i in w_order]
     n_w = len(weeks)
-    wkey = rec_week[rec] * n_cls + cls if len(rec) else np.zeros(0, np.int64)
-    w_count = np.bincount(wkey, minlength=n_w * n_cls).reshape(n_w, n_cls)
-    w_conf = np.bincount(wkey, weights=conf, minlength=n_w * n_cls).reshape(n_w, n_cls)
-    w_band = np.bincount(wkey[in_band], minlength=n_w * n_cls).reshape(n_w, n_cls)
-    w_images = np.bincount(rec_week, minlength=n_w)
-
-    # reviewed images
-    tp, fp, fn = [0] * n_cls, [0] * n_cls, [0] * n_cls   # lists: cheaper than numpy for += 1
-    rev_labels, rev_dets = [0] * n_cls, [0] * n_cls
-    rev_images, fp_images = [0] * n_cls, [0] * n_cls
-    confusions: dict[tuple[int, int], int] = {}
-    remap_list = remap.tolist()
-    # the reviewed records' detections gathered in one numpy pass, then plain lists (a few boxes each)
-    rev_records = list(bank.reviews)
-    r_arr = np.fromiter(rev_records, dtype=np.int64, count=len(rev_records))
-    r_start = bank.det_start[r_arr].astype(np.int64)
-    r_count = bank.det_start[r_arr + 1].astype(np.int64) - r_start
-    offsets = np.zeros(len(rev_records) + 1, dtype=np.int64)
-    np.cumsum(r_count, out=offsets[1:])
-    take = np.repeat(r_start - offsets[:-1], r_count) + np.arange(int(offsets[-1]), dtype=np.int64)
-    all_cls = cls[take].tolist()
-    all_box = bank.det_box[take].tolist()
-    bounds = offsets.tolist()
-    for i, r in enumerate(rev_records):
-        labels = bank.reviews[r]
-        s, e = bounds[i], bounds[i + 1]
-        d_cls = all_cls[s:e]
-        l_cls = [remap_list[lab[0]] for lab in labels]
-        if not d_cls or not l_cls:  # nothing to match: every detection is a false positive, every label a miss
-            matches, confused = [], []
-            false_pos, missed = list(range(len(d_cls))), list(range(len(l_cls)))
-        else:
-            matches, false_pos, missed, confused = match_image(d_cls, all_box[s:e], l_cls,
-                                                              [lab[1:] for lab in labels], iou_match)
-        for d, _ in matches:
-            tp[d_cls[d]] += 1
-        for d in false_pos:
-            fp[d_cls[d]] += 1
-        for lab in missed:
-            fn[l_cls[lab]] += 1
-        for c in l_cls:
-            rev_labels[c] += 1
-        for c in d_cls:
-            rev_dets[c] += 1
-        for d, lab in confused:
-            key = (l_cls[lab], d_cls[d])
-            confusions[key] = confusions.get(key, 0) + 1
-        present = set(d_cls) | set(l_cls)
-        for c in present:
-            rev_images[c] += 1
-        for c in {d_cls[d] for d in false_pos}:
-            fp_images[c] += 1
-    reviewed_total = len(bank.reviews)
+    w_count, w_conf, w_band = (ours(agg.w[k])[w_order] for k in ("det", "conf", "band"))
+    w_images = agg.w_records[w_order]
+    tp, fp, fn = per["tp"].tolist(), per["fp"].tolist(), per["fn"].tolist()
+    rev_labels, rev_dets = per["rev_labels"].tolist(), per["rev_dets"].tolist()
+    rev_images, fp_images = per["rev_images"], per["fp_images"]
+    place_list = place.tolist()
+    confusions = {(place_list[t], place_list[p]): k for (t, p), k in agg.confusions.items()}
+    reviewed_total = agg.reviewed_images
 
     total_dets = int(detections.sum())
     data_total = sum(dataset_instances.values()) if dataset_instances else 0
-    prevalences = prevalence(names, detections, bank.records, reviewed_total, rev_labels, rev_dets,
+    prevalences = prevalence(names, detections, agg.records, reviewed_total, rev_labels, rev_dets,
                              dataset_instances, dataset_images)
-    all_scanned = bank.sources == ["scan"] and bool(len(bank.source)) and bool((bank.source == 0).all())
+    all_scanned = agg.all_scanned
     for prev in prevalences:
         if prev is not None:
             prev["images_word"] = "reviewed" if prev["basis"] == "reviewed" else ("scanned" if all_scanned else "logged")
@@ -264,7 +161,7 @@ def analyze_memory_bank(bank: MemoryBank, uncertain: tuple[float, float], iou_ma
             "prevalence": prevalences[c],
         }
     analysis = Analysis(classes, [], weeks, versions[:-1] if not v_images[-1] else versions, reviewed_total,
-                        (lo, hi), iou_match, records=bank.records)
+                        (lo, hi), agg.iou_match, records=agg.records)
     analysis.priorities = rank_priorities(analysis)
     analysis.score = {p["class"]: p["score"] for p in analysis.priorities}
     return analysis

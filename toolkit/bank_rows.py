@@ -146,6 +146,24 @@ def _record_of_rows(rows: list[tuple]) -> tuple[dict, tuple[int, str] | None]:
     return record, None
 
 
+def _record_starts(cols: dict[str, tuple[pd.Series, np.ndarray]], n: int) -> np.ndarray:
+    """Where a record starts: a row whose timestamp, image or model version differs from the row before."""
+    starts = np.zeros(n, dtype=bool)
+    starts[0] = True
+    for c in ("timestamp", "image", "model_version"):
+        starts[1:] |= _changed(cols[c][0])
+    return starts
+
+
+def last_record_start(df: pd.DataFrame) -> int:
+    """The first row of the last record of ``df`` (rows of ROW_COLUMNS): a chunked reader carries the
+    rows from there to the next chunk, where the record may go on."""
+    if not len(df):
+        return 0
+    starts = _record_starts({c: _text(df[c]) for c in ("timestamp", "image", "model_version")}, len(df))
+    return int(np.flatnonzero(starts)[-1])
+
+
 def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
     """Rows of ROW_COLUMNS (one per detection or review label; '' or null alike) into ``parts``.
 
@@ -157,10 +175,7 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
         return
     line = df["line"].to_numpy(dtype=np.int64)
     cols = {c: _text(df[c]) for c in ("timestamp", "image", "model_version", "class", "source", "kind")}
-    starts = np.zeros(len(df), dtype=bool)
-    starts[0] = True
-    for c in ("timestamp", "image", "model_version"):
-        starts[1:] |= _changed(cols[c][0])
+    starts = _record_starts(cols, len(df))
     group = np.cumsum(starts) - 1
     first = np.flatnonzero(starts)
     n = len(first)

@@ -31,7 +31,8 @@ import pandas as pd
 from toolkit.bank_table import (ALL_COLUMNS, BOX, CSV_COLUMNS, MAX_CLASS_CHARS, MAX_IMAGE_CHARS,  # noqa: F401
                                 REQUIRED_COLUMNS, SQLITE_TABLE, BadRecord, MalformedLog, MemoryBank, Parts,
                                 keep_mask, parse_date_bound, record_rows, validate_record)
-from toolkit.bank_rows import iso_seconds, records_from_rows
+from toolkit.bank_aggregate import BankAggregate
+from toolkit.bank_rows import iso_seconds, last_record_start, records_from_rows
 from toolkit.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ FORMATS = ("jsonl", "json", "csv", "sqlite", "parquet")
 CHUNK_BYTES = 1 << 24      # JSONL parsed 16 MB at a time
 PIECE_BYTES = 1 << 20      # a block that does not parse is parsed again in pieces of 1 MB
 PARSE_THREADS = min(4, os.cpu_count() or 1)
+CHUNK_ROWS = 200_000       # rows of a table (CSV, SQLite, Parquet, database) per chunk when aggregating
 SPLIT_TRIES = 20           # bad lines in a piece before the rest of it is read line by line
 
 
@@ -257,7 +259,8 @@ def _checked(tab, lines: np.ndarray, pieces: list[tuple[bytes, int, bool]], part
             _python_lines(rows[number - line], number, parts, last and number - line == len(rows) - 1)
 
 
-def _read_jsonl(path: Path, parts: Parts, chunk_bytes: int = CHUNK_BYTES) -> None:
+def _read_jsonl(path: Path, parts: Parts, chunk_bytes: int = CHUNK_BYTES, flush=None) -> None:
+    """Block by block; ``flush()`` after each block takes the records read so far (chunked reading)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with open(path, "rb") as fh, ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
@@ -268,6 +271,8 @@ def _read_jsonl(path: Path, parts: Parts, chunk_bytes: int = CHUNK_BYTES) -> Non
             if not more:
                 if data:
                     _jsonl_block(data, line, parts, True, pool)
+                if flush:
+                    flush()
                 return
             cut = data.rfind(b"\n") + 1
             if cut == 0:
@@ -276,6 +281,8 @@ def _read_jsonl(path: Path, parts: Parts, chunk_bytes: int = CHUNK_BYTES) -> Non
             block, rest = data[:cut], data[cut:]
             _jsonl_block(block, line, parts, False, pool)
             line += block.count(b"\n")
+            if flush:
+                flush()
 
 
 def _read_json_array(path: Path, parts: Parts) -> None:
@@ -318,13 +325,19 @@ def _frame(df: pd.DataFrame, where: str, line: np.ndarray) -> pd.DataFrame:
     return out
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _csv_header(path: Path) -> list[str]:
+    """The CSV's column names; UserError when it cannot be read or lacks a required column."""
     try:
         header = pd.read_csv(path, nrows=0, encoding="utf-8-sig", encoding_errors="replace").columns.tolist()
     except (ValueError, pd.errors.ParserError) as exc:
         raise UserError(f"{path}: cannot read the CSV header ({_short(exc)})") from None
     if any(c not in header for c in REQUIRED_COLUMNS):
         _frame(pd.DataFrame(columns=header), f"{path}: CSV header", np.zeros(0))
+    return header
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    header = _csv_header(path)
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -341,6 +354,12 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _read_sqlite(path: Path) -> pd.DataFrame:
+    [df] = list(_sqlite_frames(path, None))
+    return df
+
+
+def _sqlite_frames(path: Path, chunk_rows: int | None):
+    """The rows in rowid order: one frame, or frames of ``chunk_rows`` rows, read one by one."""
     import sqlite3
 
     uri = f"file:{path.resolve().as_posix()}?mode=ro"  # read-only: the user's database is never written
@@ -359,10 +378,13 @@ def _read_sqlite(path: Path) -> pd.DataFrame:
         if missing:
             raise UserError(f"{path}: table '{table}' lacks column(s) {', '.join(missing)} (see memory-bank/README.md)")
         select = ", ".join(f'"{c}"' if c in columns else f'NULL AS "{c}"' for c in ALL_COLUMNS)
-        df = pd.read_sql_query(f'SELECT rowid AS line, {select} FROM "{table}" ORDER BY rowid', con)
+        query = f'SELECT rowid AS line, {select} FROM "{table}" ORDER BY rowid'
+        if chunk_rows is None:
+            yield pd.read_sql_query(query, con)
+        else:
+            yield from pd.read_sql_query(query, con, chunksize=chunk_rows)
     finally:
         con.close()
-    return df
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -410,7 +432,8 @@ def read_memory_bank(path: str | Path, fmt: str | None = None, since: float | No
     parts = Parts(since, until, model_version)
     if sql.is_database_url(path):
         loc = sql.parse_url(str(path))
-        frame, rows = sql.read_rows(str(path), since, until, model_version)
+        [frame] = list(sql.read_rows(str(path), since, until, model_version))
+        rows = len(frame)
         records_from_rows(frame, parts)
         # ``path`` anchors relative image paths: its parent is image_root
         bank = parts.build(Path(image_root or Path.cwd()).resolve() / "(database)", loc.backend)
@@ -434,3 +457,100 @@ def read_memory_bank(path: str | Path, fmt: str | None = None, since: float | No
     logger.debug("read %d record(s) from %s (%s), %d malformed, %d filtered out",
                  bank.records, path, fmt, bank.skipped, bank.filtered_out)
     return bank
+
+
+# --- chunk by chunk: the figures of a bank beyond memory --------------------------------------------
+
+def _csv_chunks(path: Path, chunk_rows: int):
+    """A CSV's rows chunk by chunk (pyarrow's streaming reader, every column as text: a block's type
+    guess may not fit the next block); ArrowInvalid when a row does not parse (read it whole then)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    header = _csv_header(path)
+    first = 2
+    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=max(1 << 16, chunk_rows * 80)),
+                            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                                                 null_values=[""], strings_can_be_null=True))
+    for batch in reader:
+        df = batch.to_pandas(split_blocks=True, self_destruct=True)
+        yield _frame(df, f"{path}: CSV header", np.arange(first, first + len(df), dtype=np.int64))
+        first += len(df)
+
+
+def _parquet_chunks(path: Path, chunk_rows: int):
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+    except Exception as exc:  # pyarrow's errors have no common base
+        raise UserError(f"{path}: cannot read as Parquet ({_short(exc)})") from None
+    first = 1
+    for batch in batches:
+        df = batch.to_pandas()
+        yield _frame(df, f"{path}: Parquet file", np.arange(first, first + len(df), dtype=np.int64))
+        first += len(df)
+
+
+def _rows_in_chunks(frames, parts: Parts, flush) -> int:
+    """Tables of rows chunk by chunk into ``parts``; the last record of a chunk waits for the next
+    (its rows may go on there). Returns the rows read."""
+    carry, rows = None, 0
+    for df in frames:
+        rows += len(df)
+        if carry is not None and len(carry):
+            df = pd.concat([carry, df], ignore_index=True)
+        cut = last_record_start(df)
+        if cut:
+            records_from_rows(df.iloc[:cut].reset_index(drop=True), parts)
+            flush()
+        carry = df.iloc[cut:].reset_index(drop=True)
+    if carry is not None and len(carry):
+        records_from_rows(carry, parts)
+    flush()
+    return rows
+
+
+def aggregate_memory_bank(path: str | Path, uncertain: tuple[float, float], iou_match: float, fmt: str | None = None,
+                          since: float | None = None, until: float | None = None, model_version: str | None = None,
+                          chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUNK_BYTES) -> BankAggregate:
+    """The analysis figures of a memory bank (``toolkit.bank_aggregate``) read chunk by chunk: memory
+    holds one chunk (``chunk_bytes`` of JSONL, ``chunk_rows`` rows of a table) and the running
+    figures, whatever the size of the bank; the same figures as ``read_memory_bank`` + analysis.
+    A JSON array, and a CSV whose rows do not parse as a table, are read whole."""
+    from toolkit import memory_bank_sql as sql
+
+    parts = Parts(since, until, model_version)
+    agg = BankAggregate(uncertain, iou_match)
+
+    def flush() -> None:
+        agg.add_bank(parts.build(where, agg.fmt))
+
+    if sql.is_database_url(path):
+        loc = sql.parse_url(str(path))
+        where, agg.fmt, agg.location = Path("(database)"), loc.backend, loc.shown
+        rows = _rows_in_chunks(sql.read_rows(str(path), since, until, model_version, chunk_rows), parts, flush)
+        agg.rows_read = rows
+        return agg
+    where = Path(path)
+    if not where.is_file():
+        raise UserError(f"memory bank not found: {where} (give --memory-bank PATH, or --scan DIR to build one)")
+    agg.fmt = fmt or detect_format(where)
+    if agg.fmt == "jsonl":
+        _read_jsonl(where, parts, chunk_bytes, flush)
+        return agg
+    if agg.fmt == "csv":
+        import pyarrow as pa
+
+        try:
+            _rows_in_chunks(_csv_chunks(where, chunk_rows), parts, flush)
+            return agg
+        except (pa.ArrowInvalid, UnicodeDecodeError):  # rows of another length, odd bytes: read whole
+            parts, agg = Parts(since, until, model_version), BankAggregate(uncertain, iou_match, fmt="csv")
+            logger.info("%s: rows of another length, read whole", where)
+    elif agg.fmt in ("sqlite", "parquet"):
+        chunks = _sqlite_frames if agg.fmt == "sqlite" else _parquet_chunks
+        _rows_in_chunks(chunks(where, chunk_rows), parts, flush)
+        return agg
+    agg.add_bank(read_memory_bank(where, agg.fmt, since, until, model_version))
+    return agg

@@ -8,8 +8,8 @@ reads (and writes) it; PostgreSQL, the hot path, is read straight through psycop
 server-side cursor and written through SQLAlchemy with psycopg 3 as its driver.
 
 - PostgreSQL sends the rows in primary-key order by ``COPY ... TO STDOUT``, parsed by pyarrow's
-  CSV reader; other dialects through ``pandas.read_sql``. Either way one pandas frame of rows
-  (``read_rows``), checked by ``toolkit.bank_rows.records_from_rows``.
+  CSV reader; other dialects through ``pandas.read_sql``. Either way pandas frames of rows
+  (``read_rows``: one, or chunk by chunk), checked by ``toolkit.bank_rows.records_from_rows``.
 - ``--since/--until`` become a WHERE clause: a week of a year-long table is all the server sends.
 - The password never appears in the URL the toolkit shows: it comes from ``PGPASSWORD`` or
   ``.pgpass`` (libpq reads both); a URL that holds one is shown with ``***``.
@@ -416,62 +416,72 @@ def _warn_no_key(loc: BankLocation, info: TableInfo) -> None:
 
 
 def read_rows(location: str, since: float | None = None, until: float | None = None,
-              model_version: str | None = None):
-    """The table's rows (after the WHERE clause) as one frame of ROW_COLUMNS, and their number."""
+              model_version: str | None = None, chunk_rows: int | None = None):
+    """The rows (after the WHERE clause) as frames of ROW_COLUMNS: one, or about ``chunk_rows`` at a time."""
     loc = parse_url(location)
     read = _postgres_rows if loc.backend == "postgresql" else _generic_rows
-    frame = read(loc, since, until, model_version)
-    frame.columns = list(ROW_COLUMNS)
-    if frame["line"].isna().all():  # no primary key: the row number in reading order
-        frame["line"] = range(1, len(frame) + 1)
-    return frame, len(frame)
+    counted = 0
+    for frame in read(loc, since, until, model_version, chunk_rows):
+        frame.columns = list(ROW_COLUMNS)
+        if frame["line"].isna().all():  # no primary key: the row number in reading order
+            frame["line"] = range(counted + 1, counted + len(frame) + 1)
+        counted += len(frame)
+        yield frame
 
 
-def _postgres_rows(loc: BankLocation, since: float | None, until: float | None, model_version: str | None):
-    """``COPY (SELECT ...) TO STDOUT`` in a read-only transaction, spooled to a temporary file and
-    parsed by pyarrow's CSV reader: no Python step per row. The WHERE clause's values are bound by
-    psycopg (``--since/--until``), never pasted into the text."""
+def _postgres_rows(loc: BankLocation, since: float | None, until: float | None, model_version: str | None,
+                   chunk_rows: int | None):
+    """``COPY (SELECT ...) TO STDOUT`` (read-only), spooled to a temporary file, parsed by pyarrow's CSV
+    reader (whole or block by block); the WHERE clause's values are bound by psycopg, never pasted."""
     import tempfile
 
+    import pandas as pd
     import psycopg
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    kwargs: dict[str, Any] = {k: v for k, v in (("host", loc.host), ("port", loc.port), ("user", loc.username),
-                                                 ("password", loc.password), ("dbname", loc.database)) if v}
-    kwargs.update(loc.query)
-    kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
-    kwargs.setdefault("application_name", APPLICATION)
+    kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": APPLICATION, **{
+        k: v for k, v in (("host", loc.host), ("port", loc.port), ("user", loc.username), ("password", loc.password),
+                          ("dbname", loc.database)) if v}, **loc.query}
     try:
         con = psycopg.connect(**kwargs)
     except (psycopg.Error, ValueError) as exc:
         raise database_error(loc, exc) from None
+    spool = tempfile.TemporaryFile()
     try:
         con.read_only = True  # the analyzer never writes the plant's database
         info = _inspect_postgres(con, loc)
         _warn_no_key(loc, info)
         sql, params = build_select(loc, info, since, until, pyformat=True, model_version=model_version)
         logger.debug("memory bank query: %s %s", sql, params)
-        with tempfile.TemporaryFile() as spool, con.cursor() as cur:
-            with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)", params) as copy:
-                for data in copy:
-                    spool.write(data)
-            if spool.tell() == 0:  # an empty table (or window)
-                import pandas as pd
-
-                return pd.DataFrame({c: pd.Series([], dtype=object) for c in ROW_COLUMNS})
-            spool.seek(0)
-            text = {c: pa.string() for c in ROW_COLUMNS if c in TEXT_COLUMNS + ("timestamp",)}
-            table = pacsv.read_csv(spool, read_options=pacsv.ReadOptions(column_names=list(ROW_COLUMNS)),
-                                   convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=True))
+        with con.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT csv)", params) as copy:
+            for data in copy:
+                spool.write(data)
     except psycopg.Error as exc:
+        spool.close()
         raise database_error(loc, exc) from None
     finally:
         con.close()
-    return table.to_pandas(split_blocks=True, self_destruct=True)
+    with spool:
+        if spool.tell() == 0:  # an empty table (or window)
+            yield pd.DataFrame({c: pd.Series([], dtype=object) for c in ROW_COLUMNS})
+            return
+        spool.seek(0)
+        text = {c: pa.string() for c in ROW_COLUMNS if c in TEXT_COLUMNS + ("timestamp",)}
+        read = pacsv.ReadOptions(column_names=list(ROW_COLUMNS), **({"block_size": max(1 << 16, chunk_rows * 80)}
+                                                                   if chunk_rows else {}))
+        types = text if chunk_rows is None else {c: text.get(c, pa.float64()) for c in ROW_COLUMNS}
+        convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+        if chunk_rows is None:  # else block by block, every type given (a block's guess may not fit the next)
+            yield pacsv.read_csv(spool, read_options=read, convert_options=convert).to_pandas(split_blocks=True,
+                                                                                              self_destruct=True)
+        else:
+            for batch in pacsv.open_csv(spool, read_options=read, convert_options=convert):
+                yield batch.to_pandas(split_blocks=True, self_destruct=True)
 
 
-def _generic_rows(loc: BankLocation, since: float | None, until: float | None, model_version: str | None):
+def _generic_rows(loc: BankLocation, since: float | None, until: float | None, model_version: str | None,
+                  chunk_rows: int | None):
     """Any other SQLAlchemy dialect (SQLite, MS SQL): ``pandas.read_sql`` of the same SELECT."""
     import pandas as pd
     from sqlalchemy import text
@@ -486,7 +496,9 @@ def _generic_rows(loc: BankLocation, since: float | None, until: float | None, m
             sql, params = build_select(loc, info, since, until, quote=engine.dialect.identifier_preparer.quote,
                                        model_version=model_version)
             logger.debug("memory bank query: %s %s", sql, params)
-            return pd.read_sql_query(text(sql), conn, params=params)
+            got = pd.read_sql_query(text(sql), conn.execution_options(stream_results=chunk_rows is not None),
+                                    params=params, chunksize=chunk_rows)
+            yield from ([got] if chunk_rows is None else got)
     except SQLAlchemyError as exc:
         raise database_error(loc, exc) from None
     finally:
