@@ -8,6 +8,8 @@ planted malformed records of the golden comparison (tests/bank_golden.py) split 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,6 +18,7 @@ from bank_golden import CASES, write_planted
 from bank_helpers import iter_jsonl, write_csv, write_pg_table, write_sqlite
 from toolkit.analysis import analyze_aggregate, analyze_memory_bank
 from toolkit.bank_aggregate import BankAggregate
+from toolkit.bank_sql_aggregate import aggregate_in_database
 from toolkit.memory_bank import ALL_COLUMNS, aggregate_memory_bank, parse_date_bound, read_memory_bank, record_rows
 
 CLASSES = ["scratches", "patches", "crazing", "inclusion", "pitted_surface", "rolled-in_scale"]
@@ -96,7 +99,7 @@ def test_tables_in_chunks_give_the_whole_bank_analysis(planted, monkeypatch, nam
 def test_a_database_url_in_chunks_gives_the_whole_bank_analysis(planted, monkeypatch):
     url = f"sqlite:///{planted / 'planted.db'}"
     for case in CASES.values():
-        got, sizes = _chunked(url, monkeypatch, chunk_rows=2000, **_filters(case))
+        got, sizes = _chunked(url, monkeypatch, chunk_rows=2000, in_database=False, **_filters(case))
         assert got == _whole(url, **_filters(case)), case
         assert len(sizes) > 10 and max(sizes) <= 2000
 
@@ -108,7 +111,7 @@ def test_postgres_in_chunks_gives_the_whole_bank_analysis(postgres, pg_password,
     with postgres.admin("inspection") as con:
         write_pg_table(con, "chunked_records", records)
     url = postgres.url("chunked_records")
-    got, sizes = _chunked(url, monkeypatch, chunk_rows=1000)
+    got, sizes = _chunked(url, monkeypatch, chunk_rows=1000, in_database=False)
     assert got == _whole(url)
     assert len(sizes) > 3 and max(sizes) <= 1000
 
@@ -121,3 +124,85 @@ def test_a_csv_whose_rows_do_not_parse_as_a_table_is_read_whole_with_the_same_an
     got, sizes = _chunked(path, monkeypatch, chunk_rows=997)
     assert got == _whole(path)
     assert json.loads(got)["records"] == json.loads(_whole(planted / "planted.csv"))["records"] + 1   # a record
+
+
+# --- the figures computed by the database (toolkit/bank_sql_aggregate.py) ------------------------------
+
+def _same(got, want, where="") -> None:
+    """Equal, floats to 12 digits (the server sums confidences in its own order), everything else exactly."""
+    if isinstance(want, float) and isinstance(got, float):
+        assert math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-12), where
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want), where
+        for k in want:
+            _same(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _same(g, w, f"{where}[{i}]")
+    else:
+        assert got == want, where
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """20,000 generated records (no malformed line), as JSONL rows in SQLite."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_memory_bank import generate
+
+    base = tmp_path_factory.mktemp("clean")
+    generate(base / "clean.jsonl", 20_000, seed=3)
+    records = list(iter_jsonl(base / "clean.jsonl"))
+    rows = write_sqlite(records, base / "clean.db")
+    return {"base": base, "records": records, "rows": rows}
+
+
+def _in_database(url: str, **filters):
+    agg = aggregate_in_database(url, (0.25, 0.6), 0.5, **filters)
+    assert agg is not None, "the clean table was not aggregated by the database"
+    return agg, _json(agg, analyze_aggregate(agg, INSTANCES, CLASSES, dataset_images=400))
+
+
+def test_sqlite_computes_the_figures_itself_and_sends_few_rows(clean):
+    url = f"sqlite:///{clean['base'] / 'clean.db'}"
+    for case in CASES.values():
+        agg, got = _in_database(url, **_filters(case))
+        _same(json.loads(got), json.loads(_whole(url, **_filters(case))))
+        # what travels: a row per (day, version, class, histogram bin, in the band or not), per (day, version)
+        # and per class, and the reviewed records' rows; not a row per detection
+        reviewed_rows = sum(len(record_rows(r)) for r in clean["records"] if "review" in r)
+        days = len({r["timestamp"][:10] for r in clean["records"]})
+        groups = days * 2 * len(CLASSES) * (10 + 1) + days * 2 * 2 + 3 * len(CLASSES) + 10
+        assert agg.rows_read <= reviewed_rows + groups
+        assert agg.rows_read < clean["rows"] / 3
+
+
+def test_a_table_the_database_cannot_judge_is_read_row_by_row(planted, clean, tmp_path):
+    """Malformed rows (the planted bank), a time zone, a record split in two: None, so the rows are read."""
+    assert aggregate_in_database(f"sqlite:///{planted / 'planted.db'}", (0.25, 0.6), 0.5) is None
+    records = clean["records"][:300]
+    zoned = [dict(r, timestamp=r["timestamp"].replace("Z", "+02:00")) if i == 150 else r for i, r in enumerate(records)]
+    write_sqlite(zoned, tmp_path / "zoned.db")
+    assert aggregate_in_database(f"sqlite:///{tmp_path / 'zoned.db'}", (0.25, 0.6), 0.5) is None
+    write_sqlite(records + records[:1], tmp_path / "again.db")   # one image logged twice, apart
+    assert aggregate_in_database(f"sqlite:///{tmp_path / 'again.db'}", (0.25, 0.6), 0.5) is None
+    write_sqlite(records, tmp_path / "fine.db")
+    assert aggregate_in_database(f"sqlite:///{tmp_path / 'fine.db'}", (0.25, 0.6), 0.5) is not None
+    # a --since that is not a whole day is applied to the rows
+    assert aggregate_in_database(f"sqlite:///{tmp_path / 'fine.db'}", (0.25, 0.6), 0.5,
+                                 since=parse_date_bound("2026-02-01T12:00:00Z")) is None
+
+
+def test_postgres_computes_the_figures_itself(postgres, pg_password, clean):
+    with postgres.admin("inspection") as con:
+        write_pg_table(con, "clean_records", clean["records"])
+    url = postgres.url("clean_records")
+    for case in CASES.values():
+        agg, got = _in_database(url, **_filters(case))
+        _same(json.loads(got), json.loads(_whole(url, **_filters(case))))
+        assert agg.fmt == "postgresql" and agg.rows_read < clean["rows"] / 3
+    quoted = dict(_filters(CASES["version"]), model_version="1.1' OR '1'='1")   # a bound value, not SQL text
+    agg, _ = _in_database(url, **quoted)
+    assert agg.records == 0

@@ -134,7 +134,8 @@ class BankAggregate:
                 table.append(n)
         return np.array([index[n] for n in names], dtype=np.int64)
 
-    def _resize(self) -> None:
+    def resize(self) -> None:
+        """Arrays of the sizes of ``classes``, ``versions`` and ``mondays`` (new entries at zero)."""
         n_c, n_v, n_w = len(self.classes), len(self.versions) + 1, len(self.mondays)
         for name in _CLASS:
             self.c[name] = _grow(self.c[name], (n_c,))
@@ -153,7 +154,7 @@ class BankAggregate:
         days = np.floor(bank.ts / 86400.0).astype(np.int64)
         week_days, rec_week = np.unique(days - (days + 3) % 7, return_inverse=True)   # epoch day 0: a Thursday
         week_id = self._ids(self.mondays, week_days.tolist())
-        self._resize()
+        self.resize()
         n_c = len(self.classes)
         cls = cls_id[bank.det_cls] if len(bank.det_cls) else np.zeros(0, np.int64)
         conf = bank.det_conf.astype(np.float64)
@@ -180,10 +181,10 @@ class BankAggregate:
         self.records += bank.records
         if bank.records and "scan" in bank.sources:
             self.scan_records += int((bank.source == bank.sources.index("scan")).sum())
-        self._add_reviews(bank, cls, cls_id)
+        self.add_reviews(bank, cls, cls_id)
         self.malformed, self.filtered_out = bank.malformed, bank.filtered_out
 
-    def _add_reviews(self, bank: MemoryBank, cls: np.ndarray, cls_id: np.ndarray) -> None:
+    def add_reviews(self, bank: MemoryBank, cls: np.ndarray, cls_id: np.ndarray) -> None:
         """Match each reviewed record's detections against its labels, in record order."""
         reviews = bank.reviews
         if not reviews:

@@ -513,11 +513,13 @@ def _rows_in_chunks(frames, parts: Parts, flush) -> int:
 
 def aggregate_memory_bank(path: str | Path, uncertain: tuple[float, float], iou_match: float, fmt: str | None = None,
                           since: float | None = None, until: float | None = None, model_version: str | None = None,
-                          chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUNK_BYTES) -> BankAggregate:
+                          chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUNK_BYTES,
+                          in_database: bool = True) -> BankAggregate:
     """The analysis figures of a memory bank (``toolkit.bank_aggregate``) read chunk by chunk: memory
     holds one chunk (``chunk_bytes`` of JSONL, ``chunk_rows`` rows of a table) and the running
     figures, whatever the size of the bank; the same figures as ``read_memory_bank`` + analysis.
-    A JSON array, and a CSV whose rows do not parse as a table, are read whole."""
+    A JSON array, and a CSV whose rows do not parse as a table, are read whole. A database computes
+    the figures itself when its table allows (``toolkit.bank_sql_aggregate``; ``in_database``)."""
     from toolkit import memory_bank_sql as sql
 
     parts = Parts(since, until, model_version)
@@ -527,6 +529,12 @@ def aggregate_memory_bank(path: str | Path, uncertain: tuple[float, float], iou_
         agg.add_bank(parts.build(where, agg.fmt))
 
     if sql.is_database_url(path):
+        from toolkit.bank_sql_aggregate import aggregate_in_database
+
+        if in_database:
+            got = aggregate_in_database(str(path), uncertain, iou_match, since, until, model_version)
+            if got is not None:
+                return got
         loc = sql.parse_url(str(path))
         where, agg.fmt, agg.location = Path("(database)"), loc.backend, loc.shown
         rows = _rows_in_chunks(sql.read_rows(str(path), since, until, model_version, chunk_rows), parts, flush)
