@@ -6,6 +6,8 @@ a PostgreSQL table (one row per detection, the README layout with an id key) wit
 in its own subprocess, times:
   jsonl:    read_memory_bank(file) + analyze_memory_bank()
   postgres: read_memory_bank(URL)  + analyze_memory_bank()   (COPY over TCP, parsed by pyarrow)
+(--aggregate: aggregate_memory_bank + analyze_aggregate, the analyzer's path without --export: the
+JSONL chunk by chunk, PostgreSQL by GROUP BY in the server; floats compared to 9 digits)
 and prints the ratio of the best times postgres / jsonl (goal <= 1.2), the ratio of each round (the
 two run back to back, so a busy machine weighs on both), and each child's peak memory (ru_maxrss).
 The two analyses are checked to be identical.
@@ -16,6 +18,7 @@ started like the tests do (tests/pg_server.py: initdb + pg_ctl, as the postgres 
 Usage:
     nice -n 10 python benchmarks/bench_memory_bank_db.py                     # 620,000 records = ~1M rows
     nice -n 10 python benchmarks/bench_memory_bank_db.py --records 200000 --repeat 3
+    nice -n 10 python benchmarks/bench_memory_bank_db.py --records 6200000 --aggregate   # ~10M rows
 """
 from __future__ import annotations
 
@@ -36,13 +39,20 @@ CHILD = """
 import hashlib, json, resource, sys, time
 sys.path.insert(0, sys.argv[2])
 start = time.perf_counter()
-from toolkit.analysis import analyze_memory_bank
-from toolkit.memory_bank import read_memory_bank
-bank = read_memory_bank(sys.argv[1])
-analysis = analyze_memory_bank(bank, uncertain=(0.25, 0.6), iou_match=0.5)
+from toolkit.analysis import analyze_aggregate, analyze_memory_bank
+from toolkit.memory_bank import aggregate_memory_bank, read_memory_bank
+if sys.argv[3] == "aggregate":   # chunk by chunk (a file), GROUP BY in the server (a database)
+    bank = aggregate_memory_bank(sys.argv[1], (0.25, 0.6), 0.5)
+    analysis = analyze_aggregate(bank)
+else:
+    bank = read_memory_bank(sys.argv[1])
+    analysis = analyze_memory_bank(bank, uncertain=(0.25, 0.6), iou_match=0.5)
 seconds = time.perf_counter() - start
-digest = json.dumps({"records": bank.records, "skipped": bank.skipped, "classes": analysis.classes,
-                     "priorities": analysis.priorities}, sort_keys=True, default=str)
+rounded = lambda v: round(v, 9) if isinstance(v, float) else v   # the server sums in its own order
+digest = json.dumps({"records": bank.records, "skipped": bank.skipped, "classes": json.loads(json.dumps(
+    analysis.classes), parse_float=lambda t: round(float(t), 9)), "priorities": [{k: rounded(v) for k, v in p.items()}
+                                                                                 for p in analysis.priorities]},
+                    sort_keys=True, default=str)
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mb": usage.ru_maxrss / 1024,
                   "records": bank.records, "rows": bank.rows_read, "digest": hashlib.sha256(digest.encode()).hexdigest()}))
@@ -77,8 +87,9 @@ def load_postgres(url: str, records_path: Path) -> tuple[int, int]:
     return rows, dets
 
 
-def run_child(target: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, target, str(REPO)], check=True, capture_output=True, text=True)
+def run_child(target: str, mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, target, str(REPO), mode], check=True, capture_output=True,
+                         text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -88,7 +99,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each, alternating; the best is kept")
     parser.add_argument("--url", help="an existing server's URL (else a temporary server is started)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    parser.add_argument("--aggregate", action="store_true",
+                        help="the analyzer's path without --export: JSONL chunk by chunk, GROUP BY in PostgreSQL")
     args = parser.parse_args()
+    mode = "aggregate" if args.aggregate else "whole"
     args.out.mkdir(parents=True, exist_ok=True)
 
     from bench_memory_bank import generate
@@ -121,15 +135,15 @@ def main() -> int:
         print(f"loaded {rows} rows ({dets} detections) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         jsonl_runs, pg_runs = [], []
         for _ in range(args.repeat):
-            jsonl_runs.append(run_child(str(same)))
-            pg_runs.append(run_child(url))
+            jsonl_runs.append(run_child(str(same), mode))
+            pg_runs.append(run_child(url, mode))
     finally:
         if server is not None:
             server.stop()
     best_j = min(jsonl_runs, key=lambda r: r["seconds"])
     best_p = min(pg_runs, key=lambda r: r["seconds"])
     assert best_j["digest"] == best_p["digest"] and best_j["records"] == best_p["records"], "analyses differ"
-    print(json.dumps({"records": best_j["records"], "rows": rows, "detections": dets,
+    print(json.dumps({"mode": mode, "records": best_j["records"], "postgres_rows_sent": best_p["rows"], "rows": rows, "detections": dets,
                       "jsonl_s": round(best_j["seconds"], 2), "postgres_s": round(best_p["seconds"], 2),
                       "ratio": round(best_p["seconds"] / best_j["seconds"], 3),
                       "jsonl_peak_mb": round(best_j["peak_mb"]), "postgres_peak_mb": round(best_p["peak_mb"]),
