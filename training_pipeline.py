@@ -767,6 +767,19 @@ def _log_file(root: Path) -> Iterator[Path | None]:
         handler.close()
 
 
+def _demo_stages():
+    """The stage scripts the demo drives to make its first model."""
+    import dataset_preparer
+    import setup_training
+    import train_yolov8
+
+    from toolkit.demo import DemoStages
+
+    return DemoStages(setup=lambda **kw: setup_training.run(setup_training.SetupConfig(**kw)),
+                      prepare=lambda **kw: dataset_preparer.run(dataset_preparer.PrepareConfig(**kw)),
+                      train=lambda **kw: train_yolov8.run(train_yolov8.TrainConfig(**kw)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_arg_parser()
     args = parser.parse_args(argv)
@@ -775,13 +788,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def execute(a: argparse.Namespace) -> Any:
         if a.demo:
-            import pipeline_demo
+            from toolkit.demo import check_demo_root, demo_root, prepare_demo
 
-            root = pipeline_demo.demo_root(a.root)
-            pipeline_demo.check_demo_root(root)
+            root = demo_root(a.root)
+            check_demo_root(root)
             root.mkdir(parents=True, exist_ok=True)
             with _log_file(root):
-                return run(PipelineConfig(root=pipeline_demo.prepare_demo(root)))
+                return run(PipelineConfig(root=prepare_demo(root, _demo_stages())))
         root = Workspace.at(a.root).root
         if a.status:
             return status(root)

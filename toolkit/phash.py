@@ -129,7 +129,7 @@ def phash_bytes(data: bytes) -> tuple[int, tuple[int, int]] | None:
     it cannot be decoded. Same decode as the dataset import, so hashes from both agree."""
     import cv2
 
-    from toolkit.dataset.checks import apply_orientation, exif_orientation, sniff_image_kind
+    from toolkit.images import apply_orientation, exif_orientation, sniff_image_kind
 
     kind = sniff_image_kind(data[:16])
     if kind is None:

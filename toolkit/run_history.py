@@ -11,13 +11,10 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from toolkit.files import append_jsonl
 from toolkit.layout import Workspace
-
-if TYPE_CHECKING:
-    from toolkit.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +39,7 @@ def stale_report_temps(workspace: Workspace) -> list[Path]:
     return found
 
 
-def record_interrupted_runs(registry: "Registry") -> list[dict[str, Any]]:
+def record_interrupted_runs(registry) -> list[dict[str, Any]]:
     """A history line for each run that changed production but was killed before writing its own.
 
     Promotions and rollbacks of the pipeline carry the run's stamp in their registry event; an event

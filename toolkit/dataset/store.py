@@ -23,7 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from toolkit.dataset.checks import CheckedImage, apply_orientation
+from toolkit.dataset.checks import CheckedImage
+from toolkit.images import apply_orientation
 from toolkit.dataset.manifest import save_manifest, write_split_lists
 from toolkit.errors import UserError
 from toolkit.labels import Problem, yolo_label_text
