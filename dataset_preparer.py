@@ -43,22 +43,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from toolkit.cli import add_options, build_parser, command, config_from_args, run_main
-from toolkit.config import Settings, option, resolve_config, setting
-from toolkit.datafile import read_class_names, write_dataset_yaml
-from toolkit.dataset.groups import group_keys
-from toolkit.dataset.incoming import batch_fingerprint, pending_incoming_batches
-from toolkit.dataset.manifest import empty_manifest, load_manifest, split_counts, write_split_lists
-from toolkit.dataset.parallel import check_images, default_workers, parallel_map
-from toolkit.dataset.plan import plan_import, resolve_classes
-from toolkit.dataset.store import (Staging, check_free_space, commit_manifest, recover_staging, set_aside_unmanaged,
+from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main
+from toolkit.core.config import Settings, option, resolve_config, setting
+from toolkit.core.datafile import read_class_names, write_dataset_yaml
+from toolkit.data.dataset.groups import group_keys
+from toolkit.data.dataset.incoming import batch_fingerprint, pending_incoming_batches
+from toolkit.data.dataset.manifest import empty_manifest, load_manifest, split_counts, write_split_lists
+from toolkit.data.dataset.parallel import check_images, default_workers, parallel_map
+from toolkit.data.dataset.plan import plan_import, resolve_classes
+from toolkit.data.dataset.store import (Staging, check_free_space, commit_manifest, recover_staging, set_aside_unmanaged,
                                    space_needed)
-from toolkit.errors import UserError
-from toolkit.labels import SourceBatch, SourceImage, read_source
-from toolkit.layout import SPLITS, Workspace, require_workspace
-from toolkit.lock import holds_workspace_lock
-from toolkit.progress import progress_enabled
-from toolkit.reports import markdown_table, md, md_code, report_path, utc_now_iso, write_report
+from toolkit.core.errors import UserError
+from toolkit.data.labels import SourceBatch, SourceImage, read_source
+from toolkit.core.layout import SPLITS, Workspace, require_workspace
+from toolkit.core.lock import holds_workspace_lock
+from toolkit.core.progress import progress_enabled
+from toolkit.core.reports import markdown_table, md, md_code, report_path, utc_now_iso, write_report
 
 logger = logging.getLogger(__name__)
 

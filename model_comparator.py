@@ -27,15 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit.cli import add_options, build_parser, command, config_from_args, run_main
-from toolkit.config import Settings, option, resolve_config, setting
-from toolkit.dataset.store import settle_dataset
-from toolkit.decision import PromotionRules, decide, judge_candidate
-from toolkit.errors import UserError
-from toolkit.layout import Workspace, require_workspace
-from toolkit.lock import holds_workspace_lock
-from toolkit.progress import progress_bar
-from toolkit.reports import markdown_table, md, md_code, report_path, timestamp, write_report
+from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main
+from toolkit.core.config import Settings, option, resolve_config, setting
+from toolkit.data.dataset.store import settle_dataset
+from toolkit.promotion.decision import PromotionRules, decide, judge_candidate
+from toolkit.core.errors import UserError
+from toolkit.core.layout import Workspace, require_workspace
+from toolkit.core.lock import holds_workspace_lock
+from toolkit.core.progress import progress_bar
+from toolkit.core.reports import markdown_table, md, md_code, report_path, timestamp, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def _resolve_models(workspace: Workspace, config: CompareConfig) -> tuple[Path |
 
 @holds_workspace_lock("compare")
 def run(config: CompareConfig, progress: Callable | None = None, settings: Settings | None = None) -> CompareResult:
-    from toolkit import evaluation as ev_mod
-    from toolkit.offline import prepare_ultralytics
+    from toolkit.model import evaluation as ev_mod
+    from toolkit.core.offline import prepare_ultralytics
 
     started = time.perf_counter()
     # a mistyped --root: one line, nothing written (with --data the dataset is elsewhere and ROOT only

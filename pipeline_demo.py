@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python pipeline_demo.py [--root DIR] [--json]``: the pipeline's ``--demo``."""
     import training_pipeline
 
-    from toolkit.cli import build_parser
+    from toolkit.core.cli import build_parser
 
     args = build_parser(__doc__, prog="pipeline_demo.py", root_default="./demo").parse_args(argv)
     passed = ["--root", str(args.root)] if args.root is not None else []

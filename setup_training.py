@@ -23,14 +23,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.cli import add_options, build_parser, command, config_from_args, run_main
-from toolkit.config import DEFAULTS, TRAINING_YAML_TEMPLATE, Settings, option
-from toolkit.datafile import read_class_names, write_dataset_yaml
-from toolkit.errors import UserError
-from toolkit.files import atomic_copy, atomic_write_text, sha256_file
-from toolkit.layout import Workspace
-from toolkit.lock import holds_workspace_lock
-from toolkit.offline import model_class_names
+from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main
+from toolkit.core.config import DEFAULTS, TRAINING_YAML_TEMPLATE, Settings, option
+from toolkit.core.datafile import read_class_names, write_dataset_yaml
+from toolkit.core.errors import UserError
+from toolkit.core.files import atomic_copy, atomic_write_text, sha256_file
+from toolkit.core.layout import Workspace
+from toolkit.core.lock import holds_workspace_lock
+from toolkit.core.offline import model_class_names
 
 logger = logging.getLogger(__name__)
 

@@ -38,17 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.cli import add_options, build_parser, command, config_from_args, run_main, to_jsonable
-from toolkit.config import Settings, check_value, option, resolve_config, setting
-from toolkit.datafile import read_data_yaml
-from toolkit.dataset.store import settle_dataset
-from toolkit.errors import Interrupted, UserError
-from toolkit.files import atomic_write_json, atomic_write_text
-from toolkit.layout import Workspace, require_workspace, run_weights
-from toolkit.lock import holds_workspace_lock
-from toolkit import machine as mc
-from toolkit import training as tr
-
+from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main, to_jsonable
+from toolkit.core.config import Settings, check_value, option, resolve_config, setting
+from toolkit.core.datafile import read_data_yaml
+from toolkit.data.dataset.store import settle_dataset
+from toolkit.core.errors import Interrupted, UserError
+from toolkit.core.files import atomic_write_json, atomic_write_text
+from toolkit.core.layout import Workspace, require_workspace, run_weights
+from toolkit.core.lock import holds_workspace_lock
+from toolkit.model import machine as mc
+from toolkit.model import training as tr
 logger = logging.getLogger(__name__)
 
 # Settings a resumed run may change (ultralytics keeps the checkpoint's values for the others).
@@ -169,7 +168,7 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     # a mistyped --root: one line, nothing written (with --data the dataset is elsewhere and ROOT only
     # receives the runs and reports)
     workspace = Workspace.at(config.root) if config.data else require_workspace(config.root)
-    from toolkit.offline import prepare_ultralytics
+    from toolkit.core.offline import prepare_ultralytics
 
     if config.resume not in (None, False):
         prepare_ultralytics(workspace.ultralytics_config)  # also keeps its notices off stdout
@@ -185,7 +184,7 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     name = tr.check_run_name(config.name or "train")
     extra = tr.parse_extra(config.extra)
 
-    from toolkit.offline import load_yolo
+    from toolkit.core.offline import load_yolo
 
     notes: list[str] = []
     model = load_yolo(start, workspace.ultralytics_config)  # safe loading: no code from the file runs
@@ -242,13 +241,13 @@ def _resume(workspace: Workspace, config: TrainConfig) -> TrainResult:
         raise UserError(f"--resume continues a run with its own settings; drop {', '.join(given)} "
                         f"(a resumed run may change only {', '.join(_RESUME_ALLOWED)}), or start a new run")
     run_dir = tr.resolve_resume_dir(workspace.runs, config.resume)
-    from toolkit.config import load_yaml_text
+    from toolkit.core.config import load_yaml_text
 
     settings_file = run_dir / tr.SETTINGS_NAME
     saved = load_yaml_text(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
     toolkit_saved = dict(saved.get("toolkit") or {})
     last = run_weights(run_dir, "last")
-    from toolkit.offline import load_yolo
+    from toolkit.core.offline import load_yolo
 
     try:
         model = load_yolo(last, workspace.ultralytics_config)  # safe loading: no code from the file runs
@@ -283,7 +282,7 @@ def _resume(workspace: Workspace, config: TrainConfig) -> TrainResult:
 
 def _train(model, args: dict, run_dir: Path, info: dict, resumed: bool, notes: list[str],
            reinit_head: bool) -> TrainResult:
-    from toolkit.progress import progress_enabled
+    from toolkit.core.progress import progress_enabled
 
     show = progress_enabled() or logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     monitor = tr.EpochMonitor(run_dir / tr.EPOCHS_NAME, time_limit_hours=float(info.get("time_limit") or 0),

@@ -5,7 +5,7 @@ SQLite, Parquet; see memory-bank/README.md), skipping malformed records with the
 reports per class: detections, confidence distribution, share in the uncertain band, trend per
 week and per model version, and - on images an operator reviewed - precision, recall, wrong-class
 confusions and missed defects. Classes are ranked by a documented priority score
-(toolkit/analysis.py) with reasons in words and an estimate of the images each one needs.
+(toolkit/memory/analysis.py) with reasons in words and an estimate of the images each one needs.
 
 --export N copies the N most useful images to training/to_label/<stamp>/ with YOLO pre-labels
 from the detections and selection.csv (why each was chosen), and writes the reviewed images as a
@@ -27,11 +27,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from toolkit.cli import add_options, build_parser, config_from_args, run_main
-from toolkit.config import Settings, option, resolve_config, setting
-from toolkit.errors import UserError
-from toolkit.layout import Workspace, require_workspace
-from toolkit.lock import holds_workspace_lock
+from toolkit.core.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.core.config import Settings, option, resolve_config, setting
+from toolkit.core.errors import UserError
+from toolkit.core.layout import Workspace, require_workspace
+from toolkit.core.lock import holds_workspace_lock
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def resolve(config: AnalyzeConfig, workspace: Workspace, settings: Settings | No
 
 def known_classes(workspace: Workspace) -> list[str]:
     """Model order of the classes: dataset.yaml, else the production sidecar; [] if neither."""
-    from toolkit.datafile import read_class_names
+    from toolkit.core.datafile import read_class_names
 
     if workspace.dataset_yaml.exists():
         try:
@@ -171,7 +171,7 @@ def memory_bank_location(flag: Path | str | None, setting: str | None, workspace
 
     A database URL is returned as given (its password, if any, is masked wherever it is shown).
     """
-    from toolkit.memory_bank_sql import is_database_url, mask_url
+    from toolkit.memory.memory_bank_sql import is_database_url, mask_url
 
     given = flag if flag not in (None, "") else (setting or None)
     if given is None:
@@ -189,16 +189,16 @@ def memory_bank_location(flag: Path | str | None, setting: str | None, workspace
 
 @holds_workspace_lock("analyze", when=lambda c: c.export > 0 or c.scan is not None)
 def run(config: AnalyzeConfig, settings: Settings | None = None) -> AnalyzeResult:
-    from toolkit.analysis_charts import ChartWorker
+    from toolkit.memory.analysis_charts import ChartWorker
 
     with ChartWorker() as charts:  # a helper process loads matplotlib while the bank is read
         return _run(config, settings, charts)
 
 
 def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker") -> AnalyzeResult:
-    from toolkit.analysis import analyze_aggregate, analyze_memory_bank
-    from toolkit.memory_bank import aggregate_memory_bank, parse_date_bound, read_memory_bank
-    from toolkit.reports import report_path, timestamp
+    from toolkit.memory.analysis import analyze_aggregate, analyze_memory_bank
+    from toolkit.memory.memory_bank import aggregate_memory_bank, parse_date_bound, read_memory_bank
+    from toolkit.core.reports import report_path, timestamp
 
     # a mistyped --root: one line, nothing written; with --memory-bank the bank is elsewhere and an
     # existing ROOT only receives the reports
@@ -213,7 +213,7 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         raise UserError(f"--since {config.since} is not before --until {config.until}")
     scanned = None
     if config.scan is not None:
-        from toolkit.detection_api import scan_folder
+        from toolkit.memory.detection_api import scan_folder
 
         scanned = scan_folder(workspace, Path(config.scan), Path(config.scan_model or workspace.production_model),
                               bank_path, batch=config.scan_batch, conf=config.scan_conf)
@@ -240,7 +240,7 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
     plots = charts.submit(analysis, json_path)   # drawn by the helper during the export and the report
     export = None
     if config.export > 0:
-        from toolkit.analysis import export_for_labelling
+        from toolkit.memory.analysis import export_for_labelling
 
         export = export_for_labelling(workspace, bank, analysis, config.export, stamp,
                                       settings["analyzer.near_duplicate_bits"],
@@ -259,7 +259,7 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         refused_images=tuple(export.refused[:LIST_CAP]) if export else (),
         refused_images_count=len(export.refused) if export else 0,
         scanned=scanned, report=json_path, plots=tuple(plots))
-    from toolkit.reports import write_report
+    from toolkit.core.reports import write_report
 
     write_report(json_path, result, markdown_report(result))
     drawn = tuple(charts.result())
@@ -270,8 +270,8 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
 
 
 def write_plots(analysis, json_path: Path) -> list[Path]:
-    """The analysis's charts, drawn in this process (``toolkit.analysis_charts``)."""
-    from toolkit.analysis_charts import draw_charts
+    """The analysis's charts, drawn in this process (``toolkit.memory.analysis_charts``)."""
+    from toolkit.memory.analysis_charts import draw_charts
 
     return draw_charts(analysis, json_path)
 
@@ -281,7 +281,7 @@ def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
 
 
 def markdown_report(result: AnalyzeResult) -> str:
-    from toolkit.reports import markdown_table, md, md_code
+    from toolkit.core.reports import markdown_table, md, md_code
 
     lo, hi = result.uncertain
     lines = ["# Memory-bank analysis", "",

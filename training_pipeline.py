@@ -29,16 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from toolkit.cli import add_options, build_parser, command, config_from_args, run_main, to_jsonable
-from toolkit.config import Settings, option, resolve_config, setting
-from toolkit.errors import Interrupted, UserError, WorkspaceBusy
-from toolkit.files import sha256_file
-from toolkit.layout import Workspace, is_workspace, require_workspace
-from toolkit.lock import workspace_lock
-from toolkit.registry import Registry
-from toolkit.registry_check import registry_notes, registry_problems
-from toolkit.run_history import append_history, read_history, record_interrupted_runs
-from toolkit.reports import report_path, timestamp, utc_now_iso, write_report
+from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main, to_jsonable
+from toolkit.core.config import Settings, option, resolve_config, setting
+from toolkit.core.errors import Interrupted, UserError, WorkspaceBusy
+from toolkit.core.files import sha256_file
+from toolkit.core.layout import Workspace, is_workspace, require_workspace
+from toolkit.core.lock import workspace_lock
+from toolkit.promotion.registry import Registry
+from toolkit.promotion.registry_check import registry_notes, registry_problems
+from toolkit.core.run_history import append_history, read_history, record_interrupted_runs
+from toolkit.core.reports import report_path, timestamp, utc_now_iso, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def production_info(workspace: Workspace, registry: Registry | None = None) -> d
 
 
 def _pending_batches(workspace: Workspace) -> list[Path]:
-    from toolkit.dataset.incoming import pending_incoming_batches
+    from toolkit.data.dataset.incoming import pending_incoming_batches
 
     return pending_incoming_batches(workspace) if workspace.incoming.exists() else []
 
@@ -281,7 +281,7 @@ class _Run:
     candidate: Path | None = None
     compared: Any = None
     registry: Registry | None = None
-    trained: Any = None                    # toolkit.training.TrainedRoutes: one run per route of the strategy
+    trained: Any = None                    # toolkit.model.training.TrainedRoutes: one run per route of the strategy
     notes: list[str] = field(default_factory=list)  # reasons added to the comparator's (the strategy, candidates)
     stamp: str = ""                        # the run's stamp: its promotion event names it (history after a kill)
 
@@ -323,7 +323,7 @@ def _training_plan(config: PipelineConfig, settings: Settings, ws: Workspace, re
 
     ``pending``: batches not imported yet (a dry run): their images count, at the train share.
     """
-    from toolkit.planning import plan_training
+    from toolkit.model.planning import plan_training
 
     waiting = sum(1 for folder in pending for p in Path(folder).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
     share = float(settings["dataset.split"].get("train", 0.8))
@@ -332,7 +332,7 @@ def _training_plan(config: PipelineConfig, settings: Settings, ws: Workspace, re
 
 
 def _train(r: _Run) -> Any:
-    from toolkit.planning import TrainedRoutes, pick_route
+    from toolkit.model.planning import TrainedRoutes, pick_route
 
     the_plan = _training_plan(r.config, r.settings, r.ws)
     logger.info("training plan: %s", the_plan.describe())
@@ -367,7 +367,7 @@ def _train_routes(r: _Run, the_plan) -> dict:
         return {route: one(route) for route in routes}
     from concurrent.futures import ThreadPoolExecutor
 
-    from toolkit.training import ultralytics_output
+    from toolkit.model.training import ultralytics_output
 
     logger.info("training %s at the same time: %s", " and ".join(routes), the_plan.concurrency)
     # one redirection around both runs: each run's own redirection then saves and restores the same streams
@@ -434,7 +434,7 @@ def _compare(r: _Run) -> Any:
 def _promote(r: _Run) -> Any:
     compared, config, ws = r.compared, r.config, r.ws
     cand = next(m for m in compared.models if Path(m["path"]).resolve() == Path(compared.winner).resolve())
-    from toolkit.offline import model_class_names
+    from toolkit.core.offline import model_class_names
 
     classes = model_class_names(cand["path"], ws.ultralytics_config)  # must load before it goes live
     metrics = {k: cand[k] for k in ("map50", "map50_95", "precision", "recall") if k in cand}
@@ -520,7 +520,7 @@ def _finish(r: _Run, stamp: str, decision: str, reasons: list[str], previous_ver
             "previous_version": previous_version}
     html_path = json_path.with_suffix(".html")
     try:
-        from toolkit.html_report import write_pipeline_report
+        from toolkit.report.html_report import write_pipeline_report
 
         write_pipeline_report(html_path, data)
     except Exception as exc:  # a report failure must not undo a promotion that already happened
@@ -537,7 +537,7 @@ def _finish(r: _Run, stamp: str, decision: str, reasons: list[str], previous_ver
 
 
 def _markdown(data: dict[str, Any]) -> str:
-    from toolkit.reports import markdown_table, md
+    from toolkit.core.reports import markdown_table, md
 
     lines = [f"# {md(data['title'])}", "", f"**Decision: {md(data['decision'])}** - production "
              f"{md(_production_words(data['production']))}", ""]
@@ -773,7 +773,7 @@ def _demo_stages():
     import setup_training
     import train_yolov8
 
-    from toolkit.demo import DemoStages
+    from toolkit.workflow.demo import DemoStages
 
     return DemoStages(setup=lambda **kw: setup_training.run(setup_training.SetupConfig(**kw)),
                       prepare=lambda **kw: dataset_preparer.run(dataset_preparer.PrepareConfig(**kw)),
@@ -788,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def execute(a: argparse.Namespace) -> Any:
         if a.demo:
-            from toolkit.demo import check_demo_root, demo_root, prepare_demo
+            from toolkit.workflow.demo import check_demo_root, demo_root, prepare_demo
 
             root = demo_root(a.root)
             check_demo_root(root)

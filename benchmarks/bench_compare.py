@@ -3,7 +3,7 @@
 Builds a YOLO copy of the NEU-DET test split (or its first --images stems) in benchmarks/out/
 (git-ignored), then times on the same device, same imgsz / batch / conf / iou:
   val:        YOLO(model).val(...)                      (the yardstick; no per-image results)
-  evaluate:   toolkit.evaluation.evaluate(..., cache off) (one pass + per-image arrays + metrics)
+  evaluate:   toolkit.model.evaluation.evaluate(..., cache off) (one pass + per-image arrays + metrics)
   cached:     the same evaluate() answered from the cache
   bootstrap:  1000 paired resamples with BootstrapScorer vs ap_per_class on the replicated
               arrays (what a naive bootstrap does), both on the evaluate() arrays
@@ -40,11 +40,11 @@ def main() -> int:
     args = parser.parse_args()
 
     from test_model_comparator import test_stems, write_neu_yolo
-    from toolkit import eval_split as S
-    from toolkit import evaluation as E
-    from toolkit import inference as I
-    from toolkit import metrics as M
-    from toolkit.offline import prepare_ultralytics
+    from toolkit.data import eval_split as S
+    from toolkit.model import evaluation as E
+    from toolkit.model import inference as I
+    from toolkit.model import metrics as M
+    from toolkit.core.offline import prepare_ultralytics
 
     out = REPO / "benchmarks" / "out" / "compare"
     shutil.rmtree(out, ignore_errors=True)

@@ -39,8 +39,8 @@ CHILD = """
 import hashlib, json, resource, sys, time
 sys.path.insert(0, sys.argv[2])
 start = time.perf_counter()
-from toolkit.analysis import analyze_aggregate, analyze_memory_bank
-from toolkit.memory_bank import aggregate_memory_bank, read_memory_bank
+from toolkit.memory.analysis import analyze_aggregate, analyze_memory_bank
+from toolkit.memory.memory_bank import aggregate_memory_bank, read_memory_bank
 if sys.argv[3] == "aggregate":   # chunk by chunk (a file), GROUP BY in the server (a database)
     bank = aggregate_memory_bank(sys.argv[1], (0.25, 0.6), 0.5)
     analysis = analyze_aggregate(bank)
@@ -63,8 +63,8 @@ def load_postgres(url: str, records_path: Path) -> tuple[int, int]:
     """Create the table and COPY the records' rows into it; returns (rows, detections)."""
     import psycopg
 
-    from toolkit.memory_bank import ALL_COLUMNS, record_rows
-    from toolkit.memory_bank_sql import SqlAppender, parse_url
+    from toolkit.memory.memory_bank import ALL_COLUMNS, record_rows
+    from toolkit.memory.memory_bank_sql import SqlAppender, parse_url
 
     loc = parse_url(url)
     with SqlAppender(url):  # creates the table with the README layout (+ id, + timestamp index)

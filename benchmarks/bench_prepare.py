@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def generated_batch(out: Path, n: int, size: int) -> Path:
-    from toolkit.synthetic import write_batch
+    from toolkit.data.synthetic import write_batch
 
     batch = out / f"batch_{n}_{size}px"
     if not (batch / "classes.txt").is_file() or len(list((batch / "images").glob("*.jpg"))) != n:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
 
     import dataset_preparer as dp
-    from toolkit.dataset.parallel import default_workers, parallel_map
+    from toolkit.data.dataset.parallel import default_workers, parallel_map
 
     workers = args.workers or default_workers()
     batch = generated_batch(args.out, args.n, args.size)

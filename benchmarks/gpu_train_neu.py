@@ -74,7 +74,7 @@ logger = logging.getLogger("gpu_train_neu")
 
 # ----------------------------------------------------------------------------- data
 def _voc_to_yolo(xml_path: Path) -> list[str]:
-    from toolkit.labels import voc_as_yolo_text  # the import's own conversion ('difficult' boxes kept)
+    from toolkit.data.labels import voc_as_yolo_text  # the import's own conversion ('difficult' boxes kept)
 
     return voc_as_yolo_text(xml_path, NEU_CLASSES).splitlines()
 
@@ -99,8 +99,8 @@ def _take(stems: list[str], limit: int | None) -> list[str]:
 def build_workspace(neu: Path, root: Path, limit: int | None = None, train_list: str = "train",
                     limit_train: int | None = None, limit_eval: int | None = None) -> dict[str, int]:
     """A toolkit workspace whose managed dataset is NEU-DET's fixed split (copies, stems from splits/)."""
-    from toolkit.datafile import write_dataset_yaml
-    from toolkit.layout import Workspace
+    from toolkit.core.datafile import write_dataset_yaml
+    from toolkit.core.layout import Workspace
 
     ws = Workspace.at(root)
     for folder in ws.tree():
@@ -177,7 +177,7 @@ def test_scores(best: Path, data: Path, imgsz: int, batch: int, device: str | No
 def run_job(job: dict, settings: dict, data: Path, out: Path) -> dict:
     """Train one job in this process and score it on the test split."""
     import train_yolov8
-    from toolkit.offline import prepare_ultralytics
+    from toolkit.core.offline import prepare_ultralytics
 
     out.mkdir(parents=True, exist_ok=True)
     prepare_ultralytics(out / "ultralytics_cfg")
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(j["start"] == "finetune" for j in jobs) and not args.model.is_file():
         print(f"error: no model to fine-tune at {args.model}; pass --model", file=sys.stderr)
         return 1
-    from toolkit.config import parse_set_pairs
+    from toolkit.core.config import parse_set_pairs
 
     args.all_overrides = parse_set_pairs(args.all_set)
     args.concurrent = max(1, args.concurrent)

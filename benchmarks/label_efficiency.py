@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.gpu_train_neu import find_neu_pair  # noqa: E402  (after the sys.path line)
-from toolkit.labels import voc_as_yolo_text  # noqa: E402
+from toolkit.data.labels import voc_as_yolo_text  # noqa: E402
 
 logger = logging.getLogger("label_efficiency")
 
@@ -119,8 +119,8 @@ def image_of(work: Path, stem: str) -> Path:
 def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: list[str], k_max: int,
                    analyzer_settings: dict | None = None) -> tuple[list[str], dict]:
     """Run the real analyzer command over the pool; return the picked stems in rank order and its summary."""
-    from toolkit.datafile import write_dataset_yaml
-    from toolkit.layout import Workspace
+    from toolkit.core.datafile import write_dataset_yaml
+    from toolkit.core.layout import Workspace
 
     ws = Workspace.at(work / "analyzer_ws")
     if ws.root.exists():
@@ -188,7 +188,7 @@ def finetune(spec: dict) -> dict:
     """Fine-tune production on spec['train'] stems, score on the test stems; returns the figures."""
     import yaml
 
-    from toolkit.offline import prepare_ultralytics
+    from toolkit.core.offline import prepare_ultralytics
 
     work = Path(spec["work"])
     run_dir = work / "runs" / spec["name"]
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    from toolkit.offline import model_class_names, prepare_ultralytics
+    from toolkit.core.offline import model_class_names, prepare_ultralytics
 
     prepare_ultralytics(work / "ultralytics_cfg", verbose=False)
     names = model_class_names(args.model, work / "ultralytics_cfg")

@@ -6,7 +6,7 @@ malformed-input tests planted at fixed lines. ``summary``: what the analyzer rep
 in the JSON form of its report. tests/data/bank_golden.json.gz is written by
 ``python tests/bank_golden.py`` with the memory-bank modules of 5029a87 (the hand-written readers
 and analysis, before pandas) put back in a temporary copy of the toolkit, beside today's
-``toolkit/priorities.py`` (the class ranking, another topic, changes on its own): the test compares
+``toolkit/memory/priorities.py`` (the class ranking, another topic, changes on its own): the test compares
 the frames' output with the old code's. Rewrite it the same way after a change of priorities.py.
 """
 from __future__ import annotations
@@ -100,8 +100,8 @@ CASES = {"all": {}, "window": {"since": "2026-02-01", "until": "2026-02-20"}, "v
 def compute(path: Path) -> dict:
     from itertools import islice
 
-    from toolkit.analysis import analyze_memory_bank, candidate_order
-    from toolkit.memory_bank import parse_date_bound, read_memory_bank
+    from toolkit.memory.analysis import analyze_memory_bank, candidate_order
+    from toolkit.memory.memory_bank import parse_date_bound, read_memory_bank
 
     out = {}
     for name, case in CASES.items():
@@ -139,9 +139,9 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, str(old_toolkit(Path(tmp))))
-        import toolkit.memory_bank
+        import toolkit.memory.memory_bank
 
-        assert "_Reader" in dir(toolkit.memory_bank), "not the old reader"
+        assert "_Reader" in dir(toolkit.memory.memory_bank), "not the old reader"
         result = compute(write_planted(Path(tmp) / "planted.jsonl"))
     GOLDEN.parent.mkdir(exist_ok=True)
     with gzip.open(GOLDEN, "wt", encoding="utf-8") as fh:

@@ -1,7 +1,7 @@
 """Test helpers: write the same schema records as CSV, SQLite or rows of a database table.
 
 They exist for the tests (same records in every format); the package only reads those formats
-and appends through toolkit.detection_api. No validation here on purpose: tests write malformed
+and appends through toolkit.memory.detection_api. No validation here on purpose: tests write malformed
 records too, to check that every reader counts them alike.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from toolkit.memory_bank import ALL_COLUMNS, SQLITE_TABLE, record_rows
+from toolkit.memory.memory_bank import ALL_COLUMNS, SQLITE_TABLE, record_rows
 
 
 def write_csv(records: Iterable[dict[str, Any]], path: str | Path) -> int:

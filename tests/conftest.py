@@ -37,7 +37,7 @@ def shared_models() -> Path:
 @pytest.fixture(scope="session")
 def ultralytics_config_dir(tmp_path_factory) -> Path:
     """One ultralytics settings folder for the whole test session (never the user's home)."""
-    from toolkit.offline import prepare_ultralytics
+    from toolkit.core.offline import prepare_ultralytics
 
     path = tmp_path_factory.mktemp("ultralytics_cfg")
     prepare_ultralytics(path)
@@ -49,7 +49,7 @@ def tiny_dataset(tmp_path_factory):
     """A small synthetic YOLO dataset (train/val folders + data yaml) made by the generator."""
     import yaml
 
-    from toolkit.synthetic import NEU_CLASSES, write_batch
+    from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
     root = tmp_path_factory.mktemp("tiny_dataset")
     train = write_batch(root / "train", n_images=24, fmt="yolo", size=64, seed=11)
@@ -102,7 +102,7 @@ def synthetic_workspace(tmp_path, tiny_model) -> Path:
     import shutil
 
     import setup_training
-    from toolkit.synthetic import NEU_CLASSES, write_batch
+    from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
     root = tmp_path / "ws"
     root.mkdir()

@@ -1,6 +1,6 @@
 """Dataset fixtures for the tests (not part of the toolkit): YOLO copies of Pascal VOC data.
 
-Every VOC -> YOLO conversion here is ``toolkit.labels.voc_as_yolo_text``: the one the import
+Every VOC -> YOLO conversion here is ``toolkit.data.labels.voc_as_yolo_text``: the one the import
 uses, so a fixture's labels are what an import of the same VOC files would write.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Mapping
 
 import yaml
 
-from toolkit.errors import UserError
-from toolkit.labels import read_voc, scan_files, voc_as_yolo_text
+from toolkit.core.errors import UserError
+from toolkit.data.labels import read_voc, scan_files, voc_as_yolo_text
 
 
 def export_voc_as_yolo_splits(voc_root: str | Path, split_files: Mapping[str, str | Path], dest: str | Path,

@@ -1,7 +1,7 @@
 """A memory bank read chunk by chunk into running figures gives the analysis of the bank read whole.
 
-``toolkit.memory_bank.aggregate_memory_bank`` never holds more than one chunk of records; the
-analysis it feeds (``toolkit.analysis.analyze_aggregate``) must equal ``analyze_memory_bank`` on
+``toolkit.memory.memory_bank.aggregate_memory_bank`` never holds more than one chunk of records; the
+analysis it feeds (``toolkit.memory.analysis.analyze_aggregate``) must equal ``analyze_memory_bank`` on
 the whole bank, field for field and to the last bit of every mean, in every format, with the
 planted malformed records of the golden comparison (tests/bank_golden.py) split across chunks.
 """
@@ -16,10 +16,10 @@ import pytest
 
 from bank_golden import CASES, write_planted
 from bank_helpers import iter_jsonl, write_csv, write_pg_table, write_sqlite
-from toolkit.analysis import analyze_aggregate, analyze_memory_bank
-from toolkit.bank_aggregate import BankAggregate
-from toolkit.bank_sql_aggregate import aggregate_in_database
-from toolkit.memory_bank import ALL_COLUMNS, aggregate_memory_bank, parse_date_bound, read_memory_bank, record_rows
+from toolkit.memory.analysis import analyze_aggregate, analyze_memory_bank
+from toolkit.memory.bank_aggregate import BankAggregate
+from toolkit.memory.bank_sql_aggregate import aggregate_in_database
+from toolkit.memory.memory_bank import ALL_COLUMNS, aggregate_memory_bank, parse_date_bound, read_memory_bank, record_rows
 
 CLASSES = ["scratches", "patches", "crazing", "inclusion", "pitted_surface", "rolled-in_scale"]
 INSTANCES = {"scratches": 300, "patches": 200, "crazing": 10}
@@ -126,7 +126,7 @@ def test_a_csv_whose_rows_do_not_parse_as_a_table_is_read_whole_with_the_same_an
     assert json.loads(got)["records"] == json.loads(_whole(planted / "planted.csv"))["records"] + 1   # a record
 
 
-# --- the figures computed by the database (toolkit/bank_sql_aggregate.py) ------------------------------
+# --- the figures computed by the database (toolkit/memory/bank_sql_aggregate.py) ------------------------------
 
 def _same(got, want, where="") -> None:
     """Equal, floats to 12 digits (the server sums confidences in its own order), everything else exactly."""

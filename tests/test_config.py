@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.config import (DEFAULTS, KEYS, TRAINING_YAML_TEMPLATE, Settings, check_value, options_of,
+from toolkit.core.config import (DEFAULTS, KEYS, TRAINING_YAML_TEMPLATE, Settings, check_value, options_of,
                             read_training_yaml, resolve_config, short, template_keys)
-from toolkit.errors import ConfigError
+from toolkit.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = ("training_analyzer", "setup_training", "dataset_preparer", "train_yolov8", "model_comparator",
@@ -111,7 +111,7 @@ def test_flags_beat_the_file_and_are_checked_with_the_flag_named(tmp_path):
 def test_one_pipeline_flag_sets_every_key_it_names(tmp_path):
     import training_pipeline
 
-    from toolkit.layout import Workspace
+    from toolkit.core.layout import Workspace
 
     config, settings = training_pipeline.load_settings(
         training_pipeline.PipelineConfig(root=tmp_path, device="CPU", batch=4, imgsz=96), Workspace.at(tmp_path))
@@ -128,7 +128,7 @@ def test_one_pipeline_flag_sets_every_key_it_names(tmp_path):
 def test_every_option_has_help_and_states_its_default_at_most_once(name):
     parser = importlib.import_module(name).build_arg_parser() if name != "pipeline_demo" else None
     if parser is None:
-        from toolkit.cli import build_parser
+        from toolkit.core.cli import build_parser
 
         parser = build_parser("demo", prog="pipeline_demo.py")
     for action in parser._actions:

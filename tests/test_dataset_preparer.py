@@ -1,4 +1,4 @@
-"""dataset_preparer.py and toolkit/dataset/: checks, duplicates, split, versions, and the acceptance runs."""
+"""dataset_preparer.py and toolkit/data/dataset/: checks, duplicates, split, versions, and the acceptance runs."""
 from __future__ import annotations
 
 import hashlib
@@ -16,17 +16,17 @@ import yaml
 import dataset_preparer as dp
 from setup_training import SetupConfig, run as setup_run
 from dataset_helpers import export_voc_as_yolo_splits
-from toolkit.dataset.checks import check_image
-from toolkit.dataset.incoming import batch_fingerprint, pending_incoming_batches
-from toolkit.dataset.manifest import load_manifest
-from toolkit.dataset.parallel import check_images
-from toolkit.dataset.store import managed_name
-from toolkit.dataset.stratify import BACKGROUND, SplitGroup, UnionFind, assign_splits
-from toolkit.errors import UserError
-from toolkit.labels import SourceBox, SourceImage, parse_voc_xml
-from toolkit.phash import near_duplicate_pairs, phash64
-from toolkit.layout import Workspace
-from toolkit.synthetic import NEU_CLASSES, write_batch
+from toolkit.data.dataset.checks import check_image
+from toolkit.data.dataset.incoming import batch_fingerprint, pending_incoming_batches
+from toolkit.data.dataset.manifest import load_manifest
+from toolkit.data.dataset.parallel import check_images
+from toolkit.data.dataset.store import managed_name
+from toolkit.data.dataset.stratify import BACKGROUND, SplitGroup, UnionFind, assign_splits
+from toolkit.core.errors import UserError
+from toolkit.data.labels import SourceBox, SourceImage, parse_voc_xml
+from toolkit.data.phash import near_duplicate_pairs, phash64
+from toolkit.core.layout import Workspace
+from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 
 # --------------------------------------------------------------------------- helpers

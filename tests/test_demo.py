@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import training_pipeline
-from toolkit.layout import Workspace
-from toolkit.registry import Registry
+from toolkit.core.layout import Workspace
+from toolkit.promotion.registry import Registry
 
 
 def test_demo_runs_the_whole_loop_and_says_where_things_are(tmp_path, capsys):

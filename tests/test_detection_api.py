@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.detection_api import BadRecord, MemoryBankWriter
-from toolkit.memory_bank import read_memory_bank
+from toolkit.memory.detection_api import BadRecord, MemoryBankWriter
+from toolkit.memory.memory_bank import read_memory_bank
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def test_writer_fills_the_version_checks_records_and_ends_a_torn_line(tmp_path):
 APPENDER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from toolkit.detection_api import MemoryBankWriter
+from toolkit.memory.detection_api import MemoryBankWriter
 sys.path.insert(0, sys.argv[1] + "/tests")
 from test_detection_api import _record
 writer_id, n, target = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -134,7 +134,7 @@ DETECTOR = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from toolkit.detection_api import MemoryBankWriter, ProductionModel
+from toolkit.memory.detection_api import MemoryBankWriter, ProductionModel
 root, images, stop = Path(sys.argv[2]), sorted(Path(sys.argv[3]).glob("*.jpg")), Path(sys.argv[4])
 model = ProductionModel.load(root)
 print(json.dumps({"event": "loaded", "version": model.version, "sha256": model.sha256}), flush=True)
@@ -165,8 +165,8 @@ def test_detection_system_notices_a_promotion_while_appending(neu_dir, shared_mo
     import setup_training
     import training_pipeline
     from dataset_helpers import export_voc_as_yolo_splits
-    from toolkit.layout import Workspace
-    from toolkit.registry import Registry
+    from toolkit.core.layout import Workspace
+    from toolkit.promotion.registry import Registry
 
     lists = {}
     for split, n in (("train", 6), ("val", 6), ("test", 24)):
@@ -233,7 +233,7 @@ def test_production_model_version_belongs_to_the_bytes_loaded(tiny_model, tmp_pa
 
     import numpy as np
 
-    from toolkit.detection_api import ProductionModel
+    from toolkit.memory.detection_api import ProductionModel
 
     root = tmp_path / "ws"
     root.mkdir()

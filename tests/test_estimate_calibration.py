@@ -9,10 +9,10 @@ import pytest
 
 import train_yolov8
 import training_pipeline
-from toolkit.config import Settings
-from toolkit.layout import Workspace
-from toolkit.planning import plan_training
-from toolkit.registry import read_history
+from toolkit.core.config import Settings
+from toolkit.core.layout import Workspace
+from toolkit.model.planning import plan_training
+from toolkit.promotion.registry import read_history
 
 SAME = dict(epochs=6, imgsz=64, batch=8, device="cpu")
 

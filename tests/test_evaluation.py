@@ -1,4 +1,4 @@
-"""toolkit/evaluation.py and toolkit/decision.py: matching, AP, bootstrap, split loading, rules.
+"""toolkit/model/evaluation.py and toolkit/promotion/decision.py: matching, AP, bootstrap, split loading, rules.
 
 The references are ultralytics' own functions (DetectionValidator.match_predictions, box_iou,
 ap_per_class), run on the same inputs; nothing is compared with hand-typed figures.
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit import eval_split as S
-from toolkit import evaluation as E
-from toolkit import inference as I
-from toolkit import metrics as M
-from toolkit.decision import PromotionRules, decide, judge_candidate
-from toolkit.errors import UserError
+from toolkit.data import eval_split as S
+from toolkit.model import evaluation as E
+from toolkit.model import inference as I
+from toolkit.model import metrics as M
+from toolkit.promotion.decision import PromotionRules, decide, judge_candidate
+from toolkit.core.errors import UserError
 
 NAMES = ("a", "b", "c")
 
@@ -225,7 +225,7 @@ def test_letterbox_equals_ultralytics_val_letterbox(hw, new_shape):
 def test_dataset_version_from_manifest_for_the_managed_dataset_only(tmp_path):
     import json
 
-    from toolkit.layout import Workspace
+    from toolkit.core.layout import Workspace
 
     ws = Workspace.at(tmp_path)
     fingerprint = "ab" * 32
@@ -303,6 +303,6 @@ def test_speed_rule_same_architecture_and_size_is_never_refused_else_medians_wit
 
 
 def rules_speed(prod, cand, rules):
-    from toolkit.decision import speed_rule
+    from toolkit.promotion.decision import speed_rule
 
     return speed_rule(prod, cand, rules)

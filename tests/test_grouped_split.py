@@ -15,9 +15,9 @@ import pytest
 
 import dataset_preparer as dp
 import setup_training
-from toolkit.dataset.manifest import load_manifest
-from toolkit.layout import SPLITS, Workspace
-from toolkit.synthetic import NEU_CLASSES, write_batch
+from toolkit.data.dataset.manifest import load_manifest
+from toolkit.core.layout import SPLITS, Workspace
+from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 SHARES = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -118,8 +118,8 @@ def test_check_warns_when_a_batch_looks_grouped(ws, tmp_path):
 
 
 def test_group_by_setting_is_checked_when_settings_load(tmp_path):
-    from toolkit.config import Settings
-    from toolkit.errors import ConfigError
+    from toolkit.core.config import Settings
+    from toolkit.core.errors import ConfigError
 
     (tmp_path / "training.yaml").write_text("dataset:\n  group_by: '^(lot[0-9+_'\n")
     with pytest.raises(ConfigError, match="dataset.group_by"):

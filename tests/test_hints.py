@@ -20,7 +20,7 @@ import pytest
 import setup_training
 import train_yolov8
 import training_pipeline
-from toolkit.synthetic import NEU_CLASSES, write_batch
+from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 REPO = Path(__file__).resolve().parent.parent
 _WORD = r'(?:"[^"]*"|[^\s;()"]+)'
@@ -130,8 +130,7 @@ def test_each_hint_of_the_loop_runs_as_printed(tmp_path, capsys, elsewhere, ultr
 
 def _interrupt_after_first_epoch(monkeypatch) -> None:
     """Ctrl-C as the user gives it: a KeyboardInterrupt in the training loop, after epoch 1 was saved."""
-    from toolkit import training as tr
-
+    from toolkit.model import training as tr
     attach = tr.EpochMonitor.attach
 
     def attach_and_interrupt(self, model):
@@ -182,8 +181,8 @@ def test_a_nightly_run_that_finds_the_workspace_busy_exits_0(tmp_path, capsys):
     root = tmp_path / "plant"
     assert setup_training.main(["--root", str(root), "--classes", ",".join(NEU_CLASSES), "-q"]) == 0
     write_batch(root / "training" / "incoming" / "batch_001", 4, size=64, seed=33)
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from toolkit.layout import Workspace;"
-            "from toolkit.lock import workspace_lock\n"
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from toolkit.core.layout import Workspace;"
+            "from toolkit.core.lock import workspace_lock\n"
             "with workspace_lock(Workspace.at(sys.argv[2]), 'test'):\n"
             "    print('held', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(REPO), str(root)], stdout=subprocess.PIPE, text=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.html_report import NOT_RUN, SECTION_IDS, render_pipeline_report, write_pipeline_report
+from toolkit.report.html_report import NOT_RUN, SECTION_IDS, render_pipeline_report, write_pipeline_report
 
 CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
 EVIL = '<script>alert("x")</script> & "quotes"'
@@ -205,7 +205,7 @@ def test_training_curves_come_from_epochs_jsonl_when_the_result_has_none(tmp_pat
 
 
 def test_training_curves_from_a_real_ultralytics_results_csv(tiny_model):
-    from toolkit.html_report import epoch_records
+    from toolkit.report.html_report import epoch_records
 
     run_dir = tiny_model.parent.parent
     assert (run_dir / "results.csv").is_file() and not (run_dir / "epochs.jsonl").exists()
@@ -324,7 +324,7 @@ def test_no_production_model_reads_no_model_promoted(tmp_path):
 
 
 def test_markdown_of_reasons_reads_as_plain_text_and_still_escapes_what_could_render():
-    from toolkit.reports import md
+    from toolkit.core.reports import md
 
     reason = "mAP50-95 rose +0.020 (0.446 -> 0.466); its 95% bootstrap interval [+0.004, +0.037] lies above zero"
     assert md(reason) == reason

@@ -20,7 +20,7 @@ import setup_training
 import train_yolov8
 import training_analyzer
 import training_pipeline
-from toolkit.synthetic import NEU_CLASSES, _yolo_lines, render_image
+from toolkit.data.synthetic import NEU_CLASSES, _yolo_lines, render_image
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,8 +78,8 @@ def loop(tmp_path_factory):
     """The whole loop over one batch of every kind; what each stage saw, by file name."""
     from ultralytics.data.utils import load_dataset_cache_file
 
-    from toolkit.detection_api import ProductionModel
-    from toolkit.eval_split import load_split
+    from toolkit.memory.detection_api import ProductionModel
+    from toolkit.data.eval_split import load_split
 
     tmp = tmp_path_factory.mktemp("kinds")
     root, batch = tmp / "ws", tmp / "batch"

@@ -15,12 +15,12 @@ import pytest
 
 import dataset_preparer as dp
 import setup_training
-from toolkit import evaluation
-from toolkit.dataset.manifest import load_manifest
-from toolkit.dataset.store import recover_staging, settle_dataset
-from toolkit.labels import QUOTE_LIMIT
-from toolkit.layout import SPLITS, Workspace
-from toolkit.synthetic import NEU_CLASSES, write_batch
+from toolkit.model import evaluation
+from toolkit.data.dataset.manifest import load_manifest
+from toolkit.data.dataset.store import recover_staging, settle_dataset
+from toolkit.data.labels import QUOTE_LIMIT
+from toolkit.core.layout import SPLITS, Workspace
+from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,7 +158,7 @@ def test_training_and_evaluation_read_the_images_the_manifest_lists(tmp_path):
     from ultralytics.data.dataset import YOLODataset
     from ultralytics.data.utils import check_det_dataset
 
-    from toolkit.offline import prepare_ultralytics
+    from toolkit.core.offline import prepare_ultralytics
 
     prepare_ultralytics(ws.cache / "ultralytics")
     data = check_det_dataset(str(ws.dataset_yaml))

@@ -1,4 +1,4 @@
-"""Readers of YOLO / Pascal VOC / COCO batches (toolkit/labels.py): pure parsing, no decode."""
+"""Readers of YOLO / Pascal VOC / COCO batches (toolkit/data/labels.py): pure parsing, no decode."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from toolkit.errors import UserError
+from toolkit.core.errors import UserError
 from dataset_helpers import export_voc_as_yolo_splits
-from toolkit.labels import (detect_format, parse_voc_xml, parse_yolo_label, read_source, scan_files, split_from_path,
+from toolkit.data.labels import (detect_format, parse_voc_xml, parse_yolo_label, read_source, scan_files, split_from_path,
                             yolo_label_text)
-from toolkit.synthetic import NEU_CLASSES, write_batch
+from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 VOC_XML = """<annotation><folder>cr</folder><filename>{filename}</filename>
 <size><width>{w}</width><height>{h}</height><depth>1</depth></size>

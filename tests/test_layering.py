@@ -2,10 +2,10 @@
 
 The layers, bottom first (README, "Repository layout"):
 
-    core       errors, files, settings, command line, locks, offline loading, report files
+    core       errors, files, settings, command line, locks, safe model loading, report files, run history
     data       images, label formats, the managed dataset, perceptual hash, evaluation splits
-    model      metrics, inference, evaluation, training and its planning
-    promotion  the registry of versions, the promotion decision
+    promotion  the registry of model versions, its checks, the promotion rule
+    model      metrics, inference, evaluation, training and its planning (reads the registry)
     memory     the memory bank: reading, analysis, priorities, charts, the detection-system API
     report     the HTML report
     workflow   what chains the stages (the demo's workspace)
@@ -20,7 +20,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ["core", "data", "model", "promotion", "memory", "report", "workflow"]
+LAYERS = ["core", "data", "promotion", "model", "memory", "report", "workflow"]
 MAX_LINES = 600
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from bank_helpers import iter_jsonl, write_csv, write_sqlite
-from toolkit.analysis import analyze_memory_bank
-from toolkit.errors import UserError
-from toolkit.memory_bank import MalformedLog, detect_format, parse_date_bound, read_memory_bank
-from toolkit.synthetic import write_batch, write_memory_bank
+from toolkit.memory.analysis import analyze_memory_bank
+from toolkit.core.errors import UserError
+from toolkit.memory.memory_bank import MalformedLog, detect_format, parse_date_bound, read_memory_bank
+from toolkit.data.synthetic import write_batch, write_memory_bank
 
 
 def _good(i: int, **extra) -> dict:
@@ -83,8 +83,8 @@ def test_json_array_reads_the_same_records_and_reports_a_broken_tail(tmp_path):
     assert np.array_equal(a.det_box, b.det_box) and a.image == b.image
     # a small buffer forces records to straddle chunk boundaries (the JSONL reader reads in chunks;
     # the JSON array is read whole)
-    from toolkit.bank_table import Parts
-    from toolkit.memory_bank import _read_jsonl
+    from toolkit.memory.bank_table import Parts
+    from toolkit.memory.memory_bank import _read_jsonl
 
     parts = Parts(None, None, None)
     _read_jsonl(jsonl, parts, chunk_bytes=50)
@@ -193,7 +193,7 @@ def test_csv_field_over_the_csv_limit_is_one_malformed_record(tmp_path):
 def test_huge_fields_are_malformed_records_with_their_line(tmp_path):
     """Issue 19 item 5: a class name over 200 characters or an image path over 4096 is a malformed
     record (reported with its line), in every format; nothing of it reaches the analysis."""
-    from toolkit.bank_table import MAX_CLASS_CHARS, MAX_IMAGE_CHARS
+    from toolkit.memory.bank_table import MAX_CLASS_CHARS, MAX_IMAGE_CHARS
 
     long_class = "c" * (MAX_CLASS_CHARS + 1)
     records = [_good(0), _good(1, detections=[{"class": long_class, "confidence": 0.5, "bbox": [1, 1, 5, 5]}]),
@@ -237,7 +237,7 @@ def test_parquet_and_csv_read_like_jsonl(tmp_path):
     batch = write_batch(tmp_path / "src", n_images=40, size=96, seed=8, background_every=5)
     jsonl = tmp_path / "detections.jsonl"
     write_memory_bank(jsonl, batch, seed=8)
-    from toolkit.bank_table import record_rows
+    from toolkit.memory.bank_table import record_rows
 
     import pandas as pd
 

@@ -15,11 +15,11 @@ import pytest
 
 import training_analyzer
 from bank_helpers import iter_jsonl, write_pg_table, write_sqlite
-from toolkit.analysis import analyze_memory_bank
-from toolkit.errors import UserError
-from toolkit.memory_bank import parse_date_bound, read_memory_bank
-from toolkit.memory_bank_sql import is_database_url, mask_url, parse_url
-from toolkit.synthetic import write_batch, write_memory_bank
+from toolkit.memory.analysis import analyze_memory_bank
+from toolkit.core.errors import UserError
+from toolkit.memory.memory_bank import parse_date_bound, read_memory_bank
+from toolkit.memory.memory_bank_sql import is_database_url, mask_url, parse_url
+from toolkit.data.synthetic import write_batch, write_memory_bank
 
 BAD_RECORDS = [  # malformed records a database row can hold (broken JSON it cannot)
     {"timestamp": "yesterday", "image": "bad_ts.jpg", "detections": []},

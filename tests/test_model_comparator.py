@@ -17,9 +17,9 @@ import yaml
 
 import model_comparator
 from model_comparator import CompareConfig, run
-from toolkit import evaluation
-from toolkit.errors import UserError
-from toolkit.labels import voc_as_yolo_text
+from toolkit.model import evaluation
+from toolkit.core.errors import UserError
+from toolkit.data.labels import voc_as_yolo_text
 
 NEU_NAMES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 V10, V11 = "neu_v1.0_half.pt", "neu_v1.1_full.pt"
@@ -221,7 +221,7 @@ def test_full_neu_test_split_reproduces_ultralytics_val(neu_dir, shared_models, 
 def evaluate_model(path, data_yaml, split: str, settings, root) -> dict:
     """One model's comparison entry, scored through the workspace's cache (a test helper: it
     checks that a model evaluated outside a comparison reuses the comparator's cached arrays)."""
-    from toolkit.layout import Workspace
+    from toolkit.core.layout import Workspace
 
     workspace = Workspace.at(root)
     eval_settings = evaluation.EvalSettings.from_settings(settings)
@@ -236,7 +236,7 @@ def evaluate_model(path, data_yaml, split: str, settings, root) -> dict:
 
 def test_evaluate_model_helper_shares_the_comparators_cache(first_run, workspace, subset_yaml, shared_models):
     """A model scored outside a comparison: the same entry, answered from the same cache."""
-    from toolkit.config import DEFAULTS
+    from toolkit.core.config import DEFAULTS
 
     first, _ = first_run
     settings = {**DEFAULTS["evaluation"], "device": "cpu", "speed_images": 2}
@@ -295,7 +295,7 @@ def _escaping_copy(source: Path, dest: Path, class_index: int, ultralytics_confi
     unchanged) but its confidences fall below the line's threshold - the defects escape."""
     import torch
 
-    from toolkit.offline import load_yolo
+    from toolkit.core.offline import load_yolo
 
     yolo = load_yolo(source, ultralytics_config_dir)
     head = yolo.model.model[-1]

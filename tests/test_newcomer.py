@@ -112,7 +112,7 @@ def test_ultralytics_first_use_notice_stays_out_of_the_users_way(tmp_path):
     """Ultralytics' 'Creating new Ultralytics Settings ... yolo settings key=value' notice on the first
     use of a workspace is not for the toolkit's user (debug log only); its settings file is still made."""
     code = ("import logging, sys; sys.path.insert(0, sys.argv[1]); logging.basicConfig(level=logging.INFO);"
-            "from toolkit.offline import prepare_ultralytics; prepare_ultralytics(sys.argv[2]);"
+            "from toolkit.core.offline import prepare_ultralytics; prepare_ultralytics(sys.argv[2]);"
             "from ultralytics.utils import LOGGER; LOGGER.warning('after-import warning')")
     done = subprocess.run([sys.executable, "-c", code, str(REPO), str(tmp_path / "cfg")],
                           capture_output=True, text=True, timeout=300)
@@ -124,7 +124,7 @@ def test_ultralytics_first_use_notice_stays_out_of_the_users_way(tmp_path):
 
 
 def _batch_with_classes(folder: Path) -> Path:
-    from toolkit.synthetic import write_batch
+    from toolkit.data.synthetic import write_batch
 
     write_batch(folder, 3, size=64, seed=41)  # images/, labels/ and classes.txt: enough to make a workspace
     return folder

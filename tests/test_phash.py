@@ -1,10 +1,10 @@
-"""toolkit/phash.py: the one perceptual hash (dataset import and analyzer export)."""
+"""toolkit/data/phash.py: the one perceptual hash (dataset import and analyzer export)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from toolkit.phash import format_phash, hamming, near_duplicate_pairs, parse_phash, phash64, phash_bytes, phash_file, within
+from toolkit.data.phash import format_phash, hamming, near_duplicate_pairs, parse_phash, phash64, phash_bytes, phash_file, within
 
 
 def _neu_grey(neu_dir, name: str) -> np.ndarray:

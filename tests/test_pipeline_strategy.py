@@ -15,11 +15,11 @@ import yaml
 
 import dataset_preparer
 import training_pipeline
-from toolkit import machine as mc
-from toolkit import planning as pl
-from toolkit.layout import Workspace
-from toolkit.registry import Registry, read_history
-from toolkit.synthetic import NEU_CLASSES, write_batch
+from toolkit.model import machine as mc
+from toolkit.model import planning as pl
+from toolkit.core.layout import Workspace
+from toolkit.promotion.registry import Registry, read_history
+from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 FAST = dict(epochs=1, imgsz=64, batch=8, device="cpu", compare_subset=8, analyze=False)
 
@@ -84,7 +84,7 @@ def test_both_picks_on_val_and_only_the_chosen_one_meets_production_on_test(work
 
 
 def _training_settings(ws) -> dict:
-    from toolkit.config import Settings
+    from toolkit.core.config import Settings
 
     return dict(Settings.load(ws.training_yaml).section("training"))
 

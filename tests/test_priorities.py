@@ -1,4 +1,4 @@
-"""toolkit/priorities.py through the real analyzer: missed classes judged in absolute terms (issue 17).
+"""toolkit/memory/priorities.py through the real analyzer: missed classes judged in absolute terms (issue 17).
 
 The plant here is a PCB line (six classes, 640-px boards) whose production model detects almost
 nothing: the issue's case, where the old test (each class against the median class's rate) called
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import training_analyzer
-from toolkit.datafile import write_dataset_yaml
-from toolkit.layout import Workspace
-from toolkit.priorities import prevalence
+from toolkit.core.datafile import write_dataset_yaml
+from toolkit.core.layout import Workspace
+from toolkit.memory.priorities import prevalence
 
 PCB = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
 # defects per board, as labelled in the issue's 150 scanned images (239 open, 182 short, ...)

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from toolkit.errors import UserError
-from toolkit.files import sha256_file
-from toolkit.layout import Workspace
-from toolkit.lock import workspace_lock
-from toolkit.registry import Registry, next_version
+from toolkit.core.errors import UserError
+from toolkit.core.files import sha256_file
+from toolkit.core.layout import Workspace
+from toolkit.core.lock import workspace_lock
+from toolkit.promotion.registry import Registry, next_version
 
 
 def test_next_version():

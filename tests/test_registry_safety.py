@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 import training_pipeline
-from toolkit.errors import UserError
-from toolkit.files import sha256_file
-from toolkit.layout import Workspace
-from toolkit.registry import KILL_ENV, Registry
+from toolkit.core.errors import UserError
+from toolkit.core.files import sha256_file
+from toolkit.core.layout import Workspace
+from toolkit.promotion.registry import KILL_ENV, Registry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -224,9 +224,9 @@ def test_damaged_registry_gets_one_restore_line(ws, content):
 _PROMOTE = """
 import sys
 from pathlib import Path
-from toolkit.layout import Workspace
-from toolkit.lock import workspace_lock
-from toolkit.registry import Registry
+from toolkit.core.layout import Workspace
+from toolkit.core.lock import workspace_lock
+from toolkit.promotion.registry import Registry
 ws = Workspace.at(sys.argv[1])
 with workspace_lock(ws, what="test promotion"):
     Registry.load(ws).promote(Path(sys.argv[2]), metrics={"map50": 0.786})
@@ -457,7 +457,7 @@ def test_status_mentions_a_forced_first_model(tmp_path, models):
     """Item 10: a first model promoted with --force below promotion.min_first_map is named by --status."""
     from types import SimpleNamespace
 
-    from toolkit.config import Settings
+    from toolkit.core.config import Settings
 
     compared = SimpleNamespace(decision={"first_model": True, "metric": "map50_95", "promote": True})
     forced = training_pipeline._forced(compared, {"map50_95": 0.012}, Settings.load(tmp_path / "none.yaml"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.errors import UserError
+from toolkit.core.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ def _hostile_models(folder: Path) -> list[tuple[Path, Path]]:
 
 
 def test_hostile_checkpoint_is_refused_before_its_code_runs(tmp_path, ultralytics_config_dir):
-    from toolkit.offline import load_checkpoint, load_yolo
+    from toolkit.core.offline import load_checkpoint, load_yolo
 
     for model, marker in _hostile_models(tmp_path):
         for load in (load_yolo, load_checkpoint):
@@ -56,7 +56,7 @@ def test_hostile_checkpoint_is_refused_before_its_code_runs(tmp_path, ultralytic
 
 
 def test_safe_loading_still_loads_real_and_fresh_models(shared_models, tiny_model, ultralytics_config_dir):
-    from toolkit.offline import load_checkpoint, load_yolo, model_class_names
+    from toolkit.core.offline import load_checkpoint, load_yolo, model_class_names
 
     for name in ("neu_v1.0_half.pt", "neu_v1.1_full.pt"):
         assert model_class_names(shared_models / name, ultralytics_config_dir)[0] == "crazing"
@@ -105,7 +105,7 @@ def test_cli_refuses_hostile_production_and_scan_model_in_one_line(tmp_path):
 def test_pipeline_refuses_hostile_candidate(tmp_path, tiny_model):
     """The issue's case: ``--candidate evil.pt`` ran the command before the error."""
     import setup_training
-    from toolkit.synthetic import NEU_CLASSES, write_batch
+    from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
     (model, marker), (legacy, legacy_marker) = _hostile_models(tmp_path / "evil")
     root = tmp_path / "ws"
@@ -143,10 +143,10 @@ def _mode(path: Path) -> int:
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 def test_written_files_honour_the_umask(tmp_path, shared_models, umask_022):
-    from toolkit.files import atomic_copy, atomic_write_json
-    from toolkit.layout import Workspace
-    from toolkit.registry import Registry
-    from toolkit.reports import write_report
+    from toolkit.core.files import atomic_copy, atomic_write_json
+    from toolkit.core.layout import Workspace
+    from toolkit.promotion.registry import Registry
+    from toolkit.core.reports import write_report
 
     ws = Workspace.at(tmp_path / "ws")
     ws.root.mkdir()
@@ -181,7 +181,7 @@ def _cells(row: str) -> list[str]:
 
 
 def test_markdown_escapes_user_strings():
-    from toolkit.reports import markdown_table, md, md_code
+    from toolkit.core.reports import markdown_table, md, md_code
 
     hostile = "a|b `c` <script>alert(1)</script> *x* [l](http://e) ![i](x.png) _y_ #h\nnext"
     text = md(hostile)
@@ -200,7 +200,7 @@ def test_markdown_escapes_user_strings():
 
 def test_reports_escape_class_names_and_paths():
     import training_pipeline
-    from toolkit.training import report_markdown
+    from toolkit.model.training import report_markdown
 
     classes = ["ok", "pipe|name", "<img src=x onerror=alert(1)>", "`tick`"]
     summary = {"run_dir": "/r/20260101-x", "start_from": "D:/models/a|b`c.pt", "start_mode": "path",
@@ -218,13 +218,13 @@ def test_reports_escape_class_names_and_paths():
 
 
 def test_every_model_load_goes_through_load_yolo():
-    """One door: no module but toolkit/offline.py unpickles a model itself (YOLO(), torch.load, ...)."""
+    """One door: no module but toolkit/core/offline.py unpickles a model itself (YOLO(), torch.load, ...)."""
     import ast
 
     loaders = {"YOLO", "load", "torch_load", "torch_safe_load", "attempt_load_one_weight", "attempt_load_weights"}
     offenders = []
     for path in sorted([*REPO.glob("*.py"), *(REPO / "toolkit").rglob("*.py")]):
-        if path.relative_to(REPO).as_posix() == "toolkit/offline.py":
+        if path.relative_to(REPO).as_posix() == "toolkit/core/offline.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Call):
@@ -234,4 +234,4 @@ def test_every_model_load_goes_through_load_yolo():
             owner = getattr(func.value, "id", None) if isinstance(func, ast.Attribute) else None
             if name in loaders and (name != "load" or owner in ("torch", "pickle")):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {name}()")
-    assert offenders == [], f"load models through toolkit.offline.load_yolo instead: {offenders}"
+    assert offenders == [], f"load models through toolkit.core.offline.load_yolo instead: {offenders}"

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 import setup_training
-from toolkit.config import DEFAULTS, TRAINING_YAML_TEMPLATE, parse_set_pairs, resolve_settings
-from toolkit.errors import ConfigError, UserError
-from toolkit.files import sha256_file
-from toolkit.layout import Workspace
+from toolkit.core.config import DEFAULTS, TRAINING_YAML_TEMPLATE, parse_set_pairs, resolve_settings
+from toolkit.core.errors import ConfigError, UserError
+from toolkit.core.files import sha256_file
+from toolkit.core.layout import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP_KEYS = {"root", "created", "dataset_yaml", "training_yaml", "base_model"}
@@ -24,9 +24,9 @@ SETUP_KEYS = {"root", "created", "dataset_yaml", "training_yaml", "base_model"}
 
 def test_template_is_the_defaults(tmp_path):
     """What setup writes for the user is what every stage uses when the user changes nothing."""
-    from toolkit.config import Settings
-    from toolkit.decision import PromotionRules
-    from toolkit.inference import EvalSettings
+    from toolkit.core.config import Settings
+    from toolkit.promotion.decision import PromotionRules
+    from toolkit.model.inference import EvalSettings
 
     assert DEFAULTS == yaml.safe_load(TRAINING_YAML_TEMPLATE)
     assert DEFAULTS["training"]["epochs"] == 100
@@ -166,7 +166,7 @@ def test_a_first_model_starts_from_weights_the_user_has(tmp_path, capsys, tiny_m
     import dataset_preparer
     import torch
     import train_yolov8
-    from toolkit.synthetic import write_batch
+    from toolkit.data.synthetic import write_batch
 
     root = tmp_path / "line2"
     assert setup_training.main(["--root", str(root), "--classes", "crazing,patches", "--arch", str(tiny_model)]) == 0

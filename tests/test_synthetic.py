@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from toolkit.synthetic import NEU_CLASSES, write_batch, write_memory_bank
+from toolkit.data.synthetic import NEU_CLASSES, write_batch, write_memory_bank
 
 
 def test_deterministic_yolo_batch(tmp_path):

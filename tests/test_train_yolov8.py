@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 import train_yolov8
-from toolkit import training as tr
-from toolkit.datafile import write_dataset_yaml
-from toolkit.errors import UserError
-from toolkit.labels import voc_as_yolo_text
-from toolkit.layout import SPLITS, Workspace
-from toolkit.synthetic import NEU_CLASSES, write_batch
+from toolkit.model import training as tr
+from toolkit.core.datafile import write_dataset_yaml
+from toolkit.core.errors import UserError
+from toolkit.data.labels import voc_as_yolo_text
+from toolkit.core.layout import SPLITS, Workspace
+from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 REPO = Path(__file__).resolve().parent.parent
 CONTRACT_KEYS = {"run_dir", "best", "epochs_completed", "metrics", "seconds"}
@@ -234,7 +234,7 @@ def test_ultralytics_plots_are_off_by_default_and_the_machine_is_recorded(traine
 
 
 def test_best_pt_loads_with_the_dataset_class_names(trained, ultralytics_config_dir):
-    from toolkit.offline import model_class_names
+    from toolkit.core.offline import model_class_names
 
     result = json.loads(trained["proc"].stdout)
     assert model_class_names(result["best"], ultralytics_config_dir) == list(NEU_CLASSES)
@@ -320,7 +320,7 @@ def test_new_classes_reinitialise_the_class_head(shared_models, tmp_path, ultral
         root=ws.root, start_from=start, epochs=1, imgsz=64, batch=8, device="cpu",
         new_classes=True, extra=("plots=false",)))
     assert any("re-initialised" in n for n in result.notes)
-    from toolkit.offline import load_yolo
+    from toolkit.core.offline import load_yolo
 
     assert list(load_yolo(result.best, ultralytics_config_dir).names.values()) == list(renamed)
     before = load_yolo(start, ultralytics_config_dir).model.state_dict()

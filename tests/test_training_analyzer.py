@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import training_analyzer
-from toolkit.analysis import images_needed, match_image, yolo_lines
-from toolkit.memory_bank import read_memory_bank
-from toolkit.synthetic import write_batch, write_memory_bank
+from toolkit.memory.analysis import images_needed, match_image, yolo_lines
+from toolkit.memory.memory_bank import read_memory_bank
+from toolkit.data.synthetic import write_batch, write_memory_bank
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -122,7 +122,7 @@ def test_export_copies_prelabelled_images_and_reports_missing_ones(line_workspac
         assert len(label.read_text().splitlines()) == len(r["review"]["labels"])
     assert sorted(p.name for p in (src / "images").iterdir()) == before  # sources untouched
     try:
-        from toolkit.labels import read_source
+        from toolkit.data.labels import read_source
     except ImportError:  # the preparer's reader is written in parallel
         return
     source = read_source(batch_dir, fmt="yolo")
@@ -174,9 +174,9 @@ def test_help_does_not_import_heavy_modules():
 
 
 def test_dataset_instances_from_the_manifest_or_the_label_files(line_workspace, tmp_path):
-    from toolkit.datafile import write_dataset_yaml
-    from toolkit.layout import Workspace
-    from toolkit.synthetic import NEU_CLASSES
+    from toolkit.core.datafile import write_dataset_yaml
+    from toolkit.core.layout import Workspace
+    from toolkit.data.synthetic import NEU_CLASSES
 
     root, _ = line_workspace
     ws = Workspace.at(tmp_path / "ws")
@@ -207,9 +207,9 @@ def test_dataset_instances_from_the_manifest_or_the_label_files(line_workspace, 
 
 def _never_detects(root: Path, tmp_path: Path, missed: str, keep_reviews: bool) -> Path:
     """A workspace whose production never detects ``missed``, with a manifest saying how common it is."""
-    from toolkit.datafile import write_dataset_yaml
-    from toolkit.layout import Workspace
-    from toolkit.synthetic import NEU_CLASSES
+    from toolkit.core.datafile import write_dataset_yaml
+    from toolkit.core.layout import Workspace
+    from toolkit.data.synthetic import NEU_CLASSES
 
     ws = Workspace.at(tmp_path / f"ws_{missed}_{keep_reviews}")
     ws.memory_bank.mkdir(parents=True)
@@ -260,7 +260,7 @@ def test_without_the_prevalence_the_missed_class_would_rank_last(line_workspace,
     """The PCB finding: with no dataset and no reviews nothing is expected, so no claim is made."""
     root, _ = line_workspace
     ws = _never_detects(root, tmp_path, "scratches", keep_reviews=False)
-    from toolkit.layout import Workspace
+    from toolkit.core.layout import Workspace
 
     Workspace.at(ws).manifest.unlink()
     result = training_analyzer.run(training_analyzer.AnalyzeConfig(root=ws))
@@ -323,15 +323,15 @@ def test_export_keeps_distinct_neu_images_drops_near_duplicates_and_refuses_non_
 
 
 def test_csv_safe_escapes_formula_cells():
-    from toolkit.analysis import csv_safe
+    from toolkit.memory.analysis import csv_safe
 
     assert [csv_safe(v) for v in ("=1+1", "+cmd", "-2", "@SUM(A1)", "\tx", "ok", 3)] == \
         ["'=1+1", "'+cmd", "'-2", "'@SUM(A1)", "'\tx", "ok", 3]
 
 
 def test_charts_from_the_helper_process_match_in_process_ones_and_survive_its_death(line_workspace, tmp_path):
-    from toolkit.analysis import analyze_memory_bank
-    from toolkit.analysis_charts import ChartWorker, chart_paths
+    from toolkit.memory.analysis import analyze_memory_bank
+    from toolkit.memory.analysis_charts import ChartWorker, chart_paths
 
     root, _ = line_workspace
     analysis = analyze_memory_bank(read_memory_bank(root / "memory-bank" / "detections.jsonl"), (0.25, 0.6), 0.5)
@@ -352,7 +352,7 @@ def test_charts_from_the_helper_process_match_in_process_ones_and_survive_its_de
 
 
 def test_class_weight_power_shares_picks_by_score_or_equally(line_workspace):
-    from toolkit.analysis import analyze_memory_bank, candidate_order
+    from toolkit.memory.analysis import analyze_memory_bank, candidate_order
 
     root, _ = line_workspace
     bank = read_memory_bank(root / "memory-bank" / "detections.jsonl")

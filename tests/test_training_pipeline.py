@@ -16,8 +16,8 @@ import pytest
 import dataset_preparer
 import setup_training
 import training_pipeline
-from toolkit.layout import Workspace
-from toolkit.registry import Registry, read_history
+from toolkit.core.layout import Workspace
+from toolkit.promotion.registry import Registry, read_history
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -199,12 +199,12 @@ def test_pipeline_flags_reach_training_and_scoring_and_training_yaml_is_read_onc
     """Issue 10: trained at --imgsz 96, the candidate is scored at 96 (JSON, reasons, HTML report)."""
     import yaml
 
-    import toolkit.config
+    import toolkit.core.config
 
     root = synthetic_workspace
     reads = []
-    real_read = toolkit.config.read_training_yaml
-    monkeypatch.setattr(toolkit.config, "read_training_yaml", lambda path: reads.append(path) or real_read(path))
+    real_read = toolkit.core.config.read_training_yaml
+    monkeypatch.setattr(toolkit.core.config, "read_training_yaml", lambda path: reads.append(path) or real_read(path))
     args = ["--root", str(root), "--imgsz", "96", "--epochs", "1", "--batch", "4", "--device", "cpu",
             "--compare-subset", "3", "--no-analyze", "--json"]
     assert training_pipeline.main(args) == 0
@@ -229,7 +229,7 @@ def test_pipeline_flags_reach_training_and_scoring_and_training_yaml_is_read_onc
 
 def test_explicit_evaluation_imgsz_wins_over_the_training_size(tmp_path, tiny_model, capsys):
     import model_comparator
-    from toolkit.synthetic import NEU_CLASSES, write_batch
+    from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
     root = tmp_path / "ws"
     root.mkdir()
@@ -249,7 +249,7 @@ def test_explicit_evaluation_imgsz_wins_over_the_training_size(tmp_path, tiny_mo
 
 
 def test_a_first_model_that_detects_almost_nothing_needs_force(tmp_path, tiny_model, capsys):
-    from toolkit.synthetic import NEU_CLASSES, write_batch
+    from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
     root = tmp_path / "ws"
     root.mkdir()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit import machine as mc
-from toolkit import planning as pl
-from toolkit.errors import UserError
+from toolkit.model import machine as mc
+from toolkit.model import planning as pl
+from toolkit.core.errors import UserError
 
 H100 = mc.Gpu("NVIDIA H100 80GB HBM3", 79.1)
 T4 = mc.Gpu("Tesla T4", 14.6)
@@ -158,7 +158,7 @@ def test_both_at_once_on_a_gpu_with_spare_cores_and_never_on_a_cpu():
 
 
 def test_plan_warns_a_cpu_user_when_the_run_takes_more_than_a_night(tmp_path):
-    from toolkit.layout import Workspace
+    from toolkit.core.layout import Workspace
 
     ts = {"epochs": 100, "imgsz": 640, "arch": "yolov8n.yaml", "time_limit": 0, "device": "", "workers": "auto",
           "batch": "auto"}
@@ -177,8 +177,8 @@ def test_plan_warns_a_cpu_user_when_the_run_takes_more_than_a_night(tmp_path):
 
 # ----------------------------------------------------------------------------- issue 17: the workspace's evidence
 def _workspace_with_history(tmp_path, records):
-    from toolkit.layout import Workspace
-    from toolkit.registry import append_history
+    from toolkit.core.layout import Workspace
+    from toolkit.promotion.registry import append_history
 
     ws = Workspace.at(tmp_path)
     ws.images_dir("train").mkdir(parents=True)

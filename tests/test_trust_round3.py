@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_url_password_is_parsed_like_the_driver_and_masked_whole(password):
     from urllib.parse import unquote
 
-    from toolkit.memory_bank_sql import mask_url, parse_url, split_url
+    from toolkit.memory.memory_bank_sql import mask_url, parse_url, split_url
 
     url = f"postgresql://atuser2:{password}@host:5432/insp?table=detections"
     loc = parse_url(url)
@@ -37,7 +37,7 @@ def test_url_password_is_parsed_like_the_driver_and_masked_whole(password):
 
 
 def test_url_without_password_or_with_query_password_is_unchanged_but_masked():
-    from toolkit.memory_bank_sql import mask_url
+    from toolkit.memory.memory_bank_sql import mask_url
 
     assert mask_url("postgresql://inspector@h/db?table=t") == "postgresql://inspector@h/db?table=t"
     assert mask_url("postgresql://u@h/db?password=se@cret&table=t") == "postgresql://u@h/db?password=***&table=t"
@@ -51,7 +51,7 @@ def test_password_with_at_sign_never_reaches_stdout_reports_or_logs(postgres, tm
     import pg_server
     import training_analyzer
     from bank_helpers import iter_jsonl, write_pg_table
-    from toolkit.synthetic import write_batch, write_memory_bank
+    from toolkit.data.synthetic import write_batch, write_memory_bank
 
     monkeypatch.delenv("PGPASSWORD", raising=False)
     password = "Ab@Cd1/2:345"
@@ -93,7 +93,7 @@ def _alias_bomb(key: str = "names", levels: int = 9) -> str:
 def test_an_alias_bomb_data_yaml_in_an_import_source_is_one_quick_error_line(tmp_path):
     """Item 6: the real preparer on a source whose data.yaml is a bomb (it took 102 s and 2.8 GB)."""
     import setup_training
-    from toolkit.synthetic import NEU_CLASSES, write_batch
+    from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
     setup_training.run(setup_training.SetupConfig(root=tmp_path / "ws", classes=NEU_CLASSES))
     src = write_batch(tmp_path / "batch", 3, size=64, seed=1).root
@@ -111,9 +111,9 @@ def test_an_alias_bomb_data_yaml_in_an_import_source_is_one_quick_error_line(tmp
 def test_every_toolkit_yaml_reader_refuses_an_alias_bomb(tmp_path):
     """Item 6: dataset.yaml (read by training, the comparator and the manifest) goes through the one loader;
     a --set value that is a bomb stays the text it is."""
-    from toolkit.config import parse_set_pairs
-    from toolkit.datafile import read_data_yaml
-    from toolkit.errors import UserError
+    from toolkit.core.config import parse_set_pairs
+    from toolkit.core.datafile import read_data_yaml
+    from toolkit.core.errors import UserError
 
     path = tmp_path / "dataset.yaml"
     path.write_text("path: .\ntrain: train.txt\n" + _alias_bomb())
@@ -124,7 +124,7 @@ def test_every_toolkit_yaml_reader_refuses_an_alias_bomb(tmp_path):
 
 
 def test_aliases_within_bounds_still_load():
-    from toolkit.config import load_yaml_text
+    from toolkit.core.config import load_yaml_text
 
     assert load_yaml_text("a: &x [1, 2]\nb: *x\n") == {"a": [1, 2], "b": [1, 2]}
 
@@ -132,7 +132,7 @@ def test_aliases_within_bounds_still_load():
 # --- item 7: every numeric setting has a sane range, checked when the settings load -----------------
 
 def _numeric_keys() -> list[str]:
-    from toolkit.config import DEFAULTS, KEYS, _get
+    from toolkit.core.config import DEFAULTS, KEYS, _get
 
     keys = []
     for key in KEYS:
@@ -147,8 +147,8 @@ def _numeric_keys() -> list[str]:
 
 @pytest.mark.parametrize("value", [1e12, -1e12, 100000])
 def test_every_numeric_setting_refuses_an_absurd_value_naming_the_key(tmp_path, value):
-    from toolkit.config import Settings
-    from toolkit.errors import ConfigError
+    from toolkit.core.config import Settings
+    from toolkit.core.errors import ConfigError
 
     keys = _numeric_keys()
     assert {"training.imgsz", "promotion.bootstrap_resamples", "training.epochs", "evaluation.batch"} <= set(keys)
@@ -174,7 +174,7 @@ def test_every_numeric_setting_refuses_an_absurd_value_naming_the_key(tmp_path, 
 def test_imgsz_and_resamples_of_the_issue_fail_at_dry_run(tmp_path):
     """Item 7: imgsz 100000 passed --dry-run; bootstrap_resamples 1e12 ran 37 s into a MemoryError."""
     import setup_training
-    from toolkit.synthetic import NEU_CLASSES
+    from toolkit.data.synthetic import NEU_CLASSES
 
     root = tmp_path / "ws"
     setup_training.run(setup_training.SetupConfig(root=root, classes=NEU_CLASSES))
@@ -209,8 +209,8 @@ torch.save({"model": Call(DetectionModel, "https://example.invalid/yolov8n.yaml"
 
 _LOAD = """
 import sys
-from toolkit.errors import UserError
-from toolkit.offline import load_checkpoint, load_yolo
+from toolkit.core.errors import UserError
+from toolkit.core.offline import load_checkpoint, load_yolo
 for name in ("torchvision.pt", "remote_cfg.pt"):
     for load in (load_yolo, load_checkpoint):
         try:
@@ -241,7 +241,7 @@ def test_a_checkpoint_that_would_download_is_refused_and_nothing_is_written(tmp_
 
 
 def test_real_checkpoints_pass_the_scan(shared_models, tiny_model):
-    from toolkit.checkpoint_scan import reaching_out
+    from toolkit.core.checkpoint_scan import reaching_out
 
     last = Path(tiny_model).with_name("last.pt")  # a mid-training checkpoint: its arguments are rebuilt by a call
     for model in (shared_models / "neu_v1.0_half.pt", shared_models / "neu_v1.1_full.pt", tiny_model,
@@ -258,7 +258,7 @@ def test_a_refused_plain_pickle_gives_the_one_line_error_only(tmp_path):
     ws.mkdir()
     with open(ws / "yolov8_model.pt", "wb") as fh:  # a plain pickle (protocol 4) renamed .pt
         pickle.dump({"model": subprocess.CompletedProcess(["x"], 0)}, fh, protocol=4)
-    from toolkit.synthetic import write_batch
+    from toolkit.data.synthetic import write_batch
 
     images = write_batch(tmp_path / "batch", 1, size=64, seed=1).root / "images"
     run = subprocess.run([sys.executable, str(REPO / "training_analyzer.py"), "--root", str(ws), "--scan",
@@ -272,7 +272,7 @@ def test_a_refused_plain_pickle_gives_the_one_line_error_only(tmp_path):
 
 _SHORT_WRITE = """
 import json, os, resource, signal, sys
-from toolkit.detection_api import MemoryBankWriter
+from toolkit.memory.detection_api import MemoryBankWriter
 
 path, mode = sys.argv[1], sys.argv[2]
 record = {"image": "big.jpg", "detections": [{"class": "crazing", "confidence": 0.5, "bbox": [1, 1, 5 + i, 5]}
@@ -324,7 +324,7 @@ def test_a_writer_cuts_back_its_own_partial_line_after_a_short_write(tmp_path, m
     try:
         if mode == "tmpfs":
             first = subprocess.run(  # the first line, then fill the disk to ~4 KB free
-                [sys.executable, "-c", "from toolkit.detection_api import MemoryBankWriter as W\n"
+                [sys.executable, "-c", "from toolkit.memory.detection_api import MemoryBankWriter as W\n"
                  f"W({str(path)!r}).append({{'image': 'before.jpg', 'detections': []}})"],
                 cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
             assert first.returncode == 0, first.stderr
@@ -376,7 +376,7 @@ def test_workers_die_with_a_killed_preparer(tmp_path):
     import time
 
     import setup_training
-    from toolkit.synthetic import NEU_CLASSES, write_batch
+    from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
     setup_training.run(setup_training.SetupConfig(root=tmp_path / "ws", classes=NEU_CLASSES))
     src = write_batch(tmp_path / "batch", 400, size=96, seed=4).root
@@ -412,7 +412,7 @@ def test_workers_die_with_a_killed_preparer(tmp_path):
 def test_an_import_out_of_inodes_says_so_in_one_line(tmp_path):
     """A real tmpfs with room for bytes but few files (root only: mount)."""
     import setup_training
-    from toolkit.synthetic import NEU_CLASSES, write_batch
+    from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
     mount = tmp_path / "few_files"
     mount.mkdir()
@@ -436,10 +436,10 @@ def test_an_import_out_of_inodes_says_so_in_one_line(tmp_path):
 def test_a_failed_commit_leaves_no_manifest_version_and_a_stale_one_is_removed(tmp_path):
     """The history copy vNNNN.json of a version whose manifest.json was never written does not stay."""
     import setup_training
-    from toolkit.dataset.manifest import empty_manifest, manifest_history_path, save_manifest
-    from toolkit.dataset.store import recover_staging
-    from toolkit.layout import Workspace
-    from toolkit.synthetic import NEU_CLASSES
+    from toolkit.data.dataset.manifest import empty_manifest, manifest_history_path, save_manifest
+    from toolkit.data.dataset.store import recover_staging
+    from toolkit.core.layout import Workspace
+    from toolkit.data.synthetic import NEU_CLASSES
 
     setup_training.run(setup_training.SetupConfig(root=tmp_path / "ws", classes=NEU_CLASSES))
     ws = Workspace.at(tmp_path / "ws")
@@ -464,7 +464,7 @@ def test_password_with_at_sign_stays_out_of_the_pipeline_report_and_log(postgres
     import pg_server
     import training_pipeline
     from bank_helpers import iter_jsonl, write_pg_table
-    from toolkit.synthetic import write_batch, write_memory_bank
+    from toolkit.data.synthetic import write_batch, write_memory_bank
 
     monkeypatch.delenv("PGPASSWORD", raising=False)
     root = synthetic_workspace
@@ -497,7 +497,7 @@ def test_the_scan_follows_names_assembled_from_memoised_strings(tmp_path):
     """Item 9: a hand-written pickle that hides TorchVision behind memo references is still refused."""
     import zipfile
 
-    from toolkit.checkpoint_scan import reaching_out
+    from toolkit.core.checkpoint_scan import reaching_out
 
     body = (b"\x80\x04" + b"\x8c\x1cultralytics.nn.modules.block\x94" + b"\x8c\x0bTorchVision\x94" + b"00"
             + b"h\x00h\x01\x93" + b"\x8c\x08resnet18\x8c\x07DEFAULT\x86R.")

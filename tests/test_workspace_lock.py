@@ -16,13 +16,13 @@ import setup_training
 import train_yolov8
 import training_analyzer
 import training_pipeline
-from toolkit.layout import Workspace
-from toolkit.lock import workspace_lock
-from toolkit.synthetic import NEU_CLASSES, write_batch
+from toolkit.core.layout import Workspace
+from toolkit.core.lock import workspace_lock
+from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 REPO = Path(__file__).resolve().parent.parent
-HOLD = ("import sys; sys.path.insert(0, sys.argv[1]); from toolkit.layout import Workspace; "
-        "from toolkit.lock import workspace_lock\n"
+HOLD = ("import sys; sys.path.insert(0, sys.argv[1]); from toolkit.core.layout import Workspace; "
+        "from toolkit.core.lock import workspace_lock\n"
         "with workspace_lock(Workspace.at(sys.argv[2]), 'test holder'):\n"
         "    print('held', flush=True); sys.stdin.read()")
 

@@ -1,1 +1,4 @@
-"""Shared modules of the retraining toolkit, one topic each (see DESIGN.md)."""
+"""Shared code of the retraining toolkit, in layers (README, "Repository layout"); imports point down only.
+
+core -> data -> promotion -> model -> memory -> report -> workflow (each may import those before it).
+"""

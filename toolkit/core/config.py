@@ -1,0 +1,751 @@
+"""Settings: declared once, resolved once - built-in defaults < ``training/configs/training.yaml`` < flags.
+
+The built-in defaults *are* the commented template that ``setup_training.py`` writes, parsed:
+one text serves as the defaults and as the user's documentation, so the two cannot drift.
+Every key of that template has one entry in ``KEYS`` below: the rule that checks (and
+normalises) its value and, where a flag sets it, the flag's help text. A stage's frozen config
+declares its fields with ``setting("training.imgsz")`` (a training.yaml key, flag and help come
+from ``KEYS``) or ``option("--source", help=...)`` (a flag only); ``toolkit/core/cli.py`` builds the
+argparse parser from those fields, and ``resolve_config`` fills the fields a user did not give
+from one ``Settings`` object, which a pipeline run loads once and hands to every stage.
+
+Adding a setting: a line in the template (with its comment), an entry in ``KEYS``, and a
+``setting(...)`` field in the config of each stage that uses it.
+
+A key in the user's YAML that the template does not have is an error naming the key (a typo
+such as ``epoch:`` must not be silently ignored for a night of training); so is a key written
+twice, and so is a value its rule refuses. Messages quote at most about 200 characters of a value.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import re
+import reprlib
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, Callable, Iterator, Mapping
+
+import yaml
+
+from toolkit.core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+TRAINING_YAML_TEMPLATE = """\
+# Training and promotion settings of the defect-model retraining toolkit.
+# Precedence: built-in defaults < this file < command-line flags.
+# Edit freely: setup_training.py never overwrites this file unless you pass --force
+# (and then it keeps your version as training.yaml.bak). Unknown keys are an error.
+
+training:
+  # What a model trained "from scratch" starts from (the first model, and the scratch route):
+  # an architecture (yolov8n/s/m/l/x.yaml, random weights) or a .pt on disk - COCO-pretrained
+  # yolov8n.pt or a model of a sister line - whose weights start the training, with a new class
+  # head when its classes differ. A first model on a few hundred images learns far more from
+  # such weights. The toolkit never downloads anything.
+  arch: yolov8n.yaml
+  # What the pipeline trains: finetune (production + all data), scratch (arch, all data),
+  # both (two runs; the better on the validation split meets production on test), or auto:
+  # both when both fit time_limit (a night when unset) by this machine's measured speed, else
+  # the route that won this workspace's earlier 'both' runs (fine-tune without such a record);
+  # scratch without production or when the classes changed. The report says why.
+  strategy: auto
+  # Starting point of train_yolov8.py: production (fine-tune yolov8_model.pt), scratch (arch),
+  # or a .pt path. Empty: production when yolov8_model.pt exists, else scratch.
+  # In the pipeline, --from overrides the strategy.
+  start_from: ""
+  # Every value below is ultralytics' own default unless marked; a value that differs stays
+  # only with a measured gain (README.md, "Training recipes and the NEU-DET benchmark").
+  epochs: 100
+  imgsz: 640
+  # Images per batch. auto: 64 on a GPU with 16 GB or more for yolov8n/s (ultralytics' nominal
+  # batch), else -1 (ultralytics measures what fits); 16 on a CPU.
+  batch: auto
+  # "" = first GPU if there is one, else cpu. "0", "0,1,2,3" (several GPUs: DDP) or "cpu".
+  device: ""
+  # Data loader processes. auto: per GPU, the cores minus one, at most 8; 0 on a CPU (there
+  # ultralytics loads data in the training process anyway).
+  workers: auto
+  # Stop when validation mAP has not improved for this many epochs (best.pt is kept).
+  patience: 100
+  seed: 0
+  # Hours; stops the run cleanly when reached (0 = no limit). Useful for nightly windows;
+  # auto strategy keeps within it. pipeline --dry-run says about how long a run takes.
+  time_limit: 0
+  # Cache decoded images in RAM ("ram"), on disk ("disk") or not at all (""): faster epochs.
+  cache: ""
+  optimizer: auto
+  # Augmentation: ultralytics' defaults. The "metal" values once here (hsv_h 0, hsv_s 0,
+  # hsv_v 0.3, scale 0.3, flipud 0.5) scored below these on an H100 from scratch (test mAP50 /
+  # mAP50-95 0.775 / 0.435 vs 0.786 / 0.453); no GPU run over 3 seeds shows a gain (README.md,
+  # "Training recipes"), so they are not the default.
+  augment:
+    hsv_h: 0.015
+    hsv_s: 0.7
+    hsv_v: 0.4
+    degrees: 0.0
+    translate: 0.1
+    scale: 0.5
+    fliplr: 0.5
+    flipud: 0.0
+    mosaic: 1.0
+    mixup: 0.0
+    close_mosaic: 10
+
+dataset:
+  # Share of images per split for newly added images (stratified per class).
+  split: {train: 0.8, val: 0.1, test: 0.1}
+  # Stop an import when more than this share of a batch is bad input.
+  max_bad_fraction: 0.2
+  # Perceptual-hash distance (bits of 64) at or below which two images are near-duplicates.
+  near_duplicate_bits: 4
+  # Images that come in lots (a coil, a plate, a board design) are near-copies: a lot must never
+  # span train and test. Empty: no lots. A regular expression on the file name (on the path
+  # within the batch when it holds a '/'): the lot is its first group, e.g. '^(coil\d+)_';
+  # or csv:COLUMN for that column of groups.csv in the batch (columns: image, COLUMN).
+  group_by: ""
+
+evaluation:
+  # Every model is scored on this split with the same settings (fair comparison).
+  split: test
+  # Image size for scoring. Empty: each model at the size it was trained at (read from the
+  # checkpoint; ultralytics runs a model at that size by default). A number: every model at it.
+  imgsz:
+  batch: 16
+  conf: 0.001
+  iou: 0.7
+  device: ""
+  # Images timed per model for ms_per_image, after a warm-up batch (0 = do not time).
+  speed_images: 16
+  # The models take turns over this many timing rounds; ms_per_image is each model's median
+  # round, and the speed rule's reason gives the spread of the rounds.
+  speed_rounds: 5
+
+promotion:
+  # Metric that decides: map50_95 (stricter, default) or map50.
+  metric: map50_95
+  # Smallest gain over production worth a model change.
+  min_gain: 0.005
+  # Largest drop of any single class's AP50 that is still acceptable.
+  max_class_drop: 0.05
+  # Require the bootstrap 95% interval of the gain to lie above zero.
+  require_significance: true
+  bootstrap_resamples: 1000
+  # Largest accepted slowdown of inference, as a ratio to production (1.5 = 50% slower).
+  # Not applied to a candidate of production's architecture and input size (same cost by
+  # construction); otherwise the ratio of the median timing rounds is judged.
+  max_slowdown: 1.5
+  # The confidence the line runs at (what the detection system logs, --scan's 0.25): recall
+  # (1 - escape rate) and false calls per image of each class are measured there.
+  operating_conf: 0.25
+  # Largest accepted drop of any class's recall at operating_conf (0.05 = 5 points), even when
+  # mAP rises: a model that lets more defects of one class escape is refused.
+  max_recall_drop: 0.05
+  # The first model of a workspace (no production yet) must reach at least this on the metric:
+  # a model that detects almost nothing is not put into production (pipeline --force overrides).
+  min_first_map: 0.05
+
+memory_bank:
+  # Where the detection system logs. Empty: ROOT/memory-bank/detections.jsonl. Else a file
+  # (.jsonl, .json, .csv, SQLite) or a database URL such as
+  # postgresql://inspector@dbhost:5432/inspection?table=detections (the password comes from
+  # PGPASSWORD or .pgpass, never from this file). --memory-bank overrides it.
+  url: ""
+
+analyzer:
+  # Confidence band where the model is unsure: those detections are the most useful to label.
+  uncertain: [0.25, 0.6]
+  # IoU at which a detection matches a reviewed label.
+  iou_match: 0.5
+  # --export skips an image within this perceptual-hash distance (bits of 64) of one already
+  # chosen. Looser than dataset.near_duplicate_bits: on NEU-DET, 8 bits still finds no distinct
+  # pair and catches 99% of copies shifted by 2 px (4 bits: 68%).
+  near_duplicate_bits: 8
+  # --export shares its picks among classes in proportion to priority score ** this power
+  # (1: by score; 0: equal shares, most uncertain first within each class, missed classes taking
+  # one share). 0 measured better than 1 on NEU-DET (CPU proxy, benchmarks/results/).
+  class_weight_power: 0.0
+"""
+
+
+# --------------------------------------------------------------------------------- YAML reading
+
+MAX_YAML_VALUES = 100_000  # a data.yaml of 1 000 classes is ~2 000; a 600-byte alias bomb, 9**9
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A YAML text whose aliases expand beyond ``MAX_YAML_VALUES`` values (a 'billion laughs' file)."""
+
+    def __init__(self, where: str, mark: Any = None):
+        self.problem = (f"{where} expands to more than {MAX_YAML_VALUES:,} values through its aliases (*name); "
+                        "write the values out")
+        self.problem_mark = mark
+        super().__init__(self.problem)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (YAML would keep the last), and a
+    text whose aliases expand beyond ``MAX_YAML_VALUES`` values: each node's expanded size is
+    counted as it is composed (an alias counts the whole node it names), before anything walks it.
+    """
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}
+        self._keys: list[str] = []
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        key = index.value if isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.ScalarNode) else None
+        if key is not None:
+            self._keys.append(str(key)[:40])
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            if key is not None:
+                self._keys.pop()
+        if id(node) not in self._sizes:
+            if isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(self._sizes.get(id(c), 1) for c in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                size = 1 + sum(self._sizes.get(id(k), 1) + self._sizes.get(id(v), 1) for k, v in node.value)
+            else:
+                size = 1
+            if size > MAX_YAML_VALUES:
+                where = f"'{'.'.join(self._keys + ([key] if key else []))}'" if self._keys or key else "the file"
+                raise YamlTooLarge(where, node.start_mark)
+            self._sizes[id(node)] = size
+        return node
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {short(key)} is written twice (first on line {seen[key] + 1}); keep one",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        except TypeError:  # an unhashable key: the constructor below reports it
+            pass
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml_text(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys and alias bombs (``YamlTooLarge``).
+
+    The one YAML reader of the toolkit: training.yaml, dataset.yaml, an import source's data.yaml.
+    """
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+DEFAULTS: dict[str, Any] = load_yaml_text(TRAINING_YAML_TEMPLATE)
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 3, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
+
+
+def short(value: Any, limit: int = 200) -> str:
+    """A repr of ``value`` of at most ``limit`` characters, computed without expanding it whole
+    (a YAML 'billion laughs' value must not become an 80 MB error line)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------- value rules
+# A rule returns the value, normalised, or raises ValueError with what is wrong in words.
+
+Rule = Callable[[Any], Any]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Rule:
+    def rule(value: Any) -> int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (_is_number(value) and float(value).is_integer())):
+            raise ValueError("must be a whole number")
+        value = int(value)
+        if lo is not None and value < lo:
+            raise ValueError(f"must be {lo} or more")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be {hi} or less")
+        return value
+    return rule
+
+
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Rule:
+    def rule(value: Any) -> float:
+        if not _is_number(value):
+            raise ValueError("must be a number")
+        value = float(value)
+        if lo is not None and (value < lo or (lo_open and value == lo)):
+            raise ValueError(f"must be {_bounds(lo, hi, lo_open, hi_open)}")
+        if hi is not None and (value > hi or (hi_open and value == hi)):
+            raise ValueError(f"must be {_bounds(lo, hi, lo_open, hi_open)}")
+        return value
+    return rule
+
+
+def _bounds(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"above {lo}" if lo_open else f"{lo} or more"
+    return f"below {hi}" if hi_open else f"{hi} or less"
+
+
+def text(*choices: str) -> Rule:
+    def rule(value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, PurePath)):
+            raise ValueError("must be a text")
+        value = str(value).strip()
+        if choices and value not in choices:
+            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}")
+        return value
+    return rule
+
+
+def flag_value(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def optional(rule: Rule) -> Rule:
+    """``None`` (an empty value in YAML) stays None; anything else must pass ``rule``."""
+    return lambda value: None if value is None or value == "" else rule(value)
+
+
+def auto_or(rule: Rule) -> Rule:
+    """``auto`` (chosen from the machine when training starts: toolkit/model/training.py), else ``rule``."""
+    return lambda value: "auto" if isinstance(value, str) and value.strip().lower() == "auto" else rule(value)
+
+
+def device(value: Any) -> str:
+    """'' (first GPU, else cpu), 'cpu', 'mps', '0' or '0,1,2,3'; YAML ``device: 0`` is a number."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError("must be '', cpu, a GPU index such as 0, or indices such as 0,1")
+    value = str(value).strip().lower().replace(" ", "")
+    if value in ("", "auto", "cpu", "mps") or all(part.isdigit() for part in value.split(",")):
+        return value
+    raise ValueError("must be '', cpu, a GPU index such as 0, or indices such as 0,1")
+
+
+# Upper bounds of the numeric settings: far beyond any real use, low enough that a typo (an extra
+# zero or three) is refused when the settings load instead of failing deep in OpenCV or numpy
+# (imgsz 100000: a 30 GB image buffer; bootstrap_resamples 1e12: a 7 TiB array).
+MAX_IMGSZ = 8192
+MAX_EPOCHS = 10_000
+MAX_BATCH = 4096
+MAX_RESAMPLES = 50_000  # a Python loop, one mAP per resample: minutes at this count
+
+
+def batch_size(value: Any) -> int | float:
+    if _is_number(value) and 0 < value < 1:
+        return float(value)  # ultralytics: a share of the GPU memory
+    value = integer()(value)
+    if value == -1 or 1 <= value <= MAX_BATCH:
+        return value
+    raise ValueError(f"must be -1 (largest that fits the GPU), a share such as 0.7, or 1 to {MAX_BATCH}")
+
+
+def cache_mode(value: Any) -> str:
+    if value in (None, False, ""):
+        return ""
+    if value is True:
+        return "ram"
+    return text("ram", "disk")(value)
+
+
+def split_shares(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ValueError("must be shares like {train: 0.8, val: 0.1, test: 0.1}")
+    unknown = [k for k in value if k not in ("train", "val", "test")]
+    if unknown:
+        raise ValueError(f"names unknown split(s) {short(unknown)}; use train, val and test")
+    shares = {s: number(0, 1)(value.get(s, 0) if value.get(s) is not None else 0) for s in ("train", "val", "test")}
+    if abs(sum(shares.values()) - 1) > 1e-6:
+        raise ValueError(f"must add up to 1 (they add up to {sum(shares.values()):g})")
+    if shares["train"] <= 0 or shares["test"] <= 0:
+        raise ValueError("needs a train share and a test share above 0 (the test split is what models are judged on)")
+    return shares
+
+
+def metric(value: Any) -> str:
+    value = text()(value).replace("-", "_").lower()
+    if value not in ("map50_95", "map50"):
+        raise ValueError("must be map50_95 or map50")
+    return value
+
+
+def confidence_band(value: Any) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(_is_number(v) for v in value):
+        raise ValueError("must be two confidences [lo, hi], e.g. [0.25, 0.6]")
+    lo, hi = float(value[0]), float(value[1])
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError("must be an uncertain band of two confidences lo < hi within 0..1, e.g. [0.25, 0.6]")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Key:
+    """One training.yaml key: the rule for its value and, when a flag sets it, the flag."""
+
+    rule: Rule
+    flag: str | None = None
+    help: str = ""
+    metavar: str | None = None
+    type: Callable[[str], Any] | None = None  # argparse type of the flag (default: str)
+
+
+def _band_arg(text_value: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text_value.split(","))
+    except ValueError:
+        raise ConfigError(f"--uncertain {short(text_value)}: give two confidences as lo,hi, e.g. --uncertain 0.25,0.6") from None
+    return lo, hi
+
+
+
+GROUPS_CSV = "groups.csv"
+CSV_PREFIX = "csv:"
+
+
+def check_group_by(value: str) -> str:
+    """The setting's rule: '' (no lots), ``csv:COLUMN`` or a regular expression (ValueError otherwise)."""
+    value = value.strip()
+    if not value:
+        return ""
+    if value.startswith(CSV_PREFIX):
+        if not value[len(CSV_PREFIX):].strip():
+            raise ValueError(f"'{CSV_PREFIX}' must name a column of {GROUPS_CSV}, e.g. csv:lot")
+        return value
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a regular expression ({exc})") from None
+    return value
+
+KEYS: dict[str, Key] = {
+    "training.arch": Key(text(), help="what training from scratch starts from: yolov8n/s/m/l/x.yaml or a .pt on disk"),
+    "training.strategy": Key(text("auto", "finetune", "scratch", "both"), "--strategy",
+                             "what the pipeline trains: finetune production, scratch, both (picked on the validation "
+                             "split) or auto (from this workspace's time budget, timings and earlier both runs)",
+                             metavar="auto|finetune|scratch|both"),
+    "training.start_from": Key(text(), "--from", "starting point: production | scratch | PATH to a .pt "
+                               "(empty: production if yolov8_model.pt exists, else scratch)",
+                               metavar="production|scratch|PATH"),
+    "training.epochs": Key(integer(1, MAX_EPOCHS), "--epochs", "training epochs", type=int),
+    "training.imgsz": Key(integer(32, MAX_IMGSZ), "--imgsz", "image size in pixels that the model trains at", type=int),
+    "training.batch": Key(auto_or(batch_size), "--batch", "images per training batch (-1: as many as fit one GPU)", type=float),
+    "training.device": Key(device, "--device", "cpu | 0 | 0,1,2,3 (several GPUs: ultralytics DDP); "
+                           "empty: GPU 0 if there is one, else cpu"),
+    "training.workers": Key(auto_or(integer(0, 64)), "--workers", "data loader processes", type=int),
+    "training.patience": Key(integer(0, MAX_EPOCHS), "--patience", "stop after this many epochs without val improvement "
+                             "(0: never)", type=int),
+    "training.seed": Key(integer(0, 2**32 - 1), "--seed", "random seed", type=int),
+    "training.time_limit": Key(number(0, 24 * 365), "--time-limit", "stop cleanly at the first epoch end that would pass "
+                               "this many hours (best.pt kept; 0: no limit)", metavar="HOURS", type=float),
+    "training.cache": Key(cache_mode),
+    "training.optimizer": Key(text()),
+    "dataset.split": Key(split_shares, "--split", "shares of new images per split, e.g. 80/10/10 or 0.7,0.2,0.1"),
+    "dataset.max_bad_fraction": Key(number(0, 1), "--max-bad-fraction",
+                                    "stop an import when a larger share of a batch is bad", type=float),
+    "dataset.group_by": Key(lambda v: check_group_by(text()(v)), "--group-by",
+                            "lot of each image, whose images share one split: a regex on the file name "
+                            "(first group) or csv:COLUMN of the batch's groups.csv", metavar="REGEX|csv:COLUMN"),
+    "dataset.near_duplicate_bits": Key(integer(0, 64), "--near-duplicate-bits",
+                                       "perceptual-hash distance (of 64 bits) for near-duplicates", type=int),
+    "evaluation.split": Key(text(), "--split", "split to score on"),
+    "evaluation.imgsz": Key(optional(integer(32, MAX_IMGSZ)), "--imgsz", "image size for scoring; empty: each model at the "
+                            "size it was trained at", type=int),
+    "evaluation.batch": Key(integer(1, MAX_BATCH), "--batch", "images per inference batch", type=int),
+    "evaluation.conf": Key(number(0, 1, hi_open=True), "--conf", "confidence threshold; keep it low for mAP",
+                           type=float),
+    "evaluation.iou": Key(number(0, 1, lo_open=True), "--iou", "NMS IoU threshold", type=float),
+    "evaluation.device": Key(device, "--device", "cpu | 0 | ...; empty: GPU 0 if there is one, else cpu"),
+    "evaluation.speed_images": Key(integer(0, 10_000), "--speed-images", "images timed per model for ms/image "
+                                   "(0: no timing)", type=int),
+    "evaluation.speed_rounds": Key(integer(1, 100), "--speed-rounds", "timing rounds the models take turns "
+                                   "over; ms/image is each model's median round", type=int),
+    "promotion.metric": Key(metric),
+    "promotion.min_gain": Key(number(-1, 1)),
+    "promotion.max_class_drop": Key(number(0, 1)),
+    "promotion.require_significance": Key(flag_value),
+    "promotion.bootstrap_resamples": Key(integer(1000, MAX_RESAMPLES), "--resamples", "bootstrap resamples for the 95% "
+                                         "interval of the gain", type=int),
+    "promotion.max_slowdown": Key(number(0, 1000, lo_open=True)),
+    "promotion.operating_conf": Key(number(0, 1, hi_open=True), "--operating-conf",
+                                    "confidence the line runs at: per-class recall and false calls are "
+                                    "measured there", type=float),
+    "promotion.max_recall_drop": Key(number(0, 1), "--max-recall-drop", "largest accepted drop of one "
+                                     "class's recall at operating_conf", type=float),
+    "promotion.min_first_map": Key(number(0, 1)),
+    "memory_bank.url": Key(text()),  # --memory-bank (training_analyzer.py) overrides it, relative to the cwd
+    "analyzer.near_duplicate_bits": Key(integer(0, 64)),
+    "analyzer.class_weight_power": Key(number(0, 4)),
+    "analyzer.uncertain": Key(confidence_band, "--uncertain", "confidence band lo,hi where the model is unsure",
+                              metavar="LO,HI", type=_band_arg),
+    "analyzer.iou_match": Key(number(0, 1, lo_open=True), "--iou-match",
+                              "IoU at which a detection matches a reviewed label", type=float),
+}
+# Every augmentation value is checked when the settings load, not when training starts: shares of
+# the image or probabilities in [0, 1], rotation in degrees, close_mosaic in epochs.
+_AUGMENT_RANGES: dict[str, Rule] = {"degrees": number(0, 180), "close_mosaic": integer(0, MAX_EPOCHS)}
+KEYS.update({f"training.augment.{name}": Key(_AUGMENT_RANGES.get(name, number(0, 1)))
+             for name in DEFAULTS["training"]["augment"]})
+_MAPPING_VALUES = {"dataset.split"}  # a mapping that is one value, checked whole
+
+
+def template_keys(tree: Mapping[str, Any] = DEFAULTS, prefix: str = "") -> Iterator[str]:
+    """Every dotted key of the template (``training.augment.hsv_h``, ``dataset.split``, ...)."""
+    for name, value in tree.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, dict) and dotted not in _MAPPING_VALUES:
+            yield from template_keys(value, f"{dotted}.")
+        else:
+            yield dotted
+
+
+def _get(tree: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+def check_value(key: str, value: Any, origin: str) -> Any:
+    """``value`` for ``key`` normalised by its rule; a ConfigError naming origin and key otherwise."""
+    if key not in KEYS:
+        raise ConfigError(f"{origin}: unknown setting '{key}'")
+    try:
+        return KEYS[key].rule(value)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: '{key}' {exc}, got {short(value)}") from None
+
+
+# --------------------------------------------------------------------------------- training.yaml
+
+def _check_known(user: Mapping[str, Any], known: Mapping[str, Any], prefix: str, source: str) -> None:
+    for key, value in user.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            options = ", ".join(sorted(str(k) for k in known))
+            raise ConfigError(f"{source}: unknown key {short(dotted, 80)} (known keys here: {options}); fix or remove it")
+        if isinstance(known[key], dict) and dotted not in _MAPPING_VALUES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' must be a mapping of settings, got {short(value)}")
+            _check_known(value, known[key], f"{dotted}.", source)
+
+
+def read_training_yaml(path: str | Path) -> dict[str, Any]:
+    """The user's settings file, validated against the template; {} when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        data = load_yaml_text(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8 or rerun setup_training.py --force") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({short(getattr(exc, 'problem', None) or exc, 160)}); "
+                          "fix the file or rerun setup with --force") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected sections such as 'training:' at the top level")
+    _check_known(data, DEFAULTS, "", str(path))
+    for key in template_keys():
+        try:
+            value = _get(data, key)
+        except (KeyError, TypeError):
+            continue
+        check_value(key, value, str(path))
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict: ``base`` with ``override`` laid on top; ``None`` in override means 'not given'."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+class Settings:
+    """Resolved, checked settings of one run: defaults < training.yaml < overrides (flags).
+
+    Read-only: ``override`` returns a new object. ``settings["evaluation.imgsz"]`` is a value
+    after its rule (typed and normalised), ``section("training")`` a copy of one section.
+    """
+
+    def __init__(self, values: Mapping[str, Any], source: Path | None = None, given: frozenset[str] = frozenset()):
+        self._values = copy.deepcopy(dict(values))
+        self.source = source
+        self.given = given  # keys set by training.yaml or a flag (not the built-in default)
+
+    @classmethod
+    def defaults(cls) -> "Settings":
+        return cls._checked(DEFAULTS, None, "built-in defaults", frozenset())
+
+    @classmethod
+    def load(cls, training_yaml: str | Path | None) -> "Settings":
+        """Defaults < the file (absent: defaults only). The one place training.yaml is read."""
+        path = Path(training_yaml) if training_yaml is not None else None
+        user = read_training_yaml(path) if path is not None and path.exists() else {}
+        given = frozenset(k for k in template_keys() if _has(user, k))
+        return cls._checked(deep_merge(DEFAULTS, user), path, str(path), given)
+
+    @classmethod
+    def _checked(cls, values: Mapping[str, Any], source: Path | None, origin: str, given: frozenset[str]) -> "Settings":
+        values = copy.deepcopy(dict(values))
+        for key in template_keys():
+            _set(values, key, check_value(key, _get(values, key), origin))
+        return cls(values, source, given)
+
+    def __getitem__(self, key: str) -> Any:
+        return copy.deepcopy(_get(self._values, key))
+
+    def section(self, name: str) -> dict[str, Any]:
+        return copy.deepcopy(self._values[name])
+
+    def as_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._values)
+
+    def override(self, values: Mapping[str, Any], origins: Mapping[str, str] | None = None) -> "Settings":
+        """A copy with ``values`` ({dotted key: value}; None = not given) laid on top, each checked."""
+        merged = copy.deepcopy(self._values)
+        given = set(self.given)
+        for key, value in values.items():
+            if value is None:
+                continue
+            _set(merged, key, check_value(key, value, (origins or {}).get(key, "command line")))
+            given.add(key)
+        return Settings(merged, self.source, frozenset(given))
+
+
+def _has(tree: Mapping[str, Any], dotted: str) -> bool:
+    try:
+        return _get(tree, dotted) is not None
+    except (KeyError, TypeError):
+        return False
+
+
+def resolve_settings(training_yaml: str | Path | None, flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults < training.yaml < flags, as one nested dict (flags: same nesting, None = unset)."""
+    settings = Settings.load(training_yaml)
+    if flags:
+        _check_known({k: v for k, v in flags.items() if v is not None}, DEFAULTS, "", "command line")
+        dotted = {k: _get(flags, k) for k in template_keys() if _has(flags, k)}
+        settings = settings.override(dotted)
+    return settings.as_dict()
+
+
+def parse_set_pairs(pairs: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` pairs to a dict, values parsed as YAML scalars (``0.01``, ``true``)."""
+    result: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {short(pair)}: write it as key=value, e.g. --set lr0=0.005")
+        try:
+            result[key.strip()] = load_yaml_text(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            result[key.strip()] = raw
+    return result
+
+
+# --------------------------------------------------------------------------------- stage configs
+
+OPTION = "toolkit.option"
+
+
+@dataclass(frozen=True)
+class Option:
+    """What a config field carries: its flag and help, and the training.yaml key(s) it sets."""
+
+    flag: str | None
+    help: str
+    keys: tuple[str, ...] = ()
+    type: Callable[[str], Any] | None = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    nargs: str | int | None = None
+    const: Any = None
+    repeat: bool = False                   # the flag may be given several times (a list)
+    parse: Callable[[Any], Any] | None = None  # turns the parsed flag into the field's value
+    group: str | None = None
+    exclusive: str | None = None           # options naming the same word exclude each other (exit 2)
+
+
+def option(flag: str | None = None, help: str = "", *, default: Any = None, type: Callable[[str], Any] | None = None,
+           metavar: str | None = None, choices: tuple[str, ...] | None = None, nargs: str | int | None = None,
+           const: Any = None, repeat: bool = False, parse: Callable[[Any], Any] | None = None,
+           group: str | None = None, exclusive: str | None = None) -> Any:
+    """A config field set by a flag only (not a training.yaml key). A bool field with default
+    True is switched off by its flag, which must read ``--no-...``."""
+    if isinstance(default, bool) and default and flag and not flag.startswith("--no-"):
+        raise ValueError(f"{flag}: a flag that turns off a default-on setting is written --no-...")
+    meta = Option(flag, help, (), type, metavar, choices, nargs, const, repeat, parse, group, exclusive)
+    return dataclasses.field(default=default, metadata={OPTION: meta})
+
+
+def setting(*keys: str, flag: str | None = "", help: str | None = None, parse: Callable[[Any], Any] | None = None,
+            group: str | None = None) -> Any:
+    """A config field for training.yaml key(s): None until resolved, then the key's value.
+
+    Flag, help and argparse type come from ``KEYS[keys[0]]``; a field with several keys (the
+    pipeline's ``--device``) sets each of them. ``flag=None``: no flag (read from the YAML only).
+    """
+    if not keys or any(k not in KEYS for k in keys):
+        raise ValueError(f"setting{keys}: every key must be in toolkit.core.config.KEYS")
+    spec = KEYS[keys[0]]
+    chosen_flag = spec.flag if flag == "" else flag
+    meta = Option(chosen_flag, help if help is not None else spec.help, tuple(keys), spec.type, spec.metavar,
+                  parse=parse, group=group)
+    return dataclasses.field(default=None, metadata={OPTION: meta})
+
+
+def options_of(config_type: type) -> list[tuple[dataclasses.Field, Option]]:
+    return [(f, f.metadata[OPTION]) for f in dataclasses.fields(config_type) if OPTION in f.metadata]
+
+
+def resolve_config(config: Any, settings: Settings) -> tuple[Any, Settings]:
+    """``config`` with every keyed field filled (given value > settings), and the settings with
+    the given values laid on top, so the rest of the stage reads one consistent object."""
+    overrides: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for f, opt in options_of(type(config)):
+        value = getattr(config, f.name)
+        if opt.keys and value is not None:
+            for key in opt.keys:
+                overrides[key], origins[key] = value, opt.flag or f.name
+    settings = settings.override(overrides, origins)
+    filled = {f.name: settings[opt.keys[0]] for f, opt in options_of(type(config)) if opt.keys}
+    return dataclasses.replace(config, **filled), settings
