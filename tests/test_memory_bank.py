@@ -259,15 +259,13 @@ def test_the_memory_bank_modules_import_in_one_direction():
     import ast
     from pathlib import Path
 
-    toolkit = Path(__file__).resolve().parent.parent / "toolkit"
+    toolkit = Path(__file__).resolve().parent.parent / "toolkit" / "memory"
     mods = ["bank_table", "bank_rows", "memory_bank", "memory_bank_sql", "analysis", "detection_api", "priorities"]
     imports = {}
     for mod in mods:
         tree = ast.parse((toolkit / f"{mod}.py").read_text(encoding="utf-8"))
-        imports[mod] = {n.module.split(".")[1] for n in ast.walk(tree)
-                        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("toolkit.")} | {
-            a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "toolkit"
-            for a in n.names}
+        imports[mod] = {n.module.split(".")[-1] for n in ast.walk(tree)
+                        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("toolkit.memory.")}
 
     def reaches(a, b, seen=()):
         return any(x == b or (x in imports and x not in seen and reaches(x, b, seen + (x,))) for x in imports[a])
