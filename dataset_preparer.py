@@ -54,7 +54,8 @@ from toolkit.data.dataset.plan import plan_import, resolve_classes
 from toolkit.data.dataset.store import (Staging, check_free_space, commit_manifest, recover_staging, set_aside_unmanaged,
                                    space_needed)
 from toolkit.core.errors import UserError
-from toolkit.data.labels import SourceBatch, SourceImage, read_source
+from toolkit.data.labels.read import read_source
+from toolkit.data.labels.source import SourceBatch, SourceImage
 from toolkit.core.layout import SPLITS, Workspace, require_workspace
 from toolkit.core.lock import holds_workspace_lock
 from toolkit.core.progress import progress_enabled

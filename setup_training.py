@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main
-from toolkit.core.config import DEFAULTS, TRAINING_YAML_TEMPLATE, Settings, option
+from toolkit.core.config import DEFAULTS, Settings, option
+from toolkit.core.template import TRAINING_YAML_TEMPLATE
 from toolkit.core.datafile import read_class_names, write_dataset_yaml
 from toolkit.core.errors import UserError
 from toolkit.core.files import atomic_copy, atomic_write_text, sha256_file

@@ -241,7 +241,7 @@ def _resume(workspace: Workspace, config: TrainConfig) -> TrainResult:
         raise UserError(f"--resume continues a run with its own settings; drop {', '.join(given)} "
                         f"(a resumed run may change only {', '.join(_RESUME_ALLOWED)}), or start a new run")
     run_dir = tr.resolve_resume_dir(workspace.runs, config.resume)
-    from toolkit.core.config import load_yaml_text
+    from toolkit.core.yaml_safe import load_yaml_text
 
     settings_file = run_dir / tr.SETTINGS_NAME
     saved = load_yaml_text(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}

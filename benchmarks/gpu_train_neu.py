@@ -74,7 +74,7 @@ logger = logging.getLogger("gpu_train_neu")
 
 # ----------------------------------------------------------------------------- data
 def _voc_to_yolo(xml_path: Path) -> list[str]:
-    from toolkit.data.labels import voc_as_yolo_text  # the import's own conversion ('difficult' boxes kept)
+    from toolkit.data.labels.voc import voc_as_yolo_text
 
     return voc_as_yolo_text(xml_path, NEU_CLASSES).splitlines()
 

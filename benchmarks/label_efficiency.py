@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.gpu_train_neu import find_neu_pair  # noqa: E402  (after the sys.path line)
-from toolkit.data.labels import voc_as_yolo_text  # noqa: E402
+from toolkit.data.labels.voc import voc_as_yolo_text  # noqa: E402
 
 logger = logging.getLogger("label_efficiency")
 

@@ -12,7 +12,8 @@ from typing import Mapping
 import yaml
 
 from toolkit.core.errors import UserError
-from toolkit.data.labels import read_voc, scan_files, voc_as_yolo_text
+from toolkit.data.labels.voc import read_voc, voc_as_yolo_text
+from toolkit.data.labels.source import scan_files
 
 
 def export_voc_as_yolo_splits(voc_root: str | Path, split_files: Mapping[str, str | Path], dest: str | Path,

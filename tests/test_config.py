@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core.config import (DEFAULTS, KEYS, TRAINING_YAML_TEMPLATE, Settings, check_value, options_of,
-                            read_training_yaml, resolve_config, short, template_keys)
+from toolkit.core.config import (DEFAULTS, KEYS, Settings, check_value, options_of, read_training_yaml, resolve_config, template_keys)
+from toolkit.core.template import TRAINING_YAML_TEMPLATE
+from toolkit.core.yaml_safe import short
 from toolkit.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,8 @@ from toolkit.data.dataset.parallel import check_images
 from toolkit.data.dataset.store import managed_name
 from toolkit.data.dataset.stratify import BACKGROUND, SplitGroup, UnionFind, assign_splits
 from toolkit.core.errors import UserError
-from toolkit.data.labels import SourceBox, SourceImage, parse_voc_xml
+from toolkit.data.labels.voc import parse_voc_xml
+from toolkit.data.labels.source import SourceBox, SourceImage
 from toolkit.data.phash import near_duplicate_pairs, phash64
 from toolkit.core.layout import Workspace
 from toolkit.data.synthetic import NEU_CLASSES, write_batch

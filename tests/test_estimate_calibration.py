@@ -12,7 +12,7 @@ import training_pipeline
 from toolkit.core.config import Settings
 from toolkit.core.layout import Workspace
 from toolkit.model.planning import plan_training
-from toolkit.promotion.registry import read_history
+from toolkit.core.run_history import read_history
 
 SAME = dict(epochs=6, imgsz=64, batch=8, device="cpu")
 

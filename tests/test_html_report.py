@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.report.html_report import NOT_RUN, SECTION_IDS, render_pipeline_report, write_pipeline_report
+from toolkit.report.html_report import SECTION_IDS, render_pipeline_report, write_pipeline_report
+from toolkit.report.html_text import NOT_RUN
 
 CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
 EVIL = '<script>alert("x")</script> & "quotes"'

@@ -18,7 +18,7 @@ import setup_training
 from toolkit.model import evaluation
 from toolkit.data.dataset.manifest import load_manifest
 from toolkit.data.dataset.store import recover_staging, settle_dataset
-from toolkit.data.labels import QUOTE_LIMIT
+from toolkit.data.labels.source import QUOTE_LIMIT
 from toolkit.core.layout import SPLITS, Workspace
 from toolkit.data.synthetic import NEU_CLASSES, write_batch
 

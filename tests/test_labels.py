@@ -1,4 +1,4 @@
-"""Readers of YOLO / Pascal VOC / COCO batches (toolkit/data/labels.py): pure parsing, no decode."""
+"""Readers of YOLO / Pascal VOC / COCO batches (toolkit/data/labels/): pure parsing, no decode."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,10 @@ import yaml
 
 from toolkit.core.errors import UserError
 from dataset_helpers import export_voc_as_yolo_splits
-from toolkit.data.labels import (detect_format, parse_voc_xml, parse_yolo_label, read_source, scan_files, split_from_path,
-                            yolo_label_text)
+from toolkit.data.labels.read import detect_format, read_source
+from toolkit.data.labels.yolo import parse_yolo_label, yolo_label_text
+from toolkit.data.labels.voc import parse_voc_xml
+from toolkit.data.labels.source import scan_files, split_from_path
 from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 VOC_XML = """<annotation><folder>cr</folder><filename>{filename}</filename>

@@ -19,7 +19,7 @@ import model_comparator
 from model_comparator import CompareConfig, run
 from toolkit.model import evaluation
 from toolkit.core.errors import UserError
-from toolkit.data.labels import voc_as_yolo_text
+from toolkit.data.labels.voc import voc_as_yolo_text
 
 NEU_NAMES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 V10, V11 = "neu_v1.0_half.pt", "neu_v1.1_full.pt"

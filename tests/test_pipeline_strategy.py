@@ -18,7 +18,8 @@ import training_pipeline
 from toolkit.model import machine as mc
 from toolkit.model import planning as pl
 from toolkit.core.layout import Workspace
-from toolkit.promotion.registry import Registry, read_history
+from toolkit.promotion.registry import Registry
+from toolkit.core.run_history import read_history
 from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 FAST = dict(epochs=1, imgsz=64, batch=8, device="cpu", compare_subset=8, analyze=False)

@@ -11,7 +11,8 @@ from toolkit.core.errors import UserError
 from toolkit.core.files import sha256_file
 from toolkit.core.layout import Workspace
 from toolkit.core.lock import workspace_lock
-from toolkit.promotion.registry import Registry, next_version
+from toolkit.promotion.registry import Registry
+from toolkit.promotion.versions import next_version
 
 
 def test_next_version():

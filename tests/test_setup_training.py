@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 import setup_training
-from toolkit.core.config import DEFAULTS, TRAINING_YAML_TEMPLATE, parse_set_pairs, resolve_settings
+from toolkit.core.config import DEFAULTS, parse_set_pairs, resolve_settings
+from toolkit.core.template import TRAINING_YAML_TEMPLATE
 from toolkit.core.errors import ConfigError, UserError
 from toolkit.core.files import sha256_file
 from toolkit.core.layout import Workspace

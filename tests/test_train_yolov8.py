@@ -21,7 +21,7 @@ import train_yolov8
 from toolkit.model import training as tr
 from toolkit.core.datafile import write_dataset_yaml
 from toolkit.core.errors import UserError
-from toolkit.data.labels import voc_as_yolo_text
+from toolkit.data.labels.voc import voc_as_yolo_text
 from toolkit.core.layout import SPLITS, Workspace
 from toolkit.data.synthetic import NEU_CLASSES, write_batch
 

@@ -122,7 +122,7 @@ def test_export_copies_prelabelled_images_and_reports_missing_ones(line_workspac
         assert len(label.read_text().splitlines()) == len(r["review"]["labels"])
     assert sorted(p.name for p in (src / "images").iterdir()) == before  # sources untouched
     try:
-        from toolkit.data.labels import read_source
+        from toolkit.data.labels.read import read_source
     except ImportError:  # the preparer's reader is written in parallel
         return
     source = read_source(batch_dir, fmt="yolo")

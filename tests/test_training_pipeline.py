@@ -17,7 +17,8 @@ import dataset_preparer
 import setup_training
 import training_pipeline
 from toolkit.core.layout import Workspace
-from toolkit.promotion.registry import Registry, read_history
+from toolkit.promotion.registry import Registry
+from toolkit.core.run_history import read_history
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -178,7 +178,7 @@ def test_plan_warns_a_cpu_user_when_the_run_takes_more_than_a_night(tmp_path):
 # ----------------------------------------------------------------------------- issue 17: the workspace's evidence
 def _workspace_with_history(tmp_path, records):
     from toolkit.core.layout import Workspace
-    from toolkit.promotion.registry import append_history
+    from toolkit.core.run_history import append_history
 
     ws = Workspace.at(tmp_path)
     ws.images_dir("train").mkdir(parents=True)

@@ -124,7 +124,7 @@ def test_every_toolkit_yaml_reader_refuses_an_alias_bomb(tmp_path):
 
 
 def test_aliases_within_bounds_still_load():
-    from toolkit.core.config import load_yaml_text
+    from toolkit.core.yaml_safe import load_yaml_text
 
     assert load_yaml_text("a: &x [1, 2]\nb: *x\n") == {"a": [1, 2], "b": [1, 2]}
 

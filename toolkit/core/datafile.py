@@ -6,7 +6,7 @@ from typing import Sequence
 
 import yaml
 
-from toolkit.core.config import load_yaml_text, short
+from toolkit.core.yaml_safe import load_yaml_text, short
 from toolkit.core.errors import UserError
 from toolkit.core.files import atomic_write_text
 from toolkit.core.layout import SPLITS, Workspace

@@ -3,7 +3,8 @@ with the command that fixes it. Nothing here changes a file."""
 from __future__ import annotations
 
 from toolkit.core.files import sha256_file
-from toolkit.promotion.registry import ARCHIVE_RE, Registry, not_regular_kind, is_regular
+from toolkit.promotion.registry import Registry
+from toolkit.promotion.versions import ARCHIVE_RE, not_regular_kind, is_regular
 
 
 def _does_not_load(registry: Registry) -> str | None:

@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass
 
 from toolkit.data.images import apply_orientation, exif_orientation, sniff_image_kind
-from toolkit.data.labels import Problem, SourceImage, yolo_boxes
+from toolkit.data.labels.yolo import yolo_boxes
+from toolkit.data.labels.source import Problem, SourceImage
 
 logger = logging.getLogger(__name__)
 

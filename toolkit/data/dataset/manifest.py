@@ -129,7 +129,7 @@ def write_split_lists(workspace: Workspace, manifest: dict) -> None:
     if workspace.dataset_yaml.exists():
         import yaml
 
-        from toolkit.core.config import load_yaml_text
+        from toolkit.core.yaml_safe import load_yaml_text
 
         try:
             data = load_yaml_text(workspace.dataset_yaml.read_text(encoding="utf-8")) or {}

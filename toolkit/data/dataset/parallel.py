@@ -8,7 +8,7 @@ import os
 from typing import Callable, Sequence, TypeVar
 
 from toolkit.data.dataset.checks import CheckedImage, check_image
-from toolkit.data.labels import SourceImage
+from toolkit.data.labels.source import SourceImage
 
 T = TypeVar("T")
 R = TypeVar("R")

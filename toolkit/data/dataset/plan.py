@@ -19,7 +19,7 @@ from toolkit.data.dataset.manifest import split_counts
 from toolkit.data.dataset.store import managed_name
 from toolkit.data.dataset.stratify import BACKGROUND, SplitGroup, UnionFind, assign_splits
 from toolkit.core.errors import UserError
-from toolkit.data.labels import Problem, SourceBatch, short
+from toolkit.data.labels.source import Problem, SourceBatch, short
 from toolkit.core.layout import SPLITS, Workspace
 from toolkit.core.reports import utc_now_iso
 

@@ -27,7 +27,8 @@ from toolkit.data.dataset.checks import CheckedImage
 from toolkit.data.images import apply_orientation
 from toolkit.data.dataset.manifest import save_manifest, write_split_lists
 from toolkit.core.errors import UserError
-from toolkit.data.labels import Problem, yolo_label_text
+from toolkit.data.labels.yolo import yolo_label_text
+from toolkit.data.labels.source import Problem
 from toolkit.core.layout import SPLITS, Workspace
 from toolkit.core.reports import timestamp
 
