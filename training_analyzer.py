@@ -196,9 +196,9 @@ def run(config: AnalyzeConfig, settings: Settings | None = None) -> AnalyzeResul
 
 
 def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker") -> AnalyzeResult:
-    from toolkit.memory.analysis import analyze_aggregate, analyze_memory_bank
-    from toolkit.memory.memory_bank import aggregate_memory_bank, parse_date_bound, read_memory_bank
     from toolkit.core.reports import report_path, timestamp
+    from toolkit.memory.analysis import analyze_aggregate
+    from toolkit.memory.memory_bank import aggregate_memory_bank, parse_date_bound
 
     # a mistyped --root: one line, nothing written; with --memory-bank the bank is elsewhere and an
     # existing ROOT only receives the reports
@@ -217,12 +217,9 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
 
         scanned = scan_folder(workspace, Path(config.scan), Path(config.scan_model or workspace.production_model),
                               bank_path, batch=config.scan_batch, conf=config.scan_conf)
-    if config.export > 0:  # the export picks records and copies their images: the bank is read whole
-        bank = read_memory_bank(bank_path, since=since, until=until, model_version=config.model_version,
-                                image_root=workspace.memory_bank)
-    else:  # only the figures: read chunk by chunk, memory holds one chunk whatever the bank's size
-        bank = aggregate_memory_bank(bank_path, band, iou, since=since, until=until,
-                                     model_version=config.model_version)
+    # chunk by chunk: memory holds one chunk, the running figures and the records an export may pick
+    bank = aggregate_memory_bank(bank_path, band, iou, since=since, until=until, model_version=config.model_version,
+                                 export=config.export, image_root=workspace.memory_bank)
     shown = bank.location or bank_path  # a database URL with its password masked
     logger.info("memory bank %s: %d record(s), %d malformed (skipped), %d outside the filters",
                 shown, bank.records, bank.skipped, bank.filtered_out)
@@ -230,10 +227,7 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         logger.warning("line %d skipped: %s", item["line"], item["reason"])
     names = known_classes(workspace)
     instances, train_images = dataset_counts(workspace, names)
-    if config.export > 0:
-        analysis = analyze_memory_bank(bank, band, iou, instances, names, dataset_images=train_images)
-    else:
-        analysis = analyze_aggregate(bank, instances, names, dataset_images=train_images)
+    analysis = analyze_aggregate(bank, instances, names, dataset_images=train_images)
 
     stamp = timestamp()
     json_path = report_path(workspace, "analyze", stamp)
@@ -242,7 +236,7 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
     if config.export > 0:
         from toolkit.memory.analysis import export_for_labelling
 
-        export = export_for_labelling(workspace, bank, analysis, config.export, stamp,
+        export = export_for_labelling(workspace, bank.candidates, analysis, config.export, stamp,
                                       settings["analyzer.near_duplicate_bits"],
                                       float(settings["analyzer.class_weight_power"]))
     result = AnalyzeResult(

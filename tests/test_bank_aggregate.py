@@ -206,3 +206,26 @@ def test_postgres_computes_the_figures_itself(postgres, pg_password, clean):
     quoted = dict(_filters(CASES["version"]), model_version="1.1' OR '1'='1")   # a bound value, not SQL text
     agg, _ = _in_database(url, **quoted)
     assert agg.records == 0
+
+
+# --- the records an export may pick, kept chunk by chunk (toolkit/bank_candidates.py) ------------------
+
+@pytest.mark.parametrize("name", ["planted.jsonl", "planted.csv"])
+def test_the_kept_candidates_give_the_whole_bank_export_order(planted, monkeypatch, name):
+    from itertools import islice
+
+    import toolkit.memory.memory_bank as memory_bank
+    from toolkit.memory.analysis import candidate_order
+
+    path = planted / name
+    monkeypatch.setattr(memory_bank, "MIN_KEPT", 400)   # 400 per class and queue; 300 candidates are taken
+    agg = aggregate_memory_bank(path, (0.25, 0.6), 0.5, chunk_bytes=1 << 17, chunk_rows=997, export=15)
+    thin = agg.candidates
+    analysis = analyze_aggregate(agg, INSTANCES, CLASSES, dataset_images=400)
+    bank = read_memory_bank(path)
+    whole = analyze_memory_bank(bank, (0.25, 0.6), 0.5, INSTANCES, CLASSES, dataset_images=400)
+    got = [(int(thin.line[r]), why) for r, why in islice(candidate_order(thin, analysis, list(analysis.classes)), 300)]
+    want = [(int(bank.line[r]), why) for r, why in islice(candidate_order(bank, whole, list(whole.classes)), 300)]
+    assert got == want
+    assert thin.records < bank.records / 3           # not the whole bank
+    assert len(thin.reviews) == len(bank.reviews)    # every reviewed record, for the reviewed batch

@@ -118,6 +118,7 @@ class BankAggregate:
     v_records: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     w_records: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     confusions: dict[tuple[int, int], int] = field(default_factory=dict)   # (true, predicted) -> n, first seen first
+    candidates: MemoryBank | None = None   # the records an --export may pick (toolkit.bank_candidates), if asked
 
     def __post_init__(self) -> None:
         for name in _CLASS:

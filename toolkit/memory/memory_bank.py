@@ -42,6 +42,7 @@ CHUNK_BYTES = 1 << 24      # JSONL parsed 16 MB at a time
 PIECE_BYTES = 1 << 20      # a block that does not parse is parsed again in pieces of 1 MB
 PARSE_THREADS = min(4, os.cpu_count() or 1)
 CHUNK_ROWS = 200_000       # rows of a table (CSV, SQLite, Parquet, database) per chunk when aggregating
+MIN_KEPT = 2000            # candidates kept per class and queue for an --export (20 x its size, at least this)
 SPLIT_TRIES = 20           # bad lines in a piece before the rest of it is read line by line
 
 
@@ -513,50 +514,66 @@ def _rows_in_chunks(frames, parts: Parts, flush) -> int:
 def aggregate_memory_bank(path: str | Path, uncertain: tuple[float, float], iou_match: float, fmt: str | None = None,
                           since: float | None = None, until: float | None = None, model_version: str | None = None,
                           chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUNK_BYTES,
-                          in_database: bool = True) -> BankAggregate:
+                          in_database: bool = True, export: int = 0, image_root: Path | None = None) -> BankAggregate:
     """The analysis figures of a memory bank (``toolkit.memory.bank_aggregate``) read chunk by chunk: memory
     holds one chunk (``chunk_bytes`` of JSONL, ``chunk_rows`` rows of a table) and the running
     figures, whatever the size of the bank; the same figures as ``read_memory_bank`` + analysis.
     A JSON array, and a CSV whose rows do not parse as a table, are read whole. A database computes
-    the figures itself when its table allows (``toolkit.memory.bank_sql_aggregate``; ``in_database``)."""
+    the figures itself when its table allows (``toolkit.memory.bank_sql_aggregate``; ``in_database``).
+    ``export``: images an --export will take; the records it may pick are kept (``agg.candidates``)."""
     from toolkit.memory import memory_bank_sql as sql
+    from toolkit.memory.bank_candidates import CandidateKeeper
+
     parts = Parts(since, until, model_version)
     agg = BankAggregate(uncertain, iou_match)
+    keeper = CandidateKeeper(uncertain, max(MIN_KEPT, 20 * export)) if export else None
 
     def flush() -> None:
-        agg.add_bank(parts.build(where, agg.fmt))
+        bank = parts.build(where, agg.fmt)
+        agg.add_bank(bank)
+        if keeper is not None:
+            keeper.add(bank)
 
     if sql.is_database_url(path):
         from toolkit.memory.bank_sql_aggregate import aggregate_in_database
 
-        if in_database:
+        if in_database and not export:
             got = aggregate_in_database(str(path), uncertain, iou_match, since, until, model_version)
             if got is not None:
                 return got
         loc = sql.parse_url(str(path))
-        where, agg.fmt, agg.location = Path("(database)"), loc.backend, loc.shown
-        rows = _rows_in_chunks(sql.read_rows(str(path), since, until, model_version, chunk_rows), parts, flush)
-        agg.rows_read = rows
-        return agg
+        where = Path(image_root or Path.cwd()).resolve() / "(database)"   # its parent anchors relative images
+        agg.fmt, agg.location = loc.backend, loc.shown
+        agg.rows_read = _rows_in_chunks(sql.read_rows(str(path), since, until, model_version, chunk_rows), parts, flush)
+        return _kept(agg, keeper, where)
     where = Path(path)
     if not where.is_file():
         raise UserError(f"memory bank not found: {where} (give --memory-bank PATH, or --scan DIR to build one)")
     agg.fmt = fmt or detect_format(where)
     if agg.fmt == "jsonl":
         _read_jsonl(where, parts, chunk_bytes, flush)
-        return agg
+        return _kept(agg, keeper, where)
     if agg.fmt == "csv":
         import pyarrow as pa
 
         try:
             _rows_in_chunks(_csv_chunks(where, chunk_rows), parts, flush)
-            return agg
+            return _kept(agg, keeper, where)
         except (pa.ArrowInvalid, UnicodeDecodeError):  # rows of another length, odd bytes: read whole
             parts, agg = Parts(since, until, model_version), BankAggregate(uncertain, iou_match, fmt="csv")
             logger.info("%s: rows of another length, read whole", where)
     elif agg.fmt in ("sqlite", "parquet"):
         chunks = _sqlite_frames if agg.fmt == "sqlite" else _parquet_chunks
         _rows_in_chunks(chunks(where, chunk_rows), parts, flush)
-        return agg
-    agg.add_bank(read_memory_bank(where, agg.fmt, since, until, model_version))
+        return _kept(agg, keeper, where)
+    bank = read_memory_bank(where, agg.fmt, since, until, model_version)
+    agg.add_bank(bank)
+    agg.candidates = bank if export else None
+    return agg
+
+
+def _kept(agg: BankAggregate, keeper, where: Path) -> BankAggregate:
+    """The keeper's records as the bank an export picks from (empty when no chunk came)."""
+    if keeper is not None:
+        agg.candidates = keeper.bank(where, agg.fmt)
     return agg
