@@ -137,3 +137,11 @@ def test_no_toolkit_module_is_over_600_lines():
     big = {m: n for m, p in _sources().items() if m.startswith("toolkit.")
            and (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert big == {}
+
+
+def test_the_toolkit_home_is_the_folder_of_the_stage_scripts():
+    """The default --root and the scripts' paths in printed hints come from it: a module moved into
+    a deeper package must still find the repository."""
+    from toolkit.core.layout import TOOLKIT_HOME
+
+    assert TOOLKIT_HOME == REPO and (TOOLKIT_HOME / "training_pipeline.py").is_file()

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 # The toolkit's own folder: the default root, so a user who cloned the repository next to their
 # production model can run every script without flags.
-TOOLKIT_HOME = Path(__file__).resolve().parent.parent
+TOOLKIT_HOME = Path(__file__).resolve().parents[2]  # toolkit/core/layout.py -> the repository
 
 PRODUCTION_MODEL_NAME = "yolov8_model.pt"
 
