@@ -170,9 +170,11 @@ def command(script: str, root: str | Path | None, *args: Any) -> str:
 
 
 def is_workspace(ws: Workspace) -> bool:
-    """A folder the user set up (``training/configs/dataset.yaml``), or one that holds a production
-    model or a memory bank (the detection system's side; setup can take its classes from the model)."""
-    return ws.dataset_yaml.is_file() or ws.production_model.is_file() or ws.detections.is_file()
+    """A folder the user set up (``training/configs/dataset.yaml`` or ``training.yaml``, which may name a
+    memory bank in a database), or one that holds a production model or a memory bank (the detection
+    system's side; setup can take its classes from the model)."""
+    return (ws.dataset_yaml.is_file() or ws.training_yaml.is_file() or ws.production_model.is_file()
+            or ws.detections.is_file())
 
 
 def require_workspace(root: str | Path | None, missing: str = "") -> Workspace:
