@@ -165,7 +165,10 @@ def _in_database(url: str, **filters):
     return agg, _json(agg, analyze_aggregate(agg, INSTANCES, CLASSES, dataset_images=400))
 
 
-def test_sqlite_computes_the_figures_itself_and_sends_few_rows(clean):
+def test_sqlite_computes_the_figures_itself_and_sends_few_rows(clean, monkeypatch):
+    import toolkit.memory.bank_sql_aggregate as bank_sql_aggregate
+
+    monkeypatch.setattr(bank_sql_aggregate, "REVIEW_CHUNK_ROWS", 333)   # the reviewed rows in many chunks
     url = f"sqlite:///{clean['base'] / 'clean.db'}"
     for case in CASES.values():
         agg, got = _in_database(url, **_filters(case))
@@ -188,6 +191,16 @@ def test_a_table_the_database_cannot_judge_is_read_row_by_row(planted, clean, tm
     assert aggregate_in_database(f"sqlite:///{tmp_path / 'zoned.db'}", (0.25, 0.6), 0.5) is None
     write_sqlite(records + records[:1], tmp_path / "again.db")   # one image logged twice, apart
     assert aggregate_in_database(f"sqlite:///{tmp_path / 'again.db'}", (0.25, 0.6), 0.5) is None
+    two = [r for r in records if len(r["detections"]) >= 2][0]
+    write_sqlite([r for r in records if r is not two], tmp_path / "sources.db")   # a record's rows of two sources
+    write_sqlite([dict(two, source="line3")], tmp_path / "sources.db")
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "sources.db")
+    con.execute("UPDATE detections SET source = 'line4' WHERE rowid = (SELECT MAX(rowid) FROM detections)")
+    con.commit()
+    con.close()
+    assert aggregate_in_database(f"sqlite:///{tmp_path / 'sources.db'}", (0.25, 0.6), 0.5) is None
     write_sqlite(records, tmp_path / "fine.db")
     assert aggregate_in_database(f"sqlite:///{tmp_path / 'fine.db'}", (0.25, 0.6), 0.5) is not None
     # a --since that is not a whole day is applied to the rows

@@ -247,3 +247,20 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
                 parts.add_object(record, int(line[first[g]]))
 
 
+def rows_in_chunks(frames, parts: Parts, flush) -> int:
+    """Tables of rows chunk by chunk into ``parts``; the last record of a chunk waits for the next
+    (its rows may go on there). Returns the rows read."""
+    carry, rows = None, 0
+    for df in frames:
+        rows += len(df)
+        if carry is not None and len(carry):
+            df = pd.concat([carry, df], ignore_index=True)
+        cut = last_record_start(df)
+        if cut:
+            records_from_rows(df.iloc[:cut].reset_index(drop=True), parts)
+            flush()
+        carry = df.iloc[cut:].reset_index(drop=True)
+    if carry is not None and len(carry):
+        records_from_rows(carry, parts)
+    flush()
+    return rows

@@ -30,13 +30,14 @@ import numpy as np
 import pandas as pd
 
 from toolkit.memory.bank_aggregate import HIST_BINS, BankAggregate
-from toolkit.memory.bank_rows import records_from_rows
+from toolkit.memory.bank_rows import rows_in_chunks
 from toolkit.memory.bank_table import MAX_CLASS_CHARS, MAX_IMAGE_CHARS, ROW_COLUMNS, Parts
 from toolkit.memory.memory_bank_sql import create_engine_for, database_error, inspect_table, parse_url
 
 logger = logging.getLogger(__name__)
 
 DAY = 86400.0
+REVIEW_CHUNK_ROWS = 100_000   # the reviewed records' rows come in chunks of this many
 _NUMBER_KINDS = ("number", "decimal", "integer")
 
 
@@ -111,7 +112,9 @@ class _Sql:
         """The rows with ``starts`` (1: the first row of a record) and ``rec`` (its record's first line)."""
         same = ("LAG(ts) OVER o = ts AND LAG(image) OVER o = image AND (LAG(mv) OVER o = mv OR "
                 "(LAG(mv) OVER o IS NULL AND mv IS NULL))")
-        return (f"WITH b AS ({self.base}), s AS (SELECT b.*, CASE WHEN {same} THEN 0 ELSE 1 END AS starts FROM b "
+        return (f"WITH b AS ({self.base}), s AS (SELECT b.*, CASE WHEN {same} THEN 0 ELSE 1 END AS starts, CASE WHEN "
+                "LAG(source) OVER o = source OR (LAG(source) OVER o IS NULL AND source IS NULL) THEN 0 ELSE 1 END "
+                "AS new_source FROM b "
                 "WINDOW o AS (ORDER BY line)), r AS (SELECT s.*, MAX(CASE WHEN starts = 1 THEN line END) "
                 "OVER (ORDER BY line ROWS UNBOUNDED PRECEDING) AS rec FROM s) ")
 
@@ -163,12 +166,12 @@ def _run(conn, text, sql: _Sql, uncertain, iou_match, since_day, until_day, mode
         fetched[0] += len(got)
         return got
 
-    checked = rows(f"{sql.windowed()}SELECT COUNT(*), SUM(CASE WHEN {sql.bad_row()} THEN 1 ELSE 0 END), "
-                   "SUM(starts) FROM r")[0]
+    # a record of two sources (its rows disagree) is bad too: the rows' reader takes the first row's
+    checked = rows(f"{sql.windowed()}SELECT COUNT(*), SUM(CASE WHEN {sql.bad_row()} OR (starts = 0 AND new_source = 1) "
+                   "THEN 1 ELSE 0 END), SUM(starts) FROM r")[0]
     n_rows, bad, starts = (int(v or 0) for v in checked)
     distinct = rows(f"SELECT COUNT(*) FROM (SELECT DISTINCT ts, image, mv FROM ({sql.base}) b) d")[0][0]
-    with_source = rows(f"SELECT COUNT(*) FROM (SELECT DISTINCT ts, image, mv, source FROM ({sql.base}) b) d")[0][0]
-    if bad or starts != distinct or with_source != distinct:
+    if bad or starts != distinct:
         logger.info("the memory bank table needs the row-by-row check (%d row(s) of another form, %d record(s) "
                     "not in consecutive rows): its rows are read", bad, starts - distinct)
         return None
@@ -201,8 +204,7 @@ def _run(conn, text, sql: _Sql, uncertain, iou_match, since_day, until_day, mode
     if model_version is not None:
         sent.append("mv = :version")
     count = f"SELECT COUNT(*) FROM (SELECT DISTINCT ts, image, mv FROM ({sql.base}) b WHERE {{}}) d"
-    agg.filtered_out = (rows(count.format(" AND ".join(sent)), sent_params)[0][0]
-                        - rows(count.format(kept), params)[0][0])
+    agg.filtered_out = rows(count.format(" AND ".join(sent)), sent_params)[0][0]   # less the kept ones, below
     # first appearances: versions by their first record, classes by (record, detection before label, line)
     agg.versions = [r[0] for r in rows(f"SELECT mv, MIN(line) FROM ({sql.base}) b WHERE mv IS NOT NULL AND {kept} "
                                        "GROUP BY mv ORDER BY 2", params)]
@@ -226,11 +228,10 @@ def _run(conn, text, sql: _Sql, uncertain, iou_match, since_day, until_day, mode
     cls_id = {c: i for i, c in enumerate(agg.classes)}
     ver_id = {v: i + 1 for i, v in enumerate(agg.versions)}
     _fill(agg, dets, recs, images, cls_id, ver_id, week_of)
-    reviewed = rows(f"{sql.windowed()}SELECT line, ts, image, mv, cls, conf, x1, y1, x2, y2, source, width, height, "
-                    f"kind FROM r WHERE {kept} AND rec IN (SELECT rec FROM r WHERE kind = 'review') ORDER BY line",
-                    params)
-    _add_reviewed(agg, reviewed)
-    agg.rows_read = fetched[0]
+    agg.filtered_out -= agg.records
+    query = (f"{sql.windowed()}SELECT line, ts, image, mv, cls, conf, x1, y1, x2, y2, source, width, height, kind "
+             f"FROM r WHERE {kept} AND rec IN (SELECT rec FROM r WHERE kind = 'review') ORDER BY line")
+    agg.rows_read = fetched[0] + _add_reviewed(agg, conn, text(query), params)
     return agg
 
 
@@ -262,17 +263,17 @@ def _fill(agg: BankAggregate, dets, recs, images, cls_id, ver_id, week_of) -> No
         agg.c["images"][cls_id[cls]] += int(count)
 
 
-def _add_reviewed(agg: BankAggregate, reviewed: list[tuple]) -> None:
-    """The reviewed records' rows, checked and matched as a file's (``BankAggregate._add_reviews``)."""
-    if not reviewed:
-        return
-    frame = pd.DataFrame(reviewed, columns=list(ROW_COLUMNS[:1]) + ["timestamp", "image", "model_version", "class",
-                                                                  "confidence", "x1", "y1", "x2", "y2", "source",
-                                                                  "image_width", "image_height", "kind"])
-    frame = frame[list(ROW_COLUMNS)]
+def _add_reviewed(agg: BankAggregate, conn, query, params: dict[str, Any]) -> int:
+    """The reviewed records' rows, streamed in chunks, checked and matched as a file's
+    (``BankAggregate.add_reviews``); returns the rows read."""
     parts = Parts(None, None, None)
-    records_from_rows(frame, parts)
-    bank = parts.build(Path("(database)"), "rows")
-    cls_id = np.array([agg.classes.index(c) for c in bank.classes], dtype=np.int64)
-    cls = cls_id[bank.det_cls] if len(bank.det_cls) else np.zeros(0, np.int64)
-    agg.add_reviews(bank, cls, cls_id)
+
+    def flush() -> None:
+        bank = parts.build(Path("(database)"), "rows")
+        if bank.records:
+            cls_id = np.array([agg.classes.index(c) for c in bank.classes], dtype=np.int64)
+            agg.add_reviews(bank, cls_id[bank.det_cls] if len(bank.det_cls) else np.zeros(0, np.int64), cls_id)
+
+    frames = pd.read_sql_query(query, conn.execution_options(stream_results=True), params=params,
+                               chunksize=REVIEW_CHUNK_ROWS)
+    return rows_in_chunks((frame.set_axis(list(ROW_COLUMNS), axis=1) for frame in frames), parts, flush)

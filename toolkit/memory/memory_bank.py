@@ -32,7 +32,7 @@ from toolkit.memory.bank_table import (ALL_COLUMNS, BOX, CSV_COLUMNS, MAX_CLASS_
                                 REQUIRED_COLUMNS, SQLITE_TABLE, BadRecord, MalformedLog, MemoryBank, Parts,
                                 keep_mask, parse_date_bound, record_rows, validate_record)
 from toolkit.memory.bank_aggregate import BankAggregate
-from toolkit.memory.bank_rows import iso_seconds, last_record_start, records_from_rows
+from toolkit.memory.bank_rows import iso_seconds, records_from_rows, rows_in_chunks
 from toolkit.core.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -492,25 +492,6 @@ def _parquet_chunks(path: Path, chunk_rows: int):
         first += len(df)
 
 
-def _rows_in_chunks(frames, parts: Parts, flush) -> int:
-    """Tables of rows chunk by chunk into ``parts``; the last record of a chunk waits for the next
-    (its rows may go on there). Returns the rows read."""
-    carry, rows = None, 0
-    for df in frames:
-        rows += len(df)
-        if carry is not None and len(carry):
-            df = pd.concat([carry, df], ignore_index=True)
-        cut = last_record_start(df)
-        if cut:
-            records_from_rows(df.iloc[:cut].reset_index(drop=True), parts)
-            flush()
-        carry = df.iloc[cut:].reset_index(drop=True)
-    if carry is not None and len(carry):
-        records_from_rows(carry, parts)
-    flush()
-    return rows
-
-
 def aggregate_memory_bank(path: str | Path, uncertain: tuple[float, float], iou_match: float, fmt: str | None = None,
                           since: float | None = None, until: float | None = None, model_version: str | None = None,
                           chunk_rows: int = CHUNK_ROWS, chunk_bytes: int = CHUNK_BYTES,
@@ -544,7 +525,7 @@ def aggregate_memory_bank(path: str | Path, uncertain: tuple[float, float], iou_
         loc = sql.parse_url(str(path))
         where = Path(image_root or Path.cwd()).resolve() / "(database)"   # its parent anchors relative images
         agg.fmt, agg.location = loc.backend, loc.shown
-        agg.rows_read = _rows_in_chunks(sql.read_rows(str(path), since, until, model_version, chunk_rows), parts, flush)
+        agg.rows_read = rows_in_chunks(sql.read_rows(str(path), since, until, model_version, chunk_rows), parts, flush)
         return _kept(agg, keeper, where)
     where = Path(path)
     if not where.is_file():
@@ -557,14 +538,14 @@ def aggregate_memory_bank(path: str | Path, uncertain: tuple[float, float], iou_
         import pyarrow as pa
 
         try:
-            _rows_in_chunks(_csv_chunks(where, chunk_rows), parts, flush)
+            rows_in_chunks(_csv_chunks(where, chunk_rows), parts, flush)
             return _kept(agg, keeper, where)
         except (pa.ArrowInvalid, UnicodeDecodeError):  # rows of another length, odd bytes: read whole
             parts, agg = Parts(since, until, model_version), BankAggregate(uncertain, iou_match, fmt="csv")
             logger.info("%s: rows of another length, read whole", where)
     elif agg.fmt in ("sqlite", "parquet"):
         chunks = _sqlite_frames if agg.fmt == "sqlite" else _parquet_chunks
-        _rows_in_chunks(chunks(where, chunk_rows), parts, flush)
+        rows_in_chunks(chunks(where, chunk_rows), parts, flush)
         return _kept(agg, keeper, where)
     bank = read_memory_bank(where, agg.fmt, since, until, model_version)
     agg.add_bank(bank)
