@@ -216,6 +216,11 @@ def test_postgres_computes_the_figures_itself(postgres, pg_password, clean):
         agg, got = _in_database(url, **_filters(case))
         _same(json.loads(got), json.loads(_whole(url, **_filters(case))))
         assert agg.fmt == "postgresql" and agg.rows_read < clean["rows"] / 3
+    zoned = [dict(r, timestamp=r["timestamp"].replace("Z", "+02:00")) if i == 150 else r
+             for i, r in enumerate(clean["records"][:300])]
+    with postgres.admin("inspection") as con:
+        write_pg_table(con, "zoned_records", zoned)
+    assert aggregate_in_database(postgres.url("zoned_records"), (0.25, 0.6), 0.5) is None   # read row by row
     quoted = dict(_filters(CASES["version"]), model_version="1.1' OR '1'='1")   # a bound value, not SQL text
     agg, _ = _in_database(url, **quoted)
     assert agg.records == 0

@@ -22,6 +22,7 @@ rows' in the last bits (summation order), every count is exact.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,9 @@ class _Sql:
         sizes = " OR ".join(f"({c} IS NOT NULL AND ({c} <= 0 OR {c} <> ROUND({c})))" for c in ("width", "height"))
         text_kinds = [self.typed(c, ("text",)) for c in ("ts", "image", "mv", "cls", "source", "kind")]
         number_kinds = [self.typed(c, ("real", "integer")) for c in ("conf", "x1", "y1", "x2", "y2", "width", "height")]
+        if self.pg:   # one regular expression per row: the same forms, far fewer calls
+            ts, zone = (r"ts ~ '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3])\:[0-5]\d\:[0-5]\d"
+                        r"(\.\d+)?(Z|\+00\:00)?$'", "(length(ts) <= 32)")
         return (f"ts IS NULL OR NOT ({' AND '.join(text_kinds + number_kinds)}) OR length(ts) < 19 OR NOT ({ts}) "
                 f"OR NOT {zone} OR image IS NULL OR image = '' OR length(image) > {MAX_IMAGE_CHARS} "
                 f"OR (kind IS NOT NULL AND kind NOT IN ('detection', 'review')) OR {sizes} "
@@ -161,8 +165,10 @@ def _run(conn, text, sql: _Sql, uncertain, iou_match, since_day, until_day, mode
     fetched = [0]   # rows the server sent, every query together
 
     def rows(query: str, params: dict[str, Any] | None = None) -> list[tuple]:
-        logger.debug("memory bank query: %s %s", query, params)
+        started = time.perf_counter()
         got = [tuple(r) for r in conn.execute(text(query), params or {})]
+        logger.debug("memory bank query (%.2f s, %d rows): %s %s", time.perf_counter() - started, len(got), query,
+                     params)
         fetched[0] += len(got)
         return got
 
