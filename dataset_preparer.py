@@ -43,7 +43,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main
+from toolkit.core.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.core.layout import command
 from toolkit.core.config import Settings, option, resolve_config, setting
 from toolkit.core.datafile import read_class_names, write_dataset_yaml
 from toolkit.data.dataset.groups import group_keys

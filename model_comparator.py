@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main
+from toolkit.core.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.core.layout import command
 from toolkit.core.config import Settings, option, resolve_config, setting
 from toolkit.data.dataset.store import settle_dataset
 from toolkit.promotion.decision import PromotionRules, decide, judge_candidate

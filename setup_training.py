@@ -23,7 +23,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main
+from toolkit.core.cli import add_options, build_parser, config_from_args, run_main
+from toolkit.core.layout import command
 from toolkit.core.config import DEFAULTS, Settings, option
 from toolkit.core.template import TRAINING_YAML_TEMPLATE
 from toolkit.core.datafile import read_class_names, write_dataset_yaml

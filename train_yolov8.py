@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main, to_jsonable
+from toolkit.core.cli import add_options, build_parser, config_from_args, run_main, to_jsonable
+from toolkit.core.layout import command
 from toolkit.core.config import Settings, check_value, option, resolve_config, setting
 from toolkit.core.datafile import read_data_yaml
 from toolkit.data.dataset.store import settle_dataset

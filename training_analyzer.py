@@ -198,7 +198,8 @@ def run(config: AnalyzeConfig, settings: Settings | None = None) -> AnalyzeResul
 def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker") -> AnalyzeResult:
     from toolkit.core.reports import report_path, timestamp
     from toolkit.memory.analysis import analyze_aggregate
-    from toolkit.memory.memory_bank import aggregate_memory_bank, parse_date_bound
+    from toolkit.memory.memory_bank import aggregate_memory_bank
+    from toolkit.memory.bank_table import parse_date_bound
 
     # a mistyped --root: one line, nothing written; with --memory-bank the bank is elsewhere and an
     # existing ROOT only receives the reports

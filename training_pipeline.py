@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from toolkit.core.cli import add_options, build_parser, command, config_from_args, run_main, to_jsonable
+from toolkit.core.cli import add_options, build_parser, config_from_args, run_main, to_jsonable
+from toolkit.core.layout import command
 from toolkit.core.config import Settings, option, resolve_config, setting
 from toolkit.core.errors import Interrupted, UserError, WorkspaceBusy
 from toolkit.core.files import sha256_file

@@ -63,7 +63,8 @@ def load_postgres(url: str, records_path: Path) -> tuple[int, int]:
     """Create the table and COPY the records' rows into it; returns (rows, detections)."""
     import psycopg
 
-    from toolkit.memory.memory_bank import ALL_COLUMNS, record_rows
+    from toolkit.memory.memory_bank import ALL_COLUMNS
+    from toolkit.memory.bank_table import record_rows
     from toolkit.memory.memory_bank_sql import SqlAppender, parse_url
 
     loc = parse_url(url)

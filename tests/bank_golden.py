@@ -101,7 +101,8 @@ def compute(path: Path) -> dict:
     from itertools import islice
 
     from toolkit.memory.analysis import analyze_memory_bank, candidate_order
-    from toolkit.memory.memory_bank import parse_date_bound, read_memory_bank
+    from toolkit.memory.memory_bank import read_memory_bank
+    from toolkit.memory.bank_table import parse_date_bound
 
     out = {}
     for name, case in CASES.items():

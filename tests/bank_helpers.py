@@ -12,7 +12,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from toolkit.memory.memory_bank import ALL_COLUMNS, SQLITE_TABLE, record_rows
+from toolkit.memory.memory_bank import ALL_COLUMNS, SQLITE_TABLE
+from toolkit.memory.bank_table import record_rows
 
 
 def write_csv(records: Iterable[dict[str, Any]], path: str | Path) -> int:

@@ -19,7 +19,8 @@ from bank_helpers import iter_jsonl, write_csv, write_pg_table, write_sqlite
 from toolkit.memory.analysis import analyze_aggregate, analyze_memory_bank
 from toolkit.memory.bank_aggregate import BankAggregate
 from toolkit.memory.bank_sql_aggregate import aggregate_in_database
-from toolkit.memory.memory_bank import ALL_COLUMNS, aggregate_memory_bank, parse_date_bound, read_memory_bank, record_rows
+from toolkit.memory.memory_bank import ALL_COLUMNS, aggregate_memory_bank, read_memory_bank
+from toolkit.memory.bank_table import parse_date_bound, record_rows
 
 CLASSES = ["scratches", "patches", "crazing", "inclusion", "pitted_surface", "rolled-in_scale"]
 INSTANCES = {"scratches": 300, "patches": 200, "crazing": 10}

@@ -10,7 +10,8 @@ import pytest
 from bank_helpers import iter_jsonl, write_csv, write_sqlite
 from toolkit.memory.analysis import analyze_memory_bank
 from toolkit.core.errors import UserError
-from toolkit.memory.memory_bank import MalformedLog, detect_format, parse_date_bound, read_memory_bank
+from toolkit.memory.memory_bank import detect_format, read_memory_bank
+from toolkit.memory.bank_table import MalformedLog, parse_date_bound
 from toolkit.data.synthetic import write_batch, write_memory_bank
 
 

@@ -17,7 +17,8 @@ import training_analyzer
 from bank_helpers import iter_jsonl, write_pg_table, write_sqlite
 from toolkit.memory.analysis import analyze_memory_bank
 from toolkit.core.errors import UserError
-from toolkit.memory.memory_bank import parse_date_bound, read_memory_bank
+from toolkit.memory.memory_bank import read_memory_bank
+from toolkit.memory.bank_table import parse_date_bound
 from toolkit.memory.memory_bank_sql import is_database_url, mask_url, parse_url
 from toolkit.data.synthetic import write_batch, write_memory_bank
 

@@ -7,20 +7,17 @@ Real trainings (imgsz 64, one epoch, generated images) and real comparisons; not
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-import dataset_preparer
 import training_pipeline
 from toolkit.model import machine as mc
 from toolkit.model import planning as pl
 from toolkit.core.layout import Workspace
 from toolkit.promotion.registry import Registry
 from toolkit.core.run_history import read_history
-from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 FAST = dict(epochs=1, imgsz=64, batch=8, device="cpu", compare_subset=8, analyze=False)
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 import training_analyzer
-from toolkit.memory.analysis import images_needed, match_image, yolo_lines
+from toolkit.memory.analysis import yolo_lines
+from toolkit.memory.priorities import images_needed
+from toolkit.memory.bank_aggregate import match_image
 from toolkit.memory.memory_bank import read_memory_bank
 from toolkit.data.synthetic import write_batch, write_memory_bank
 

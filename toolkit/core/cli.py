@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 from toolkit.core.config import DEFAULTS, options_of
 from toolkit.core.errors import Interrupted, UserError
-from toolkit.core.layout import command  # noqa: F401 - the scripts' hints come from here too
 
 logger = logging.getLogger(__name__)
 

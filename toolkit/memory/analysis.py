@@ -26,11 +26,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from toolkit.memory.bank_aggregate import HIST_BINS, BankAggregate, match_image  # noqa: F401  (match_image: re-exported)
+from toolkit.memory.bank_aggregate import HIST_BINS, BankAggregate
 from toolkit.memory.bank_table import MemoryBank
 from toolkit.data.phash import phash_bytes, within
-from toolkit.memory.priorities import (MIN_REVIEWED, WEAK_THRESHOLD, images_needed, missed_points, prevalence,  # noqa: F401
-                                rank_priorities)
+from toolkit.memory.priorities import MIN_REVIEWED, WEAK_THRESHOLD, missed_points, prevalence, rank_priorities
 
 logger = logging.getLogger(__name__)
 

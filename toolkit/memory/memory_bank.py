@@ -27,10 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# the schema's names are re-exported: callers of the reader need no second import
-from toolkit.memory.bank_table import (ALL_COLUMNS, BOX, CSV_COLUMNS, MAX_CLASS_CHARS, MAX_IMAGE_CHARS,  # noqa: F401
-                                REQUIRED_COLUMNS, SQLITE_TABLE, BadRecord, MalformedLog, MemoryBank, Parts,
-                                keep_mask, parse_date_bound, record_rows, validate_record)
+from toolkit.memory.bank_table import (ALL_COLUMNS, BOX, CSV_COLUMNS, MAX_CLASS_CHARS, MAX_IMAGE_CHARS,
+                                       REQUIRED_COLUMNS, SQLITE_TABLE, MemoryBank, Parts, keep_mask)
 from toolkit.memory.bank_aggregate import BankAggregate
 from toolkit.memory.bank_rows import iso_seconds, records_from_rows, rows_in_chunks
 from toolkit.core.errors import UserError
