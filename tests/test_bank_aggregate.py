@@ -227,7 +227,7 @@ def test_postgres_computes_the_figures_itself(postgres, pg_password, clean):
     assert agg.records == 0
 
 
-# --- the records an export may pick, kept chunk by chunk (toolkit/bank_candidates.py) ------------------
+# --- the records an export may pick, kept chunk by chunk (toolkit/memory/bank_candidates.py) ------------------
 
 @pytest.mark.parametrize("name", ["planted.jsonl", "planted.csv"])
 def test_the_kept_candidates_give_the_whole_bank_export_order(planted, monkeypatch, name):
