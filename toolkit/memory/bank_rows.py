@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from toolkit.memory.bank_table import (BOX, MAX_CLASS_CHARS, MAX_IMAGE_CHARS, ROW_COLUMNS, BadRecord, Parts, keep_mask,
-                                parse_timestamp)
+from toolkit.memory.bank_table import (BOX, MAX_CLASS_CHARS, MAX_DETECTIONS, MAX_IMAGE_CHARS, ROW_COLUMNS, BadRecord,
+                                       Parts, keep_mask, parse_timestamp, too_many, ts_in_range)
 
 
 # --- timestamps in bulk ---------------------------------------------------------------------------
@@ -22,7 +22,8 @@ def iso_seconds(values) -> tuple[np.ndarray, np.ndarray]:
     """ISO 8601 strings (a pyarrow or pandas column) -> (epoch seconds, parsed mask); naive means UTC.
 
     pyarrow's cast parses the common forms in C; when any value is of another form, the distinct
-    values are parsed by ``datetime.fromisoformat``, the rule of the record-by-record check.
+    values are parsed by ``datetime.fromisoformat``, the rule of the record-by-record check. A time
+    outside the range the toolkit represents (``bank_table.TS_MIN``..``TS_MAX``) is not parsed.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -34,8 +35,8 @@ def iso_seconds(values) -> tuple[np.ndarray, np.ndarray]:
             micros = pc.cast(arr, unit).cast(pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
-        ok = micros.is_valid().to_numpy(zero_copy_only=False)
-        return micros.fill_null(0).to_numpy(zero_copy_only=False) / 1e6, ok
+        seconds = micros.fill_null(0).to_numpy(zero_copy_only=False) / 1e6
+        return seconds, micros.is_valid().to_numpy(zero_copy_only=False) & ts_in_range(seconds)
     codes, uniques = pd.factorize(arr.to_numpy(zero_copy_only=False))
     seconds = np.full(len(uniques) + 1, np.nan)
     for i, text in enumerate(uniques):
@@ -184,7 +185,7 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
     if pd.api.types.is_datetime64_any_dtype(ts_col):
         stamps = ts_col.dt.tz_localize("UTC") if ts_col.dt.tz is None else ts_col
         ts = stamps.astype("int64").to_numpy() / 10 ** {"s": 0, "ms": 3, "us": 6, "ns": 9}[stamps.dt.unit]
-        ok = ts_col.notna().to_numpy()
+        ok = ts_col.notna().to_numpy() & ts_in_range(ts)
     else:
         text, is_text = _text(ts_col)
         ts, ok = iso_seconds(text)
@@ -210,6 +211,10 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
         good_det = (conf >= 0) & (conf <= 1)
     row_ok = row_ok & (name_ok & (~has | ((name_len <= MAX_CLASS_CHARS) & good_box & (review | good_det))))
     ok = ok & (np.bincount(group[~row_ok], minlength=n) == 0)
+    # the detections cap: such a record is reported from its counts, never rebuilt row by row
+    n_det, n_lab = np.bincount(group[has & ~review], minlength=n), np.bincount(group[has & review], minlength=n)
+    over = (n_det > MAX_DETECTIONS) | (n_lab > MAX_DETECTIONS)
+    ok = ok & ~over
     version = cols["model_version"][0].iloc[first].reset_index(drop=True)
     keep = keep_mask(ts, version, parts.since, parts.until, parts.model_version)
     parts.filtered_out += int((ok & ~keep).sum())
@@ -230,7 +235,10 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
     labels = pd.DataFrame({"record": new[group[l_sel]], "cls": pd.Categorical.from_codes(codes[l_sel], names),
                            **dict(zip(BOX, box[l_sel].T))}, copy=False)
     parts.add_frames(table, boxes, labels)
-    bad = np.flatnonzero(~ok)
+    for g in np.flatnonzero(over).tolist():
+        what = ("detections", n_det[g]) if n_det[g] > MAX_DETECTIONS else ("review labels", n_lab[g])
+        parts.malformed.add(int(line[first[g]]), too_many(*what))
+    bad = np.flatnonzero(~ok & ~over)
     if len(bad):
         ends = np.append(first[1:], len(df))
         sizes = ends[bad] - first[bad]
@@ -247,15 +255,45 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
                 parts.add_object(record, int(line[first[g]]))
 
 
+MAX_RECORD_ROWS = 2 * MAX_DETECTIONS + 2   # detections, review labels, and the two rows of an empty record
+
+
+def _continues(df: pd.DataFrame, tail: pd.DataFrame) -> int:
+    """How many leading rows of ``df`` continue the record whose last row is ``tail``."""
+    both = pd.concat([tail, df], ignore_index=True)
+    starts = _record_starts({c: _text(both[c]) for c in ("timestamp", "image", "model_version")}, len(both))
+    new = np.flatnonzero(starts[1:])
+    return int(new[0]) if len(new) else len(df)
+
+
 def rows_in_chunks(frames, parts: Parts, flush) -> int:
     """Tables of rows chunk by chunk into ``parts``; the last record of a chunk waits for the next
-    (its rows may go on there). Returns the rows read."""
-    carry, rows = None, 0
+    (its rows may go on there). Returns the rows read.
+
+    A record whose rows pass ``MAX_RECORD_ROWS`` is malformed (over the detections cap): it is
+    counted at its first row and its further rows are dropped as they come, so memory holds at
+    most a chunk and one capped record, never the 10 million rows of one hostile record.
+    """
+    carry, rows, skip = None, 0, None
     for df in frames:
         rows += len(df)
+        if skip is not None and len(df):   # the rest of an over-long record
+            drop = _continues(df.reset_index(drop=True), skip)
+            if drop == len(df):
+                skip = df.iloc[-1:].reset_index(drop=True)
+                continue
+            df, skip = df.iloc[drop:].reset_index(drop=True), None
         if carry is not None and len(carry):
             df = pd.concat([carry, df], ignore_index=True)
         cut = last_record_start(df)
+        if len(df) - cut > MAX_RECORD_ROWS:
+            if cut:
+                records_from_rows(df.iloc[:cut].reset_index(drop=True), parts)
+                flush()
+            parts.malformed.add(int(df["line"].iloc[cut]), f"a record of more than {MAX_RECORD_ROWS:,} rows: over "
+                                                            f"the limit of {MAX_DETECTIONS:,} detections")
+            carry, skip = None, df.iloc[-1:].reset_index(drop=True)
+            continue
         if cut:
             records_from_rows(df.iloc[:cut].reset_index(drop=True), parts)
             flush()

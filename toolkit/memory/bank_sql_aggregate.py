@@ -16,13 +16,16 @@ whole table: every timestamp UTC ISO 8601 text (``2026-03-01T08:00:00Z``, ``.123
 consecutive (in primary-key order) and of one source. When anything is off (a malformed row, a
 time zone, a table without an integer key, another dialect, a --since that is not a date), the
 answer is None and the caller reads the rows chunk by chunk (``toolkit.memory.memory_bank``), which
-names every malformed row. The confidence sums are the server's: a mean may differ from the
+names every malformed row. The check and every aggregation query read one snapshot (``_snapshot``:
+one REPEATABLE READ transaction on PostgreSQL, one read transaction on SQLite): rows a live line
+inserts meanwhile are neither unchecked nor counted twice. The confidence sums are the server's: a mean may differ from the
 rows' in the last bits (summation order), every count is exact.
 """
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ import pandas as pd
 
 from toolkit.memory.bank_aggregate import HIST_BINS, BankAggregate
 from toolkit.memory.bank_rows import rows_in_chunks
-from toolkit.memory.bank_table import MAX_CLASS_CHARS, MAX_IMAGE_CHARS, ROW_COLUMNS, Parts
+from toolkit.memory.bank_table import MAX_CLASS_CHARS, MAX_DETECTIONS, MAX_IMAGE_CHARS, ROW_COLUMNS, Parts
 from toolkit.memory.memory_bank_sql import create_engine_for, database_error, inspect_table, parse_url
 
 logger = logging.getLogger(__name__)
@@ -139,7 +142,7 @@ def aggregate_in_database(location: str, uncertain: tuple[float, float], iou_mat
         return None
     engine = create_engine_for(loc)
     try:
-        with engine.connect() as conn:
+        with _snapshot(engine, loc) as conn:
             info = inspect_table(conn, loc)
             kinds_ok = (info.columns["timestamp"] in ("text", "any")
                         and all(info.columns.get(c, "text") in ("text", "any") for c in ("image", "class",
@@ -151,7 +154,6 @@ def aggregate_in_database(location: str, uncertain: tuple[float, float], iou_mat
                 return None
             sql = _Sql(loc, info, engine.dialect.identifier_preparer.quote)
             agg = _run(conn, text, sql, uncertain, iou_match, since_day, until_day, model_version)
-            conn.rollback()
             if agg is not None:
                 agg.fmt, agg.location = loc.backend, loc.shown
             return agg
@@ -159,6 +161,31 @@ def aggregate_in_database(location: str, uncertain: tuple[float, float], iou_mat
         raise database_error(loc, exc) from None
     finally:
         engine.dispose()
+
+
+@contextmanager
+def _snapshot(engine, loc):
+    """A connection whose every query reads one snapshot of the table: the check and each aggregation
+    see the same rows, whatever a live line inserts meanwhile. PostgreSQL: one REPEATABLE READ, read-only
+    transaction. SQLite: one explicit deferred transaction (its first SELECT fixes the snapshot in WAL
+    mode; in rollback-journal mode its shared lock holds writers off until it ends)."""
+    from sqlalchemy import text
+
+    if loc.backend == "postgresql":
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+        return
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")   # the driver then leaves BEGIN to us
+        conn.execute(text("BEGIN"))
+        try:
+            yield conn
+        finally:
+            conn.execute(text("ROLLBACK"))
 
 
 def _run(conn, text, sql: _Sql, uncertain, iou_match, since_day, until_day, model_version) -> BankAggregate | None:
@@ -173,11 +200,12 @@ def _run(conn, text, sql: _Sql, uncertain, iou_match, since_day, until_day, mode
         return got
 
     # a record of two sources (its rows disagree) is bad too: the rows' reader takes the first row's
+    # a record of many rows may pass the detections cap (line - rec bounds its rows): the rows' reader decides
     checked = rows(f"{sql.windowed()}SELECT COUNT(*), SUM(CASE WHEN {sql.bad_row()} OR (starts = 0 AND new_source = 1) "
-                   "THEN 1 ELSE 0 END), SUM(starts) FROM r")[0]
-    n_rows, bad, starts = (int(v or 0) for v in checked)
+                   "THEN 1 ELSE 0 END), SUM(starts), MAX(line - rec) FROM r")[0]
+    n_rows, bad, starts, span = (int(v or 0) for v in checked)
     distinct = rows(f"SELECT COUNT(*) FROM (SELECT DISTINCT ts, image, mv FROM ({sql.base}) b) d")[0][0]
-    if bad or starts != distinct:
+    if bad or starts != distinct or span >= MAX_DETECTIONS:
         logger.info("the memory bank table needs the row-by-row check (%d row(s) of another form, %d record(s) "
                     "not in consecutive rows): its rows are read", bad, starts - distinct)
         return None

@@ -39,7 +39,13 @@ BOX = ["x1", "y1", "x2", "y2"]
 MALFORMED_LIST_CAP = 200  # the list in results is capped; the count stays exact
 MAX_CLASS_CHARS = 200     # a longer class name is a malformed record (one huge row must not stall the analysis)
 MAX_IMAGE_CHARS = 4096    # a longer image path likewise
+MAX_DETECTIONS = 10_000   # detections (and review labels) in one record: more is a malformed record
+MAX_LINE_BYTES = 1 << 24  # a JSONL line over 16 MB is one too, unread (10,000 detections take about 1 MB)
 _UTC = timezone.utc
+# the times the toolkit can represent: a UTC datetime (years 1 to 9999, after the offset is applied)
+TS_MIN = datetime(1, 1, 1, tzinfo=_UTC).timestamp()
+TS_MAX = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=_UTC).timestamp()
+TS_RANGE = "0001-01-01 to 9999-12-31 in UTC"
 
 
 class BadRecord(ValueError):
@@ -130,20 +136,41 @@ class MemoryBank:
 
 # --- the record-by-record check: the reason of every malformed record -----------------------------
 
+def ts_in_range(seconds: np.ndarray) -> np.ndarray:
+    """Which epoch seconds the toolkit can represent (``TS_MIN``..``TS_MAX``); NaN is not."""
+    with np.errstate(invalid="ignore"):
+        return (seconds >= TS_MIN) & (seconds <= TS_MAX)
+
+
+def _out_of_range(value: Any) -> BadRecord:
+    return BadRecord(f"timestamp {str(value)[:40]!r} is out of range: the toolkit takes {TS_RANGE}")
+
+
 def parse_timestamp(value: Any) -> float:
     """ISO 8601 (date or date-time; naive means UTC) to epoch seconds; BadRecord otherwise.
 
     A ``datetime`` (a database ``timestamp`` column) is taken as is, naive meaning UTC as well.
+    A time outside ``TS_MIN``..``TS_MAX`` once its offset is applied (``0001-01-01T00:00:00+05:00``
+    is year 0 in UTC; ``0000-01-01``) is a malformed record too, never an OverflowError later.
     """
     if isinstance(value, datetime):
-        return (value if value.tzinfo is not None else value.replace(tzinfo=_UTC)).timestamp()
-    if type(value) is not str:
+        moment = value
+    elif type(value) is not str:
         raise BadRecord(f"timestamp must be an ISO 8601 string, got {type(value).__name__}")
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError as exc:
+            if "out of range" in str(exc) and value[:4].isdigit():  # year 0: ISO in form, not representable
+                raise _out_of_range(value) from None
+            raise BadRecord(f"timestamp {value[:40]!r} is not ISO 8601 (e.g. 2026-03-01T08:15:02Z)") from None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRecord(f"timestamp {value[:40]!r} is not ISO 8601 (e.g. 2026-03-01T08:15:02Z)") from None
-    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=_UTC)).timestamp()
+        seconds = (moment if moment.tzinfo is not None else moment.replace(tzinfo=_UTC)).timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise _out_of_range(value) from None
+    if not TS_MIN <= seconds <= TS_MAX:
+        raise _out_of_range(value)
+    return seconds
 
 
 def parse_date_bound(text: str, end: bool = False) -> float:
@@ -162,6 +189,10 @@ def parse_date_bound(text: str, end: bool = False) -> float:
 
 def _too_long(what: str, text: str, cap: int) -> str:
     return f"{what} of {len(text)} characters: field larger than field limit ({cap})"
+
+
+def too_many(what: str, count: int | str) -> str:
+    return f"{count} {what} in one record: more than the limit of {MAX_DETECTIONS:,}"
 
 
 def _bbox(value: Any, what: str) -> tuple[float, float, float, float]:
@@ -225,6 +256,8 @@ def _review(review: Any) -> list[tuple] | None:
         return None
     if type(raw) is not list:
         raise BadRecord("review.labels must be a list")
+    if len(raw) > MAX_DETECTIONS:
+        raise BadRecord(too_many("review labels", len(raw)))
     labels = []
     for i, lab in enumerate(raw):
         what = f"review.labels[{i}]"
@@ -257,6 +290,8 @@ def normalise(obj: Any, keep: Keep | None = None) -> tuple | None:
         raise BadRecord(_too_long("image path", image, MAX_IMAGE_CHARS))
     if type(dets) is not list:
         raise BadRecord(f"detections must be a list, got {type(dets).__name__}")
+    if len(dets) > MAX_DETECTIONS:
+        raise BadRecord(too_many("detections", len(dets)))
     version = _optional_str(obj, "model_version")
     if keep is not None and not keep(seconds, version):
         return None

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from toolkit.memory.bank_table import (ALL_COLUMNS, BOX, CSV_COLUMNS, MAX_CLASS_CHARS, MAX_IMAGE_CHARS,
-                                       REQUIRED_COLUMNS, SQLITE_TABLE, MemoryBank, Parts, keep_mask)
+from toolkit.memory.bank_table import (ALL_COLUMNS, BOX, CSV_COLUMNS, MAX_CLASS_CHARS, MAX_DETECTIONS, MAX_IMAGE_CHARS,
+                                       MAX_LINE_BYTES, REQUIRED_COLUMNS, SQLITE_TABLE, MemoryBank, Parts, keep_mask)
 from toolkit.memory.bank_aggregate import BankAggregate
 from toolkit.memory.bank_rows import iso_seconds, records_from_rows, rows_in_chunks
 from toolkit.core.errors import UserError
@@ -103,7 +103,7 @@ def _arrow_chunk(tab, lines: np.ndarray, parts: Parts) -> np.ndarray:
         col = tab.column(name)
         ok = ok & (_np(pc.or_kleene(pc.is_null(col), pc.greater(col, 0)).fill_null(False)))
     dets = tab.column("detections").combine_chunks()
-    ok = ok & (_np(dets.is_valid()))
+    ok = ok & (_np(dets.is_valid())) & (_np(pc.list_value_length(dets).fill_null(0)) <= MAX_DETECTIONS)
     items = pc.list_flatten(dets)
     parent = _np(pc.list_parent_indices(dets)).astype(np.int64)
     box, d_ok = _boxes(items)
@@ -113,6 +113,7 @@ def _arrow_chunk(tab, lines: np.ndarray, parts: Parts) -> np.ndarray:
     review = tab.column("review").combine_chunks()
     labels = review.field("labels")
     reviewed = _np(review.is_valid()) & _np(labels.is_valid())
+    ok = ok & (_np(pc.list_value_length(labels).fill_null(0)) <= MAX_DETECTIONS)
     l_items = pc.list_flatten(labels)
     l_parent = _np(pc.list_parent_indices(labels)).astype(np.int64)
     l_box, l_ok = _boxes(l_items)
@@ -197,6 +198,26 @@ def _pieces(data: bytes, first_line: int, eof: bool) -> list[tuple[bytes, int, b
     return out
 
 
+def _jsonl_capped(data: bytes, first_line: int, parts: Parts, eof: bool, pool) -> None:
+    """``_jsonl_block`` for the lines of ``data`` up to ``MAX_LINE_BYTES``; a longer one is malformed, unparsed."""
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    bounds = np.concatenate([[-1], ends, [len(data)] if len(data) and data[-1:] != b"\n" else []]).astype(np.int64)
+    huge = np.flatnonzero(np.diff(bounds) - 1 > MAX_LINE_BYTES)
+    start, line = 0, first_line
+    for k in huge.tolist():
+        head_end = int(bounds[k]) + 1
+        if head_end > start:
+            _jsonl_block(data[start:head_end], line, parts, False, pool)
+        parts.malformed.add(first_line + k, _too_long_line())
+        start, line = int(bounds[k + 1]) + 1, first_line + k + 1
+    if start < len(data):
+        _jsonl_block(data[start:], line, parts, eof, pool)
+
+
+def _too_long_line() -> str:
+    return f"a line of more than {MAX_LINE_BYTES:,} bytes: over the record size limit, left unread"
+
+
 def _jsonl_block(data: bytes, first_line: int, parts: Parts, eof: bool, pool) -> None:
     """A block of whole lines, parsed piece by piece on the pool's threads (pyarrow frees the GIL);
     the pieces that parse are checked together, the others are taken apart (``_jsonl_piece``)."""
@@ -259,17 +280,35 @@ def _checked(tab, lines: np.ndarray, pieces: list[tuple[bytes, int, bool]], part
 
 
 def _read_jsonl(path: Path, parts: Parts, chunk_bytes: int = CHUNK_BYTES, flush=None) -> None:
-    """Block by block; ``flush()`` after each block takes the records read so far (chunked reading)."""
+    """Block by block; ``flush()`` after each block takes the records read so far (chunked reading).
+
+    A line longer than ``MAX_LINE_BYTES`` is a malformed record, counted with its number and skipped
+    unread: one line of 10 million detections must not take the machine's memory (one longer than a
+    read is dropped as it streams past).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     with open(path, "rb") as fh, ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
-        rest, line = b"", 1
+        rest, line, skipping = b"", 1, False
         while True:
             more = fh.read(chunk_bytes)
+            if skipping:  # the rest of an over-long line
+                end = more.find(b"\n")
+                if more and end < 0:
+                    continue
+                skipping, more, line = False, (more[end + 1:] if more else b""), line + 1
             data = rest + more
+            huge = data.find(b"\n")
+            if (huge < 0 and len(data) > MAX_LINE_BYTES) or huge > MAX_LINE_BYTES:
+                parts.malformed.add(line, _too_long_line())
+                if huge < 0:
+                    rest, skipping = b"", True
+                else:
+                    rest, line = data[huge + 1:], line + 1
+                continue
             if not more:
                 if data:
-                    _jsonl_block(data, line, parts, True, pool)
+                    _jsonl_capped(data, line, parts, True, pool)
                 if flush:
                     flush()
                 return
@@ -278,7 +317,7 @@ def _read_jsonl(path: Path, parts: Parts, chunk_bytes: int = CHUNK_BYTES, flush=
                 rest = data
                 continue
             block, rest = data[:cut], data[cut:]
-            _jsonl_block(block, line, parts, False, pool)
+            _jsonl_capped(block, line, parts, False, pool)
             line += block.count(b"\n")
             if flush:
                 flush()
