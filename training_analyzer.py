@@ -171,11 +171,12 @@ def memory_bank_location(flag: Path | str | None, setting: str | None, workspace
 
     A database URL is returned as given (its password, if any, is masked wherever it is shown).
     """
-    from toolkit.memory.memory_bank_sql import is_database_url, mask_url
+    from toolkit.memory.memory_bank_sql import is_database_url, mask_url, refuse_url_typo
 
     given = flag if flag not in (None, "") else (setting or None)
     if given is None:
         return workspace.detections
+    refuse_url_typo(str(given))
     if is_database_url(given):
         if mask_url(given) != str(given):
             logger.warning("the memory-bank URL holds a password: it is masked in reports and logs, but keep it "

@@ -746,7 +746,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _log_file(root: Path) -> Iterator[Path | None]:
-    """Everything logged during the run also goes to training/logs/pipeline_<stamp>.log."""
+    """Everything logged during the run also goes to training/logs/pipeline_<stamp>.log (URL passwords masked)."""
+    from toolkit.core.redact import MaskingFormatter
+
     ws = Workspace.at(root)
     if not ws.root.is_dir():
         yield None
@@ -754,7 +756,7 @@ def _log_file(root: Path) -> Iterator[Path | None]:
     ws.logs.mkdir(parents=True, exist_ok=True)
     path = ws.logs / f"pipeline_{timestamp()}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     logging.getLogger().addHandler(handler)
     try:

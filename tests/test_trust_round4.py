@@ -233,3 +233,76 @@ def test_sqlite_aggregation_reads_one_snapshot_while_a_line_inserts(tmp_path, mo
         con.execute("PRAGMA journal_mode=WAL")   # a live line's database: readers and one writer at once
     done = _insert_after_the_check(monkeypatch, lambda: write_sqlite(LIVE + [POISON], path))
     _check_one_snapshot(f"sqlite:///{path}", done)
+
+
+# --- break 4: a URL's password on every error path ---------------------------------------------------
+
+SECRET = "Sekr3t@x/9"
+HOSTILE_URLS = [f"postgresql://inspector:{SECRET}@127.0.0.1:5543x/inspection?table=detections",   # malformed port
+                f"postgersql://inspector:{SECRET}@127.0.0.1/inspection?table=detections",         # scheme typo
+                f"postgresql:/inspector:{SECRET}@127.0.0.1/inspection"]                           # one slash
+
+
+def test_url_password_is_masked_in_every_form_of_the_url():
+    from toolkit.core.redact import mask_url
+
+    assert mask_url(HOSTILE_URLS[0]) == "postgresql://inspector:***@127.0.0.1:5543x/inspection?table=detections"
+    assert mask_url(f"not found: /ws/{HOSTILE_URLS[2].replace('//', '/')} (x)") == \
+        "not found: /ws/postgresql:/inspector:***@127.0.0.1/inspection (x)"
+    assert mask_url(str([HOSTILE_URLS[0]])) == "['postgresql://inspector:***@127.0.0.1:5543x/inspection?table=detections']"
+    assert mask_url("C:/Users/qa:1@x/bank.jsonl") == "C:/Users/qa:1@x/bank.jsonl"   # a Windows path is no URL
+
+
+def _texts(root: Path, *more: str) -> list[str]:
+    return list(more) + [p.read_text(errors="replace") for p in (root / "training").rglob("*")
+                         if p.is_file() and p.name != "training.yaml"] + \
+        [p.read_text(errors="replace") for p in (root / "memory-bank").glob("*.jsonl")]
+
+
+@pytest.mark.parametrize("url", HOSTILE_URLS)
+def test_a_malformed_url_never_shows_its_password(tmp_path, capsys, caplog, url):
+    """The analyzer with --memory-bank, and the pipeline with the URL in training.yaml: one error line,
+    the password nowhere (stdout, stderr, logs, training/logs, history, reports)."""
+    import setup_training
+    import training_analyzer
+    import training_pipeline
+
+    root = tmp_path / "ws"
+    setup_training.run(setup_training.SetupConfig(root=root, classes=("a", "b")))
+    capsys.readouterr()
+    assert training_analyzer.main(["--root", str(root), "--memory-bank", url]) == 1
+    yaml_path = root / "training" / "configs" / "training.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace('  url: ""', f"  url: {json.dumps(url)}", 1))
+    assert training_pipeline.main(["--root", str(root)]) == 1
+    out = capsys.readouterr()
+    assert "error:" in out.err
+    for text in _texts(root, out.out, out.err, caplog.text):
+        assert "Sekr3t" not in text and "x/9" not in text
+
+
+def test_a_list_typed_url_in_training_yaml_never_shows_its_password(tmp_path, capsys, caplog):
+    import setup_training
+    import training_analyzer
+    import training_pipeline
+
+    root = tmp_path / "ws"
+    setup_training.run(setup_training.SetupConfig(root=root, classes=("a", "b")))
+    yaml_path = root / "training" / "configs" / "training.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace('  url: ""', f"  url: [{json.dumps(HOSTILE_URLS[0])}]", 1))
+    capsys.readouterr()
+    assert training_analyzer.main(["--root", str(root)]) == 1
+    assert training_pipeline.main(["--root", str(root)]) == 1
+    out = capsys.readouterr()
+    assert "memory_bank.url" in out.err and "inspector:***@" in out.err
+    for text in _texts(root, out.out, out.err, caplog.text):
+        assert "Sekr3t" not in text and "x/9" not in text
+
+
+def test_the_writer_refuses_a_url_with_a_scheme_typo_and_makes_no_folder(tmp_path, monkeypatch):
+    from toolkit.core.errors import UserError
+    from toolkit.memory.detection_api import MemoryBankWriter
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as caught:
+        MemoryBankWriter(HOSTILE_URLS[1])
+    assert "Sekr3t" not in str(caught.value) and not any(tmp_path.iterdir())

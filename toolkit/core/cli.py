@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from toolkit.core.config import DEFAULTS, options_of
 from toolkit.core.errors import Interrupted, UserError
+from toolkit.core.redact import MaskingFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def one_line(text: Any, limit: int = 400) -> str:
-    """An error message as one line: colour codes dropped, the first non-empty line, capped."""
-    lines = [line.strip() for line in _ANSI.sub("", str(text)).splitlines() if line.strip()]
+    """An error message as one line: colour codes dropped, URL passwords masked, the first non-empty
+    line, capped."""
+    from toolkit.core.redact import mask_url
+
+    lines = [line.strip() for line in mask_url(_ANSI.sub("", str(text))).splitlines() if line.strip()]
     first = lines[0] if lines else str(text).strip()
     return first if len(first) <= limit else first[: limit - 3] + "..."
 
@@ -151,7 +155,7 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
         if getattr(handler, "_toolkit", False):
             root.removeHandler(handler)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(MaskingFormatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
     handler._toolkit = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)

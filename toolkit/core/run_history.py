@@ -68,8 +68,10 @@ def record_interrupted_runs(registry) -> list[dict[str, Any]]:
 
 
 def append_history(workspace: Workspace, record: dict[str, Any]) -> None:
-    """One record per pipeline run in ``memory-bank/training_history.jsonl``."""
-    append_jsonl(workspace.training_history, record)
+    """One record per pipeline run in ``memory-bank/training_history.jsonl`` (URL passwords masked)."""
+    from toolkit.core.redact import mask_values
+
+    append_jsonl(workspace.training_history, mask_values(record))
 
 
 def read_history(workspace: Workspace, last: int = 10) -> list[dict[str, Any]]:

@@ -85,7 +85,14 @@ def load_yaml_text(text: str) -> Any:
     return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-_REPR = reprlib.Repr()
+class _MaskedRepr(reprlib.Repr):
+    def repr_str(self, x: str, level: int) -> str:   # a URL's password masked before the text is cut
+        from toolkit.core.redact import mask_url
+
+        return super().repr_str(mask_url(x), level)
+
+
+_REPR = _MaskedRepr()
 _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 3, 6, 6, 6
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
 

@@ -193,8 +193,9 @@ class MemoryBankWriter:
     """Appends records to a JSONL memory bank or a database URL (see the module docstring)."""
 
     def __init__(self, target: str | Path, model_version: str | None = None, source: str | None = None) -> None:
-        from toolkit.memory.memory_bank_sql import is_database_url
+        from toolkit.memory.memory_bank_sql import is_database_url, refuse_url_typo
 
+        refuse_url_typo(target)
         self.model_version = None if model_version is None else str(model_version)
         self.source = source
         self._fd: int | None = None

@@ -478,6 +478,7 @@ def read_memory_bank(path: str | Path, fmt: str | None = None, since: float | No
         logger.debug("read %d record(s) from %d row(s) of %s, %d malformed, %d filtered out",
                      bank.records, rows, loc.shown, bank.skipped, bank.filtered_out)
         return bank
+    sql.refuse_url_typo(path)
     path = Path(path)
     if not path.is_file():
         raise UserError(f"memory bank not found: {path} (give --memory-bank PATH, or --scan DIR to build one)")
@@ -564,6 +565,7 @@ def aggregate_memory_bank(path: str | Path, uncertain: tuple[float, float], iou_
         agg.fmt, agg.location = loc.backend, loc.shown
         agg.rows_read = rows_in_chunks(sql.read_rows(str(path), since, until, model_version, chunk_rows), parts, flush)
         return _kept(agg, keeper, where)
+    sql.refuse_url_typo(path)
     where = Path(path)
     if not where.is_file():
         raise UserError(f"memory bank not found: {where} (give --memory-bank PATH, or --scan DIR to build one)")

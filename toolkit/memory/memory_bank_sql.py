@@ -31,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from toolkit.core.errors import UserError
+from toolkit.core.redact import mask_url, split_url
 from toolkit.memory.bank_table import ALL_COLUMNS, REQUIRED_COLUMNS, ROW_COLUMNS, SQLITE_TABLE, record_rows
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,22 @@ NUMBER_COLUMNS = ("confidence", "x1", "y1", "x2", "y2", "image_width", "image_he
 def is_database_url(text: str | Any) -> bool:
     """True for ``postgresql://...``, ``sqlite:///...``, ``mssql+pyodbc://...``; False for file paths."""
     return isinstance(text, str) and bool(_URL.match(text.strip()))
+
+
+_URL_LIKE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.\-]+):/")
+
+
+def refuse_url_typo(text: Any) -> None:
+    """UserError for a memory-bank location that is written like a URL of an unknown scheme
+    (``postgersql://``, ``postgresql:/``): taken for a file path, its password would be printed in a
+    "not found" line (and the writer would make folders of it). The URL itself is not repeated."""
+    if not isinstance(text, str) or is_database_url(text):
+        return
+    found = _URL_LIKE.match(text)
+    if found:
+        raise UserError(f"the memory bank {found.group(1)!r}:/... is neither a file nor a database URL this toolkit "
+                        "reads; write it like postgresql://user@host:5432/inspection?table=detections (or sqlite:///"
+                        "PATH, mssql+pyodbc://...), the password in PGPASSWORD or .pgpass")
 
 
 @dataclass(frozen=True)
@@ -106,7 +123,8 @@ def parse_url(text: str) -> BankLocation:
         else:
             host, _, port_text = hostport.partition(":")
         if port_text and not port_text.isdigit():
-            raise bad
+            raise UserError(f"{shown!r} is not a database URL: its port {port_text[:20]!r} is not a number; write it like "
+                            "postgresql://user@host:5432/inspection?table=detections")
         path, _, query_text = tail.split("#", 1)[0].partition("?")
         query = dict(parse_qsl(query_text, keep_blank_values=True))
         table = query.pop("table", SQLITE_TABLE)
@@ -133,63 +151,6 @@ def parse_url(text: str) -> BankLocation:
         given = query.pop("password")
         loc["password"] = loc["password"] or given
     return BankLocation(table=name, schema=schema or None, shown=shown, **loc)
-
-
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
-# what may follow the user information: a host name, an IPv4/IPv6 address or nothing (a socket), a port
-_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.%]*\]|[A-Za-z0-9._%~\-]*)(:[0-9]*)?$")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
-
-
-def split_url(text: str) -> tuple[str, str | None, str, str] | None:
-    """``scheme://``, user information (None: none), ``host[:port]``, the rest (``/db?query``).
-
-    Split as the driver reads it: the user information ends at the LAST ``@`` that is followed by
-    a host (a name or address, an optional port, then ``/``, ``?``, ``#`` or the end), so a raw
-    ``@``, ``/`` or ``:`` inside a password stays inside it. None: not ``scheme://...``.
-    """
-    match = _SCHEME.match(text)
-    if not match:
-        return None
-    scheme, rest = match.group(0), text[match.end():]
-    at = len(rest)
-    while (at := rest.rfind("@", 0, at)) >= 0:
-        host_end = len(rest)
-        for sep in "/?#":
-            found = rest.find(sep, at + 1)
-            if found >= 0:
-                host_end = min(host_end, found)
-        if _HOSTPORT.match(rest[at + 1:host_end]):
-            return scheme, rest[:at], rest[at + 1:host_end], rest[host_end:]
-    host_end = len(rest)
-    for sep in "/?#":
-        found = rest.find(sep)
-        if found >= 0:
-            host_end = min(host_end, found)
-    return scheme, None, rest[:host_end], rest[host_end:]
-
-
-def _mask_one(url: str) -> str:
-    parts = split_url(url)
-    if parts is None:
-        return url
-    scheme, userinfo, hostport, tail = parts
-    if userinfo is not None and ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    tail = re.sub(r"([?&]password=)[^&#]*", r"\1***", tail, flags=re.IGNORECASE)
-    return f"{scheme}{userinfo + '@' if userinfo is not None else ''}{hostport}{tail}"
-
-
-def mask_url(text: str) -> str:
-    """Text with the password of each URL in it replaced by ``***`` (``?password=`` too).
-
-    The password is found where the driver finds it (``split_url``), never by searching for its
-    text: a password that also occurs in the host, the database or the table masks nothing else.
-    """
-    text = str(text)
-    if _SCHEME.match(text.strip()):  # one URL (a password may even hold a space)
-        return _mask_one(text.strip())
-    return _URL_IN_TEXT.sub(lambda m: _mask_one(m.group(0)), text)
 
 
 # --- connections and one-line errors -------------------------------------------------------------
