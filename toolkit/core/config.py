@@ -213,7 +213,54 @@ def check_group_by(value: str) -> str:
         re.compile(value)
     except re.error as exc:
         raise ValueError(f"is not a regular expression ({exc})") from None
+    if _nested_repeat(value):
+        raise ValueError("holds a repeat inside a repeat (like (a+)+ or (a|b)*), which can take exponential time "
+                         "on a long file name; write the lot's part directly, e.g. '^(coil\\d+)_'")
     return value
+
+
+def _nested_repeat(pattern: str) -> bool:
+    """Whether a repeat (``*``, ``+``, ``{2,}``) holds another repeat or an alternation: the patterns whose
+    backtracking is exponential (``^(a+)+$`` on 88 letters never ends). Possessive and atomic forms do
+    not backtrack and pass."""
+    try:
+        from re import _constants as c, _parser as parser   # Python 3.11+
+    except ImportError:  # pragma: no cover - older Pythons
+        import sre_constants as c  # type: ignore[no-redef]
+        import sre_parse as parser  # type: ignore[no-redef]
+
+    repeats = (c.MAX_REPEAT, c.MIN_REPEAT)
+
+    def children(op, av) -> list:
+        if op in repeats:
+            return [av[2]]
+        if op == c.SUBPATTERN:
+            return [av[-1]]
+        if op == c.BRANCH:
+            return list(av[1])
+        if op in (c.ASSERT, c.ASSERT_NOT):
+            return [av[1]]
+        if op == getattr(c, "GROUPREF_EXISTS", None):
+            return [x for x in av[1:] if x is not None]
+        return []
+
+    def varies(items) -> bool:   # holds a repeat of more than one, or an alternation
+        for op, av in items:
+            if (op in repeats and av[1] > 1) or op == c.BRANCH:
+                return True
+            if any(varies(child) for child in children(op, av)):
+                return True
+        return False
+
+    def walk(items) -> bool:
+        for op, av in items:
+            if op in repeats and av[1] > 1 and varies(av[2]):
+                return True
+            if any(walk(child) for child in children(op, av)):
+                return True
+        return False
+
+    return walk(parser.parse(pattern))
 
 KEYS: dict[str, Key] = {
     "training.arch": Key(text(), help="what training from scratch starts from: yolov8n/s/m/l/x.yaml or a .pt on disk"),

@@ -25,6 +25,9 @@ from typing import Mapping, Sequence
 from toolkit.core.config import CSV_PREFIX, GROUPS_CSV
 from toolkit.core.errors import UserError
 
+LOT_SHARE_MARGIN = 0.05  # a split further than 5 percentage points from its target share: the lots are named
+MIN_HELD_OUT_LOTS = 2    # val or test of fewer lots: its score measures one lot, not the line
+GROUP_BY_TIMEOUT_S = 10.0  # matching dataset.group_by against one batch's names takes at most this long
 LOOSE_BITS = 10          # a lot's near-copies: closer than this many bits of 64 (the exact-copy check uses 4)
 GROUPED_SHARE = 0.2      # a batch looks grouped when this share of its held-out images has such a copy in train
 _SAMPLE = 3000           # images compared at most (brute force, all pairs)
@@ -37,25 +40,65 @@ def group_keys(root: Path, images: Sequence[Path], group_by: str) -> tuple[dict[
     root = Path(root)
     if group_by.startswith(CSV_PREFIX):
         return _from_csv(root, images, group_by[len(CSV_PREFIX):].strip())
-    pattern = re.compile(group_by)
     by_path = "/" in group_by
-    keys: dict[Path, str] = {}
+    texts = []
     for image in images:
         try:
-            text = image.relative_to(root).as_posix() if by_path else image.name
+            texts.append(image.relative_to(root).as_posix() if by_path else image.name)
         except ValueError:
-            text = image.name
-        match = pattern.search(text)
-        if match:
-            key = match.group(1) if pattern.groups and match.group(1) is not None else match.group(0)
-            if key:
-                keys[image] = key
+            texts.append(image.name)
+    keys = {image: key for image, key in zip(images, _search_all(group_by, texts)) if key}
     notes = []
     missed = len(images) - len(keys)
     if missed:
         notes.append(f"{root.name}: {missed} of {len(images)} image(s) match no lot of dataset.group_by "
                      f"{group_by!r}: each is a lot of its own")
     return keys, notes
+
+
+def _lot_of(pattern: "re.Pattern", text: str) -> str | None:
+    match = pattern.search(text)
+    if not match:
+        return None
+    return match.group(1) if pattern.groups and match.group(1) is not None else match.group(0)
+
+
+def _search_child(group_by: str, texts: list[str], conn) -> None:
+    pattern = re.compile(group_by)
+    conn.send([_lot_of(pattern, t) for t in texts])
+    conn.close()
+
+
+def _search_all(group_by: str, texts: list[str]) -> list[str | None]:
+    """The lot of each text, matched within ``GROUP_BY_TIMEOUT_S`` in all: a pattern that backtracks
+    past it (the setting's check refuses the classic ones) is one error line, not an import that hangs
+    holding the workspace lock. POSIX: in a forked child killed at the limit; elsewhere in-process."""
+    import multiprocessing as mp
+    import os
+
+    if os.name != "posix" or not texts:
+        pattern = re.compile(group_by)
+        return [_lot_of(pattern, t) for t in texts]
+    ctx = mp.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_search_child, args=(group_by, texts, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if receive.poll(GROUP_BY_TIMEOUT_S):
+            try:
+                return receive.recv()
+            except EOFError:
+                raise UserError(f"dataset.group_by {group_by!r}: the process matching it died (out of memory?); "
+                                "write the lot's part directly, e.g. '^(coil\\d+)_'") from None
+        raise UserError(f"dataset.group_by {group_by!r} took more than {GROUP_BY_TIMEOUT_S:.0f} s to match "
+                        f"{len(texts)} file name(s): it backtracks; write the lot's part directly, e.g. "
+                        "'^(coil\\d+)_'")
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join(5)
+        receive.close()
 
 
 def _from_csv(root: Path, images: Sequence[Path], column: str) -> tuple[dict[Path, str], list[str]]:
@@ -97,6 +140,42 @@ def lot_summary(keys: Mapping[int, str], split_of: Mapping[int, str]) -> list[di
             lots.setdefault(key, Counter())[split_of[i]] += 1
     return [{"group": key, "split": ", ".join(sorted(c)), "images": sum(c.values())}
             for key, c in sorted(lots.items())]
+
+
+def lot_balance(entries: Sequence[Mapping], ratios: Mapping[str, float]) -> list[str]:
+    """Warnings about a dataset whose lots split it badly (``entries``: every manifest image after the
+    import): a split whose share of the images is more than ``LOT_SHARE_MARGIN`` from its target, or
+    val / test holding fewer than ``MIN_HELD_OUT_LOTS`` lots. The words name the lots held out."""
+    from toolkit.core.layout import SPLITS
+
+    splits = [s for s in SPLITS if ratios.get(s, 0) > 0]
+    total_ratio = sum(ratios[s] for s in splits)
+    if not entries or not total_ratio:
+        return []
+    images = Counter(e["split"] for e in entries)
+    lots: dict[str, set[str]] = {s: set() for s in SPLITS}
+    for e in entries:  # an image of no lot is a lot of its own
+        lots.setdefault(e["split"], set()).add(e.get("group") or f"image {Path(e['file']).name}")
+
+    def named(split: str) -> str:
+        names = sorted(lots[split])
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    notes = []
+    n = len(entries)
+    shares = {s: images[s] / n for s in splits}
+    off = [s for s in splits if abs(shares[s] - ratios[s] / total_ratio) > LOT_SHARE_MARGIN]
+    if off:
+        got = ", ".join(f"{s} {images[s]} ({100 * shares[s]:.0f}%)" for s in splits)
+        want = "/".join(f"{100 * ratios[s] / total_ratio:.0f}" for s in splits)
+        held = "; ".join(f"{s} holds {len(lots[s])} lot(s): {named(s)}" for s in splits if s != "train")
+        notes.append(f"the lots (dataset.group_by) split the images {got}, more than {100 * LOT_SHARE_MARGIN:.0f} "
+                     f"points from the target {want}: {held}; import more (or smaller) lots to split closer")
+    for s in ("val", "test"):
+        if ratios.get(s, 0) > 0 and len(lots[s]) < MIN_HELD_OUT_LOTS:
+            notes.append(f"{s} holds {len(lots[s])} lot(s){': ' + named(s) if lots[s] else ''}; fewer than "
+                         f"{MIN_HELD_OUT_LOTS}, its score measures that lot, not the line - import more lots")
+    return notes
 
 
 def looks_grouped(hashes: Sequence[int], splits: Sequence[str]) -> str | None:

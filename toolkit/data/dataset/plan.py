@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 from toolkit.core.datafile import read_class_names
 from toolkit.data.dataset.checks import CheckedImage
-from toolkit.data.dataset.groups import looks_grouped, lot_summary
+from toolkit.data.dataset.groups import looks_grouped, lot_balance, lot_summary
 from toolkit.data.dataset.manifest import split_counts
 from toolkit.data.dataset.store import managed_name
 from toolkit.data.dataset.stratify import BACKGROUND, SplitGroup, UnionFind, assign_splits
@@ -124,6 +124,8 @@ def plan_import(batches: Sequence[tuple[SourceBatch, str]], checked: Mapping[Pat
             item["split"] = split_of[item.pop("_index")]
         item.pop("_index", None)
     _add_entries(plan, accepted, split_of, left_out, manifest, lot_of)
+    if lot_of:
+        plan.notes += lot_balance(list(manifest["images"]) + plan.entries, ratios)
     return plan
 
 
@@ -205,13 +207,20 @@ def _place_near_duplicates(plan: ImportPlan, accepted: Sequence[Accepted], manif
     def path(i: int) -> str:
         return str(accepted[i][0].source.image)
 
+    neighbours: dict[int, set[int]] = defaultdict(set)
+    for i, j in within:
+        neighbours[i].add(j)
+        neighbours[j].add(i)
     for members in uf.groups():
         managed = [e for i in members for e in linked.get(i, [])]
         splits_there = sorted({e["split"] for e in managed}, key=SPLITS.index)
         paths = [path(i) for i in members]
         lots = sorted({lot_of[i] for i in members if i in lot_of})
-        if lots and not splits_there:  # no near-duplicate decides: the lot's managed images do
-            splits_there = _lot_split(plan, accepted[members[0]][0].source.image, lots, managed_lots)
+        lot_splits = {lot: got[0] for lot in lots
+                      if (got := _lot_split(plan, accepted[members[0]][0].source.image, [lot], managed_lots))}
+        if lot_splits:  # a lot keeps the split it has: a near-copy of another split's image is left out
+            _place_by_lot(plan, accepted, members, lot_of, lot_splits, linked, neighbours, split_of, left_out)
+            continue
         if len(splits_there) > 1:
             for i in members:
                 plan.duplicates.append({"path": path(i), "kind": "near (conflict)",
@@ -249,6 +258,39 @@ def _place_near_duplicates(plan: ImportPlan, accepted: Sequence[Accepted], manif
                 plan.near.append({"path": path(i), "split": None, "_index": i,
                                   "near": [p for p in paths if p != path(i)]})
     return split_of, to_stratify, left_out
+
+
+def _place_by_lot(plan: ImportPlan, accepted: Sequence[Accepted], members: Sequence[int], lot_of: Mapping[int, str],
+                  lot_splits: Mapping[str, str], linked: Mapping[int, list[dict]], neighbours: Mapping[int, set[int]],
+                  split_of: dict[int, str], left_out: set[int]) -> None:
+    """A group holding lots imported before: each image goes to its lot's split (an image of no known
+    lot to the split most of the group's lots hold); an image that is a near-copy of a managed image,
+    or of a new image placed, in another split is left out as a duplicate, with a note - a lot
+    never spans two splits, and no near-copy crosses between them."""
+    common = Counter(lot_splits.values()).most_common(1)[0][0]
+    target = {i: lot_splits.get(lot_of.get(i, ""), common) for i in members}
+    # members of a known lot first: a near-copy pair across splits leaves out the image of no known lot
+    for i in sorted(members, key=lambda i: (lot_of.get(i) not in lot_splits, i)):
+        crossing = sorted({e["file"] for e in linked.get(i, []) if e["split"] != target[i]}
+                          | {str(accepted[j][0].source.image) for j in neighbours.get(i, ())
+                             if j in split_of and split_of[j] != target[i]})
+        if crossing:
+            image = accepted[i][0].source.image
+            plan.duplicates.append({"path": str(image), "kind": f"near (of another split's image; its lot is in "
+                                                                f"{target[i]})", "duplicate_of": ", ".join(crossing[:5])})
+            plan.notes.append(f"{image.name} left out: it is a near-copy of {', '.join(crossing[:3])} in another "
+                              f"split, and its lot {lot_of.get(i, '(none)')} is in {target[i]}; adding it would "
+                              "leak between splits")
+            left_out.add(i)
+            continue
+        wanted = accepted[i][0].source.split
+        if wanted and wanted != target[i]:
+            plan.warnings.append(Problem(accepted[i][0].source.image, f"source split '{wanted}' overridden: its lot "
+                                                                      f"is in {target[i]}"))
+        split_of[i] = target[i]
+        near_files = sorted({e["file"] for e in linked.get(i, [])})
+        if near_files:
+            plan.near.append({"path": str(accepted[i][0].source.image), "split": target[i], "near": near_files})
 
 
 def _lot_split(plan: ImportPlan, image: Path, lots: Sequence[str], managed_lots: Mapping[str, list[dict]]) -> list[str]:

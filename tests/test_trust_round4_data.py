@@ -1,0 +1,121 @@
+"""Issue 25 ("Trust, round four"), the dataset and history items: lots (break 2), group_by regexes
+(break 8), history lines (break 9) and the minor items of the preparer. Each failed before its fix."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import pytest
+
+import dataset_preparer as dp
+import setup_training
+from test_grouped_split import write_lots
+from toolkit.core.layout import Workspace
+from toolkit.data.dataset.manifest import load_manifest
+from toolkit.data.synthetic import NEU_CLASSES
+
+
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    setup_training.run(setup_training.SetupConfig(root=tmp_path / "ws", classes=NEU_CLASSES))
+    return Workspace.at(tmp_path / "ws")
+
+
+def _lot_splits(ws: Workspace) -> dict[str, set[str]]:
+    splits = defaultdict(set)
+    for e in load_manifest(ws)["images"]:
+        splits[e.get("group") or Path(e["source"]).stem.split("_")[0]].add(e["split"])
+    return splits
+
+
+# --- break 2: a lot keeps its split; a near-copy of another split's image is left out ---------------
+
+@pytest.mark.parametrize("more", ["fresh", "near-copies"])
+def test_a_later_batch_never_pulls_a_lot_into_a_second_split(ws, tmp_path, more):
+    """Batch 1 puts lot L in train; batch 2 brings more of L (new views, or re-encoded copies of its
+    images) plus a re-encoded near-copy of a managed test image, named as L's. L stays in train only;
+    the near-copy is left out as a duplicate, with a note (before: L went to test too, or all was left out)."""
+    src = write_lots(tmp_path / "batch1", 30, 3, seed=7)
+    dp.run(dp.PrepareConfig(root=ws.root, source=src, group_by=r"^(lot\d+)_"))
+    entries = load_manifest(ws)["images"]
+    lot = next(e["group"] for e in entries if e["split"] == "train")
+    test_image = next(e for e in entries if e["split"] == "test")
+    batch2 = tmp_path / "batch2"
+    (batch2 / "images").mkdir(parents=True)
+    (batch2 / "labels").mkdir()
+    shutil.copyfile(src / "classes.txt", batch2 / "classes.txt")
+    fresh = write_lots(tmp_path / "fresh", 1, 3, seed=99)
+    for j, e in enumerate(e for e in entries if e["group"] == lot):   # more of L
+        stem, image, label = f"{lot}_1{j}", e["source"], e["label_source"]
+        if more == "fresh":   # views of the lot unlike the ones imported (another part of the coil)
+            image, label = fresh / "images" / f"lot000_{j}.jpg", fresh / "labels" / f"lot000_{j}.txt"
+        cv2.imwrite(str(batch2 / "images" / f"{stem}.jpg"), cv2.imread(str(image)), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        shutil.copyfile(label, batch2 / "labels" / f"{stem}.txt")
+    copy = f"{lot}_99"                                    # the test image, re-encoded, under L's name
+    cv2.imwrite(str(batch2 / "images" / f"{copy}.jpg"), cv2.imread(test_image["source"]), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    shutil.copyfile(test_image["label_source"], batch2 / "labels" / f"{copy}.txt")
+    result = dp.run(dp.PrepareConfig(root=ws.root, source=batch2, group_by=r"^(lot\d+)_"))
+    splits = _lot_splits(ws)
+    assert splits[lot] == {"train"}, splits[lot]
+    assert all(len(s) == 1 for s in splits.values()), {k: v for k, v in splits.items() if len(v) > 1}
+    assert result.added == 3
+    left = [d for d in result.duplicate_files if d["path"].endswith(f"{copy}.jpg")]
+    assert left and test_image["file"] in left[0]["duplicate_of"]
+    assert any(f"{copy}.jpg left out" in n and lot in n for n in result.notes), result.notes
+
+
+def test_an_import_whose_lots_split_badly_warns_naming_the_lots(ws, tmp_path):
+    """Five lots of 12 images: the splits cannot come near 80/10/10 and val / test hold one lot each."""
+    src = write_lots(tmp_path / "batch1", 5, 12, seed=11)
+    result = dp.run(dp.PrepareConfig(root=ws.root, source=src, group_by=r"^(lot\d+)_"))
+    entries = load_manifest(ws)["images"]
+    held = {s: sorted({e["group"] for e in entries if e["split"] == s}) for s in ("val", "test")}
+    notes = " ".join(result.notes)
+    assert "points from the target 80/10/10" in notes, result.notes
+    for s, lots in held.items():
+        assert len(lots) < 2 and f"{s} holds {len(lots)} lot(s)" in notes
+        assert all(lot in notes for lot in lots)
+
+
+def test_a_well_split_grouped_import_gives_no_lot_warning(ws, tmp_path):
+    src = write_lots(tmp_path / "batch1", 60, 2, seed=5)
+    result = dp.run(dp.PrepareConfig(root=ws.root, source=src, group_by=r"^(lot\d+)_"))
+    assert not any("lot(s)" in n for n in result.notes), result.notes
+
+
+# --- break 8: a group_by that backtracks --------------------------------------------------------------
+
+def _batch_of_names(dest: Path, names: list[str]) -> Path:
+    from toolkit.data.synthetic import write_batch
+
+    batch = write_batch(dest, len(names), size=64, seed=2)
+    for item, name in zip(batch.images, names):
+        item.path.rename(item.path.with_name(name + item.path.suffix))
+        label = dest / "labels" / f"{item.path.stem}.txt"
+        label.rename(label.with_name(name + ".txt"))
+    return dest
+
+
+def test_a_backtracking_group_by_is_refused_in_one_line(ws, tmp_path, capsys):
+    """``^(a+)+$`` on 88-letter names hung the import holding the lock: now refused as the setting is read."""
+    src = _batch_of_names(tmp_path / "b", ["a" * 88 + "!", "a" * 87 + "!"])
+    assert dp.main(["--root", str(ws.root), "--source", str(src), "--group-by", "^(a+)+$"]) in (1, 2)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "repeat inside a repeat" in err[0] and len(err[0]) < 400, err
+
+
+def test_group_by_matching_time_is_bounded_and_the_lock_is_freed(ws, tmp_path, capsys, monkeypatch):
+    """A pattern the check lets through but that backtracks polynomially (six a* then b, on 200 a's):
+    one error line at the time limit; the next import takes the lock."""
+    from toolkit.data.dataset import groups
+
+    monkeypatch.setattr(groups, "GROUP_BY_TIMEOUT_S", 1.0)
+    src = _batch_of_names(tmp_path / "b", ["a" * 200 + str(i) for i in range(3)])
+    slow = "^(a*a*a*a*a*a*a*b)"
+    assert dp.main(["--root", str(ws.root), "--source", str(src), "--group-by", slow]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "took more than 1 s" in err[0], err
+    assert dp.main(["--root", str(ws.root), "--source", str(src), "--group-by", "^(a{5})"]) == 0
