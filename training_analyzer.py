@@ -292,17 +292,24 @@ def markdown_report(result: AnalyzeResult) -> str:
         lines += [f"Scanned {result.scanned} image(s) with the production model first.", ""]
     lines += ["## Priorities", ""]
     rows = [[i + 1, p["class"], p["score"], p["images_needed"], "; ".join(p["reasons"])]
-            for i, p in enumerate(result.priorities)]
+            for i, p in enumerate(result.priorities[:MAX_TABLE_CLASSES])]
+    if len(result.priorities) > MAX_TABLE_CLASSES:
+        rows.append(["...", f"{len(result.priorities) - MAX_TABLE_CLASSES} more (all in the JSON report)", "", "", ""])
     lines += [markdown_table(["rank", "class", "score", "images needed", "reasons"], rows), ""]
     lines += ["## Per class", ""]
     rows = []
-    for name, s in result.classes.items():
+    ranked = sorted(result.classes.items(), key=lambda item: -item[1]["detections"])
+    shown, rest = ranked[:MAX_TABLE_CLASSES], ranked[MAX_TABLE_CLASSES:]
+    for name, s in (shown if rest else result.classes.items()):
         rev = s["reviewed"]
         rows.append([name, s["detections"], s["images"], _fmt(s["mean_confidence"]),
                      _fmt(s["uncertain_share"], "{:.0%}"), _fmt(rev["precision"]), _fmt(rev["recall"]),
                      rev["tp"], rev["fp"], rev["fn"],
                      ", ".join(f"{k}: {v}" for k, v in s["confusions"].items()) or "-",
                      "-" if s["dataset_instances"] is None else s["dataset_instances"]])
+    if rest:  # a table linear in what a person reads: the largest classes, then the others summed
+        rows.append([f"others ({len(rest)} classes, all in the JSON report)", sum(s["detections"] for _, s in rest),
+                     "", "", "", "", "", *(sum(s["reviewed"][k] for _, s in rest) for k in ("tp", "fp", "fn")), "", ""])
     lines += [markdown_table(["class", "detections", "images", "mean conf", "uncertain", "precision", "recall",
                               "tp", "fp", "fn", "detected as", "dataset instances"], rows), ""]
     if result.exported or result.export_dir or result.incoming_batch:
@@ -324,6 +331,9 @@ def markdown_report(result: AnalyzeResult) -> str:
     for plot in result.plots:
         lines += [f"![{plot.stem}]({plot.name})", ""]
     return "\n".join(lines)
+
+
+MAX_TABLE_CLASSES = 50   # rows of the markdown tables by name; more classes: the largest, then "others"
 
 
 def describe(result: AnalyzeResult) -> str:

@@ -306,3 +306,46 @@ def test_the_writer_refuses_a_url_with_a_scheme_typo_and_makes_no_folder(tmp_pat
     with pytest.raises(UserError) as caught:
         MemoryBankWriter(HOSTILE_URLS[1])
     assert "Sekr3t" not in str(caught.value) and not any(tmp_path.iterdir())
+
+
+# --- break 7: thousands of class names -------------------------------------------------------------
+
+def _many_classes(path: Path, n_classes: int, n_records: int) -> Path:
+    import random
+
+    rng = random.Random(1)
+    with open(path, "w") as fh:
+        for i in range(n_records):
+            cls = f"scratch_{i % n_classes}"
+            fh.write(json.dumps({"timestamp": f"2026-03-{1 + i % 20:02d}T08:00:00Z", "image": f"im{i}.jpg",
+                                 "detections": [{"class": cls, "confidence": rng.random(), "bbox": [1, 2, 30, 40]}],
+                                 **({"review": {"labels": [{"class": cls, "bbox": [1, 2, 30, 40]}]}} if i % 4 == 0
+                                    else {})}) + "\n")
+    return path
+
+
+def test_charts_and_tables_of_three_thousand_classes_are_capped(tmp_path, capsys):
+    """3,000 class names (a logger appending an id): charts show the largest classes plus one 'others'
+    entry whose figures are the rest summed; the markdown tables likewise; the JSON keeps every class."""
+    import training_analyzer
+    from toolkit.memory.analysis import analyze_aggregate
+    from toolkit.memory import analysis_charts
+    from toolkit.memory.analysis_charts import charted_classes, draw_charts
+    from toolkit.memory.memory_bank import aggregate_memory_bank
+
+    path = _many_classes(tmp_path / "bank.jsonl", 3000, 6000)
+    analysis = analyze_aggregate(aggregate_memory_bank(path, (0.25, 0.6), 0.5))
+    names = charted_classes(analysis)
+    assert len(names) <= 20 and names[-1].startswith("others (2989")
+    others = analysis_charts.class_stats(analysis, names[-1])
+    assert others["detections"] + sum(analysis.classes[n]["detections"] for n in names[:-1]) == 6000
+    assert sum(others["confidence_histogram"]["counts"]) == others["detections"]
+    assert others["reviewed"]["tp"] + sum(analysis.classes[n]["reviewed"]["tp"] for n in names[:-1]) == 1500
+    assert len(draw_charts(analysis, tmp_path / "charts.json")) == 3
+    root = tmp_path / "ws"
+    root.mkdir()
+    assert training_analyzer.main(["--root", str(root), "--memory-bank", str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["classes"]) == 3000
+    report = Path(result["report"]).with_suffix(".md").read_text()
+    assert report.count("| scratch_") <= 2 * training_analyzer.MAX_TABLE_CLASSES and "others (2950 classes" in report

@@ -13,6 +13,14 @@ its pickle
 - names a class that loads weights from elsewhere at all (``TorchVision``; anything of
   ``torchvision`` or ``torch.hub``).
 
+A constructor call is also how a file makes the loader allocate what it asks for:
+``torch.nn.Linear(100000, 100000)``, ``bytearray(10**11)``, ``torch.FloatStorage(10**11)`` are all on
+the unpickler's allow-list and take 40 GB when called. So every call (``REDUCE``/``OBJ``/``INST``)
+must be one of ``_SAFE_CALLS`` - the rebuild functions of ``torch.save`` and the plain data of an
+ultralytics checkpoint, none of which allocates beyond the bytes in the file - and an object rebuilt
+by ``NEWOBJ`` gets no arguments. The bytes themselves are bounded by the file: a zip entry must be
+stored uncompressed (``torch.save`` never compresses) and no larger than the file.
+
 Only opcodes are read (``pickletools``); no module named in the file is imported.
 """
 from __future__ import annotations
@@ -32,6 +40,18 @@ _CALLS = {"REDUCE", "OBJ", "INST"}
 # the model classes (layers, whole models) whose constructors build networks, read configurations, fetch
 # weights; a training checkpoint's plain data (IterableSimpleNamespace of its arguments) is rebuilt by a call
 _MODEL_CLASSES = ("ultralytics.nn.",)
+# what a checkpoint may call: torch.save's rebuild functions (views of storages read from the file) and plain
+# data; none allocates more than its arguments, which are in the file
+_SAFE_CALLS = frozenset({
+    "collections.OrderedDict", "collections.Counter", "builtins.set", "__builtin__.set", "builtins.frozenset",
+    "builtins.complex", "_codecs.encode", "builtins.getattr", "__builtin__.getattr", "torch.Size", "torch.device",
+    "torch.serialization._get_layout", "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
+    "torch._tensor._rebuild_from_type_v2", "torch._utils._rebuild_device_tensor_from_cpu_tensor",
+    "torch.nn.parameter.Parameter", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
+    "ultralytics.utils.IterableSimpleNamespace", "ultralytics.yolo.utils.IterableSimpleNamespace",
+    "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib._local.PosixPath", "pathlib._local.WindowsPath",
+    "types.SimpleNamespace", "datetime.datetime", "datetime.date", "datetime.timedelta"})
 
 
 def _scan_pickle(ops) -> tuple[list[str], list[str]]:
@@ -96,9 +116,28 @@ def _scan_pickle(ops) -> tuple[list[str], list[str]]:
             else:  # OBJ: MARK cls args... OBJ
                 items = pop_to_mark()
                 func = items[0] if items else None
-            if isinstance(func, tuple) and func[0] == "global" and func[1].startswith(_MODEL_CLASSES):
-                found.append(f"it calls {func[1]}(...)")
+            called = func[1] if isinstance(func, tuple) and func[0] == "global" else None
+            if called is not None and called.startswith(_MODEL_CLASSES):
+                found.append(f"it calls {called}(...)")
+            elif called not in _SAFE_CALLS:
+                found.append(f"it calls {called or 'an object it built'}(...), which can allocate whatever the "
+                             "file asks for")
             stack.append(("obj",))
+            continue
+        if name in ("NEWOBJ", "NEWOBJ_EX"):   # cls.__new__(cls, *args): a module is rebuilt with no arguments
+            kwargs = stack.pop() if name == "NEWOBJ_EX" and stack else ("empty",)
+            args = stack.pop() if stack else None
+            cls = stack.pop() if stack else None
+            if args != ("empty",) or kwargs not in (("empty",), ("emptydict",)):
+                what = cls[1] if isinstance(cls, tuple) and cls[0] == "global" else "an object"
+                found.append(f"it builds {what} with arguments, which can allocate whatever the file asks for")
+            stack.append(("obj",))
+            continue
+        if name == "EMPTY_TUPLE":
+            stack.append(("empty",))
+            continue
+        if name == "EMPTY_DICT":
+            stack.append(("emptydict",))
             continue
         if name == "STOP":
             break
@@ -114,10 +153,22 @@ def _scan_pickle(ops) -> tuple[list[str], list[str]]:
     return found, names
 
 
+class _Oversized(ValueError):
+    pass
+
+
 def _pickles(path: Path) -> list[bytes]:
-    """The pickle streams of a checkpoint: ``*/data.pkl`` of a zip file, else the legacy file's first ones."""
+    """The pickle streams of a checkpoint: ``*/data.pkl`` of a zip file, else the legacy file's first ones.
+
+    _Oversized: a zip entry that is compressed or claims more bytes than the file holds (the loader would
+    allocate what the entry claims)."""
     if zipfile.is_zipfile(path):
+        size = path.stat().st_size
         with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+                    raise _Oversized(f"its entry {info.filename[:60]} is compressed or larger than the file "
+                                     f"({info.file_size:,} bytes), which torch.save never writes")
             return [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
     data = path.read_bytes()
     streams, stream = [], io.BytesIO(data)
@@ -137,6 +188,8 @@ def reaching_out(path: str | Path) -> list[str]:
     problems: list[str] = []
     try:
         streams = _pickles(Path(path))
+    except _Oversized as exc:
+        return [str(exc)]
     except (OSError, zipfile.BadZipFile, RuntimeError):
         return []
     for blob in streams:

@@ -262,9 +262,28 @@ def load_yolo(path: str | Path, config_dir: str | Path):
     _require_safe_loading()
     try:
         with _torch_warnings_to_debug_log():
-            return ultralytics.YOLO(path_str)
+            model = ultralytics.YOLO(path_str)
     except Exception as exc:
         raise UserError(_load_error(path, exc)) from None
+    require_detector(model, path)
+    return model
+
+
+def require_detector(model, path: str | Path) -> None:
+    """UserError unless ``model`` (an ``ultralytics.YOLO``) holds a YOLO detection network with its class
+    names: a checkpoint that loads but holds something else (a ``torch.nn.Linear``, a classifier, a
+    segmentation model) would get ultralytics' 999 placeholder classes and fail at the first image."""
+    from toolkit.core.errors import UserError
+    from ultralytics.nn.tasks import DetectionModel
+
+    inner = getattr(model, "model", None)
+    task = getattr(model, "task", None)
+    names = getattr(inner, "names", None)
+    if not isinstance(inner, DetectionModel) or task != "detect" or not isinstance(names, (dict, list)) \
+            or not names or len(names) != getattr(inner, "nc", len(names)):
+        what = type(inner).__name__ if inner is not None else "nothing"
+        raise UserError(f"{path} is not a YOLO detection model (it holds a {what}, task {task!r}); give a YOLOv8 "
+                        "detection checkpoint (.pt) trained by ultralytics")
 
 
 def load_checkpoint(path: str | Path, config_dir: str | Path) -> dict:

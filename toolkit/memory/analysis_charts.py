@@ -15,8 +15,55 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+MAX_CHART_CLASSES = 12   # classes drawn by name; the rest are one "others" entry (3,000 names must not stall)
+
+
+def _weight(stats: dict) -> int:
+    return stats["detections"] + stats["reviewed"]["tp"] + stats["reviewed"]["fn"]
+
+
 def charted_classes(analysis) -> list[str]:
-    return [n for n, s in analysis.classes.items() if s["detections"] or s["reviewed"]["tp"] + s["reviewed"]["fn"]]
+    """The classes drawn: those with detections or reviewed defects, the ``MAX_CHART_CLASSES - 1`` largest
+    by name when there are more, then one ``others (N classes)`` entry for the rest (``class_stats``)."""
+    names = [n for n, s in analysis.classes.items() if _weight(s)]
+    if len(names) <= MAX_CHART_CLASSES:
+        return names
+    ranked = sorted(names, key=lambda n: -_weight(analysis.classes[n]))
+    return ranked[:MAX_CHART_CLASSES - 1] + [_others_label(len(names) - MAX_CHART_CLASSES + 1)]
+
+
+def _others_label(n: int) -> str:
+    return f"others ({n})"
+
+
+def class_stats(analysis, name: str) -> dict:
+    """The figures the charts draw for one class, or for the ``others`` entry: the rest summed."""
+    if name in analysis.classes:
+        return analysis.classes[name]
+    cached = getattr(analysis, "_others_stats", None)
+    if cached is not None and cached[0] == name:
+        return cached[1]
+    top = set(charted_classes(analysis)[:-1])
+    rest = [s for n, s in analysis.classes.items() if n not in top and _weight(s)]
+    bins = rest[0]["confidence_histogram"]["bins"]
+    counts = [sum(s["confidence_histogram"]["counts"][k] for s in rest) for k in range(len(bins) - 1)]
+    by_week = {}
+    for w in analysis.weeks:
+        weeks = [s["by_week"][w] for s in rest if w in s["by_week"]]
+        n = sum(x["detections"] for x in weeks)
+        total = sum(x["mean_confidence"] * x["detections"] for x in weeks if x["mean_confidence"] is not None)
+        by_week[w] = {"detections": n, "per_100_images": sum(x["per_100_images"] for x in weeks),
+                      "mean_confidence": total / n if n else None}
+    tp, fp, fn = (sum(s["reviewed"][k] for s in rest) for k in ("tp", "fp", "fn"))
+    stats = {"detections": sum(s["detections"] for s in rest), "confidence_histogram": {"bins": bins, "counts": counts},
+             "by_week": by_week, "reviewed": {"tp": tp, "fp": fp, "fn": fn,
+                                              "precision": tp / (tp + fp) if tp + fp else None,
+                                              "recall": tp / (tp + fn) if tp + fn else None}}
+    try:
+        analysis._others_stats = (name, stats)
+    except AttributeError:  # a frozen analysis: computed again when asked
+        pass
+    return stats
 
 
 def chart_paths(analysis, json_path: Path) -> list[Path]:
@@ -61,7 +108,7 @@ def _confidence_chart(plt, analysis, names: list[str], stem: Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
     lo, hi = analysis.uncertain
     for ax, name in zip(axes.flat, names):
-        hist = analysis.classes[name]["confidence_histogram"]
+        hist = class_stats(analysis, name)["confidence_histogram"]
         ax.bar([b + 0.05 for b in hist["bins"][:-1]], hist["counts"], width=0.09, color="#4878a8")
         ax.axvspan(lo, hi, color="#f0a030", alpha=0.2, label="uncertain band")
         ax.set_title(name, fontsize=10)
@@ -79,7 +126,7 @@ def _weekly_chart(plt, analysis, names: list[str], stem: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(width, height), sharex=True)
     x = range(len(analysis.weeks))
     for name in names:
-        weeks = analysis.classes[name]["by_week"]
+        weeks = class_stats(analysis, name)["by_week"]
         ax1.plot(x, [weeks[w]["mean_confidence"] if weeks[w]["mean_confidence"] is not None else float("nan")
                      for w in analysis.weeks], marker="o", label=name)
         ax2.plot(x, [weeks[w]["per_100_images"] for w in analysis.weeks], marker="o", label=name)
@@ -97,8 +144,8 @@ def _reviewed_chart(plt, analysis, names: list[str], stem: Path) -> Path:
     width, height = max(5, 1.1 * len(names)) + 1.2, 3.8
     fig, ax = plt.subplots(figsize=(width, height))
     pos = range(len(names))
-    prec = [analysis.classes[n]["reviewed"]["precision"] or 0.0 for n in names]
-    rec = [analysis.classes[n]["reviewed"]["recall"] or 0.0 for n in names]
+    prec = [class_stats(analysis, n)["reviewed"]["precision"] or 0.0 for n in names]
+    rec = [class_stats(analysis, n)["reviewed"]["recall"] or 0.0 for n in names]
     ax.bar([p - 0.2 for p in pos], prec, width=0.4, label="precision")
     ax.bar([p + 0.2 for p in pos], rec, width=0.4, label="recall")
     ax.set_xticks(list(pos), names, rotation=30, ha="right", fontsize=10)

@@ -8,7 +8,7 @@ from toolkit.promotion.versions import ARCHIVE_RE, not_regular_kind, is_regular
 
 
 def _does_not_load(registry: Registry) -> str | None:
-    """Why an unregistered production model does not load (None: it loads); read-only."""
+    """Why the production model does not load as a YOLO detection model (None: it does); read-only."""
     from toolkit.core.errors import UserError
     from toolkit.core.offline import model_class_names
 
@@ -53,6 +53,9 @@ def registry_problems(registry: Registry) -> list[dict[str, str]]:
         add(f"production (sha256 {prod_sha[:12]}) is not in the registry yet",
             "nothing is lost: it is archived and registered as a version before anything replaces it "
             "(the next comparison, promotion or rollback does it)")
+    if current is not None and (why := _does_not_load(registry)):   # versioned by an older toolkit
+        add(f"production version {current['version']} does not load as a detection model ({why})",
+            f"install a version that loads: training_pipeline.py --root {ws.root} --rollback")
     if current is not None and registry._sidecar_disagrees(current):
         add(f"{ws.production_sidecar.name} does not describe the production model (version {current['version']})",
             repair)
