@@ -119,3 +119,50 @@ def test_group_by_matching_time_is_bounded_and_the_lock_is_freed(ws, tmp_path, c
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and "took more than 1 s" in err[0], err
     assert dp.main(["--root", str(ws.root), "--source", str(src), "--group-by", "^(a{5})"]) == 0
+
+
+# --- break 9: a poisoned history line -------------------------------------------------------------------
+
+def _timing(machine, rate, imgsz=64) -> dict:
+    from toolkit.model.machine import device_key
+
+    return {"arch": "yolov8n", "imgsz": imgsz, "device": device_key("cpu", machine), "train_images": 100,
+            "val_images": 10, "epochs": 3, "epoch_seconds": 30.0, "seconds": 40.0, "s_per_image_epoch": rate,
+            "setup_seconds": 10.0}
+
+
+@pytest.mark.parametrize("poison", ["negative", "nan", "imgsz"])
+def test_a_poisoned_history_line_is_skipped_with_its_line_and_no_estimate_goes_wrong(ws, caplog, poison):
+    """A negative speed gave "about -6:55:01" and auto concluded both routes fit; NaN gave "about ?";
+    imgsz "abc" made every later pipeline fail at train. The line is skipped, naming file and line."""
+    import math
+
+    from toolkit.core.run_history import read_history
+    from toolkit.model.machine import Machine
+    from toolkit.model.planning import plan_training
+
+    machine = Machine(cores=2, gpus=())
+    bad = {"negative": _timing(machine, -5.0), "nan": _timing(machine, float("nan")),
+           "imgsz": _timing(machine, 0.01, imgsz="abc")}[poison]
+    lines = [{"run": "r1", "decision": "kept", "trainings": [_timing(machine, 0.004)]},
+             {"run": "r2", "decision": "kept", "trainings": [bad]}, "not json at all"]
+    ws.training_history.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    assert [r["run"] for r in read_history(ws, last=10)] == ["r1"]
+    assert f"{ws.training_history} line 2 skipped" in caplog.text and "line 3 skipped" in caplog.text
+    ts = {"epochs": 50, "imgsz": 64, "arch": "yolov8n.yaml", "device": "cpu", "workers": 0, "batch": 16,
+          "strategy": "auto", "time_limit": 0}
+    plan = plan_training(ws, ts, machine=machine, read_only=True)
+    for seconds in plan.estimate_s.values():
+        assert seconds is not None and math.isfinite(seconds) and seconds > 0, plan.estimate_s
+    assert "-" not in plan.describe().split("about ")[1][:3]
+
+
+def test_the_estimate_ignores_a_poisoned_timing_given_directly():
+    import math
+
+    from toolkit.model.machine import Machine, estimate_train, timings_from_history
+
+    machine = Machine(cores=2, gpus=())
+    records = [{"trainings": [_timing(machine, -5.0), _timing(machine, float("nan")), _timing(machine, 0.01, "abc")]}]
+    estimate = estimate_train(100, 10, 64, "cpu", machine, "yolov8n.yaml", 10, measured=timings_from_history(records))
+    assert math.isfinite(estimate.seconds) and estimate.seconds > 0 and "built-in table" in estimate.basis

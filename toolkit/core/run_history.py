@@ -74,16 +74,74 @@ def append_history(workspace: Workspace, record: dict[str, Any]) -> None:
     append_jsonl(workspace.training_history, mask_values(record))
 
 
+# a measured training's fields and their ranges: what the estimates and ``auto`` compute with
+_TIMING_NUMBERS = {"s_per_image_epoch": (0.0, 3600.0), "setup_seconds": (0.0, 1e7), "seconds": (0.0, 1e8),
+                   "epoch_seconds": (0.0, 1e8)}
+_TIMING_INTEGERS = {"imgsz": (32, 8192), "epochs": (0, 100_000), "train_images": (0, 10 ** 9),
+                    "val_images": (0, 10 ** 9)}
+_ROUTES = ("finetune", "scratch", "path")
+_warned: set[tuple[str, int, int]] = set()
+
+
+def _number(value: Any, lo: float, hi: float, integer: bool = False) -> bool:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        return False
+    return math.isfinite(value) and lo <= value <= hi
+
+
+def history_problem(record: Any) -> str | None:
+    """Why a history line cannot be used (None: it can): the fields later runs compute with are checked."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    trainings = record.get("trainings")
+    if trainings is not None:
+        if not isinstance(trainings, list):
+            return "'trainings' is not a list"
+        for k, t in enumerate(trainings):
+            if not isinstance(t, dict):
+                return f"trainings[{k}] is not an object"
+            for key, (lo, hi) in _TIMING_NUMBERS.items():
+                if key in t and not _number(t[key], lo, hi):
+                    return f"trainings[{k}].{key} = {str(t[key])[:40]!r} is not a number in {lo:g}..{hi:g}"
+            for key, (lo, hi) in _TIMING_INTEGERS.items():
+                if key in t and not _number(t[key], lo, hi, integer=True):
+                    return f"trainings[{k}].{key} = {str(t[key])[:40]!r} is not a whole number in {lo}..{hi}"
+            for key in ("arch", "device"):
+                if key in t and not isinstance(t[key], str):
+                    return f"trainings[{k}].{key} is not a text"
+    routes = record.get("routes")
+    if routes is not None:
+        if not isinstance(routes, dict) or routes.get("winner") not in _ROUTES or \
+                not isinstance(routes.get("val") or {}, dict):
+            return "'routes' is not {winner, metric, val} of a 'both' run"
+        if any(v is not None and not _number(v, 0.0, 1.0) for v in (routes.get("val") or {}).values()):
+            return "'routes.val' holds a score outside 0..1"
+    return None
+
+
 def read_history(workspace: Workspace, last: int = 10) -> list[dict[str, Any]]:
+    """The last ``last`` usable records. A line that is not JSON, not an object, or whose timings or routes
+    are out of range (a negative or NaN speed, an imgsz of "abc") is skipped with a warning naming the
+    file and the line: one poisoned line must not make every later estimate negative or every run fail."""
     path = workspace.training_history
     if not path.exists():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
+            problem = history_problem(record)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            problem = f"not JSON ({str(exc)[:60]})"
+        if problem is None:
             records.append(record)
+            continue
+        key = (str(path), number, len(line))
+        if key not in _warned:   # read several times a run: said once
+            _warned.add(key)
+            logger.warning("%s line %d skipped: %s (fix or delete that line)", path, number, problem)
     return records[-last:]

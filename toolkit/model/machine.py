@@ -13,6 +13,7 @@ Nothing here imports torch or ultralytics at module level.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import statistics
 from dataclasses import dataclass
@@ -204,7 +205,10 @@ def timings_from_history(records: Iterable[Mapping[str, Any]]) -> list[dict[str,
     found = []
     for record in records:
         for t in record.get("trainings") or ():
-            if isinstance(t, dict) and isinstance(t.get("s_per_image_epoch"), (int, float)):
+            rate = t.get("s_per_image_epoch") if isinstance(t, dict) else None
+            # a rate that is no positive finite number (a poisoned line) never reaches an estimate
+            if isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate) and rate > 0 \
+                    and isinstance(t.get("imgsz", 0), int):
                 found.append(t)
     return found
 
@@ -242,7 +246,9 @@ def estimate_train(train_images: int, epochs: int, imgsz: int, device: str, mach
                  f"{', '.join(map(str, sizes))} px, {rate * 1000:.2f} ms per image-epoch"
                  + (f" (scaled by imgsz squared to {imgsz} px)" if scale != 1.0 else "")
                  + f" + {setup:.0f} s fixed cost")
-        return Estimate(setup + rate * work * max(0, int(epochs)), basis)
+        seconds = setup + rate * work * max(0, int(epochs))
+        if math.isfinite(seconds) and seconds >= 0:   # never a negative or NaN estimate
+            return Estimate(seconds, basis)
     seconds = estimate_train_seconds(train_images, epochs, imgsz, device, machine, arch, val_images)
     return Estimate(seconds, f"built-in table (no measured {name} run on {key} in this workspace's history yet; "
                              "the first real training calibrates it)")
