@@ -23,7 +23,7 @@ import contextlib
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +32,7 @@ from toolkit.core.layout import command
 from toolkit.core.config import Settings, option, resolve_config, setting
 from toolkit.data.dataset.store import settle_dataset
 from toolkit.promotion.decision import PromotionRules, decide, judge_candidate
+from toolkit.promotion.spec import below_spec, class_specs, entry_words
 from toolkit.core.errors import UserError
 from toolkit.core.layout import Workspace, require_workspace
 from toolkit.core.lock import holds_workspace_lock
@@ -64,6 +65,7 @@ class CompareConfig:
     speed_rounds: int | None = setting("evaluation.speed_rounds")
     operating_conf: float | None = setting("promotion.operating_conf")
     max_recall_drop: float | None = setting("promotion.max_recall_drop")
+    min_recall: float | None = setting("promotion.min_recall")
     use_cache: bool = option("--no-cache", "evaluate every model again, ignoring the evaluation cache", default=True)
     force: bool = option("--force", "approve a first model (no production yet) even below "
                          "promotion.min_first_map", default=False)
@@ -84,6 +86,10 @@ class CompareResult:
     settings: dict[str, Any]
     skipped: tuple[dict[str, str], ...]     # images left out of the split, with the reason
     seconds: float
+    # classes of the model that runs after this decision (the winner, else production) whose recall at
+    # promotion.operating_conf is under promotion.min_recall; each model's own list is in ``models``
+    below_spec: tuple[str, ...] = ()
+    spec: dict[str, Any] = field(default_factory=dict)  # operating_conf, min_recall per class, model judged
 
 
 def check_checkpoint_name(path: Path, what: str) -> None:
@@ -131,6 +137,7 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
     settle_dataset(workspace, data_yaml)  # score the images the manifest lists, nothing else in the split folders
 
     data = ev_mod.load_split(data_yaml, split, config.subset)
+    specs = class_specs(rules.min_recall, data.names)  # a misspelt class: refused before any inference
     version = ev_mod.dataset_version_of(workspace, data_yaml, data.fingerprint)
     config_dir = workspace.ultralytics_config
     prepare_ultralytics(config_dir)
@@ -156,6 +163,9 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
         entry["architecture"] = model.architecture
         entry["speed_rounds_ms"] = [round(t, 3) for t in rounds]
         entry["operating_point"] = ev_mod.operating_point(ev, rules.operating_conf, weights)
+        entry["min_recall"] = dict(specs)
+        entry["conf_for_spec"], entry["max_recall"] = ev_mod.conf_for_spec(ev, specs)
+        entry["below_spec"] = below_spec(entry, specs)
 
     verdicts = []
     production_entry = entries[0] if production_path else None
@@ -169,9 +179,10 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
             verdicts.append(judge_candidate(production_entry, entry, rules, ci95))
     decision = decide(production_entry, verdicts, rules, entries if production_entry is None else (),
                       force=config.force)
+    winner = decision.pop("winner")
+    judged = _spec_verdict(decision, entries, winner, split)
     decision["reasons"].append(size_reason(entries, eval_settings))
     decision["imgsz"] = {Path(e["path"]).name: e["imgsz"] for e in entries}
-    winner = decision.pop("winner")
     for line in decision["reasons"]:  # the result (terminal, --json, reports) states them; here only with -v
         logger.debug("  %s", line)
 
@@ -182,9 +193,29 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
         decision=decision, report=json_path, markdown=json_path.with_suffix(".md"), chart=chart,
         data=data_yaml, settings={"evaluation": {**vars(eval_settings)}, "promotion": {**vars(rules)},
                                   "subset": config.subset, "bootstrap_seed": BOOTSTRAP_SEED},
-        skipped=data.skipped, seconds=round(time.perf_counter() - started, 2))
+        skipped=data.skipped, seconds=round(time.perf_counter() - started, 2),
+        below_spec=tuple(decision["below_spec"]),
+        spec={"operating_conf": rules.operating_conf, "min_recall": dict(specs),
+              "model": judged["path"] if judged else None})
     write_report(json_path, result, markdown_report(result, data.names))
     return result
+
+
+def _spec_verdict(decision: dict[str, Any], entries: list[dict[str, Any]], winner: str | None,
+                  split: str) -> dict[str, Any] | None:
+    """The line's spec of the model that runs after this decision (the winner, else none), into the
+    decision: ``below_spec`` and one reason line, right after the verdict when it promotes."""
+    judged = next((e for e in entries if winner and e["path"] == winner), None)
+    decision["below_spec"] = list(judged["below_spec"]) if judged else []
+    if judged is None:
+        return None
+    name = Path(judged["path"]).name
+    if decision["promote"]:
+        context = "first" if decision.get("first_model") else "promoted"
+        decision["reasons"].insert(1, entry_words(judged, split, f"{name} is ", context))
+    else:
+        decision["reasons"].append(entry_words(judged, split, f"production {name} stays, "))
+    return judged
 
 
 def size_reason(entries: list[dict[str, Any]], settings) -> str:
@@ -252,7 +283,7 @@ def _setting_words(key: str, value: Any, decision: dict[str, Any]) -> str:
 def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:
     d = result.decision
     verdict = ("PROMOTE" if d["promote"] else "NO MODEL PROMOTED" if d.get("first_model") else
-               "KEEP PRODUCTION")
+               "KEEP PRODUCTION") + (" - BELOW SPEC" if result.below_spec else "")
     lines = [f"# Model comparison: {verdict}", "",
              f"Split {md_code(result.split)} of {md_code(result.data)}: {result.images} images, dataset version "
              f"{md(result.dataset_version)}.",
@@ -269,6 +300,7 @@ def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:
     if result.chart:
         lines += [f"![per-class AP50]({result.chart.name})", ""]
     lines += operating_point_markdown(result, names)
+    lines += spec_markdown(result, names)
     lines += ["## Decision", "", f"Winner: {md_code(result.winner)}" if result.winner else "Winner: none", ""]
     if d.get("gain") is not None and d.get("ci95"):
         lines += [f"Gain on {d['metric']}: {d['gain']:+.3f}, 95% bootstrap interval "
@@ -308,6 +340,30 @@ def operating_point_markdown(result: CompareResult, names: tuple[str, ...]) -> l
             markdown_table(headers, rows), ""]
 
 
+def spec_markdown(result: CompareResult, names: tuple[str, ...]) -> list[str]:
+    """Per class: the line's spec, each model's recall against it, and the confidence that meets it."""
+    models = [m for m in result.models if m.get("conf_for_spec") is not None]
+    if not models:
+        return []
+    conf = result.settings["promotion"]["operating_conf"]
+    headers = ["class", "min_recall"] + [f"{Path(m['path']).name} {what}" for m in models
+                                         for what in (f"recall at {conf:.2f}", "conf_for_spec (false calls/img)")]
+    rows = []
+    for n in names:
+        row = [n, f"{(result.spec.get('min_recall') or {}).get(n, 0):.2f}"]
+        for m in models:
+            recall = ((m["operating_point"]["per_class"].get(n) or {}).get("recall"))
+            at = m["conf_for_spec"].get(n)
+            mark = " BELOW" if n in (m.get("below_spec") or []) else ""
+            row += ["-" if recall is None else f"{recall:.3f}{mark}",
+                    f"{at['conf']:.3f} ({at['false_calls_per_image']:.2f})" if at else "none reaches it"]
+        rows.append(row)
+    return ["## The line's spec", "",
+            f"Each class must reach promotion.min_recall at confidence {conf:.2f}; conf_for_spec is the highest "
+            "confidence at which it does on this split (with that class's false calls per image there).", "",
+            markdown_table(headers, rows), ""]
+
+
 def describe(result: CompareResult) -> str:
     lines = [f"{result.images} {result.split} images (dataset version {result.dataset_version})"]
     for m in result.models:
@@ -315,8 +371,9 @@ def describe(result: CompareResult) -> str:
         lines.append(f"  {m['role']:<10} {Path(m['path']).name:<28} mAP50 {m['map50']:.3f}  mAP50-95 "
                      f"{m['map50_95']:.3f}  {ms}{'  (cached)' if m['cached'] else ''}")
     d = result.decision
-    lines.append(("PROMOTE " + Path(result.winner).name) if d["promote"] else
-                 "KEEP production" if result.winner else "NOTHING to promote")
+    below = f" - BELOW SPEC ({', '.join(result.below_spec)})" if result.below_spec else ""
+    lines.append(("PROMOTE " + Path(result.winner).name + (" (forced)" if d.get("forced") else "") + below)
+                 if d["promote"] else "KEEP production" + below if result.winner else "NOTHING to promote")
     lines += [f"  - {r}" for r in d["reasons"]]
     lines.append(f"Report: {result.report}")
     root = Path(result.report).parents[2]  # ROOT/training/reports/compare_<stamp>.json

@@ -166,6 +166,18 @@ def dataset_counts(workspace: Workspace, names: list[str]) -> tuple[dict[str, in
     return (counts, found) if found else (None, 0)
 
 
+def below_spec_of_production(workspace: Workspace) -> dict[str, dict[str, Any]]:
+    """Classes production's last evaluation found below the line's spec, with their figures."""
+    from toolkit.promotion.spec import production_spec
+
+    spec = production_spec(workspace) if workspace.production_model.is_file() else None
+    if not spec:
+        return {}
+    return {name: {**(spec.get("per_class") or {}).get(name, {}), "operating_conf": spec.get("operating_conf"),
+                   "split": spec.get("split"), "run": spec.get("run"), "measured_at": spec.get("measured_at")}
+            for name in spec.get("below_spec") or [] if ((spec.get("per_class") or {}).get(name) or {}).get("recall") is not None}
+
+
 def memory_bank_location(flag: Path | str | None, setting: str | None, workspace: Workspace) -> Path | str:
     """--memory-bank, else training.yaml memory_bank.url (a relative path: under ROOT), else the JSONL.
 
@@ -229,7 +241,8 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         logger.warning("line %d skipped: %s", item["line"], item["reason"])
     names = known_classes(workspace)
     instances, train_images = dataset_counts(workspace, names)
-    analysis = analyze_aggregate(bank, instances, names, dataset_images=train_images)
+    analysis = analyze_aggregate(bank, instances, names, dataset_images=train_images,
+                                 below_spec=below_spec_of_production(workspace))
 
     stamp = timestamp()
     json_path = report_path(workspace, "analyze", stamp)

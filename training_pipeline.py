@@ -38,6 +38,7 @@ from toolkit.core.layout import Workspace, is_workspace, require_workspace
 from toolkit.core.lock import workspace_lock
 from toolkit.promotion.registry import Registry
 from toolkit.promotion.registry_check import registry_notes, registry_problems
+from toolkit.promotion.spec import production_spec, spec_record
 from toolkit.core.run_history import append_history, read_history, record_interrupted_runs
 from toolkit.core.reports import report_path, timestamp, utc_now_iso, write_report
 
@@ -91,6 +92,10 @@ class PipelineResult:
     dry_run: bool = False
     html_report: Path | None = None
     log: Path | None = None
+    # classes of the model in production after this run whose recall at promotion.operating_conf is
+    # under promotion.min_recall (the line's spec); promoted anyway when better than what ran
+    below_spec: tuple[str, ...] = ()
+    forced: bool = False                # promoted only because --force overrode a rule
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -246,6 +251,7 @@ def _run_with_history(config: PipelineConfig, ws: Workspace, settings: Settings)
     append_history(ws, {"run": stamp, "started_at": started, "finished_at": utc_now_iso(),
                         "seconds": round(time.perf_counter() - start, 1), "decision": result.decision,
                         "reasons": list(result.reasons), "production": result.production,
+                        "below_spec": list(result.below_spec), "forced": result.forced,
                         "dataset_version": _get(result.stages.get("prepare"), "dataset_version"),
                         "scores": _scores(result.stages.get("compare")),
                         "candidate": _get(result.stages.get("train"), "best") or (str(config.candidate) if config.candidate else None),
@@ -258,7 +264,9 @@ def _run_with_history(config: PipelineConfig, ws: Workspace, settings: Settings)
 def _scores(compared: Any) -> list[dict[str, Any]]:
     """Role, model and headline metrics of each model the comparator scored (for the history and --status)."""
     models = _get(compared, "models") or []
-    return [{"role": m.get("role"), "path": m.get("path"), "map50": m.get("map50"), "map50_95": m.get("map50_95")}
+    split, images = _get(compared, "split"), _get(compared, "images")
+    return [{"role": m.get("role"), "path": m.get("path"), "map50": m.get("map50"), "map50_95": m.get("map50_95"),
+             "sha256": m.get("sha256"), **({"spec": spec_record(m, split, images)} if m.get("min_recall") else {})}
             for m in models if isinstance(m, dict)]
 
 
@@ -441,6 +449,8 @@ def _promote(r: _Run) -> Any:
     metrics = {k: cand[k] for k in ("map50", "map50_95", "precision", "recall") if k in cand}
     # the history must say which images, at which size, these figures come from
     metrics.update(split=compared.split, imgsz=cand.get("imgsz"))
+    if cand.get("min_recall"):  # the line's spec as measured here: --status and the analyzer read it
+        metrics["spec"] = spec_record(cand, compared.split, compared.images)
     results = r.runner.results
     dataset_version = _get(results.get("prepare"), "dataset_version") or _get(compared, "dataset_version")
     return r.registry.promote(
@@ -515,10 +525,13 @@ def _finish(r: _Run, stamp: str, decision: str, reasons: list[str], previous_ver
     production = production_info(ws, registry)
     json_path = report_path(ws, "pipeline", stamp)
     stages = {name: to_jsonable(value) for name, value in runner.results.items()}
+    verdict = r.compared.decision if r.compared is not None else {}
+    below = list(r.compared.below_spec) if r.compared is not None and production.get("sha256") else []
+    forced = decision == "promoted" and bool(verdict.get("forced"))
     data = {"title": f"Retraining run {stamp}", "generated_at": utc_now_iso(), "root": str(ws.root),
             "decision": decision, "reasons": reasons, "production": production, "stages": stages,
             "timings": runner.timings, "history": registry.versions,
-            "previous_version": previous_version}
+            "previous_version": previous_version, "below_spec": below, "forced": forced}
     html_path = json_path.with_suffix(".html")
     try:
         from toolkit.report.html_report import write_pipeline_report
@@ -532,15 +545,15 @@ def _finish(r: _Run, stamp: str, decision: str, reasons: list[str], previous_ver
     if decision == "kept" and production.get("sha256") is None:
         logger.info("decision: no model promoted - there is no production model yet")
     else:
-        logger.info("decision: %s - production: %s", decision.upper(), _production_words(production))
+        logger.info("decision: %s - production: %s", decision_words(decision, below, forced), _production_words(production))
     return PipelineResult(decision, production, stages, json_path, tuple(reasons), dict(runner.timings),
-                          html_report=html_path)
+                          html_report=html_path, below_spec=tuple(below), forced=forced)
 
 
 def _markdown(data: dict[str, Any]) -> str:
     from toolkit.core.reports import markdown_table, md
 
-    lines = [f"# {md(data['title'])}", "", f"**Decision: {md(data['decision'])}** - production "
+    lines = [f"# {md(data['title'])}", "", f"**Decision: {md(decision_words(data['decision'], data.get('below_spec'), data.get('forced')))}** - production "
              f"{md(_production_words(data['production']))}", ""]
     lines += [f"- {md(r)}" for r in data["reasons"]] + [""]
     lines.append(markdown_table(["stage", "seconds"], [[k, v] for k, v in data["timings"].items()]))
@@ -565,7 +578,8 @@ def status(root: Path) -> dict[str, Any]:
         except (OSError, ValueError):
             sidecar = {"error": "unreadable"}
     problems = registry_problems(registry)
-    return {"root": str(ws.root), "production": production, "sidecar": sidecar,
+    spec = production_spec(ws, production["sha256"]) if production["sha256"] else None
+    return {"root": str(ws.root), "production": production, "sidecar": sidecar, "spec": spec,
             "previous_version": registry.previous_production(production["version"]),
             "ok": not problems, "problems": problems, "notes": registry_notes(registry),
             "versions": registry.versions, "events": registry.events[-10:],
@@ -613,7 +627,8 @@ def describe(result: Any) -> str:
             return "Dry run (nothing changed):\n" + "\n".join(f"  {k:8s} {v}" for k, v in steps.items())
         root = Path(result.production["path"]).parent
         first = result.decision == "kept" and result.production.get("sha256") is None
-        lines = [_headline(result) if first else f"Decision: {result.decision.upper()}",
+        lines = [_headline(result) if first else
+                 f"Decision: {decision_words(result.decision, result.below_spec, result.forced)}",
                  f"Production model: none yet ({result.production['path']} does not exist)" if first and
                  not Path(result.production["path"]).exists() else
                  f"Production model: {result.production['path']} ({_production_words(result.production)})"]
@@ -637,6 +652,13 @@ def describe(result: Any) -> str:
         lines.append(f"Next: to go back to version {result['from_version']}: "
                      f"{command('training_pipeline.py', Path(result['production']['path']).parent, '--rollback', result['from_version'])}")
     return "\n".join(lines)
+
+
+def decision_words(decision: str, below_spec=(), forced: bool = False) -> str:
+    """'PROMOTED', 'PROMOTED (FORCED)', 'PROMOTED - BELOW SPEC (short, open)', 'KEPT - BELOW SPEC (..)':
+    a forced or below-spec promotion never reads like a plain approval."""
+    words = decision.upper() + (" (FORCED)" if forced else "")
+    return words + (f" - BELOW SPEC ({', '.join(below_spec)})" if below_spec else "")
 
 
 def _best_candidate(result: PipelineResult) -> dict[str, Any] | None:
@@ -697,6 +719,8 @@ def _describe_status(result: dict[str, Any]) -> str:
         lines = [f"Production: {prod['path']} (sha256 {prod['sha256'][:12]}), not registered yet"]
     else:
         lines = [f"Production: {prod['path']} version {prod['version']} (sha256 {prod['sha256'][:12]})"]
+    if prod["sha256"] is not None:
+        lines.append(_spec_status(result.get("spec")))
     if result.get("previous_version"):
         lines.append(f"--rollback would restore version {result['previous_version']} (the previous production)")
     lines.append("Versions:")
@@ -713,6 +737,28 @@ def _describe_status(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _spec_status(spec: dict[str, Any] | None) -> str:
+    """Production's gap to the line's spec, from its last evaluation (history, else sidecar)."""
+    if not spec:
+        return ("Spec: not measured yet (the next comparison measures each class's recall at "
+                "promotion.operating_conf against promotion.min_recall)")
+    when = f"{spec.get('split') or 'test'} split" + (f", {spec['images']} images" if spec.get("images") else "")
+    when += f", run {spec['run']}" if spec.get("run") else (f", {spec['measured_at']}" if spec.get("measured_at") else "")
+    conf = spec.get("operating_conf")
+    below = spec.get("below_spec") or []
+    if not below:
+        return f"Spec: production meets the line's spec: every class's recall at confidence {conf:.2f} reaches it ({when})"
+    gaps = []
+    for name in below:
+        c = (spec.get("per_class") or {}).get(name) or {}
+        gap = f"{name} {c.get('recall', 0):.2f} of {c.get('min_recall', 0):.2f} (gap {c.get('min_recall', 0) - c.get('recall', 0):.2f}"
+        gap += (f"; met at confidence {c['conf_for_spec']:.3f}, {c['false_calls_per_image']:.2f} false calls/image)"
+                if c.get("conf_for_spec") is not None else "; no confidence reaches it)")
+        gaps.append(gap)
+    return (f"Spec: production is BELOW the line's spec for {len(below)} class(es), recall at confidence "
+            f"{conf:.2f} vs promotion.min_recall ({when}): " + "; ".join(gaps))
+
+
 def _describe_run(record: dict[str, Any]) -> str:
     """One history record: time, decision, production version after it, run, headline metric."""
     version = (record.get("production") or {}).get("version")
@@ -725,6 +771,10 @@ def _describe_run(record: dict[str, Any]) -> str:
         if prod and prod.get("map50_95") is not None:
             text += f" vs production {prod['map50_95']:.3f}"
         parts.append(text)
+    if record.get("forced"):
+        parts.append("FORCED")
+    if record.get("below_spec"):
+        parts.append(f"BELOW SPEC ({', '.join(record['below_spec'])})")
     if record.get("from_version"):
         parts.append(f"from {record['from_version']}")
     if record.get("error"):

@@ -176,6 +176,31 @@ def confidence_band(value: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def recall_spec(value: Any) -> float | dict[str, float]:
+    """promotion.min_recall: one recall for every class, or {class: recall} (``default``: the rest).
+
+    Class names cannot be checked here (the settings know no dataset): the comparator refuses a
+    name the dataset does not have (toolkit/promotion/spec.py).
+    """
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError("must be a recall such as 0.5, or recalls per class such as {short: 0.9, default: 0.5}")
+        out: dict[str, float] = {}
+        for name, recall in value.items():
+            if isinstance(name, bool) or not str(name).strip():
+                raise ValueError(f"names a class {short(name)} that is not a class name")
+            try:
+                out[str(name).strip()] = number(0, 1)(recall)
+            except ValueError as exc:
+                raise ValueError(f"for {short(name)} {exc}") from None
+        return out
+    try:
+        return number(0, 1)(value)
+    except ValueError:
+        raise ValueError("must be a recall in [0, 1] such as 0.5, or recalls per class such as "
+                         "{short: 0.9, default: 0.5}") from None
+
+
 @dataclass(frozen=True)
 class Key:
     """One training.yaml key: the rule for its value and, when a flag sets it, the flag."""
@@ -316,6 +341,9 @@ KEYS: dict[str, Key] = {
                                     "measured there", type=float),
     "promotion.max_recall_drop": Key(number(0, 1), "--max-recall-drop", "largest accepted drop of one "
                                      "class's recall at operating_conf", type=float),
+    "promotion.min_recall": Key(recall_spec, "--min-recall", "the line's spec: the recall every class must reach "
+                                "at operating_conf (training.yaml may give it per class)", metavar="RECALL",
+                                type=float),
     "promotion.min_first_map": Key(number(0, 1)),
     "memory_bank.url": Key(text()),  # --memory-bank (training_analyzer.py) overrides it, relative to the cwd
     "analyzer.near_duplicate_bits": Key(integer(0, 64)),

@@ -114,6 +114,14 @@ promotion:
   # Largest accepted drop of any class's recall at operating_conf (0.05 = 5 points), even when
   # mAP rises: a model that lets more defects of one class escape is refused.
   max_recall_drop: 0.05
+  # The line's spec: the recall each class must reach at operating_conf on the test split.
+  # One number for every class, or per class, e.g. {short: 0.95, open: 0.9, default: 0.5}
+  # (default: the classes not named; without it they take 0.5). 0.5: a model that misses
+  # half of a class's defects is not fit for the line. A better model below spec is still
+  # promoted (it is better than what runs), flagged BELOW SPEC wherever the decision is shown;
+  # each class's conf_for_spec says at which confidence the spec would be met, and with how
+  # many false calls per image.
+  min_recall: 0.5
   # The first model of a workspace (no production yet) must reach at least this on the metric:
   # a model that detects almost nothing is not put into production (pipeline --force overrides).
   min_first_map: 0.05

@@ -69,9 +69,12 @@ def analyze_memory_bank(bank: MemoryBank, uncertain: tuple[float, float], iou_ma
 
 
 def analyze_aggregate(agg: BankAggregate, dataset_instances: dict[str, int] | None = None,
-                      class_order: list[str] | None = None, dataset_images: int | None = None) -> Analysis:
+                      class_order: list[str] | None = None, dataset_images: int | None = None,
+                      below_spec: dict[str, dict[str, Any]] | None = None) -> Analysis:
     """Every per-class figure and the priorities. ``class_order`` puts known classes first (model order);
-    ``dataset_images``: train images behind ``dataset_instances`` (for the expected rate per image)."""
+    ``dataset_images``: train images behind ``dataset_instances`` (for the expected rate per image);
+    ``below_spec``: classes production's last evaluation found below the line's spec, with its figures
+    (counted as missed: ``toolkit.memory.priorities``)."""
     lo, hi = agg.uncertain
     names = list(class_order or [])
     names += [c for c in agg.classes if c not in names]
@@ -158,6 +161,7 @@ def analyze_aggregate(agg: BankAggregate, dataset_instances: dict[str, int] | No
             "dataset_instances": inst,
             "dataset_share": _ratio(inst, data_total) if inst is not None else None,
             "prevalence": prevalences[c],
+            "below_spec": (below_spec or {}).get(name),
         }
     analysis = Analysis(classes, [], weeks, versions[:-1] if not v_images[-1] else versions, reviewed_total,
                         (lo, hi), agg.iou_match, records=agg.records)

@@ -20,6 +20,9 @@ A class is judged first against what the data says should be there, in absolute 
     m = Em * M
 
 No other class enters this judgement: when the whole model is weak, every class is missed.
+A class that production's last evaluation found below the line's spec (its recall at
+promotion.operating_conf on the test split under promotion.min_recall) is missed outright:
+m = 1 and r = the lower of that measured recall and the estimate above.
 
 The other signals make the base (0..100):
 
@@ -108,10 +111,12 @@ def prevalence(names: list[str], detections: np.ndarray, records: int, reviewed:
 
 def _missed_parts(stats: dict[str, Any]) -> tuple[float, float]:
     """(m, r) of the module docstring; (0, 1) where nothing is expected."""
-    prev = stats.get("prevalence")
+    prev, spec = stats.get("prevalence"), stats.get("below_spec")
+    recall = prev.get("estimated_recall", min(1.0, prev["ratio"])) if prev else 1.0
+    if spec:  # measured on labelled test images: full evidence that the class is missed
+        return 1.0, min(recall, float(spec["recall"]))
     if not prev:
         return 0.0, 1.0
-    recall = prev.get("estimated_recall", min(1.0, prev["ratio"]))
     return prev["evidence"] * prev["missed"], recall
 
 
@@ -132,7 +137,7 @@ def class_score(stats: dict[str, Any]) -> tuple[float, dict[str, float]]:
     base = 100.0 * evidence * sum(WEIGHTS[k] * v for k, v in parts.items())
     m, _ = _missed_parts(stats)
     prev = stats.get("prevalence")
-    parts["missed"] = prev["missed"] if prev else 0.0
+    parts["missed"] = 1.0 if stats.get("below_spec") else prev["missed"] if prev else 0.0
     score = (1.0 - m) * base * BASE_CAP / 100.0 + missed_points(stats)
     return round(min(100.0, score), 2), parts
 
@@ -194,6 +199,11 @@ def reasons_for(name: str, stats: dict[str, Any], uncertain: tuple[float, float]
         else:
             out.insert(0, f"{prev['detections']} detection(s) in {where} where ~{prev['expected_detections']:.0f} "
                           f"were expected ({why}): estimated recall {recall:.0%}, {verdict}")
+    spec = stats.get("below_spec")
+    if spec:
+        out.insert(0, f"below the line's spec: production's recall of {name} at confidence {spec['operating_conf']:.2f} "
+                      f"was {spec['recall']:.2f} on the {spec.get('split') or 'test'} split in its last evaluation, under "
+                      f"promotion.min_recall {spec['min_recall']:.2f}: counted as missed")
     if prev:
         if prev.get("little_data", prev["evidence"] < 1.0):
             out.append(f"little data: ~{prev['expected_detections']:.1f} {name} defect(s) expected in "
@@ -215,7 +225,7 @@ def rank_priorities(analysis) -> list[dict[str, Any]]:
         score, parts = class_score(stats)
         prev = stats.get("prevalence")
         ranked.append({"class": name, "score": score,
-                       "estimated_recall": _missed_parts(stats)[1] if prev else None,
+                       "estimated_recall": _missed_parts(stats)[1] if prev or stats.get("below_spec") else None,
                        "reasons": reasons_for(name, stats, analysis.uncertain, analysis.reviewed_images),
                        "images_needed": images_needed(score, stats["dataset_instances"]),
                        "parts": {k: round(v, 4) for k, v in parts.items()}})

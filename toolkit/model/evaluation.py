@@ -21,13 +21,13 @@ from toolkit.data.eval_split import SplitData, load_split
 from toolkit.core.files import atomic_write_bytes, sha256_file
 from toolkit.model.inference import (EvalSettings, LoadedModel, check_names, measure_speed_rounds, measure_speeds,
                                run_inference, scoring_size, settings_for)
-from toolkit.model.metrics import (ModelEvaluation, interval95, operating_point, paired_bootstrap, recall_drops,
-                             resample_weights)
+from toolkit.model.metrics import (ModelEvaluation, conf_for_spec, interval95, operating_point, paired_bootstrap,
+                             recall_drops, resample_weights)
 
 logger = logging.getLogger(__name__)
 
 # what the comparator uses, from one place
-__all__ = ["EvalSettings", "LoadedModel", "ModelEvaluation", "SplitData", "dataset_version_of", "evaluate",
+__all__ = ["EvalSettings", "LoadedModel", "ModelEvaluation", "SplitData", "conf_for_spec", "dataset_version_of", "evaluate",
            "interval95", "load_model", "load_split", "measure_speed_rounds", "measure_speeds", "median",
            "model_entry", "operating_point", "paired_bootstrap", "recall_drops", "resample_weights",
            "scoring_size"]

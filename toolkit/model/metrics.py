@@ -261,3 +261,48 @@ def recall_drops(production: ModelEvaluation, candidate: ModelEvaluation, conf: 
         out[name] = {"before": float(before[0, c]), "after": float(after[0, c]),
                      "drop": float(before[0, c] - after[0, c]), "ci95": _interval(before_s[:, c] - after_s[:, c])}
     return out
+
+
+# ----------------------------------------------------------------------------- the line's spec
+def conf_for_spec(ev: ModelEvaluation, specs: dict[str, float]) -> tuple[dict[str, dict[str, float] | None],
+                                                                          dict[str, float | None]]:
+    """Per class: the highest confidence at which its recall reaches ``specs[name]``, and the most
+    recall any confidence reaches (at evaluation.conf).
+
+    Recall as a function of the confidence threshold comes from the matched predictions: a class's
+    predictions in descending confidence, each a hit or a false call at IoU 0.5 (the matching was
+    done in that order, so dropping the ones below a threshold keeps the matches above it, as in
+    ``_per_image_counts``). Predictions of equal confidence come in together. The first value per
+    class is ``{conf, recall, false_calls_per_image, all_false_calls_per_image}`` there (the class's
+    own false calls; every class's false calls if the whole line ran at that confidence), or None
+    where no confidence reaches the spec or the split holds no instance of the class.
+    """
+    nc = len(ev.names)
+    n_targets = np.bincount(ev.target_cls.astype(int), minlength=nc)
+    hit = ev.tp[:, 0].astype(bool) if len(ev.tp) else np.zeros(0, bool)
+    cls = ev.pred_cls.astype(int)
+    n_images = max(ev.n_images, 1)
+    found: dict[str, dict[str, float] | None] = {}
+    most: dict[str, float | None] = {}
+    for c, name in enumerate(ev.names):
+        if n_targets[c] == 0:
+            found[name], most[name] = None, None
+            continue
+        conf, h = ev.conf[cls == c].astype(np.float64), hit[cls == c]
+        order = np.argsort(-conf, kind="stable")
+        conf, h = conf[order], h[order]
+        hits = np.cumsum(h)
+        last = np.searchsorted(-conf, -conf, side="right") - 1  # the last prediction of each one's confidence
+        recall = hits[last] / n_targets[c] if len(conf) else np.zeros(0)
+        most[name] = float(recall[-1]) if len(recall) else 0.0
+        need = specs.get(name)
+        reach = np.flatnonzero(recall >= need - 1e-9) if need is not None else np.zeros(0, int)
+        if not len(reach):
+            found[name] = None
+            continue
+        k = int(reach[0])  # recall only grows as the threshold falls: the first is the highest confidence
+        threshold, kept = conf[k], last[k] + 1
+        found[name] = {"conf": float(threshold), "recall": float(recall[k]),
+                       "false_calls_per_image": float((kept - hits[last[k]]) / n_images),
+                       "all_false_calls_per_image": float(np.sum((ev.conf >= threshold) & ~hit) / n_images)}
+    return found, most

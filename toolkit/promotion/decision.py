@@ -10,6 +10,8 @@ The rules come from the ``promotion:`` section of training.yaml. A candidate pas
     candidate of production's architecture and input size is never refused for speed,
   - and it is not the production file itself.
 The winner is the passing candidate with the highest metric; without one, production stays.
+The line's spec (``min_recall``, toolkit/promotion/spec.py) is judged too, but never refuses: a
+better model below spec goes in, flagged.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class PromotionRules:
     min_first_map: float = _promotion_default("min_first_map")
     operating_conf: float = _promotion_default("operating_conf")
     max_recall_drop: float = _promotion_default("max_recall_drop")
+    min_recall: Any = _promotion_default("min_recall")  # a recall, or {class: recall}: the line's spec
 
     @classmethod
     def from_settings(cls, promotion: Mapping[str, Any]) -> "PromotionRules":
@@ -150,7 +153,8 @@ def decide(production: Mapping[str, Any] | None, verdicts: Sequence[Verdict], ru
                    "train longer or on more images, or promote this very file anyway with training_pipeline.py "
                    "--candidate PATH --force (--force alone trains a new model)")
         return {"promote": promote, "winner": str(best["path"]) if promote else None, "metric": rules.metric,
-                "gain": None, "ci95": None, "reasons": [why], "candidates": [], "first_model": True}
+                "gain": None, "ci95": None, "reasons": [why], "candidates": [], "first_model": True,
+                "forced": promote and value < rules.min_first_map}
     if not verdicts:
         return {"promote": False, "winner": str(production["path"]), "metric": rules.metric, "gain": None,
                 "ci95": None, "reasons": ["no candidate given: production was evaluated only"], "candidates": []}

@@ -48,6 +48,8 @@ td.best{font-weight:bold}.path{font-family:ui-monospace,Consolas,monospace;font-
 .decision{display:inline-block;font-size:2.4em;font-weight:800;letter-spacing:.06em;padding:.1em .5em;
  border:3px solid;border-radius:.2em;margin:.2em 0}
 .promoted{color:#00693e;border-color:#00693e}.kept{color:#8a5300;border-color:#8a5300}
+.flagged{color:#8a4b00;border-color:#f0a000;background:#fff1c9}
+.banner.spec{background:#fff1c9;border:2px solid #f0a000}
 .skipped,.unknown{color:#555;border-color:#777}
 .banner{background:#fff4d6;border:1px solid #e0b84a;padding:.4em .8em;margin:.6em 0}
 figure{margin:.6em 0 1.2em}figcaption{font-size:.9em;color:#444}
@@ -106,15 +108,39 @@ def _section(sid: str, title: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{esc(title)}</h2>\n{body}\n</section>'
 
 
-def _summary(data: dict[str, Any]) -> str:
+def _badge(data: dict[str, Any]) -> tuple[str, str]:
+    """(css class, words) of the decision: a forced or below-spec promotion is amber, never the green
+    of a plain approval; below spec names the classes."""
     decision = str(data.get("decision") or "unknown")
     cls = decision if decision in ("promoted", "kept", "skipped") else "unknown"
+    below = [str(c) for c in data.get("below_spec") or []]
+    words = decision.upper() + (" (FORCED)" if data.get("forced") and decision == "promoted" else "")
+    if below:
+        words += " - BELOW SPEC"
+    if decision == "promoted" and (below or data.get("forced")):
+        cls = "flagged"
+    return cls, words
+
+
+def _summary(data: dict[str, Any]) -> str:
+    decision = str(data.get("decision") or "unknown")
+    cls, words = _badge(data)
     prod = data.get("production") or {}
     parts = []
     if data.get("dry_run"):
         parts.append('<p class="banner">Dry run: nothing was changed; this page says what would happen.</p>')
     none_yet = decision == "kept" and not prod.get("sha256") and not prod.get("version")
-    parts.append(f'<div class="decision {cls}">{"NO MODEL PROMOTED" if none_yet else esc(decision.upper())}</div>')
+    parts.append(f'<div class="decision {cls}">{"NO MODEL PROMOTED" if none_yet else esc(words)}</div>')
+    below = [str(c) for c in data.get("below_spec") or []]
+    if below:
+        which = "the promoted model" if decision == "promoted" else "production"
+        parts.append(f'<p class="banner spec">Not fit for the line yet: {which} is below the line\'s spec '
+                     f"(promotion.min_recall) for <b>{esc(', '.join(below))}</b> - too many of those defects "
+                     "escape at the line's confidence. The spec table under 'Comparison with production' gives "
+                     "each class's recall and the confidence at which the spec would be met.</p>")
+    if data.get("forced") and decision == "promoted":
+        parts.append('<p class="banner spec">Forced: this model went into production because --force overrode a '
+                     "promotion rule, not because the comparator approved it.</p>")
     line = ("Production model: none yet" if none_yet else
             f"Production model: version <b>{esc(prod.get('version'))}</b>")
     if data.get("previous_version") not in (None, "") and data.get("previous_version") != prod.get("version"):
@@ -271,7 +297,32 @@ def _comparison(stage: dict[str, Any]) -> str:
         parts.append("<h3>AP50 per class</h3><table><thead><tr><th>class</th>" + head
                      + f"</tr></thead><tbody>{''.join(body)}</tbody></table>")
         parts.append(_operating_point(models, names))
+        parts.append(_spec_table(models, names))
     return "".join(parts)
+
+
+def _spec_table(models: list[dict[str, Any]], names: list[str]) -> str:
+    """Per class: the line's spec, each model's recall against it, and conf_for_spec."""
+    scored = [(i, m) for i, m in enumerate(models) if isinstance(m.get("conf_for_spec"), dict)]
+    if not scored:
+        return ""
+    rows = []
+    for name in names:
+        need = as_number((scored[0][1].get("min_recall") or {}).get(name))
+        row: list[Any] = [name, fmt(need, 2) if need is not None else "-"]
+        for _, m in scored:
+            recall = as_number((((m.get("operating_point") or {}).get("per_class") or {}).get(name) or {}).get("recall"))
+            at = m["conf_for_spec"].get(name)
+            below = name in (m.get("below_spec") or [])
+            row += [Html(f"<b>{fmt(recall)} below</b>") if below else (fmt(recall) if recall is not None else "-"),
+                    f"{fmt(as_number(at.get('conf')))} ({fmt(as_number(at.get('false_calls_per_image')), 2)} false "
+                    "calls / image)" if isinstance(at, dict) else "no confidence reaches it"]
+        rows.append(row)
+    headers = ["class", "spec (min recall)"] + [f"{_model_label(m, i)} {what}" for i, m in scored
+                                                for what in ("recall", "spec met at confidence")]
+    return ("<h3>The line's spec: recall each class must reach at the line's confidence</h3>"
+            + html_table(headers, rows) + note("'spec met at confidence' (conf_for_spec): the highest confidence at "
+                                               "which the class's recall reaches its spec on this split"))
 
 
 def _operating_point(models: list[dict[str, Any]], names: list[str]) -> str:
@@ -323,9 +374,8 @@ def _chart(stage: dict[str, Any]) -> str:
 
 
 def _decision(data: dict[str, Any], stages: dict[str, Any]) -> str:
-    decision = str(data.get("decision") or "unknown")
-    cls = decision if decision in ("promoted", "kept", "skipped") else "unknown"
-    parts = [f'<p>Outcome: <span class="decision {cls}" style="font-size:1.3em">{esc(decision)}</span> '
+    cls, words = _badge(data)
+    parts = [f'<p>Outcome: <span class="decision {cls}" style="font-size:1.3em">{esc(words.lower())}</span> '
              '(the reasons are listed in the summary at the top)</p>']
     compare = stages.get("compare")
     verdict = compare.get("decision") if isinstance(compare, dict) else None
