@@ -105,6 +105,19 @@ def test_predictions_of_equal_confidence_come_in_together():
     assert found["a"]["false_calls_per_image"] == pytest.approx(0.5)
 
 
+def test_the_decision_words_and_badge_never_look_like_a_plain_approval():
+    from toolkit.report.html_report import render_pipeline_report
+
+    assert training_pipeline.decision_words("promoted") == "PROMOTED"
+    assert training_pipeline.decision_words("promoted", ["short", "open"]) == "PROMOTED - BELOW SPEC (short, open)"
+    assert training_pipeline.decision_words("promoted", (), True) == "PROMOTED (FORCED)"
+    prod = {"version": "1.1", "path": "/ws/yolov8_model.pt", "sha256": "ab" * 32}
+    kept = render_pipeline_report({"decision": "kept", "below_spec": ["short"], "production": prod})
+    assert 'class="decision kept">KEPT - BELOW SPEC<' in kept and "production is below the line" in kept
+    plain = render_pipeline_report({"decision": "promoted", "below_spec": [], "production": prod})
+    assert 'class="decision promoted">PROMOTED<' in plain and "below the line" not in plain
+
+
 # ----------------------------------------------------------------------------- data unlike NEU: a PCB-like line
 def _pcb_image(rng: np.random.Generator, size: int, cls: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """A green board with horizontal copper traces and one small defect of class ``cls``."""
