@@ -39,7 +39,7 @@ def test_min_recall_is_a_number_or_one_per_class_and_defaults_to_half():
     assert Settings.defaults()["promotion.min_recall"] == 0.5
     assert check_value("promotion.min_recall", 0.9, "t") == 0.9
     assert check_value("promotion.min_recall", {"short": 0.95, "default": 0.6}, "t") == {"short": 0.95, "default": 0.6}
-    for bad in (1.5, -0.1, "high", True, {}, {"short": 2}):
+    for bad in (1.5, -0.1, "high", True, {}, {"short": 2}, [0.5]):
         with pytest.raises(ConfigError, match="promotion.min_recall"):
             check_value("promotion.min_recall", bad, "training.yaml")
     assert class_specs(0.8, PCB_CLASSES) == dict.fromkeys(PCB_CLASSES, 0.8)
