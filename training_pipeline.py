@@ -170,15 +170,23 @@ def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, 
                   f"at {config.imgsz} px, {config.epochs} epochs"),
         "compare": ("evaluate the candidate (with two routes: the one better on the validation split) vs "
                     "production on the test split: mAP, per-class AP50, per-class recall at confidence "
-                    f"{settings['promotion.operating_conf']} (promotion.operating_conf), speed"
+                    f"{settings['promotion.operating_conf']} (promotion.operating_conf) against the line's spec "
+                    f"(promotion.min_recall {_spec_words(settings['promotion.min_recall'])}), speed"
                     if ws.production_model.exists() else
-                    "score the candidate on the test split (no production model yet)"),
+                    "score the candidate on the test split (no production model yet), per-class recall against "
+                    f"the line's spec (promotion.min_recall {_spec_words(settings['promotion.min_recall'])})"),
         "promote": ("promote if the comparator approves" if ws.production_model.exists() else
                     "make it version 1.0 if it reaches promotion.min_first_map"),
     }
     if config.if_new_data and not new_data:
         steps = {name: "skip (no new data)" for name in STAGES}
     return {"new_batches": pending, "new_data": new_data, "steps": steps, "production": production_info(ws)}
+
+
+def _spec_words(min_recall: Any) -> str:
+    if isinstance(min_recall, dict):
+        return ", ".join(f"{name} {value:g}" for name, value in min_recall.items())
+    return f"{min_recall:g}"
 
 
 def _nothing_new(config: PipelineConfig, ws: Workspace) -> bool:

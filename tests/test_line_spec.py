@@ -264,6 +264,9 @@ def test_a_first_model_below_spec_without_force_is_flagged_but_not_forced(pcb_we
     root = _pcb_workspace(tmp_path / "ws", source)
     yaml_path = Workspace.at(root).training_yaml
     yaml_path.write_text(yaml_path.read_text().replace("min_first_map: 0.05", "min_first_map: 0.0"))
+    assert training_pipeline.main(["--root", str(root), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["stages"]["plan"]["steps"]
+    assert "against the line's spec (promotion.min_recall 0.5)" in plan["compare"]
     assert training_pipeline.main(["--root", str(root), "--candidate", str(weak), "--device", "cpu",
                                    "--no-analyze", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
