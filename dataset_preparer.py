@@ -285,8 +285,13 @@ class _Options:
     group_by: str = ""
 
 
+MAX_WORKERS = 64   # parallel checks: more processes than that only exhaust memory and process slots
+
+
 def _resolve_options(config: PrepareConfig, workspace: Workspace, settings: Settings | None) -> _Options:
     # A split given here names every share (a missing one is 0), checked like training.yaml's.
+    if config.workers is not None and not 1 <= config.workers <= MAX_WORKERS:
+        raise UserError(f"--workers must be 1 to {MAX_WORKERS} parallel checks, got {config.workers}")
     config, _ = resolve_config(config, settings or Settings.load(workspace.training_yaml))
     return _Options(ratios=config.split, max_bad=config.max_bad_fraction, bits=config.near_duplicate_bits,
                     class_map=parse_class_map(config.class_map), workers=config.workers or default_workers(),

@@ -88,11 +88,16 @@ class AnalyzeResult:
     plots: tuple[Path, ...]
 
 
+MAX_SCAN_BATCH = 1024   # images per inference batch: more only exhausts memory
+
+
 def resolve(config: AnalyzeConfig, workspace: Workspace, settings: Settings | None = None) -> tuple[AnalyzeConfig, Settings]:
     """The config with the band and IoU filled in (flags > training.yaml > defaults), checked."""
     config, settings = resolve_config(config, settings or Settings.load(workspace.training_yaml))
     if config.export < 0:
         raise UserError("--export must be 0 or a positive number of images")
+    if not 1 <= config.scan_batch <= MAX_SCAN_BATCH:
+        raise UserError(f"--scan-batch must be 1 to {MAX_SCAN_BATCH} images per inference batch, got {config.scan_batch}")
     return config, settings
 
 

@@ -349,3 +349,87 @@ def test_charts_and_tables_of_three_thousand_classes_are_capped(tmp_path, capsys
     assert len(result["classes"]) == 3000
     report = Path(result["report"]).with_suffix(".md").read_text()
     assert report.count("| scratch_") <= 2 * training_analyzer.MAX_TABLE_CLASSES and "others (2950 classes" in report
+
+
+# --- minor items ----------------------------------------------------------------------------------
+
+def test_a_writer_never_glues_its_record_onto_a_line_torn_while_it_was_open(tmp_path):
+    """Another process dies mid-line after our writer opened the file: our next record starts a new line."""
+    from toolkit.memory.detection_api import MemoryBankWriter
+    from toolkit.memory.memory_bank import read_memory_bank
+
+    path = tmp_path / "bank.jsonl"
+    with MemoryBankWriter(path) as writer:
+        writer.append(_record(0))
+        with open(path, "ab") as other:          # a foreign writer, killed mid-line
+            other.write(json.dumps(_record(1)).encode()[:25])
+        writer.append(_record(2))
+        writer.append(_record(3))
+    bank = read_memory_bank(path)
+    assert bank.records == 3 and [m["line"] for m in bank.malformed.items] == [2]
+    assert [Path(i).name for i in bank.image] == ["img_0000.jpg", "img_0002.jpg", "img_0003.jpg"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc to find the helper")
+def test_a_killed_analyzer_leaves_no_chart_helper(tmp_path):
+    """SIGKILL the analyzer while it reads: its chart helper (forked at the start) dies with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "bank.jsonl"
+    line = json.dumps(_record(0)) + "\n"
+    path.write_text(line * 400_000)
+    root = tmp_path / "ws"
+    root.mkdir()
+    proc = subprocess.Popen([sys.executable, str(REPO / "training_analyzer.py"), "--root", str(root),
+                             "--memory-bank", str(path)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    deadline = time.monotonic() + 60
+    while not children and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        except OSError:
+            pass
+        time.sleep(0.05)
+    assert children, "no chart helper seen"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    def alive(pid: int) -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(c) for c in children):
+        time.sleep(0.1)
+    left = [c for c in children if alive(c)]
+    for c in left:   # do not leave it to the next test
+        os.kill(c, signal.SIGKILL)
+    assert not left
+
+
+def test_a_duplicate_csv_column_and_a_hostile_parquet_schema_are_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from toolkit.core.errors import UserError
+    from toolkit.memory.memory_bank import aggregate_memory_bank, read_memory_bank
+
+    dup = tmp_path / "dup.csv"
+    dup.write_text("timestamp,image,model_version,class,confidence,confidence,x1,y1,x2,y2\n"
+                   "2026-03-01T00:00:00Z,a.jpg,1,c,0.5,0.9,1,2,3,4\n")
+    hostile = tmp_path / "hostile.parquet"
+    pq.write_table(pa.table({"timestamp": [[1, 2]], "image": ["a.jpg"], "class": [{"x": 1}], "confidence": [0.5],
+                             "x1": [1.0], "y1": [1.0], "x2": [2.0], "y2": [2.0]}), hostile)
+    nested = tmp_path / "nested.parquet"
+    pq.write_table(pa.table({"timestamp": ["2026-03-01T00:00:00Z"], "image": ["a.jpg"], "class": [{"x": 1}],
+                             "confidence": [0.5], "x1": [1.0], "y1": [1.0], "x2": [2.0], "y2": [2.0]}), nested)
+    for path, words in ((dup, "confidence twice"), (hostile, "column 'timestamp'"), (nested, "column 'class'")):
+        for read in (lambda p: read_memory_bank(p), lambda p: aggregate_memory_bank(p, (0.25, 0.6), 0.5)):
+            with pytest.raises(UserError, match=words):
+                read(path)

@@ -166,3 +166,19 @@ def test_the_estimate_ignores_a_poisoned_timing_given_directly():
     records = [{"trainings": [_timing(machine, -5.0), _timing(machine, float("nan")), _timing(machine, 0.01, "abc")]}]
     estimate = estimate_train(100, 10, 64, "cpu", machine, "yolov8n.yaml", 10, measured=timings_from_history(records))
     assert math.isfinite(estimate.seconds) and estimate.seconds > 0 and "built-in table" in estimate.basis
+
+
+# --- minor items -------------------------------------------------------------------------------------
+
+def test_absurd_worker_and_batch_counts_are_refused_in_one_line(ws, tmp_path, capsys):
+    import train_yolov8
+    import training_analyzer
+    from toolkit.data.synthetic import write_batch
+
+    src = write_batch(tmp_path / "b", 2, size=64, seed=1).root
+    assert dp.main(["--root", str(ws.root), "--source", str(src), "--workers", "100000"]) == 1
+    assert training_analyzer.main(["--root", str(ws.root), "--scan", str(src), "--scan-batch", "100000000"]) == 1
+    assert train_yolov8.main(["--root", str(ws.root), "--workers", "100000", "--epochs", "1"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 3 and "--workers" in errors[0] and "--scan-batch" in errors[1] and "workers" in errors[2]
+    assert not load_manifest(ws)

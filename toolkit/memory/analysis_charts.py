@@ -177,10 +177,14 @@ def _draw_in_two(analysis, json_path: Path) -> list[Path]:
     import os
 
     rest = ("weekly", "reviewed")
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # grandchild
         code = 1
         try:
+            from toolkit.data.dataset.parallel import die_with_parent
+
+            die_with_parent(parent)
             draw_charts(analysis, json_path, rest)
             code = 0
         finally:
@@ -192,8 +196,12 @@ def _draw_in_two(analysis, json_path: Path) -> list[Path]:
     return chart_paths(analysis, json_path)
 
 
-def _child(conn) -> None:
-    """Helper process: import matplotlib, wait for one job, draw it, answer (status, paths or why)."""
+def _child(conn, parent_pid: int) -> None:
+    """Helper process: import matplotlib, wait for one job, draw it, answer (status, paths or why).
+    It dies with the analyzer, even a SIGKILLed one (no orphaned helper of 65 MB each night)."""
+    from toolkit.data.dataset.parallel import die_with_parent
+
+    die_with_parent(parent_pid)
     try:
         import matplotlib
 
@@ -230,7 +238,9 @@ class ChartWorker:
         try:
             ctx = mp.get_context("fork")
             parent, child = ctx.Pipe()
-            self._proc = ctx.Process(target=_child, args=(child,), daemon=True, name="analyzer-charts")
+            import os
+
+            self._proc = ctx.Process(target=_child, args=(child, os.getpid()), daemon=True, name="analyzer-charts")
             self._proc.start()
             child.close()
             self._conn = parent

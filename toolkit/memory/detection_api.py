@@ -275,7 +275,23 @@ class MemoryBankWriter:
         with self._exclusive():
             if self._torn_at is not None:  # a cut-back that failed last time: end that line first
                 self._repair_own_torn_line()
+            if self._ends_mid_line():  # another process died mid-line while we were open: never glue onto it
+                logger.warning("%s ends in a cut-off line (another writer stopped mid-line); starting a new line "
+                               "after it", self.target)
+                data = b"\n" + data
             self._write_unlocked(data)
+
+    def _ends_mid_line(self) -> bool:
+        """Whether the file's last byte is not a newline (checked under the writers' lock, before each line)."""
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return False
+        try:
+            with open(self.target, "rb") as fh:
+                fh.seek(size - 1)
+                return fh.read(1) not in (b"\n", b"")
+        except OSError:
+            return False
 
     def _write_unlocked(self, data: bytes) -> None:
         """One system call per line; a line cut short (disk full, a quota) is cut back at once.

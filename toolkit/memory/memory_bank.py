@@ -369,6 +369,12 @@ def _csv_header(path: Path) -> list[str]:
         header = pd.read_csv(path, nrows=0, encoding="utf-8-sig", encoding_errors="replace").columns.tolist()
     except (ValueError, pd.errors.ParserError) as exc:
         raise UserError(f"{path}: cannot read the CSV header ({_short(exc)})") from None
+    twice = sorted({c for c in header if c in ALL_COLUMNS and header.count(c) > 1}
+                   | {c.rsplit(".", 1)[0] for c in header if c.rsplit(".", 1)[0] in ALL_COLUMNS and c not in ALL_COLUMNS
+                      and c.rsplit(".", 1)[-1].isdigit()})
+    if twice:  # pandas would rename the second one and read the first without a word
+        raise UserError(f"{path}: the CSV header names column(s) {', '.join(twice)} twice; keep one of each "
+                        "(see memory-bank/README.md)")
     if any(c not in header for c in REQUIRED_COLUMNS):
         _frame(pd.DataFrame(columns=header), f"{path}: CSV header", np.zeros(0))
     return header
@@ -425,7 +431,36 @@ def _sqlite_frames(path: Path, chunk_rows: int | None):
         con.close()
 
 
+def _check_parquet_schema(path: Path, schema) -> None:
+    """One line for a Parquet file whose columns are not the flat layout: a list, a struct or a map
+    where a text or a number belongs (a hostile schema must not end in a raw TypeError)."""
+    import pyarrow as pa
+
+    names = list(schema.names)
+    twice = sorted({n for n in names if n in ALL_COLUMNS and names.count(n) > 1})
+    if twice:
+        raise UserError(f"{path}: the Parquet file has column(s) {', '.join(twice)} twice; keep one of each")
+    for field in schema:
+        if field.name not in ALL_COLUMNS:
+            continue
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        flat = (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+                or pa.types.is_floating(kind) or pa.types.is_null(kind) or pa.types.is_decimal(kind)
+                or (field.name == "timestamp" and (pa.types.is_timestamp(kind) or pa.types.is_date(kind))))
+        if not flat:
+            raise UserError(f"{path}: column '{field.name}' of the Parquet file is {str(kind)[:60]}; it must be "
+                            f"{'a text or a timestamp' if field.name == 'timestamp' else 'a text or a number'} "
+                            "(one row per detection, see memory-bank/README.md)")
+
+
 def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:  # pyarrow's errors have no common base
+        raise UserError(f"{path}: cannot read as Parquet ({_short(exc)})") from None
+    _check_parquet_schema(path, schema)
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow's errors have no common base
@@ -520,9 +555,11 @@ def _parquet_chunks(path: Path, chunk_rows: int):
     import pyarrow.parquet as pq
 
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+        source = pq.ParquetFile(path)
+        batches = source.iter_batches(batch_size=chunk_rows)
     except Exception as exc:  # pyarrow's errors have no common base
         raise UserError(f"{path}: cannot read as Parquet ({_short(exc)})") from None
+    _check_parquet_schema(path, source.schema_arrow)
     first = 1
     for batch in batches:
         df = batch.to_pandas()
