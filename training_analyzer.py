@@ -171,11 +171,12 @@ def dataset_counts(workspace: Workspace, names: list[str]) -> tuple[dict[str, in
     return (counts, found) if found else (None, 0)
 
 
-def below_spec_of_production(workspace: Workspace) -> dict[str, dict[str, Any]]:
-    """Classes production's last evaluation found below the line's spec, with their figures."""
-    from toolkit.promotion.spec import production_spec
+def below_spec_of_production(workspace: Workspace, min_recall: Any) -> dict[str, dict[str, Any]]:
+    """Classes production's last evaluation found below the line's spec (``min_recall``, the spec in
+    force now), with their figures."""
+    from toolkit.promotion.spec import judged_now, production_spec
 
-    spec = production_spec(workspace) if workspace.production_model.is_file() else None
+    spec = judged_now(production_spec(workspace), min_recall) if workspace.production_model.is_file() else None
     if not spec:
         return {}
     return {name: {**(spec.get("per_class") or {}).get(name, {}), "operating_conf": spec.get("operating_conf"),
@@ -247,7 +248,7 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
     names = known_classes(workspace)
     instances, train_images = dataset_counts(workspace, names)
     analysis = analyze_aggregate(bank, instances, names, dataset_images=train_images,
-                                 below_spec=below_spec_of_production(workspace))
+                                 below_spec=below_spec_of_production(workspace, settings["promotion.min_recall"]))
 
     stamp = timestamp()
     json_path = report_path(workspace, "analyze", stamp)

@@ -38,7 +38,7 @@ from toolkit.core.layout import Workspace, is_workspace, require_workspace
 from toolkit.core.lock import workspace_lock
 from toolkit.promotion.registry import Registry
 from toolkit.promotion.registry_check import registry_notes, registry_problems
-from toolkit.promotion.spec import production_spec, spec_record
+from toolkit.promotion.spec import judged_now, production_spec, spec_record
 from toolkit.core.run_history import append_history, read_history, record_interrupted_runs
 from toolkit.core.reports import report_path, timestamp, utc_now_iso, write_report
 
@@ -587,6 +587,11 @@ def status(root: Path) -> dict[str, Any]:
             sidecar = {"error": "unreadable"}
     problems = registry_problems(registry)
     spec = production_spec(ws, production["sha256"]) if production["sha256"] else None
+    if spec:  # against the spec in training.yaml now, which may have changed since that evaluation
+        try:
+            spec = judged_now(spec, Settings.load(ws.training_yaml)["promotion.min_recall"])
+        except UserError:  # a broken training.yaml: --status still reports, with the spec as measured
+            pass
     return {"root": str(ws.root), "production": production, "sidecar": sidecar, "spec": spec,
             "previous_version": registry.previous_production(production["version"]),
             "ok": not problems, "problems": problems, "notes": registry_notes(registry),
@@ -761,7 +766,9 @@ def _spec_status(spec: dict[str, Any] | None) -> str:
         c = (spec.get("per_class") or {}).get(name) or {}
         gap = f"{name} {c.get('recall', 0):.2f} of {c.get('min_recall', 0):.2f} (gap {c.get('min_recall', 0) - c.get('recall', 0):.2f}"
         gap += (f"; met at confidence {c['conf_for_spec']:.3f}, {c['false_calls_per_image']:.2f} false calls/image)"
-                if c.get("conf_for_spec") is not None else "; no confidence reaches it)")
+                if c.get("conf_for_spec") is not None else
+                "; the spec changed since: the next comparison says where it is met)" if c.get("spec_changed") else
+                "; no confidence reaches it)")
         gaps.append(gap)
     return (f"Spec: production is BELOW the line's spec for {len(below)} class(es), recall at confidence "
             f"{conf:.2f} vs promotion.min_recall ({when}): " + "; ".join(gaps))

@@ -257,6 +257,14 @@ def test_a_weak_first_model_forced_in_is_flagged_forced_and_below_spec_everywher
         assert "counted as missed" in ranked[name]["reasons"][0]
     for name in set(PCB_CLASSES) - set(below):
         assert ranked[name]["score"] < 50
+    # the plant changes its spec: --status and the analyzer judge the last figures against the new one
+    yaml_path = ws.training_yaml
+    yaml_path.write_text(yaml_path.read_text().replace("min_recall: 0.5", "min_recall: {%s: 0.0, default: 0.5}"
+                                                       % below[0]))
+    now = training_pipeline.status(root)["spec"]
+    assert now["below_spec"] == below[1:] and now["per_class"][below[0]]["spec_changed"] is True
+    ranked = {p["class"]: p for p in training_analyzer.run(training_analyzer.AnalyzeConfig(root=root)).priorities}
+    assert ranked[below[0]]["parts"]["missed"] < 1.0 and not ranked[below[0]]["reasons"][0].startswith("below")
 
 
 def test_a_first_model_below_spec_without_force_is_flagged_but_not_forced(pcb_weak_model, tmp_path, capsys):

@@ -128,3 +128,23 @@ def production_spec(workspace, sha256: str | None = None) -> dict[str, Any] | No
     if sidecar.get("sha256") == sha256 and isinstance(spec, dict):
         return {**spec, "run": None, "measured_at": sidecar.get("promoted_at")}
     return None
+
+
+def judged_now(record: dict[str, Any] | None, min_recall: float | Mapping[str, float]) -> dict[str, Any] | None:
+    """``record`` (production's last check) judged against the spec in training.yaml now: the plant
+    may have changed it since. A class whose spec changed keeps its measured recall; where the spec
+    would be met is then unknown until the next comparison (``conf_for_spec`` None, ``spec_changed``)."""
+    if not record or not record.get("per_class"):
+        return record
+    try:
+        specs = class_specs(min_recall, list(record["per_class"]))
+    except UserError:
+        return record  # a class name the spec misspells: the comparator says so; keep what was measured
+    per_class = {}
+    for name, c in record["per_class"].items():
+        c = dict(c)
+        if c.get("min_recall") is None or abs(float(c["min_recall"]) - specs[name]) > 1e-9:
+            c.update(min_recall=specs[name], conf_for_spec=None, false_calls_per_image=None, spec_changed=True)
+        per_class[name] = c
+    below = [n for n, c in per_class.items() if c.get("recall") is not None and c["recall"] < c["min_recall"] - 1e-9]
+    return {**record, "per_class": per_class, "below_spec": below}
