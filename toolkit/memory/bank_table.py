@@ -134,6 +134,36 @@ class MemoryBank:
         return out
 
 
+# --- the columns of a table file (CSV, Parquet) ---------------------------------------------------------
+
+def duplicate_columns(names: list[str], where: str) -> None:
+    """UserError for a known column named twice (also as pandas renames the second: ``confidence.1``)."""
+    base = [n.rsplit(".", 1)[0] if n not in ALL_COLUMNS and n.rsplit(".", 1)[-1].isdigit() else n for n in names]
+    twice = sorted({n for n in base if n in ALL_COLUMNS and base.count(n) > 1})
+    if twice:
+        raise UserError(f"{where} names column(s) {', '.join(twice)} twice; keep one of each "
+                        "(see memory-bank/README.md)")
+
+
+def check_parquet_schema(path: Path, schema) -> None:
+    """One line for a Parquet file whose columns are not the flat layout: a list, a struct or a map
+    where a text or a number belongs (a hostile schema must not end in a raw TypeError)."""
+    import pyarrow as pa
+
+    duplicate_columns(list(schema.names), f"{path}: the Parquet file")
+    for field in schema:
+        if field.name not in ALL_COLUMNS:
+            continue
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        flat = (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+                or pa.types.is_floating(kind) or pa.types.is_null(kind) or pa.types.is_decimal(kind)
+                or (field.name == "timestamp" and (pa.types.is_timestamp(kind) or pa.types.is_date(kind))))
+        if not flat:
+            raise UserError(f"{path}: column '{field.name}' of the Parquet file is {str(kind)[:60]}; it must be "
+                            f"{'a text or a timestamp' if field.name == 'timestamp' else 'a text or a number'} "
+                            "(one row per detection, see memory-bank/README.md)")
+
+
 # --- the record-by-record check: the reason of every malformed record -----------------------------
 
 def ts_in_range(seconds: np.ndarray) -> np.ndarray:

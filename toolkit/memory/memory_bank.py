@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from toolkit.memory.bank_table import (ALL_COLUMNS, BOX, CSV_COLUMNS, MAX_CLASS_CHARS, MAX_DETECTIONS, MAX_IMAGE_CHARS,
-                                       MAX_LINE_BYTES, REQUIRED_COLUMNS, SQLITE_TABLE, MemoryBank, Parts, keep_mask)
+                                       MAX_LINE_BYTES, REQUIRED_COLUMNS, SQLITE_TABLE, MemoryBank, Parts,
+                                       check_parquet_schema, duplicate_columns, keep_mask)
 from toolkit.memory.bank_aggregate import BankAggregate
 from toolkit.memory.bank_rows import iso_seconds, records_from_rows, rows_in_chunks
 from toolkit.core.errors import UserError
@@ -281,11 +282,7 @@ def _checked(tab, lines: np.ndarray, pieces: list[tuple[bytes, int, bool]], part
 
 def _read_jsonl(path: Path, parts: Parts, chunk_bytes: int = CHUNK_BYTES, flush=None) -> None:
     """Block by block; ``flush()`` after each block takes the records read so far (chunked reading).
-
-    A line longer than ``MAX_LINE_BYTES`` is a malformed record, counted with its number and skipped
-    unread: one line of 10 million detections must not take the machine's memory (one longer than a
-    read is dropped as it streams past).
-    """
+    A line over ``MAX_LINE_BYTES`` is a malformed record, skipped unread (dropped as it streams past)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with open(path, "rb") as fh, ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
@@ -369,12 +366,7 @@ def _csv_header(path: Path) -> list[str]:
         header = pd.read_csv(path, nrows=0, encoding="utf-8-sig", encoding_errors="replace").columns.tolist()
     except (ValueError, pd.errors.ParserError) as exc:
         raise UserError(f"{path}: cannot read the CSV header ({_short(exc)})") from None
-    twice = sorted({c for c in header if c in ALL_COLUMNS and header.count(c) > 1}
-                   | {c.rsplit(".", 1)[0] for c in header if c.rsplit(".", 1)[0] in ALL_COLUMNS and c not in ALL_COLUMNS
-                      and c.rsplit(".", 1)[-1].isdigit()})
-    if twice:  # pandas would rename the second one and read the first without a word
-        raise UserError(f"{path}: the CSV header names column(s) {', '.join(twice)} twice; keep one of each "
-                        "(see memory-bank/README.md)")
+    duplicate_columns(header, f"{path}: the CSV header")  # pandas would read the first without a word
     if any(c not in header for c in REQUIRED_COLUMNS):
         _frame(pd.DataFrame(columns=header), f"{path}: CSV header", np.zeros(0))
     return header
@@ -431,41 +423,8 @@ def _sqlite_frames(path: Path, chunk_rows: int | None):
         con.close()
 
 
-def _check_parquet_schema(path: Path, schema) -> None:
-    """One line for a Parquet file whose columns are not the flat layout: a list, a struct or a map
-    where a text or a number belongs (a hostile schema must not end in a raw TypeError)."""
-    import pyarrow as pa
-
-    names = list(schema.names)
-    twice = sorted({n for n in names if n in ALL_COLUMNS and names.count(n) > 1})
-    if twice:
-        raise UserError(f"{path}: the Parquet file has column(s) {', '.join(twice)} twice; keep one of each")
-    for field in schema:
-        if field.name not in ALL_COLUMNS:
-            continue
-        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
-        flat = (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
-                or pa.types.is_floating(kind) or pa.types.is_null(kind) or pa.types.is_decimal(kind)
-                or (field.name == "timestamp" and (pa.types.is_timestamp(kind) or pa.types.is_date(kind))))
-        if not flat:
-            raise UserError(f"{path}: column '{field.name}' of the Parquet file is {str(kind)[:60]}; it must be "
-                            f"{'a text or a timestamp' if field.name == 'timestamp' else 'a text or a number'} "
-                            "(one row per detection, see memory-bank/README.md)")
-
-
 def _read_parquet(path: Path) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except Exception as exc:  # pyarrow's errors have no common base
-        raise UserError(f"{path}: cannot read as Parquet ({_short(exc)})") from None
-    _check_parquet_schema(path, schema)
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow's errors have no common base
-        raise UserError(f"{path}: cannot read as Parquet ({_short(exc)})") from None
-    return _frame(df, f"{path}: Parquet file", np.arange(1, len(df) + 1, dtype=np.int64))
+    return pd.concat(list(_parquet_chunks(path, None)), ignore_index=True)
 
 
 # --- format detection and the public entry point ------------------------------------------------
@@ -551,15 +510,18 @@ def _csv_chunks(path: Path, chunk_rows: int):
         first += len(df)
 
 
-def _parquet_chunks(path: Path, chunk_rows: int):
+def _parquet_chunks(path: Path, chunk_rows: int | None):
+    """A Parquet file's rows chunk by chunk (None: whole), after its schema is checked (one line if not flat)."""
     import pyarrow.parquet as pq
 
     try:
         source = pq.ParquetFile(path)
-        batches = source.iter_batches(batch_size=chunk_rows)
+        check_parquet_schema(path, source.schema_arrow)
+        batches = [source.read()] if chunk_rows is None else source.iter_batches(batch_size=chunk_rows)
+    except UserError:
+        raise
     except Exception as exc:  # pyarrow's errors have no common base
         raise UserError(f"{path}: cannot read as Parquet ({_short(exc)})") from None
-    _check_parquet_schema(path, source.schema_arrow)
     first = 1
     for batch in batches:
         df = batch.to_pandas()
