@@ -47,6 +47,11 @@ def normalize_arch(arch: str) -> str:
         if not path.is_file():
             raise UserError(f"--arch {arch}: no such file; give a .pt you have on disk (the toolkit downloads "
                             "nothing) or one of yolov8n/s/m/l/x.yaml")
+        from toolkit.core.checkpoint_scan import holds_detection_model
+
+        if not holds_detection_model(path):  # refused now, not with an AttributeError at the first training
+            raise UserError(f"--arch {arch}: not a YOLO detection checkpoint (no ultralytics DetectionModel in it); "
+                            "give a YOLOv8 detection .pt or one of yolov8n/s/m/l/x.yaml")
         return str(path)
     value = arch.strip().lower()
     if value in ("n", "s", "m", "l", "x"):

@@ -433,3 +433,23 @@ def test_a_duplicate_csv_column_and_a_hostile_parquet_schema_are_one_line(tmp_pa
         for read in (lambda p: read_memory_bank(p), lambda p: aggregate_memory_bank(p, (0.25, 0.6), 0.5)):
             with pytest.raises(UserError, match=words):
                 read(path)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "sqlite"])
+def test_a_nul_in_an_image_path_is_a_malformed_record(tmp_path, fmt):
+    from toolkit.core.errors import UserError
+    from toolkit.memory.bank_table import BadRecord
+    from toolkit.memory.detection_api import MemoryBankWriter
+    from toolkit.memory.memory_bank import aggregate_memory_bank, read_memory_bank
+
+    bad = dict(_record(1), image="line3/img\x00.jpg")
+    path = _write([_record(0), bad, _record(2)], tmp_path / f"bank.{SUFFIX[fmt]}", fmt)
+    bank = read_memory_bank(path)
+    assert bank.records == 2 and bank.malformed.count == 1 and "NUL" in bank.malformed.items[0]["reason"]
+    assert aggregate_memory_bank(path, (0.25, 0.6), 0.5, chunk_rows=2).records == 2
+    if fmt == "sqlite":  # the database's own GROUP BY path sends it to the row-by-row check too
+        from toolkit.memory.bank_sql_aggregate import aggregate_in_database
+
+        assert aggregate_in_database(f"sqlite:///{path}", (0.25, 0.6), 0.5) is None
+    with MemoryBankWriter(tmp_path / "out.jsonl") as writer, pytest.raises((BadRecord, UserError), match="NUL"):
+        writer.append(bad)

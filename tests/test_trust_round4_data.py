@@ -182,3 +182,37 @@ def test_absurd_worker_and_batch_counts_are_refused_in_one_line(ws, tmp_path, ca
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(errors) == 3 and "--workers" in errors[0] and "--scan-batch" in errors[1] and "workers" in errors[2]
     assert not load_manifest(ws)
+
+
+def test_groups_csv_conflicts_and_rows_for_missing_images_are_noted(ws, tmp_path):
+    src = write_lots(tmp_path / "batch", 12, 2, seed=5)
+    images = sorted((src / "images").glob("*.jpg"))
+    rows = ["image,plate"] + [f"images/{p.name},P{int(p.stem[3:6]) // 3}" for p in images]
+    rows += [f"images/{images[0].name},P99", "images/gone_1.jpg,P1", "gone_2.jpg,P2"]
+    (src / "groups.csv").write_text("\n".join(rows) + "\n")
+    result = dp.run(dp.PrepareConfig(root=ws.root, source=src, group_by="csv:plate"))
+    notes = " ".join(result.notes)
+    assert f"1 image(s) have rows of different lots (images/{images[0].name}: P0, P99)" in notes, result.notes
+    assert "2 row(s) name images that are not in the batch (gone_2.jpg, images/gone_1.jpg)" in notes
+    first = next(e for e in load_manifest(ws)["images"] if e["source"].endswith(images[0].name))
+    assert first["group"] == "P0"
+
+
+def test_yaml_nested_50000_deep_is_one_error_line(ws, tmp_path, capsys):
+    """training.yaml, and an import source's data.yaml, nested 50,000 deep: one line, not a RecursionError."""
+    import subprocess
+    import sys
+
+    from toolkit.data.synthetic import write_batch
+
+    deep = "[" * 50_000 + "]" * 50_000
+    src = write_batch(tmp_path / "b", 2, size=64, seed=1).root
+    (src / "data.yaml").write_text(f"path: .\ntrain: images\nnames: {deep}\n")
+    assert dp.main(["--root", str(ws.root), "--source", str(src)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "data.yaml" in errors[0] and "deep" in errors[0], errors
+    ws.training_yaml.write_text(ws.training_yaml.read_text() + f"\nextra: {deep}\n")
+    run = subprocess.run([sys.executable, str(Path(dp.__file__)), "--root", str(ws.root), "--check"],
+                         capture_output=True, text=True, timeout=120)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 1 and len(lines) == 1 and "training.yaml" in lines[0] and "deep" in lines[0], lines

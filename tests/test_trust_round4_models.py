@@ -120,3 +120,14 @@ def test_a_zip_entry_claiming_more_than_the_file_is_refused(tmp_path, shared_mod
             b.writestr(info.filename, a.read(info.filename))
     assert any("compressed" in why for why in reaching_out(dest))
     assert reaching_out(src) == []
+
+
+def test_arch_refuses_a_pt_that_is_no_yolo_detector_at_setup(tmp_path, shared_models, capsys):
+    import setup_training
+
+    lin = _linear_checkpoint(tmp_path / "lin.pt")
+    assert setup_training.main(["--root", str(tmp_path / "ws"), "--classes", "a,b", "--arch", str(lin)]) == 1
+    err = capsys.readouterr().err
+    assert "not a YOLO detection checkpoint" in err and not (tmp_path / "ws" / "training").exists()
+    assert setup_training.main(["--root", str(tmp_path / "ok"), "--classes", "a,b", "--arch",
+                                str(shared_models / "neu_v1.0_half.pt")]) == 0

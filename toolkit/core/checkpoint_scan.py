@@ -205,3 +205,20 @@ def reaching_out(path: str | Path) -> list[str]:
             elif "?" in name:  # a name computed at load time: no checkpoint written by torch.save does that
                 problems.append("it names a class the scan cannot read")
     return list(dict.fromkeys(problems))
+
+
+def holds_detection_model(path: str | Path) -> bool:
+    """Whether the checkpoint's pickle names ultralytics' ``DetectionModel`` (read from the opcodes, nothing
+    unpickled): a quick early check of a ``.pt`` given as an architecture, before any training starts."""
+    try:
+        streams = _pickles(Path(path))
+    except (OSError, zipfile.BadZipFile, RuntimeError, _Oversized):
+        return False
+    for blob in streams:
+        try:
+            _, names = _scan_pickle(list(pickletools.genops(blob)))
+        except Exception:  # a damaged pickle
+            continue
+        if any(name.startswith("ultralytics.nn.tasks.") and name.endswith("DetectionModel") for name in names):
+            return True
+    return False

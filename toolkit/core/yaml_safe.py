@@ -24,6 +24,18 @@ class YamlTooLarge(yaml.YAMLError):
         super().__init__(self.problem)
 
 
+MAX_YAML_DEPTH = 64  # nesting of lists / mappings: a settings file needs 4; 50,000 would end in a RecursionError
+
+
+class YamlTooDeep(yaml.YAMLError):
+    """A YAML text nested deeper than ``MAX_YAML_DEPTH`` (50,000 '[' end in Python's recursion limit)."""
+
+    def __init__(self, mark: Any = None):
+        self.problem = f"nests lists or mappings more than {MAX_YAML_DEPTH} deep; no setting needs that"
+        self.problem_mark = mark
+        super().__init__(self.problem)
+
+
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key written twice in one mapping (YAML would keep the last), and a
     text whose aliases expand beyond ``MAX_YAML_VALUES`` values: each node's expanded size is
@@ -34,14 +46,19 @@ class _StrictLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._sizes: dict[int, int] = {}
         self._keys: list[str] = []
+        self._depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         key = index.value if isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.ScalarNode) else None
         if key is not None:
             self._keys.append(str(key)[:40])
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise YamlTooDeep(self.peek_event().start_mark)
         try:
             node = super().compose_node(parent, index)
         finally:
+            self._depth -= 1
             if key is not None:
                 self._keys.pop()
         if id(node) not in self._sizes:

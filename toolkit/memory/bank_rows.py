@@ -193,6 +193,8 @@ def records_from_rows(df: pd.DataFrame, parts: Parts) -> None:
     image, image_ok = cols["image"][0].iloc[first], cols["image"][1][first]
     length = _lengths(image)
     ok = ok & (image_ok & (length > 0) & (length <= MAX_IMAGE_CHARS))
+    ok = ok & ~image.map(lambda v: type(v) is str and "\x00" in v).to_numpy(dtype=bool) if image.dtype == object \
+        else ok & ~image.str.contains("\x00", regex=False).fillna(False).to_numpy(dtype=bool)
     ok = ok & (cols["model_version"][1][first] & cols["source"][1][first])
     width, w_ok = _sizes(df["image_width"].iloc[first])
     height, h_ok = _sizes(df["image_height"].iloc[first])

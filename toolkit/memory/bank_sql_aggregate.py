@@ -109,8 +109,9 @@ class _Sql:
         if self.pg:   # one regular expression per row: the same forms, far fewer calls
             ts, zone = (r"ts ~ '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3])\:[0-5]\d\:[0-5]\d"
                         r"(\.\d+)?(Z|\+00\:00)?$'", "(length(ts) <= 32)")
+        nul = "" if self.pg else "OR instr(image, char(0)) > 0 "   # PostgreSQL text cannot hold a NUL
         return (f"ts IS NULL OR NOT ({' AND '.join(text_kinds + number_kinds)}) OR length(ts) < 19 OR NOT ({ts}) "
-                f"OR NOT {zone} OR image IS NULL OR image = '' OR length(image) > {MAX_IMAGE_CHARS} "
+                f"OR NOT {zone} OR image IS NULL OR image = '' OR length(image) > {MAX_IMAGE_CHARS} {nul}"
                 f"OR (kind IS NOT NULL AND kind NOT IN ('detection', 'review')) OR {sizes} "
                 f"OR (cls IS NOT NULL AND (length(cls) > {MAX_CLASS_CHARS} OR {box} OR ((kind IS NULL OR kind = "
                 "'detection') AND (conf IS NULL OR conf < 0 OR conf > 1))))")

@@ -318,6 +318,8 @@ def normalise(obj: Any, keep: Keep | None = None) -> tuple | None:
         raise BadRecord(f"image must be a non-empty string, got {image!r:.40}")
     if len(image) > MAX_IMAGE_CHARS:
         raise BadRecord(_too_long("image path", image, MAX_IMAGE_CHARS))
+    if "\x00" in image:  # no file system takes it; an export would fail on it
+        raise BadRecord(f"image path {image[:40]!r} holds a NUL character")
     if type(dets) is not list:
         raise BadRecord(f"detections must be a list, got {type(dets).__name__}")
     if len(dets) > MAX_DETECTIONS:

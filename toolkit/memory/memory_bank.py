@@ -100,6 +100,7 @@ def _arrow_chunk(tab, lines: np.ndarray, parts: Parts) -> np.ndarray:
     ts, ok = iso_seconds(tab.column("timestamp"))
     image_len = _np(pc.utf8_length(tab.column("image")).fill_null(0))
     ok = ok & ((image_len > 0) & (image_len <= MAX_IMAGE_CHARS))
+    ok = ok & ~_np(pc.match_substring(tab.column("image"), "\x00").fill_null(False))
     for name in ("image_width", "image_height"):
         col = tab.column(name)
         ok = ok & (_np(pc.or_kleene(pc.is_null(col), pc.greater(col, 0)).fill_null(False)))

@@ -111,21 +111,35 @@ def _from_csv(root: Path, images: Sequence[Path], column: str) -> tuple[dict[Pat
         fields = reader.fieldnames or []
         if "image" not in fields or column not in fields:
             raise UserError(f"{path} needs the columns 'image' and '{column}' (it has: {', '.join(fields) or 'none'})")
-        lots = {}
+        lots: dict[str, str] = {}
+        conflicts: dict[str, set[str]] = {}
         for row in reader:
             name, lot = (row.get("image") or "").strip().replace("\\", "/"), (row.get(column) or "").strip()
             if name and lot:
-                lots[name] = lot
+                if lots.setdefault(name, lot) != lot:  # the first row wins; the conflict is named
+                    conflicts.setdefault(name, {lots[name]}).add(lot)
     keys: dict[Path, str] = {}
+    used: set[str] = set()
     for image in images:
         try:
             rel = image.relative_to(root).as_posix()
         except ValueError:
             rel = image.name
-        lot = lots.get(rel) or lots.get(image.name)
+        name = rel if rel in lots else image.name
+        lot = lots.get(name)
         if lot:
             keys[image] = lot
+            used.add(name)
     notes = []
+    if conflicts:
+        first = sorted(conflicts)[:3]
+        notes.append(f"{path}: {len(conflicts)} image(s) have rows of different lots ("
+                     + "; ".join(f"{n}: {', '.join(sorted(conflicts[n]))}" for n in first)
+                     + f"{'; ...' if len(conflicts) > 3 else ''}); the first row of each is used - fix {GROUPS_CSV}")
+    missing = sorted(set(lots) - used)
+    if missing:
+        notes.append(f"{path}: {len(missing)} row(s) name images that are not in the batch "
+                     f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); they are ignored")
     if len(keys) < len(images):
         notes.append(f"{root.name}: {len(images) - len(keys)} of {len(images)} image(s) have no row in "
                      f"{GROUPS_CSV}: each is a lot of its own")

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Sequence
 import yaml
 
 from toolkit.core.errors import UserError
-from toolkit.core.yaml_safe import YamlTooLarge, load_yaml_text
+from toolkit.core.yaml_safe import YamlTooDeep, YamlTooLarge, load_yaml_text
 from toolkit.data.labels.source import (BAD_LINES_SHOWN, CLASS_LIST_FILES, FileIndex, Problem, SourceBatch,
                                         SourceBox, SourceImage, read_class_list, relative_parts, short,
                                         split_from_path)
@@ -39,7 +39,7 @@ def find_data_yaml(index: FileIndex, explicit: Path | None) -> tuple[Path, dict]
             continue
         try:
             data = load_yaml_text(path.read_text(encoding="utf-8"))
-        except YamlTooLarge as exc:  # refused at once, found or given: never walked, never skipped silently
+        except (YamlTooLarge, YamlTooDeep) as exc:  # refused at once, found or given: never walked, never skipped silently
             raise UserError(f"{path}: {exc.problem}; fix or remove this file and rerun") from None
         except (OSError, yaml.YAMLError, UnicodeDecodeError):
             if explicit:
