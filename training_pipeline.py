@@ -39,7 +39,8 @@ from toolkit.core.lock import workspace_lock
 from toolkit.promotion.registry import Registry
 from toolkit.promotion.registry_check import registry_notes, registry_problems
 from toolkit.promotion.spec import judged_now, production_spec, spec_record
-from toolkit.core.run_history import append_history, read_history, record_interrupted_runs
+from toolkit.core.run_history import (append_history, clear_running, mark_running, read_history,
+                                      record_interrupted_runs)
 from toolkit.core.reports import report_path, timestamp, utc_now_iso, write_report
 
 logger = logging.getLogger(__name__)
@@ -235,6 +236,15 @@ def _run_with_history(config: PipelineConfig, ws: Workspace, settings: Settings)
     stamp = timestamp()
     runner = _StageRunner()
     before = production_info(ws)
+    mark_running(ws, stamp, started)  # a run killed without a word gets its history line from the next one
+    try:
+        return _finish_run(config, ws, settings, runner, stamp, started, start, before)
+    finally:
+        clear_running(ws, stamp)
+
+
+def _finish_run(config: PipelineConfig, ws: Workspace, settings: Settings, runner, stamp: str, started: str,
+                start: float, before: dict) -> PipelineResult:
     try:
         the_run = _Run(config, ws, settings, runner, stamp=stamp)
         result = _run_locked(the_run, stamp)
@@ -508,7 +518,7 @@ PIPELINE: tuple[Stage, ...] = (
 def _run_locked(r: _Run, stamp: str) -> PipelineResult:
     registry = Registry.load(r.ws)
     registry.recover()  # finish or undo what a killed promotion/rollback left, before anything else
-    record_interrupted_runs(registry)
+    record_interrupted_runs(registry, current=stamp)
     r.pending = _pending_batches(r.ws)
     if r.config.if_new_data and not r.config.source and not r.pending:
         logger.info("no new batch in %s since the last run: nothing to do", r.ws.incoming)

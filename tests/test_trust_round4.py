@@ -453,3 +453,21 @@ def test_a_nul_in_an_image_path_is_a_malformed_record(tmp_path, fmt):
         assert aggregate_in_database(f"sqlite:///{path}", (0.25, 0.6), 0.5) is None
     with MemoryBankWriter(tmp_path / "out.jsonl") as writer, pytest.raises((BadRecord, UserError), match="NUL"):
         writer.append(bad)
+
+
+def test_a_view_without_order_counts_each_record_once(postgres, pg_password):
+    """A VIEW has no key: its rows come in the server's order, where a record's rows may be apart (here sorted
+    by class) and were counted as two records. Read ordered by timestamp, image and version: once each."""
+    from bank_helpers import write_pg_table
+    from toolkit.memory.memory_bank import aggregate_memory_bank, read_memory_bank
+
+    records = [_record(i, n_dets=3) for i in range(6)]
+    with postgres.admin("inspection") as con:
+        con.execute("DROP VIEW IF EXISTS by_class")
+        con.execute("DROP TABLE IF EXISTS view_base")
+        write_pg_table(con, "view_base", records)
+        con.execute("CREATE VIEW by_class AS SELECT * FROM view_base ORDER BY class, id")
+    table = read_memory_bank(postgres.url("view_base"))
+    for bank in (read_memory_bank(postgres.url("by_class")),
+                 aggregate_memory_bank(postgres.url("by_class"), (0.25, 0.6), 0.5, chunk_rows=4)):
+        assert bank.records == table.records == 6 and bank.skipped == 0

@@ -216,3 +216,32 @@ def test_yaml_nested_50000_deep_is_one_error_line(ws, tmp_path, capsys):
                          capture_output=True, text=True, timeout=120)
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert run.returncode == 1 and len(lines) == 1 and "training.yaml" in lines[0] and "deep" in lines[0], lines
+
+
+def test_a_run_killed_without_a_word_gets_its_history_line_from_the_next_run(ws, capsys):
+    """A `both` run SIGKILLed mid-route leaves its marker and two run folders without summary.json: the next
+    pipeline run writes its 'interrupted' history line naming those folders (kept for --resume)."""
+    import os
+    import time
+
+    import training_pipeline
+    from toolkit.core.run_history import mark_running, read_history
+
+    mark_running(ws, "20260101-000000-000001", "2026-01-01T00:00:00Z")   # what the killed run left
+    for route in ("finetune", "scratch"):
+        (ws.runs / f"20260101-000001-{route}" / "weights").mkdir(parents=True)
+    done = ws.runs / "20251231-000000-old"
+    (done / "weights").mkdir(parents=True)
+    (done / "summary.json").write_text("{}")
+    os.utime(done, (time.time() - 10 ** 8, time.time() - 10 ** 8))
+    assert training_pipeline.main(["--root", str(ws.root), "--if-new-data"]) == 0
+    [line] = [r for r in read_history(ws, last=10) if r["run"] == "20260101-000000-000001"]
+    assert line["decision"] == "interrupted" and "killed" in line["error"]
+    assert sorted(Path(p).name for p in line["unfinished_run_dirs"]) == ["20260101-000001-finetune",
+                                                                        "20260101-000001-scratch"]
+    assert not list((ws.root / "training").glob(".pipeline-running-*"))
+    from toolkit.core.run_history import record_interrupted_runs
+    from toolkit.promotion.registry import Registry
+
+    assert record_interrupted_runs(Registry.load(ws)) == []   # written once
+    assert len([r for r in read_history(ws, last=10) if r["run"] == "20260101-000000-000001"]) == 1

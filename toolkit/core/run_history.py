@@ -39,15 +39,67 @@ def stale_report_temps(workspace: Workspace) -> list[Path]:
     return found
 
 
-def record_interrupted_runs(registry) -> list[dict[str, Any]]:
-    """A history line for each run that changed production but was killed before writing its own.
+def _marker(workspace: Workspace, stamp: str) -> Path:
+    return workspace.root / "training" / f".pipeline-running-{stamp}.json"
+
+
+def mark_running(workspace: Workspace, stamp: str, started: str) -> None:
+    """A marker that run ``stamp`` is under way; ``clear_running`` removes it once its history line is
+    written. A marker the next run finds is a run killed without a word (SIGKILL, power loss)."""
+    from toolkit.core.files import atomic_write_json
+
+    try:
+        atomic_write_json(_marker(workspace, stamp), {"run": stamp, "started_at": started})
+    except OSError as exc:  # the run goes on; only a kill would go unrecorded
+        logger.debug("no run marker: %s", exc)
+
+
+def clear_running(workspace: Workspace, stamp: str) -> None:
+    _marker(workspace, stamp).unlink(missing_ok=True)
+
+
+def _record_killed_runs(workspace: Workspace, current: str | None, logged: set) -> list[dict[str, Any]]:
+    """A history line for each run killed before it could write one (its marker is left), naming the run
+    folders it left without a ``summary.json`` (kept: ``train_yolov8.py --resume`` can continue them)."""
+    from datetime import datetime
+
+    added = []
+    for marker in sorted((workspace.root / "training").glob(".pipeline-running-*.json")):
+        stamp = marker.name[len(".pipeline-running-"):-len(".json")]
+        if stamp == current:
+            continue
+        try:
+            started = str(json.loads(marker.read_text(encoding="utf-8")).get("started_at") or "")
+            since = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+        except (OSError, ValueError, AttributeError):
+            started, since = "", 0.0
+        if stamp not in logged:
+            runs = workspace.runs
+            half = sorted(str(d) for d in (runs.iterdir() if runs.is_dir() else ())
+                          if d.is_dir() and not (d / "summary.json").exists() and d.stat().st_mtime >= since - 1)
+            record = {"run": stamp, "started_at": started or None, "finished_at": None, "decision": "interrupted",
+                      "error": "killed before it finished (no clean stop: SIGKILL, power loss or a crash); "
+                               "nothing was promoted by it; recorded by the next run",
+                      "unfinished_run_dirs": half}
+            append_history(workspace, record)
+            logger.warning("run %s was killed before it finished; its history line is written now%s", stamp,
+                           f" (unfinished run folders, kept for --resume: {', '.join(half)})" if half else "")
+            added.append(record)
+        marker.unlink(missing_ok=True)
+    return added
+
+
+def record_interrupted_runs(registry, current: str | None = None) -> list[dict[str, Any]]:
+    """A history line for each run that changed production but was killed before writing its own, and
+    for each run killed before it changed anything (its marker is left; ``current``: this run's stamp).
 
     Promotions and rollbacks of the pipeline carry the run's stamp in their registry event; an event
     whose run has no history line gets one now (decision 'promoted' or 'rollback'), saying so.
     """
     runs = {e["run"]: e for e in registry.events if e.get("run") and e["action"] in ("promote", "rollback")}
     if not runs:
-        return []
+        logged = {r.get("run") for r in read_history(registry.workspace, last=1000)}
+        return _record_killed_runs(registry.workspace, current, logged)
     logged = {r.get("run") for r in read_history(registry.workspace, last=len(runs) + 1000)}
     added = []
     for stamp, event in runs.items():
@@ -64,7 +116,8 @@ def record_interrupted_runs(registry) -> list[dict[str, Any]]:
         logger.info("recovery: wrote the history line of run %s (%s version %s), which was interrupted",
                     stamp, record["decision"], event["version"])
         added.append(record)
-    return added
+        logged.add(stamp)
+    return added + _record_killed_runs(registry.workspace, current, logged)
 
 
 def append_history(workspace: Workspace, record: dict[str, Any]) -> None:

@@ -366,14 +366,16 @@ def build_select(loc: BankLocation, info: TableInfo, since: float | None, until:
                     f"OR {no_image}")
     if line:
         sql += f" ORDER BY {line_sql}"
+    else:  # no key (a VIEW, a table without one): a record's rows must still come together, or it counts twice
+        sql += " ORDER BY " + ", ".join(quote(c) for c in ("timestamp", "image", "model_version") if c in cols)
     return sql, params
 
 
 def _warn_no_key(loc: BankLocation, info: TableInfo) -> None:
     if info.line_column is None:
-        logger.warning("%s: table '%s' has no integer primary key; rows are read in the server's order "
-                       "and reported by row number (add an id column, see memory-bank/README.md)",
-                       loc.shown, loc.table)
+        logger.warning("%s: table '%s' has no integer primary key (a VIEW has none); rows are read ordered by "
+                       "timestamp, image and model version, and reported by that row number (add an id column, "
+                       "see memory-bank/README.md)", loc.shown, loc.table)
 
 
 def read_rows(location: str, since: float | None = None, until: float | None = None,
