@@ -131,3 +131,38 @@ def test_arch_refuses_a_pt_that_is_no_yolo_detector_at_setup(tmp_path, shared_mo
     assert "not a YOLO detection checkpoint" in err and not (tmp_path / "ws" / "training").exists()
     assert setup_training.main(["--root", str(tmp_path / "ok"), "--classes", "a,b", "--arch",
                                 str(shared_models / "neu_v1.0_half.pt")]) == 0
+
+
+def test_a_storage_declared_larger_than_the_file_is_refused(tmp_path):
+    """A legacy (non-zip) checkpoint whose pickle declares a storage of 10**9 bytes in a file of a few
+    hundred bytes (torch's legacy reader allocates a storage at its declared size before reading it): the
+    scan refuses it from the opcodes. (The loader refused this file before too, for its legacy form; a zip
+    checkpoint's record sizes torch checks itself.)"""
+    import io
+    import pickletools
+    import resource
+
+    import torch
+
+    from toolkit.core.errors import UserError
+    from toolkit.core.offline import load_yolo
+
+    buffer = io.BytesIO()
+    torch.save({"model": torch.zeros(4, dtype=torch.uint8)}, buffer, _use_new_zipfile_serialization=False)
+    data, stream, pos = buffer.getvalue(), io.BytesIO(buffer.getvalue()), 0
+    for _ in range(4):   # magic, protocol, sys info, the object: the last holds the storage's declaration
+        start = stream.tell()
+        ops = list(pickletools.genops(stream))
+    at = max(i for i, (op, _, _) in enumerate(ops) if op.name == "BINPERSID")
+    op, arg, pos = next(o for o in reversed(ops[:at]) if o[0].name in ("BININT1", "BININT2", "BININT"))
+    size = {"BININT1": 2, "BININT2": 3, "BININT": 5}[op.name]
+    data = data[:pos] + b"J" + (10 ** 9).to_bytes(4, "little") + data[pos + size:]   # genops: positions in the file
+    dest = tmp_path / "declared.pt"
+    dest.write_bytes(data)
+    from toolkit.core.checkpoint_scan import reaching_out
+
+    assert any("storages declare 1,000,000,000 elements" in why for why in reaching_out(dest)), reaching_out(dest)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UserError):
+        load_yolo(dest, tmp_path / "cfg")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000

@@ -37,6 +37,8 @@ _REACHING_OUT_MODULES = ("torchvision.", "torch.hub.")
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
                "STRING"}
 _CALLS = {"REDUCE", "OBJ", "INST"}
+_INT_OPS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"}
+_storage_cap = [1 << 62]   # elements the storages may declare: at most the file's bytes (set per file)
 # the model classes (layers, whole models) whose constructors build networks, read configurations, fetch
 # weights; a training checkpoint's plain data (IterableSimpleNamespace of its arguments) is rebuilt by a call
 _MODEL_CLASSES = ("ultralytics.nn.",)
@@ -64,6 +66,7 @@ def _scan_pickle(ops) -> tuple[list[str], list[str]]:
     memo: dict[int, object] = {}
     found: list[str] = []
     names: list[str] = []
+    storage = [0]   # elements of the storages the file declares (a storage is allocated at its declared size)
 
     def pop_to_mark() -> list[object]:
         items = []
@@ -136,6 +139,22 @@ def _scan_pickle(ops) -> tuple[list[str], list[str]]:
         if name == "EMPTY_TUPLE":
             stack.append(("empty",))
             continue
+        if name in _INT_OPS:
+            stack.append(("int", arg if isinstance(arg, int) else 0))
+            continue
+        if name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"):
+            items = pop_to_mark() if name == "TUPLE" else [stack.pop() if stack else None
+                                                            for _ in range(int(name[-1]))][::-1]
+            stack.append(("tuple", items))
+            continue
+        if name in ("BINPERSID", "PERSID"):  # ('storage', type, key, location, numel): allocated as declared
+            pid = stack.pop() if name == "BINPERSID" and stack else None
+            items = pid[1] if isinstance(pid, tuple) and pid[0] == "tuple" else []
+            if len(items) >= 5 and items[0] == ("str", "storage") and isinstance(items[4], tuple) \
+                    and items[4][0] == "int":   # numel: 5th of the zip and of the legacy format's id
+                storage[0] += max(0, items[4][1])
+            stack.append(("obj",))
+            continue
         if name == "EMPTY_DICT":
             stack.append(("emptydict",))
             continue
@@ -150,6 +169,7 @@ def _scan_pickle(ops) -> tuple[list[str], list[str]]:
         elif before:
             del stack[len(stack) - min(len(before), len(stack)):]
         stack.extend(("obj",) for _ in op.stack_after)
+    found += [f"its storages declare {storage[0]:,} elements"] if storage[0] > _storage_cap[0] else []
     return found, names
 
 
@@ -192,6 +212,10 @@ def reaching_out(path: str | Path) -> list[str]:
         return [str(exc)]
     except (OSError, zipfile.BadZipFile, RuntimeError):
         return []
+    try:
+        _storage_cap[0] = Path(path).stat().st_size   # a stored element takes a byte at least
+    except OSError:
+        return problems
     for blob in streams:
         try:
             ops = list(pickletools.genops(blob))
