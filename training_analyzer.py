@@ -53,8 +53,10 @@ class AnalyzeConfig:
                          "images to incoming/); 0: analyse only", default=0, type=int, metavar="N")
     scan: Path | None = option("--scan", "first run the production model over these images and log them to "
                                "the memory bank", type=Path, metavar="DIR")
-    scan_model: Path | None = option("--scan-model", "model for --scan (default: ROOT/yolov8_model.pt)", type=Path)
+    scan_model: Path | None = option("--scan-model", "model for --scan and the selection's embeddings (default: "
+                                     "ROOT/yolov8_model.pt)", type=Path)
     iou_match: float | None = setting("analyzer.iou_match")
+    selection: str | None = setting("analyzer.selection")
     scan_batch: int = option("--scan-batch", "images per inference batch for --scan", default=16, type=int)
     scan_conf: float = option("--scan-conf", "lowest confidence --scan logs", default=0.25, type=float)
 
@@ -79,6 +81,7 @@ class AnalyzeResult:
     incoming_batch: Path | None
     reviewed_exported: int
     near_duplicates_skipped: int
+    selection: dict[str, Any]                   # mode, candidates, groups, quotas, embedding cost
     missing_images: tuple[str, ...]             # first LIST_CAP
     missing_images_count: int
     refused_images: tuple[str, ...]             # first LIST_CAP "path: why" (not image files: never opened)
@@ -259,7 +262,9 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
 
         export = export_for_labelling(workspace, bank.candidates, analysis, config.export, stamp,
                                       settings["analyzer.near_duplicate_bits"],
-                                      float(settings["analyzer.class_weight_power"]))
+                                      float(settings["analyzer.class_weight_power"]), config.selection,
+                                      int(settings["analyzer.seed"]),
+                                      _embedder(workspace, Path(config.scan_model or workspace.production_model)))
     result = AnalyzeResult(
         memory_bank=shown, format=bank.fmt, records=bank.records, skipped_records=bank.skipped,
         malformed=tuple(bank.malformed.items), filtered_out=bank.filtered_out, uncertain=band, iou_match=iou,
@@ -269,6 +274,7 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         incoming_batch=export.incoming_batch if export else None,
         reviewed_exported=export.reviewed_exported if export else 0,
         near_duplicates_skipped=export.near_duplicates if export else 0,
+        selection=export.selection if export else {"mode": config.selection},
         missing_images=tuple(export.missing[:LIST_CAP]) if export else (),
         missing_images_count=len(export.missing) if export else 0,
         refused_images=tuple(export.refused[:LIST_CAP]) if export else (),
@@ -282,6 +288,30 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         result = replace(result, plots=drawn)
         write_report(json_path, result, markdown_report(result))
     return result
+
+
+def _embedder(workspace: Workspace, model_path: Path):
+    """``embed(paths) -> (vectors, info)`` with ``model_path`` (the production model, or --scan-model),
+    cached in the workspace (``toolkit.memory.embeddings``); None paths (not openable) get NaN rows."""
+    def embed(paths):
+        import numpy as np
+
+        from toolkit.memory.embeddings import embed_images
+
+        if not model_path.is_file():
+            raise UserError(f"the selection needs the production model's embeddings, and {model_path} is not "
+                            "there: put the model in place, or set analyzer.selection: uncertainty in training.yaml")
+        ok = [i for i, p in enumerate(paths) if p is not None]
+        got = embed_images([paths[i] for i in ok], model_path, workspace.cache / "embeddings",
+                           workspace.ultralytics_config)
+        vectors = np.full((len(paths), got.vectors.shape[1]), np.nan, dtype=np.float32)
+        vectors[ok] = got.vectors
+        per_1000 = got.seconds_per_1000
+        return vectors, {"model": str(model_path), "imgsz": got.imgsz, "images": len(ok), "embedded_now": got.computed,
+                         "from_cache": len(ok) - got.computed, "seconds": round(got.seconds, 1),
+                         "seconds_per_1000_images": None if per_1000 is None else round(per_1000, 1),
+                         "cache": str(got.cache)}
+    return embed
 
 
 def write_plots(analysis, json_path: Path) -> list[Path]:

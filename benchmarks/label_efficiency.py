@@ -122,11 +122,19 @@ def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: l
     from toolkit.core.datafile import write_dataset_yaml
     from toolkit.core.layout import Workspace
 
+    import shutil
+
     ws = Workspace.at(work / "analyzer_ws")
+    kept_cache = work / "embedding_cache"   # the production model's embeddings: computed once, reused by every arm
     if ws.root.exists():
-        import shutil
+        if (ws.cache / "embeddings").is_dir():
+            shutil.rmtree(kept_cache, ignore_errors=True)
+            shutil.move(str(ws.cache / "embeddings"), str(kept_cache))
         shutil.rmtree(ws.root)
     ws.labels_dir("train").mkdir(parents=True)
+    if kept_cache.is_dir():
+        ws.cache.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(kept_cache, ws.cache / "embeddings")
     write_dataset_yaml(ws, names)
     if analyzer_settings:
         import yaml
@@ -135,24 +143,24 @@ def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: l
     for stem in sets["old_all"]:  # production's own training set: the class shares priorities compare with
         (ws.labels_dir("train") / f"{stem}.txt").write_text((work / "data" / "labels" / f"{stem}.txt").read_text())
     pool = work / "pool"
-    if pool.exists():
-        import shutil
-        shutil.rmtree(pool)
-    pool.mkdir()
-    for stem in sets["pool"]:  # the pool's images only: its labels stay hidden from the analyzer
-        (pool / f"{stem}.jpg").symlink_to(image_of(work, stem))
+    if not pool.exists() or sorted(p.stem for p in pool.iterdir()) != sorted(sets["pool"]):
+        shutil.rmtree(pool, ignore_errors=True)
+        pool.mkdir()
+        for stem in sets["pool"]:  # the pool's images only: its labels stay hidden from the analyzer
+            (pool / f"{stem}.jpg").symlink_to(image_of(work, stem))
     # the scan depends only on the pool and the model: a second variant reuses the first one's records
     import hashlib
 
     key = hashlib.sha256((str(model) + str(model.stat().st_size) + "\n".join(sets["pool"])).encode()).hexdigest()[:16]
     cached = work / "scan_cache" / f"{key}.jsonl"
     cmd = [sys.executable, str(REPO / "training_analyzer.py"), "--root", str(ws.root), "--export", str(k_max),
-           "--json", "-q"]
+           "--json", "-q", "--scan-model", str(model)]   # the production model: the scan's and the embeddings'
+
     if cached.exists():
         ws.detections.parent.mkdir(parents=True, exist_ok=True)
         ws.detections.write_bytes(cached.read_bytes())
     else:
-        cmd += ["--scan", str(pool), "--scan-model", str(model)]
+        cmd += ["--scan", str(pool)]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -160,11 +168,14 @@ def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: l
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(ws.detections.read_bytes())
+    if (ws.cache / "embeddings").is_dir():
+        shutil.rmtree(kept_cache, ignore_errors=True)
+        shutil.copytree(ws.cache / "embeddings", kept_cache)
     result = json.loads(out.stdout)
     rows = list(csv.DictReader(open(Path(result["export_dir"]) / "selection.csv", newline="", encoding="utf-8")))
     picks = [Path(r["source"].lstrip("'")).stem for r in rows]
     summary = {"seconds": round(time.perf_counter() - start, 1), "scan_reused": "--scan" not in cmd,
-               "exported": result["exported"],
+               "exported": result["exported"], "selection": result.get("selection"),
                "near_duplicates_skipped": result["near_duplicates_skipped"],
                "priorities": [{"class": p["class"], "score": p["score"], "reasons": p["reasons"]}
                               for p in result["priorities"]],
@@ -214,14 +225,16 @@ def finetune(spec: dict) -> dict:
                         conf=0.001, iou=0.7, device=spec["device"], workers=spec["workers"], plots=False,
                         verbose=False, project=str(run_dir), name="val", exist_ok=True)
     ap50 = {spec["names"][int(c)]: round(float(a), 4) for c, a in zip(metrics.box.ap_class_index, metrics.box.ap50)}
-    return {"name": spec["name"], "arm": spec["arm"], "k": spec["k"], "draw": spec["draw"], "seed": spec["seed"],
+    return {"name": spec["name"], "arm": spec["arm"], **({"selection": spec["selection"]} if "selection" in spec else {}),
+            "k": spec["k"], "draw": spec["draw"], "seed": spec["seed"],
             "images": len(spec["train"]), "map50": round(float(metrics.box.map50), 4),
             "map50_95": round(float(metrics.box.map), 4), "ap50_per_class": ap50,
             "seconds": round(time.perf_counter() - start, 1), "train_seconds": round(train_s, 1)}
 
 
-def run_specs(specs: list[dict], jobs: int, work: Path) -> list[dict]:
-    """Each fine-tune in its own process (fresh ultralytics state); ``jobs`` at once."""
+def run_specs(specs: list[dict], jobs: int, work: Path, on_result=None) -> list[dict]:
+    """Each fine-tune in its own process (fresh ultralytics state); ``jobs`` at once; ``on_result(results)``
+    after each one (the partial results file)."""
     pending = list(specs)
     running: list[tuple[subprocess.Popen, Path, dict]] = []
     results = []
@@ -246,6 +259,8 @@ def run_specs(specs: list[dict], jobs: int, work: Path) -> list[dict]:
                 raise SystemExit(f"fine-tune {spec['name']} failed ({proc.returncode}):\n{tail}")
             res = json.loads(out.read_text())
             results.append(res)
+            if on_result:
+                on_result(results)
             logger.info("%-18s images %4d  mAP50 %.3f  mAP50-95 %.3f  (%.0f s)", res["name"], res["images"],
                         res["map50"], res["map50_95"], res["seconds"])
     return results
@@ -264,16 +279,26 @@ def interpolate_k(curve: list[tuple[int, float]], target: float) -> float | None
     return None
 
 
-def summarise(results: list[dict], ks: list[int], pool_size: int) -> dict:
+def summarise(results: list[dict], ks: list[int], pool_size: int, default: str | None = None) -> dict:
+    """Per K: random's draws, and each selection mode's runs with the random images that match its mean
+    (``random_images_to_match``) and ``label_efficiency`` = that / K. ``analyzer`` (and the two figures
+    at the row's top level) is the ``default`` mode (the first met when None); ``modes`` holds every mode."""
     def stats(rows: list[dict], key: str) -> dict:
         values = [r[key] for r in rows]
         return {"mean": round(statistics.fmean(values), 4) if values else None,
                 "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
                 "min": min(values) if values else None, "max": max(values) if values else None, "n": len(values)}
 
+    modes: list[str] = []
+    for r in results:
+        if r["arm"] == "analyzer" and r.get("selection", "analyzer") not in modes:
+            modes.append(r.get("selection", "analyzer"))
+    if default in modes:
+        modes.remove(default)
+    if default:
+        modes.insert(0, default)
     base = [r for r in results if r["arm"] == "old_only"]
     full = [r for r in results if r["arm"] == "all"]
-    table = []
     curve = [(0, stats(base, "map50_95")["mean"])] if base else []
     for k in ks:
         rnd = [r for r in results if r["arm"] == "random" and r["k"] == k]
@@ -281,19 +306,46 @@ def summarise(results: list[dict], ks: list[int], pool_size: int) -> dict:
             curve.append((k, stats(rnd, "map50_95")["mean"]))
     if full:
         curve.append((pool_size, stats(full, "map50_95")["mean"]))
+    table = []
     for k in ks:
-        ana = [r for r in results if r["arm"] == "analyzer" and r["k"] == k]
         rnd = [r for r in results if r["arm"] == "random" and r["k"] == k]
-        row = {"k": k, "analyzer": {m: stats(ana, m) for m in ("map50", "map50_95")},
-               "random": {m: stats(rnd, m) for m in ("map50", "map50_95")}}
-        if ana and curve:
-            matched = interpolate_k(curve, row["analyzer"]["map50_95"]["mean"])
-            row["random_images_to_match"] = None if matched is None else round(matched, 1)
-            row["label_efficiency"] = None if matched is None else round(matched / k, 2)
+        row = {"k": k, "random": {m: stats(rnd, m) for m in ("map50", "map50_95")}, "modes": {}}
+        for mode in modes:
+            ana = [r for r in results if r["arm"] == "analyzer" and r.get("selection", "analyzer") == mode and r["k"] == k]
+            entry = {m: stats(ana, m) for m in ("map50", "map50_95")}
+            if ana and len(curve) > 1:
+                matched = interpolate_k(curve, entry["map50_95"]["mean"])
+                entry["random_images_to_match"] = None if matched is None else round(matched, 1)
+                entry["label_efficiency"] = None if matched is None else round(matched / k, 2)
+                if row["random"]["map50_95"]["n"]:
+                    entry["above_random_mean"] = entry["map50_95"]["mean"] > row["random"]["map50_95"]["mean"]
+            row["modes"][mode] = entry
+        if modes:
+            first = row["modes"][modes[0]]
+            row["selection"] = modes[0]
+            row["analyzer"] = {m: first[m] for m in ("map50", "map50_95")}
+            for key in ("random_images_to_match", "label_efficiency", "above_random_mean"):
+                if key in first:
+                    row[key] = first[key]
+        else:
+            row["analyzer"] = {m: stats([], m) for m in ("map50", "map50_95")}
         table.append(row)
     return {"old_only": {m: stats(base, m) for m in ("map50", "map50_95")} if base else None,
             "all_pool": {m: stats(full, m) for m in ("map50", "map50_95")} if full else None,
-            "random_curve_map50_95": curve, "per_k": table, "random_rise": random_rise(table)}
+            "random_curve_map50_95": curve, "per_k": table, "random_rise": random_rise(table),
+            "modes": modes, "goal": goal(table, modes)}
+
+
+def goal(table: list[dict], modes: list[str]) -> dict:
+    """Issue 26's acceptance per mode: label efficiency >= 1.5 at K 30 and 90, mean above random's at every K."""
+    out = {}
+    for mode in modes:
+        effs = {row["k"]: row["modes"][mode].get("label_efficiency") for row in table}
+        above = [row["modes"][mode].get("above_random_mean") for row in table]
+        small = [k for k in effs if k in (30, 90)]
+        out[mode] = {"efficiency_1_5_at_30_and_90": bool(small) and all((effs[k] or 0) >= 1.5 for k in small),
+                     "above_random_at_every_k": bool(above) and all(a is True for a in above)}
+    return out
 
 
 def random_rise(table: list[dict]) -> dict | None:
@@ -344,12 +396,46 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['k']} | {fmt(row['analyzer']['map50'])} | {fmt(row['random']['map50'])} | "
                      f"{fmt(row['analyzer']['map50_95'])} | {fmt(row['random']['map50_95'])} | "
                      f"{'> pool' if match is None else f'{match:.0f}'} | {'-' if eff is None else f'{eff:.2f}x'} |")
+    modes = report["summary"].get("modes") or []
+    if len(modes) > 1 or (modes and modes[0] != "analyzer"):
+        lines += ["", "Every selection mode's curve (mAP50-95 on the test split; `random` is the random draws):", "",
+                  "| mode | " + " | ".join(f"K {row['k']}" for row in report["summary"]["per_k"]) + " |",
+                  "|---|" + "---|" * len(report["summary"]["per_k"])]
+        for mode in modes:
+            cells = []
+            for row in report["summary"]["per_k"]:
+                e = row["modes"][mode]
+                eff = e.get("label_efficiency")
+                cells.append(fmt(e["map50_95"]) + ("" if e["map50_95"]["mean"] is None else
+                                                   f", {'> pool' if eff is None and 'label_efficiency' in e else (f'{eff:.2f}x' if eff is not None else '-')}"))
+            lines.append(f"| {mode}{' (default)' if mode == modes[0] else ''} | " + " | ".join(cells) + " |")
+        lines.append("| random | " + " | ".join(fmt(row["random"]["map50_95"]) for row in report["summary"]["per_k"]) + " |")
+        g = report["summary"].get("goal", {})
+        if g:
+            lines += ["", "Goal (issue 26: label efficiency >= 1.5 at K 30 and K 90, mean above random's at every K): "
+                      + "; ".join(f"{m} {'met' if v['efficiency_1_5_at_30_and_90'] and v['above_random_at_every_k'] else 'not met'}"
+                                  f" (efficiency {'yes' if v['efficiency_1_5_at_30_and_90'] else 'no'}, above random "
+                                  f"{'yes' if v['above_random_at_every_k'] else 'no'})" for m, v in g.items()) + "."]
     rise = report["summary"].get("random_rise")
     if rise:
         lines += ["", f"Random's mean mAP50-95 rises by {rise['rise']:+.3f} from K {rise['from_k']} to K {rise['to_k']}"
                       + (f", {rise['in_sd']:.1f} standard deviations of the draws (largest std {rise['sd']:.3f})"
                          if rise["in_sd"] is not None else "") + "."]
+    if report.get("partial"):
+        lines.insert(2, f"**PARTIAL RESULT: {report['partial']}** (the run was still going or was cut short).")
+        lines.insert(3, "")
     pick = report["analyzer"]
+    if not pick:
+        return "\n".join(lines + ["", f"Wall time {report['seconds'] / 60:.1f} min."]) + "\n"
+    embeds = [(sm.get("selection") or {}).get("embedding") for per_k in (report.get("selection_picks") or {}).values()
+              for sm in per_k.values()]
+    embeds = [e for e in embeds if e] or [(pick.get("selection") or {}).get("embedding")]
+    emb = next((e for e in embeds if e and e.get("embedded_now")), embeds[0])
+    if emb:
+        lines += ["", f"Embeddings: {emb['images']} pool images at imgsz {emb['imgsz']}; "
+                      + (f"{emb['seconds_per_1000_images']:.0f} s per 1,000 images on this machine"
+                         if emb.get("seconds_per_1000_images") else "read from the workspace cache")
+                      + f" ({emb['embedded_now']} embedded by this export, {emb['from_cache']} from the cache)."]
     lines += ["", f"Analyzer settings: {pick.get('settings') or 'defaults'}. Analyzer: {'read the cached scan of the pool' if pick.get('scan_reused') else 'scanned the pool'} and exported {pick['exported']} image(s) in {pick['seconds']} s "
                   f"({pick['near_duplicates_skipped']} near-duplicates skipped); picks per true class: "
                   + ", ".join(f"{c} {n}" for c, n in sorted(pick["picked_per_class"].items()))
@@ -376,8 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analyzer-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a training.yaml analyzer setting for the analyzer's workspace, e.g. class_weight_power=0.5")
     parser.add_argument("--tag", default="", help="suffix of the results file names (a variant's name)")
-    parser.add_argument("--analyzer-seeds", type=int, default=1,
+    parser.add_argument("--analyzer-seeds", type=int, default=3,
                         help="training seeds for the analyzer's fine-tunes (its spread; the selection is fixed)")
+    parser.add_argument("--selections", default="hybrid,diversity,uncertainty",
+                        help="analyzer.selection modes to run, the default one first (random is the random arm)")
+    parser.add_argument("--other-seeds", type=int, default=None,
+                        help="training seeds for the modes after the first (default: --analyzer-seeds)")
     parser.add_argument("--random-first-seed", type=int, default=1, help="first seed of the random draws")
     parser.add_argument("--analyzer-first-seed", type=int, default=0, help="first training seed of the analyzer's runs")
     parser.add_argument("--reuse-analyzer", action="store_true", help="with --reuse: take over its analyzer runs too "
@@ -418,29 +508,45 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     analyzer_settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.analyzer_set)}
-    picks, pick_summary = analyzer_picks(work, args.model.resolve(), sets, names, max(ks), analyzer_settings)
-    pick_summary["settings"] = analyzer_settings
-    logger.info("analyzer picked %d in %.0f s: %s", len(picks), pick_summary["seconds"], pick_summary["picked_per_class"])
+    selections = [m for m in args.selections.split(",") if m] if "analyzer" in arms else []
+    picks: dict[str, dict[int, list[str]]] = {}
+    pick_summaries: dict[str, dict[str, dict]] = {}
+    for mode in selections:  # each K exported on its own, as a plant would (clusters depend on K)
+        settings_now = dict(analyzer_settings, selection=mode)
+        for k in ks:
+            chosen, summary = analyzer_picks(work, args.model.resolve(), sets, names, k, settings_now)
+            picks.setdefault(mode, {})[k] = chosen[:k]
+            summary["settings"] = settings_now
+            pick_summaries.setdefault(mode, {})[str(k)] = summary
+            logger.info("%s picked %d in %.0f s: %s", mode, len(chosen), summary["seconds"], summary["picked_per_class"])
     common = dict(work=str(work), model=str(args.model.resolve()), names=names, test=sets["test"], epochs=args.epochs,
                   imgsz=args.imgsz, batch=args.batch, device=device, workers=workers)
     train_seed = 0
     random_seeds = list(range(args.random_first_seed, args.random_first_seed + args.draws))
-    specs = []
-    if "old_only" in arms:
-        specs.append(dict(common, name="old_only", arm="old_only", k=0, draw=0, seed=train_seed, train=sets["old"]))
-    for k in ks:
-        if "analyzer" in arms:
-            for seed in range(args.analyzer_first_seed, args.analyzer_first_seed + args.analyzer_seeds):
-                specs.append(dict(common, name=f"analyzer_k{k}" + (f"_t{seed}" if seed else ""), arm="analyzer", k=k,
-                                  draw=0, seed=seed, train=sets["old"] + picks[:k]))
-        if "random" in arms:
+    analyzer_seeds = list(range(args.analyzer_first_seed, args.analyzer_first_seed + args.analyzer_seeds))
+    other_seeds = analyzer_seeds[:args.other_seeds] if args.other_seeds is not None else analyzer_seeds
+
+    def analyzer_spec(mode: str, k: int, seed: int) -> dict:
+        name = f"{mode}_k{k}" + (f"_t{seed}" if seed else "")
+        return dict(common, name=name, arm="analyzer", selection=mode, k=k, draw=0, seed=seed,
+                    train=sets["old"] + picks[mode][k])
+
+    # order: the default selection's runs first (all seeds), then one seed of each other mode, then
+    # random / control / whole pool, then the other modes' further seeds: a run cut short still compares
+    specs = [analyzer_spec(selections[0], k, seed) for seed in analyzer_seeds for k in ks] if selections else []
+    specs += [analyzer_spec(m, k, other_seeds[0]) for m in selections[1:] for k in ks] if other_seeds else []
+    if "random" in arms:
+        for k in ks:
             for seed in random_seeds:
                 chosen = random.Random(seed * 1000 + k).sample(sets["pool"], k)
                 specs.append(dict(common, name=f"random_k{k}_s{seed}", arm="random", k=k, draw=seed, seed=seed,
                                   train=sets["old"] + chosen))
+    if "old_only" in arms:
+        specs.append(dict(common, name="old_only", arm="old_only", k=0, draw=0, seed=train_seed, train=sets["old"]))
     if "all" in arms:
         specs.append(dict(common, name="all_pool", arm="all", k=len(sets["pool"]), draw=0, seed=train_seed,
                           train=sets["old"] + sets["pool"]))
+    specs += [analyzer_spec(m, k, seed) for seed in other_seeds[1:] for m in selections[1:] for k in ks]
     reused = []
     if args.reuse:
         old = json.loads(args.reuse.read_text())
@@ -451,38 +557,48 @@ def main(argv: list[str] | None = None) -> int:
         if same != now:
             print(f"--reuse {args.reuse}: other settings ({same} vs {now})", file=sys.stderr)
             return 1
-        if args.reuse_analyzer and (old["analyzer"].get("settings") or {}) != analyzer_settings:
-            print(f"--reuse-analyzer: {args.reuse} picked with other analyzer settings "
-                  f"({old['analyzer'].get('settings')} vs {analyzer_settings})", file=sys.stderr)
-            return 1
         running = {spec["name"] for spec in specs}
-        reused = [r for r in old["runs"] if r["name"] not in running
+        arms_now = {spec["arm"] for spec in specs}
+        reused = [r for r in old["runs"] if r["name"] not in running and r["arm"] not in arms_now
                   and (r["arm"] != "analyzer" or args.reuse_analyzer)]
         logger.info("reusing %d run(s) of %s from %s", len(reused), sorted({r["arm"] for r in reused}), args.reuse)
-    results = run_specs(specs, max(1, args.jobs), work) + reused
     import ultralytics
 
     device_name = "CPU proxy (2 shared cores)" if device == "cpu" else _gpu_name()
-    report = {"mode": args.mode, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-              "device_name": device_name, "ultralytics": ultralytics.__version__,
-              "settings": {"model": str(args.model), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
-                           "ks": ks, "draws": len({r["draw"] for r in results if r["arm"] == "random"}),
-                           "random_seeds": sorted({r["seed"] for r in results if r["arm"] == "random"}),
-                           "train_seed": train_seed,
-                           "old_images": len(sets["old"]), "pool_images": len(sets["pool"]),
-                           "test_images": len(sets["test"]), "device": device, "trainer": "plain ultralytics",
-                           "analyzer_seeds": sorted({r["seed"] for r in results if r["arm"] == "analyzer"}),
-                           "reused_from": str(args.reuse) if args.reuse else None},
-              "analyzer": pick_summary, "runs": results,
-              "summary": summarise(results, ks, len(sets["pool"])),
-              "seconds": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "cpu-proxy" if args.mode == "cpu-proxy" else device_name.lower().replace(" ", "-")
-    stem = args.out / f"{report['date']}-{tag}{'-' + args.tag if args.tag else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    stem.with_suffix(".md").write_text(text)
-    print(text)
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    stem = args.out / f"{date}-{tag}{'-' + args.tag if args.tag else ''}"
+    planned = len(specs)
+
+    def write(results: list[dict], final: bool) -> dict:
+        runs = results + reused
+        default = selections[0] if selections else None
+        report = {"mode": args.mode, "date": date, "device_name": device_name, "ultralytics": ultralytics.__version__,
+                  "partial": None if final else f"{len(results)} of {planned} runs done",
+                  "settings": {"model": str(args.model), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
+                               "ks": ks, "draws": len({r["draw"] for r in runs if r["arm"] == "random"}),
+                               "random_seeds": sorted({r["seed"] for r in runs if r["arm"] == "random"}),
+                               "train_seed": train_seed,
+                               "old_images": len(sets["old"]), "pool_images": len(sets["pool"]),
+                               "test_images": len(sets["test"]), "device": device, "trainer": "plain ultralytics",
+                               "selections": selections, "default_selection": default,
+                               "analyzer_seeds": sorted({r["seed"] for r in runs if r["arm"] == "analyzer"
+                                                         and r.get("selection", default) == default}),
+                               "reused_from": str(args.reuse) if args.reuse else None,
+                               "reused_runs": sorted(r["name"] for r in reused)},
+                  "analyzer": (pick_summaries.get(default) or {}).get(str(max(ks)), {}) if default else {},
+                  "selection_picks": pick_summaries, "runs": runs,
+                  "summary": summarise(runs, ks, len(sets["pool"]), default),
+                  "seconds": round(time.perf_counter() - started, 1)}
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(markdown(report))
+        return report
+
+    logger.info("%d fine-tune(s) to run; results (partial until the end) in %s.json / .md", planned, stem)
+    results = run_specs(specs, max(1, args.jobs), work, lambda rs: write(rs, False))
+    report = write(results, True)
+    print(markdown(report))
     print(f"written: {stem}.json / .md", file=sys.stderr)
     return 0
 

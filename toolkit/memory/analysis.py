@@ -263,6 +263,7 @@ class ExportResult:
     near_duplicates: int
     missing: list[str]
     refused: list[str] = field(default_factory=list)   # "path: why", never opened or not an image
+    selection: dict[str, Any] = field(default_factory=dict)   # mode, candidates, groups, quotas, embedding cost
 
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -273,6 +274,20 @@ def resolve_image(raw: str, bank_path: Path) -> Path:
     """A logged image path; a relative one is taken relative to the memory bank's folder."""
     path = Path(raw)
     return path if path.is_absolute() else (bank_path.parent / path)
+
+
+def openable_image(raw: str, bank_path: Path) -> Path | None:
+    """The real path of a logged image that may be opened (an existing regular file named like an
+    image, links resolved); None otherwise. Nothing is read."""
+    import os
+    import stat
+
+    try:
+        real = Path(os.path.realpath(resolve_image(raw, bank_path)))
+        ok = real.suffix.lower() in IMAGE_SUFFIXES and stat.S_ISREG(os.stat(real).st_mode)
+    except (OSError, ValueError):
+        return None
+    return real if ok else None
 
 
 def read_logged_image(raw: str, bank_path: Path) -> tuple[bytes, int, tuple[int, int]] | str | None:
@@ -374,7 +389,8 @@ def prelabel_trust(analysis: Analysis, classes: list[str], confs: list[float]) -
 
 
 def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int, stamp: str,
-                         near_duplicate_bits: int, class_weight_power: float = 0.0) -> ExportResult:
+                         near_duplicate_bits: int, class_weight_power: float = 0.0, selection: str = "uncertainty",
+                         seed: int = 0, embed=None) -> ExportResult:
     """Copy the ``n`` most useful images to ``training/to_label/<stamp>/`` and the reviewed ones to incoming/.
 
     to_label/<stamp>/: images/, labels/ (YOLO pre-labels from the detections), classes.txt,
@@ -382,6 +398,9 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
     images/ + labels/ (the operators' review labels) + classes.txt, the YOLO batch layout
     dataset_preparer.py imports. Source images are only read; missing ones are listed, paths that
     are not image files are refused unopened (``read_logged_image``), neither is fatal.
+
+    ``selection``: ``uncertainty`` (``candidate_order``) or ``hybrid`` / ``diversity`` / ``random``
+    (``toolkit.memory.selection``; ``embed(paths) -> (vectors, info)`` embeds the candidates).
     """
     import pandas as pd
 
@@ -395,7 +414,16 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
     hashes = np.zeros(0, dtype=np.uint64)
     near = 0
     rows = []
-    for r, reason in candidate_order(bank, analysis, class_names, class_weight_power):
+    info: dict[str, Any] = {"mode": selection}
+    if selection == "uncertainty":
+        order = ((r, reason, None) for r, reason in candidate_order(bank, analysis, class_names, class_weight_power))
+    else:
+        from toolkit.memory.selection import bank_picks
+
+        picks, info = bank_picks(bank, analysis, n, selection, class_weight_power, seed,
+                                 lambda r: openable_image(bank.image[r], bank.path), embed)
+        order = ((p.record, p.reason, p) for p in picks)
+    for r, reason, pick in order:
         if len(rows) >= n:
             break
         got = read_logged_image(bank.image[r], bank.path)
@@ -419,6 +447,11 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
         confs = [float(bank.det_conf[k]) for k in range(s, e)]
         trust, why = prelabel_trust(analysis, det_names, confs)
         rows.append({"rank": len(rows) + 1, "file": f"images/{name}", "source": bank.image[r], "reason": reason,
+                     "selection": selection, "group": pick.group if pick else "",
+                     "cluster": "" if pick is None or pick.cluster is None else pick.cluster,
+                     "distance": "" if pick is None or pick.distance is None else pick.distance,
+                     "typicality": "" if pick is None or pick.typicality is None else pick.typicality,
+                     "uncertainty": round(1.0 - max(confs), 4) if confs else round(1.0 - analysis.uncertain[0], 4),
                      "detections": "; ".join(f"{c} {p:.2f}" for c, p in zip(det_names, confs)),
                      "prelabels": len(confs), "prelabel_min_confidence": f"{min(confs):.2f}" if confs else "",
                      "prelabel_trust": trust, "prelabel_notes": why,
@@ -432,7 +465,7 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
         logger.warning("refused %s", item)
     logger.info("exported %d image(s) to label, %d reviewed image(s) as a batch; %d missing, %d refused, "
                 "%d near-duplicate(s)", len(rows), reviewed, len(missing), len(refused), near)
-    return ExportResult(export_dir if rows else None, len(rows), incoming, reviewed, near, missing, refused)
+    return ExportResult(export_dir if rows else None, len(rows), incoming, reviewed, near, missing, refused, info)
 
 
 def _name(table: list[str], i: int) -> str:
