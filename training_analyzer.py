@@ -257,14 +257,22 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
     json_path = report_path(workspace, "analyze", stamp)
     plots = charts.submit(analysis, json_path)   # drawn by the helper during the export and the report
     export = None
+    embed_model = Path(config.scan_model or workspace.production_model)
+    selection, fallback = config.selection, None
+    if config.export > 0 and selection in ("hybrid", "diversity") and not embed_model.is_file():
+        fallback = (f"analyzer.selection {selection} needs the production model's embeddings and {embed_model} is "
+                    "not there: chose by uncertainty instead (put the model in place, or give --scan-model)")
+        logger.warning("%s", fallback)
+        selection = "uncertainty"
     if config.export > 0:
         from toolkit.memory.analysis import export_for_labelling
 
         export = export_for_labelling(workspace, bank.candidates, analysis, config.export, stamp,
                                       settings["analyzer.near_duplicate_bits"],
-                                      float(settings["analyzer.class_weight_power"]), config.selection,
-                                      int(settings["analyzer.seed"]),
-                                      _embedder(workspace, Path(config.scan_model or workspace.production_model)))
+                                      float(settings["analyzer.class_weight_power"]), selection,
+                                      int(settings["analyzer.seed"]), _embedder(workspace, embed_model))
+        if fallback:
+            export.selection["fallback"] = fallback
     result = AnalyzeResult(
         memory_bank=shown, format=bank.fmt, records=bank.records, skipped_records=bank.skipped,
         malformed=tuple(bank.malformed.items), filtered_out=bank.filtered_out, uncertain=band, iou_match=iou,
@@ -274,7 +282,7 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         incoming_batch=export.incoming_batch if export else None,
         reviewed_exported=export.reviewed_exported if export else 0,
         near_duplicates_skipped=export.near_duplicates if export else 0,
-        selection=export.selection if export else {"mode": config.selection},
+        selection=export.selection if export else {"mode": selection},
         missing_images=tuple(export.missing[:LIST_CAP]) if export else (),
         missing_images_count=len(export.missing) if export else 0,
         refused_images=tuple(export.refused[:LIST_CAP]) if export else (),
@@ -298,9 +306,6 @@ def _embedder(workspace: Workspace, model_path: Path):
 
         from toolkit.memory.embeddings import embed_images
 
-        if not model_path.is_file():
-            raise UserError(f"the selection needs the production model's embeddings, and {model_path} is not "
-                            "there: put the model in place, or set analyzer.selection: uncertainty in training.yaml")
         ok = [i for i, p in enumerate(paths) if p is not None]
         got = embed_images([paths[i] for i in ok], model_path, workspace.cache / "embeddings",
                            workspace.ultralytics_config)

@@ -243,6 +243,15 @@ def run_specs(specs: list[dict], jobs: int, work: Path, on_result=None) -> list[
             spec = pending.pop(0)
             spec_path = work / "runs" / f"{spec['name']}.spec.json"
             spec_path.parent.mkdir(parents=True, exist_ok=True)
+            done = spec_path.with_suffix(".result.json")
+            if spec_path.is_file() and done.is_file() and json.loads(spec_path.read_text()) == spec:
+                res = json.loads(done.read_text())   # the same fine-tune finished before: resume
+                results.append(dict(res, **({"selection": spec["selection"]} if "selection" in spec else {})))
+                logger.info("%-18s done before (same spec): reused", spec["name"])
+                if on_result:
+                    on_result(results)
+                continue
+            done.unlink(missing_ok=True)
             spec_path.write_text(json.dumps(spec))
             log = open(work / "runs" / f"{spec['name']}.log", "w")
             proc = subprocess.Popen([sys.executable, __file__, "--one", str(spec_path)], stdout=log, stderr=subprocess.STDOUT)
@@ -509,27 +518,35 @@ def main(argv: list[str] | None = None) -> int:
 
     analyzer_settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.analyzer_set)}
     selections = [m for m in args.selections.split(",") if m] if "analyzer" in arms else []
-    picks: dict[str, dict[int, list[str]]] = {}
+    analyzer_seeds = list(range(args.analyzer_first_seed, args.analyzer_first_seed + args.analyzer_seeds))
+    other_seeds = analyzer_seeds[:args.other_seeds] if args.other_seeds is not None else analyzer_seeds
+    # an analyzer seed is both analyzer.seed (the selection's clustering) and the fine-tune's training
+    # seed, as a random draw's seed is both its sample and its training seed; the uncertainty order
+    # has no seed (its picks are the same for every seed)
+    picks: dict[str, dict[tuple[int, int], list[str]]] = {}
     pick_summaries: dict[str, dict[str, dict]] = {}
     for mode in selections:  # each K exported on its own, as a plant would (clusters depend on K)
-        settings_now = dict(analyzer_settings, selection=mode)
-        for k in ks:
-            chosen, summary = analyzer_picks(work, args.model.resolve(), sets, names, k, settings_now)
-            picks.setdefault(mode, {})[k] = chosen[:k]
-            summary["settings"] = settings_now
-            pick_summaries.setdefault(mode, {})[str(k)] = summary
-            logger.info("%s picked %d in %.0f s: %s", mode, len(chosen), summary["seconds"], summary["picked_per_class"])
+        for seed in (analyzer_seeds if mode == selections[0] else other_seeds):
+            settings_now = dict(analyzer_settings, selection=mode, seed=seed)
+            for k in ks:
+                if mode == "uncertainty" and seed != analyzer_seeds[0]:
+                    picks[mode][(k, seed)] = picks[mode][(k, analyzer_seeds[0])]
+                    continue
+                chosen, summary = analyzer_picks(work, args.model.resolve(), sets, names, k, settings_now)
+                picks.setdefault(mode, {})[(k, seed)] = chosen[:k]
+                summary["settings"] = settings_now
+                pick_summaries.setdefault(mode, {})[f"{k}" + (f"_seed{seed}" if seed != analyzer_seeds[0] else "")] = summary
+                logger.info("%s seed %d picked %d in %.0f s: %s", mode, seed, len(chosen), summary["seconds"],
+                            summary["picked_per_class"])
     common = dict(work=str(work), model=str(args.model.resolve()), names=names, test=sets["test"], epochs=args.epochs,
                   imgsz=args.imgsz, batch=args.batch, device=device, workers=workers)
     train_seed = 0
     random_seeds = list(range(args.random_first_seed, args.random_first_seed + args.draws))
-    analyzer_seeds = list(range(args.analyzer_first_seed, args.analyzer_first_seed + args.analyzer_seeds))
-    other_seeds = analyzer_seeds[:args.other_seeds] if args.other_seeds is not None else analyzer_seeds
 
     def analyzer_spec(mode: str, k: int, seed: int) -> dict:
         name = f"{mode}_k{k}" + (f"_t{seed}" if seed else "")
         return dict(common, name=name, arm="analyzer", selection=mode, k=k, draw=0, seed=seed,
-                    train=sets["old"] + picks[mode][k])
+                    train=sets["old"] + picks[mode][(k, seed)])
 
     # order: the default selection's runs first (all seeds), then one seed of each other mode, then
     # random / control / whole pool, then the other modes' further seeds: a run cut short still compares

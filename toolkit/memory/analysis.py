@@ -114,7 +114,7 @@ def analyze_aggregate(agg: BankAggregate, dataset_instances: dict[str, int] | No
     total_dets = int(detections.sum())
     data_total = sum(dataset_instances.values()) if dataset_instances else 0
     prevalences = prevalence(names, detections, agg.records, reviewed_total, rev_labels, rev_dets,
-                             dataset_instances, dataset_images)
+                             dataset_instances, dataset_images, rev_tp=tp)
     all_scanned = agg.all_scanned
     for prev in prevalences:
         if prev is not None:

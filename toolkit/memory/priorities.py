@@ -8,10 +8,11 @@ A class is judged first against what the data says should be there, in absolute 
                         least MIN_PREVALENCE_IMAGES were reviewed), else in the managed dataset's
                         train split
     expected            expected per image x the images behind it (reviewed images, else all records)
-    r                   estimated recall = min(1, detections / expected): reviewed images' own
-                        detections against their labels, else every record's detections against the
-                        dataset's rate (duplicates and false positives count as found, so r is an
-                        upper estimate; logged images that hold fewer defects than the training
+    r                   estimated recall = min(1, found / expected): on reviewed images the
+                        detections matched to a review label at ``analyzer.iou_match`` (true positives;
+                        a false call is not found), else every record's detections against the
+                        dataset's rate (there duplicates and false positives count as found, so r is
+                        an upper estimate; logged images that hold fewer defects than the training
                         images lower it: review some images and their labels take over)
     M                   missed: clip((RECALL_OK - r) / (RECALL_OK - RECALL_MISSED), 0, 1); 0 at
                         r >= 0.8 (detected well), 1 at r <= 0.5 (missed)
@@ -32,7 +33,9 @@ The other signals make the base (0..100):
     P  reviewed precision, R reviewed recall (taken as 1, i.e. no evidence of a problem,
        when fewer than MIN_REVIEWED reviewed detections / labels of the class exist)
     G  under-representation in the managed dataset: max(0, 1 - dataset_share / production_share)
-       (0 when there is no dataset)
+       (0 when there is no dataset, and 0 for an over-called class: detections at least
+       OVER_CALL x the labelled rate, or reviewed precision below OVER_CALL_PRECISION - a large
+       share of production detections is then false calls, a precision problem, and its reason says so)
     D  confidence drift: min(1, drop of mean confidence from the first to the last week / 0.2)
     E  evidence: min(1, (detections + reviewed labels) / 20), so 3 detections cannot top the list
 
@@ -65,23 +68,29 @@ MIN_IMAGES = 20        # fewer images behind the expectation: "little data"
 MIN_PREVALENCE_IMAGES = 20  # reviewed images before their labels, not the dataset, set the expectation
 WEAK_THRESHOLD = 0.9   # precision/recall below this gets a reason line
 BASE_CAP = 50.0        # the most a class detected well can score
+OVER_CALL = 1.5        # detections at this multiple of the labelled rate or more: over-called
+OVER_CALL_PRECISION = 0.5  # reviewed precision below this (with MIN_REVIEWED detections): over-called
 
 
 def prevalence(names: list[str], detections: np.ndarray, records: int, reviewed: int, rev_labels: list[int],
                rev_dets: list[int], dataset_instances: dict[str, int] | None,
-               dataset_images: int | None) -> list[dict[str, Any] | None]:
+               dataset_images: int | None, rev_tp: list[int] | None = None) -> list[dict[str, Any] | None]:
     """Expected against actual detections per class, in absolute terms (module docstring: r, M, Em);
     None where nothing is expected.
 
-    With reviewed labels as the basis, the reviewed images' own detections are compared with their
-    labels (same images); with the dataset as the basis, all records' detections are compared with the
-    dataset's rate. No class is compared with the others.
+    With reviewed labels as the basis, the reviewed images' detections matched to a label
+    (``rev_tp``, true positives; without it, all their detections) are compared with their labels
+    (same images); with the dataset as the basis, all records' detections are compared with the
+    dataset's rate. ``calls`` is every detection against the expectation (over-calling). No class is
+    compared with the others.
     """
     n = len(names)
+    calls = [float(v) for v in detections.tolist()]
     if reviewed >= MIN_PREVALENCE_IMAGES and sum(rev_labels):
         basis, images = "reviewed", reviewed
         per_image = [rev_labels[c] / reviewed for c in range(n)]
-        seen = [float(rev_dets[c]) for c in range(n)]
+        seen = [float((rev_tp if rev_tp is not None else rev_dets)[c]) for c in range(n)]
+        calls = [float(rev_dets[c]) for c in range(n)]
         total = sum(rev_labels)
         share = [rev_labels[c] / total for c in range(n)]
     elif dataset_instances and dataset_images and records:
@@ -103,10 +112,29 @@ def prevalence(names: list[str], detections: np.ndarray, records: int, reviewed:
         missed = min(1.0, max(0.0, (RECALL_OK - recall) / (RECALL_OK - RECALL_MISSED)))
         out.append({"basis": basis, "images": int(images), "expected_per_image": round(per_image[c], 4),
                     "expected_detections": round(expected, 1), "detections": int(seen[c]),
+                    "matched": basis == "reviewed" and rev_tp is not None,
+                    "calls": int(calls[c]), "call_ratio": round(calls[c] / expected, 4),
                     "share": round(share[c], 4), "ratio": round(ratio, 4), "estimated_recall": round(recall, 4),
                     "missed": round(missed, 4), "evidence": round(min(1.0, expected / EXPECTED_FULL), 4),
                     "little_data": bool(images < MIN_IMAGES or expected < EXPECTED_FULL)})
     return out
+
+
+def over_called(stats: dict[str, Any]) -> str | None:
+    """Why the class is over-called (a precision problem), in words; None when it is not."""
+    rev = stats["reviewed"]
+    prev = stats.get("prevalence")
+    precise = rev["tp"] + rev["fp"] >= MIN_REVIEWED and rev["precision"] is not None
+    many = prev is not None and prev.get("call_ratio", 0.0) >= OVER_CALL and not prev.get("little_data", False)
+    if not many and not (precise and rev["precision"] < OVER_CALL_PRECISION):
+        return None
+    parts = []
+    if prev is not None and prev.get("call_ratio") is not None:
+        parts.append(f"{prev['calls']} detection(s) where ~{prev['expected_detections']:.0f} labelled defect(s) "
+                     f"were expected ({prev['call_ratio']:.1f}x the labelled rate)")
+    if precise:
+        parts.append(f"reviewed precision {rev['precision']:.2f} ({rev['fp']} false call(s))")
+    return "; ".join(parts)
 
 
 def _missed_parts(stats: dict[str, Any]) -> tuple[float, float]:
@@ -127,7 +155,7 @@ def class_score(stats: dict[str, Any]) -> tuple[float, dict[str, float]]:
     p = rev["precision"] if rev["tp"] + rev["fp"] >= MIN_REVIEWED and rev["precision"] is not None else 1.0
     r = rev["recall"] if rev["tp"] + rev["fn"] >= MIN_REVIEWED and rev["recall"] is not None else 1.0
     g = 0.0
-    if stats["dataset_share"] is not None and stats["production_share"]:
+    if stats["dataset_share"] is not None and stats["production_share"] and not over_called(stats):
         g = max(0.0, 1.0 - stats["dataset_share"] / stats["production_share"])
     d = 0.0
     if stats["drift"] is not None:
@@ -176,7 +204,12 @@ def reasons_for(name: str, stats: dict[str, Any], uncertain: tuple[float, float]
     if stats["confusions"]:
         other, k = next(iter(stats["confusions"].items()))
         out.append(f"{name} was detected as {other} {k} time(s) in reviewed images")
-    if stats["dataset_share"] is not None and stats["production_share"]:
+    over = over_called(stats)
+    if over:
+        share = (f"{stats['production_share']:.0%} of production detections, " if stats["production_share"] else "")
+        out.append(f"{name} is over-called: {share}{over}. A precision problem (false calls), not "
+                   f"under-representation: label the images with its false calls, not more {name} defects")
+    elif stats["dataset_share"] is not None and stats["production_share"]:
         if stats["dataset_share"] < 0.5 * stats["production_share"]:
             out.append(f"{name} is {stats['production_share']:.0%} of production detections but "
                        f"{stats['dataset_share']:.0%} of training instances ({stats['dataset_instances']})")
@@ -193,7 +226,11 @@ def reasons_for(name: str, stats: dict[str, Any], uncertain: tuple[float, float]
                     f"{prev['expected_per_image']:.2f} per training image")
         recall = prev.get("estimated_recall", min(1.0, prev["ratio"]))
         verdict = "likely missed" if recall <= RECALL_MISSED else "often missed"
-        if prev["detections"] == 0:
+        if prev.get("matched"):
+            out.insert(0, f"{prev['detections']} of ~{prev['expected_detections']:.0f} labelled {name} defect(s) found "
+                          f"in {where} (a detection matched to a review label; {prev['calls'] - prev['detections']} "
+                          f"other detection(s) not counted; {why}): estimated recall {recall:.0%}, {verdict}")
+        elif prev["detections"] == 0:
             out.insert(0, f"0 detections in {where}, while {why} (~{prev['expected_detections']:.0f} expected): "
                           f"estimated recall 0%, {verdict}")
         else:

@@ -39,6 +39,7 @@ import numpy as np
 MODES = ("hybrid", "diversity", "uncertainty", "random")
 NEIGHBOURS = 20            # typicality: mean distance to this many nearest neighbours (fewer in small groups)
 KMEANS_ITERS = 30
+KMEANS_STARTS = 4          # k-means++ starts; the lowest inertia wins (one start can merge two rare looks)
 NONE_GROUP = "(no detection)"
 
 
@@ -86,8 +87,18 @@ def quotas(sizes: dict[str, int], weights: dict[str, float], k: int) -> dict[str
     return out
 
 
-def kmeans(x: np.ndarray, k: int, seed: int, iters: int = KMEANS_ITERS) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, centres) of k-means with a k-means++ start; deterministic for a seed."""
+def kmeans(x: np.ndarray, k: int, seed: int, iters: int = KMEANS_ITERS, starts: int = KMEANS_STARTS) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, centres) of k-means: the lowest-inertia of ``starts`` k-means++ starts; deterministic for a seed."""
+    best = None
+    for s in range(starts):
+        labels, centres = _kmeans_once(x, k, seed * 1009 + s, iters)
+        inertia = float(((x - centres[labels]) ** 2).sum())
+        if best is None or inertia < best[0] - 1e-9:
+            best = (inertia, labels, centres)
+    return best[1], best[2]
+
+
+def _kmeans_once(x: np.ndarray, k: int, seed: int, iters: int) -> tuple[np.ndarray, np.ndarray]:
     n = len(x)
     k = max(1, min(k, n))
     rng = np.random.default_rng(seed)
@@ -135,9 +146,10 @@ def typicality(x: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
 def covered_order(x: np.ndarray, uncertainty: np.ndarray, k: int, seed: int, mode: str) -> list[tuple[int, int, float, float]]:
     """Within one group: rows of ``x`` in pick order, each (row, cluster, distance, typicality).
 
-    k clusters; the first k rows are one per cluster (largest cluster first): the most typical
-    member (``diversity``) or the most uncertain of the cluster's more typical half (``hybrid``);
-    then the clusters' other members round-robin, in the same preference.
+    k typical clusters (k-means); the first k rows are one per cluster (largest cluster first): the
+    most typical member (``diversity``) or the most uncertain of the cluster's more typical half
+    (``hybrid``), with its distance to the cluster's centre; then the clusters' other members
+    round-robin, in the same preference.
     """
     n = len(x)
     if n == 0 or k <= 0:
@@ -202,10 +214,10 @@ def select(records: np.ndarray, groups: list[str], vectors: np.ndarray | None, u
         for r, j, dist, typ in got:
             i = int(rows[r])
             u = float(uncertainty[i])
-            what = ("most uncertain of its typical members" if mode == "hybrid" else "its most typical member")
-            picks.append(Pick(int(records[i]), f"{g}: cluster {cluster_base + j + 1} of {q} in this class "
-                              f"({what}; uncertainty {u:.2f})", g, cluster_base + j + 1,
-                              round(dist, 4), round(typ, 4), round(u, 4)))
+            what = "most uncertain of its typical members" if mode == "hybrid" else "its most typical member"
+            why = (f"{g}: cluster {cluster_base + j + 1} of {q} in this class ({what}; uncertainty {u:.2f}, "
+                   f"distance to the centre {dist:.2f})")
+            picks.append(Pick(int(records[i]), why, g, cluster_base + j + 1, round(dist, 4), round(typ, 4), round(u, 4)))
         per_group[g] = picks
         cluster_base += q
     out: list[Pick] = []
