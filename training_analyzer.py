@@ -326,6 +326,25 @@ def write_plots(analysis, json_path: Path) -> list[Path]:
     return draw_charts(analysis, json_path)
 
 
+def _selection_line(selection: dict[str, Any]) -> str:
+    """The selection mode, what it was based on, and what its picks are worth against random."""
+    from toolkit.memory.selection import evidence
+
+    mode = selection.get("mode", "?")
+    parts = [evidence(mode)]
+    emb = selection.get("embedding")
+    if emb:
+        parts.append(f"embeddings of {emb['images']} candidate image(s) at imgsz {emb['imgsz']} "
+                     f"({emb['embedded_now']} new, {emb['from_cache']} from the cache"
+                     + (f", {emb['seconds_per_1000_images']:.0f} s per 1,000 images" if emb.get("seconds_per_1000_images") else "")
+                     + ")")
+    if selection.get("quotas"):
+        parts.append("picks per class group: " + ", ".join(f"{g} {n}" for g, n in selection["quotas"].items() if n))
+    if selection.get("fallback"):
+        parts.append(selection["fallback"])
+    return "; ".join(parts)
+
+
 def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
     return "-" if value is None else pattern.format(value)
 
@@ -371,6 +390,7 @@ def markdown_report(result: AnalyzeResult) -> str:
                   f"- {result.exported} image(s) to label in {md_code(result.export_dir)} (selection.csv says why)",
                   (f"- {result.reviewed_exported} reviewed image(s) as a labelled batch in {md_code(result.incoming_batch)}"
                    if result.incoming_batch else "- no reviewed images: no labelled batch was written"),
+                  f"- chosen by: {md(_selection_line(result.selection))}",
                   f"- near-duplicates skipped: {result.near_duplicates_skipped}; missing image files: "
                   f"{result.missing_images_count}; refused (not image files): {result.refused_images_count}", ""]
         lines += [f"  - missing: {md_code(m)}" for m in result.missing_images[:20]]
@@ -401,6 +421,7 @@ def describe(result: AnalyzeResult) -> str:
         lines += [f"          - {r}" for r in p["reasons"]]
     if result.export_dir:
         lines.append(f"Exported {result.exported} image(s) to label: {result.export_dir}")
+        lines.append(f"  chosen by: {_selection_line(result.selection)}")
     if result.incoming_batch:
         lines.append(f"Reviewed images as a labelled batch: {result.incoming_batch} "
                      "(import it with dataset_preparer.py)")

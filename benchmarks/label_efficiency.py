@@ -6,15 +6,27 @@ A simulation of the real loop. Production = ``neu_v1.0_half.pt`` (trained on
 
 1. the analyzer - the real command, ``training_analyzer.py --scan POOL --export K`` in a fresh
    workspace whose managed train split is the old images (so priorities know the class shares) -
-   picks K images (the first K rows of selection.csv, in rank order);
+   picks K images, once per K and per ``analyzer.selection`` mode (``--selections``, the default
+   mode first; ``random`` is the random arm below). The scan and the production model's
+   embeddings of the pool are made once and reused by every export;
 2. production is fine-tuned on old + those K (labels revealed) and scored on the test split;
 3. the same with K random pool images (several draws, each with its own training seed), with
    no new image (K = 0: the same fine-tune on old alone, the control) and with the whole pool.
 
-Reported per K: test mAP50 / mAP50-95 of analyzer vs random (mean +- std over draws) and the
-labels saved: how many random images (linear interpolation of the random mean over K, 0 and the
-whole pool) reach the analyzer's K's mAP50-95. Goal of the issue: the analyzer's 240 match >= 360
-random (>= 1.5x label efficiency).
+Reported per K and mode: test mAP50 / mAP50-95 (mean +- std over seeds / draws) and the labels
+saved: ``random_images_to_match`` = how many random images (linear interpolation of the random mean
+over K, 0 and the whole pool) reach the mode's mean mAP50-95, ``label_efficiency`` = that / K.
+Goal (issue 26): for the default mode, label efficiency >= 1.5 at K 30 and 90 and a mean above
+random's at every K. An analyzer seed is both the selection's ``analyzer.seed`` (its clustering)
+and the fine-tune's training seed, as a random draw's seed is both its sample and its training seed.
+
+Runs: the default mode's (all seeds) first, then one seed of every other mode, then random / the
+control / the whole pool, then the other modes' further seeds; the results file is rewritten
+after every fine-tune (marked PARTIAL until the end), and a fine-tune whose spec (images, seeds,
+settings) finished before in the same --work is taken over, so a cut-off run resumes. CPU
+fine-tunes are deterministic (the same spec gave the same mAP to 4 decimals in two runs), so
+``--arms analyzer --reuse OLD.json`` takes random / control / whole-pool runs of the same
+settings over instead of repeating them; the results say which runs were reused.
 
 Fine-tunes use plain ultralytics (``YOLO(production).train``, the toolkit's offline preparation,
 ultralytics' default augmentation, no per-epoch validation), the same settings for every arm;
@@ -37,10 +49,11 @@ Every size can be overridden (--imgsz --epochs --batch --ks --draws --old-limit 
 --test-limit). Results: ``benchmarks/results/<UTC date>-<card | cpu-proxy>.json`` and ``.md``.
 
 Usage:
-    nice -n 10 python benchmarks/label_efficiency.py --mode cpu-proxy --analyzer-seeds 2
+    python benchmarks/label_efficiency.py --mode cpu-proxy --arms analyzer \\
+        --reuse benchmarks/results/2026-12-04-cpu-proxy.json --selections diversity,hybrid,uncertainty
     python benchmarks/label_efficiency.py --mode gpu --neu .gpu/NEU-DET --model .gpu/models/neu_v1.0_half.pt --jobs 4
     python benchmarks/label_efficiency.py --mode cpu-proxy --imgsz 64 --epochs 1 --ks 4,8 --draws 2 \\
-        --old-limit 24 --pool-limit 30 --test-limit 12                      # smoke test (a minute)
+        --old-limit 24 --pool-limit 30 --test-limit 12 --analyzer-seeds 1   # smoke test (2-7 minutes)
 """
 from __future__ import annotations
 

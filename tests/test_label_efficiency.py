@@ -85,10 +85,16 @@ def test_cpu_proxy_runs_end_to_end(neu_dir, shared_models, tmp_path):
     out = tmp_path / "results"
     code = le.main(["--mode", "cpu-proxy", "--neu", str(neu_dir), "--model", str(shared_models / "neu_v1.0_half.pt"),
                     "--imgsz", "64", "--epochs", "1", "--ks", "4,8", "--draws", "2", "--old-limit", "24",
-                    "--pool-limit", "30", "--test-limit", "12", "--work", str(tmp_path / "work"), "--out", str(out)])
+                    "--pool-limit", "30", "--test-limit", "12", "--work", str(tmp_path / "work"), "--out", str(out),
+                    "--analyzer-seeds", "1", "--selections", "diversity,uncertainty"])
     assert code == 0
     report = json.loads(next(out.glob("*-cpu-proxy.json")).read_text())
     arms = sorted({r["arm"] for r in report["runs"]})
-    assert arms == ["all", "analyzer", "old_only", "random"] and len(report["runs"]) == 1 + 2 + 2 * 2 + 1
+    assert arms == ["all", "analyzer", "old_only", "random"] and len(report["runs"]) == 2 * 2 + 2 * 2 + 1 + 1
     assert report["analyzer"]["exported"] == 8 and report["settings"]["pool_images"] == 30
+    assert report["partial"] is None and report["summary"]["modes"] == ["diversity", "uncertainty"]
+    assert set(report["summary"]["per_k"][0]["modes"]) == {"diversity", "uncertainty"}
+    # the default mode's exports embedded the pool once; the others read the cache
+    embeds = [sm["selection"]["embedding"] for sm in report["selection_picks"]["diversity"].values()]
+    assert sum(e["embedded_now"] for e in embeds) == 30 and embeds[-1]["from_cache"] == 30
     assert "CPU PROXY" in next(out.glob("*-cpu-proxy.md")).read_text()

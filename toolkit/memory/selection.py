@@ -43,6 +43,22 @@ KMEANS_STARTS = 4          # k-means++ starts; the lowest inertia wins (one star
 NONE_GROUP = "(no detection)"
 
 
+# What each mode's picks were worth against random picks in benchmarks/label_efficiency.py (NEU-DET,
+# CPU proxy; the newest result in benchmarks/results/): said with every export, so no plant takes the
+# picks for more than they are. A plant's own line may differ: compare the modes on it.
+MEASURED = {
+    "diversity": "not measured yet",
+    "hybrid": "not measured yet",
+    "uncertainty": "not measured yet",
+    "random": "the baseline every mode is measured against",
+}
+
+
+def evidence(mode: str) -> str:
+    """One line: what ``mode``'s picks were worth against random ones, with figures."""
+    return f"{mode} selection, measured on NEU-DET (CPU proxy, benchmarks/results/): {MEASURED.get(mode, 'not measured')}"
+
+
 @dataclass
 class Pick:
     record: int
