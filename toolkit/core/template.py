@@ -146,12 +146,12 @@ analyzer:
   # (1: by score; 0: equal shares, most uncertain first within each class, missed classes taking
   # one share). 0 measured better than 1 on NEU-DET (CPU proxy, benchmarks/results/).
   class_weight_power: 0.0
-  # How --export chooses: hybrid (class quotas, coverage of the images' variety by typical
-  # clusters of the production model's own embeddings, the most uncertain typical image of each
-  # cluster) | diversity (the most typical image of each cluster) | uncertainty (uncertain
-  # detections first) | random. Compare them on your own line with
-  # benchmarks/label_efficiency.py; the default is the best measured on NEU-DET (README).
-  selection: hybrid
+  # How --export chooses: diversity (class quotas, then typical clusters of the production
+  # model's own embeddings and the most typical image of each) | hybrid (the same clusters, the
+  # most uncertain of each cluster's typical half) | uncertainty (uncertain detections first) |
+  # random. The default is the best measured on NEU-DET (README, benchmarks/results/); compare
+  # them on your own line with benchmarks/label_efficiency.py.
+  selection: diversity
   # Seed of the clustering and of the random selection (the same seed gives the same picks).
   seed: 0
 """

@@ -3,9 +3,9 @@
 ``analyzer.selection`` (training.yaml) picks the mode; each gives an order over the open (not
 reviewed) candidate records, best first, with why each was chosen:
 
-- ``hybrid``: class quotas, then within each class the typical clusters of its images (coverage),
-  and in each cluster the most uncertain of its typical members;
-- ``diversity``: the same quotas and clusters, the most typical image of each cluster;
+- ``diversity`` (the default): class quotas, then within each class the typical clusters of its
+  images (coverage), and the most typical image of each cluster;
+- ``hybrid``: the same quotas and clusters, in each cluster the most uncertain of its typical half;
 - ``uncertainty``: the older order (``toolkit.memory.analysis.candidate_order``): uncertain
   detections first, shared among classes, then images without a detection for missed classes;
 - ``random``: a seeded random order (a plant's own baseline).
