@@ -226,7 +226,7 @@ def reasons_for(name: str, stats: dict[str, Any], uncertain: tuple[float, float]
                     f"{prev['expected_per_image']:.2f} per training image")
         recall = prev.get("estimated_recall", min(1.0, prev["ratio"]))
         verdict = "likely missed" if recall <= RECALL_MISSED else "often missed"
-        if prev.get("matched"):
+        if prev.get("matched") and prev.get("calls"):
             out.insert(0, f"{prev['detections']} of ~{prev['expected_detections']:.0f} labelled {name} defect(s) found "
                           f"in {where} (a detection matched to a review label; {prev['calls'] - prev['detections']} "
                           f"other detection(s) not counted; {why}): estimated recall {recall:.0%}, {verdict}")
