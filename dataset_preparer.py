@@ -168,6 +168,8 @@ class PrepareResult:
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    small_defects: dict = field(default_factory=dict)  # toolkit/data/box_sizes.py at training.imgsz
+    first_run: dict | None = None                      # the first run's command and estimate (toolkit/model/first_run.py)
 
 
 # --------------------------------------------------------------------------- report
@@ -207,6 +209,12 @@ def _markdown(result: PrepareResult, counts: dict, classes: Sequence[str], bad_b
     if result.groups:
         listing("Lots kept in one split (dataset.group_by)", result.groups, ("group", "split", "images"))
     listing("Warnings", result.warnings, ("path", "reason"))
+    if result.small_defects.get("at_risk"):
+        lines += ["## Small defects", "", md(result.small_defects["words"]), "",
+                  markdown_table(["class", "boxes", "median short side px", "share under 8 px", "imgsz showing 90%"],
+                                 [[c["class"], c["boxes"], c["median_px"], f"{c['share_small']:.0%}",
+                                   c["suggested_imgsz"] or f"none up to {c['max_imgsz']}"]
+                                  for c in result.small_defects["classes"]]), ""]
     if result.notes:
         lines += ["## Notes", "", *(f"- {md(n)}" for n in result.notes), ""]
     return "\n".join(lines)
@@ -357,6 +365,8 @@ def run(config: PrepareConfig, progress: Progress | None = None, settings: Setti
     clock("manifest")
     result = _result(config, current, classes, version, 0 if too_bad else len(added), added, plan, batches, changed,
                      notes, clock)
+    if not config.check and not too_bad and current.get("images"):
+        result = _fit_checks(workspace, settings, result)
     result = _write_report(config, workspace, result, current, classes, plan)
     if too_bad:
         raise _too_bad_error(too_bad, plan, options.max_bad, result.report)
@@ -509,6 +519,19 @@ def _result(config: PrepareConfig, current: dict, classes: list[str], version: i
         notes=tuple(notes), seconds=round(time.perf_counter() - clock.start, 3), timings=clock.timings)
 
 
+def _fit_checks(workspace: Workspace, settings: Settings | None, result: PrepareResult) -> PrepareResult:
+    """Defects too small for the training size (named now, at import), and the first run's estimate."""
+    from toolkit.model.fit import AUTO_IMGSZ, is_auto, small_defects
+    from toolkit.model.first_run import first_run_hint
+
+    settings = settings or Settings.load(workspace.training_yaml)
+    imgsz = settings["training.imgsz"]
+    check = small_defects(workspace, AUTO_IMGSZ if is_auto(imgsz) else int(imgsz))
+    if check.get("words"):
+        logger.warning("%s", check["words"])
+    return replace(result, small_defects=check, first_run=first_run_hint(workspace, settings) if result.changed else None)
+
+
 def _write_report(config: PrepareConfig, workspace: Workspace, result: PrepareResult, current: dict,
                   classes: list[str], plan: Any) -> PrepareResult:
     if config.check and not workspace.reports.is_dir():
@@ -547,10 +570,15 @@ def describe(result: PrepareResult) -> str:
         lines.append(f"  ... {len(result.rejected) - 10} more in the report")
     for n in result.notes:
         lines.append(f"  note: {n}")
+    if result.small_defects.get("words"):
+        lines.append(f"  small defects: {result.small_defects['words']}")
     if result.report:
         lines.append(f"  report: {result.report}")
         if result.changed and not result.check_only:  # ROOT/training/reports/prepare_<stamp>.json
-            lines.append(f"Next: train, compare and promote: {command('training_pipeline.py', Path(result.report).parents[2])}")
+            from toolkit.model.first_run import hint_lines
+
+            lines += hint_lines(result.first_run) or [
+                f"Next: train, compare and promote: {command('training_pipeline.py', Path(result.report).parents[2])}"]
     return "\n".join(lines)
 
 

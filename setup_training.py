@@ -96,10 +96,13 @@ class SetupResult:
     classes: tuple[str, ...]
     from_scratch: bool
     notes: tuple[str, ...]
+    route: str = ""                # what the first run starts from, in words
+    first_run: dict | None = None  # its command and estimate (toolkit/model/first_run.py); None before any import
 
 
-def resolve_classes(workspace: Workspace, requested: tuple[str, ...] | None) -> tuple[str, ...]:
-    """--classes, else the production model's names, else the managed dataset's."""
+def resolve_classes(workspace: Workspace, requested: tuple[str, ...] | None, arch: str = "") -> tuple[str, ...]:
+    """--classes, else the production model's names, else the managed dataset's, else those of the
+    user's own weights (--arch PATH.pt, loaded safely: no code from the file runs)."""
     production = None
     if workspace.production_model.exists():
         production = tuple(model_class_names(workspace.production_model, workspace.ultralytics_config))
@@ -112,7 +115,10 @@ def resolve_classes(workspace: Workspace, requested: tuple[str, ...] | None) -> 
         return production
     if workspace.dataset_yaml.exists():
         return tuple(read_class_names(workspace.dataset_yaml))
-    raise UserError(f"no classes known: pass --classes a,b,c or put your production model at {workspace.production_model}")
+    if arch.endswith(".pt"):
+        return tuple(model_class_names(arch, workspace.ultralytics_config))
+    raise UserError(f"no classes known: pass --classes a,b,c, put your production model at {workspace.production_model}, "
+                    "or start from your own weights with --arch PATH.pt (their classes are taken)")
 
 
 @holds_workspace_lock("setup")
@@ -124,7 +130,7 @@ def run(config: SetupConfig, settings: Settings | None = None) -> SetupResult:
         raise UserError(f"--root {workspace.root} is a file; give the folder to set the workspace up in "
                         "(it is created when missing)")
     arch = normalize_arch(config.arch)
-    classes = resolve_classes(workspace, config.classes)
+    classes = resolve_classes(workspace, config.classes, arch)
     created: list[str] = []
     notes: list[str] = []
 
@@ -160,16 +166,21 @@ def run(config: SetupConfig, settings: Settings | None = None) -> SetupResult:
             atomic_copy(workspace.production_model, workspace.base_model, expected_sha256=expected)
             created.append(str(workspace.base_model))
         from_scratch = False
+        route = "fine-tune production"
         notes.append(f"base model: verified copy of the production model (sha256 {expected[:12]})")
     else:
         base_model = arch
         from_scratch = True
+        route = f"from your weights ({arch})" if arch.endswith(".pt") else f"scratch ({arch})"
         notes.append(f"no production model at {workspace.production_model}: the first training run "
-                     + (f"starts from the weights of {arch}" if arch.endswith(".pt") else f"trains {arch} from scratch"))
+                     + (f"starts from your weights ({arch})" if arch.endswith(".pt") else f"trains {arch} from scratch"))
     for note in notes:
         logger.info(note)
+    from toolkit.model.first_run import first_run_hint
+
+    first_run = first_run_hint(workspace, settings or Settings.load(workspace.training_yaml))
     return SetupResult(workspace.root, tuple(created), workspace.dataset_yaml, workspace.training_yaml,
-                       base_model, classes, from_scratch, tuple(notes))
+                       base_model, classes, from_scratch, tuple(notes), route, first_run)
 
 
 def _keep_backup(path: Path, created: list[str]) -> None:
@@ -190,6 +201,12 @@ def describe(result: SetupResult) -> str:
                                                             "  (first run trains from scratch)")
                                                            if result.from_scratch else ""),
              f"  created {len(result.created)} item(s)" if result.created else "  nothing to create: already set up"]
+    lines.append(f"  first run:     {result.route}" if result.route else "")
+    lines = [line for line in lines if line]
+    if result.first_run:
+        from toolkit.model.first_run import hint_lines
+
+        return "\n".join(lines + hint_lines(result.first_run))
     lines.append(f"Next: put each labelled batch in its own folder under {Workspace.at(result.root).incoming}, then")
     lines.append(f"      import and check them: {command('dataset_preparer.py', result.root, '--incoming')}")
     lines.append(f"      or import, train, compare and promote in one go: {command('training_pipeline.py', result.root)}")

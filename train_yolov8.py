@@ -205,8 +205,13 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     machine = mc.detect_machine()
     resolved, machine_notes = mc.resolve_machine_settings(ts, machine)
     notes.extend(machine_notes)
+    from toolkit.model.fit import resolve_imgsz
+
+    imgsz, imgsz_note = resolve_imgsz(workspace, ts, machine, resolved["device"])  # training.imgsz: auto
+    if imgsz_note:
+        notes.append(imgsz_note)
     args: dict[str, Any] = {
-        "data": str(data), "epochs": ts["epochs"], "imgsz": ts["imgsz"], **resolved,
+        "data": str(data), "epochs": ts["epochs"], "imgsz": imgsz, **resolved,
         "patience": ts["patience"], "seed": ts["seed"], "cache": ts["cache"] or False,
         "optimizer": ts["optimizer"], **tr.TOOLKIT_ULTRALYTICS_DEFAULTS, **(ts.get("augment") or {}),
     }

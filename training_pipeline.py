@@ -161,14 +161,17 @@ def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, 
         config, settings = load_settings(config, ws)
     pending = [str(p) for p in _pending_batches(ws)]
     new_data = bool(config.source) or bool(pending)
+    train_plan = None if config.candidate or (config.if_new_data and not new_data) else _training_plan(
+        config, settings, ws, read_only=True, pending=[Path(p) for p in pending] + ([Path(config.source)] if config.source else []),
+        pilot=True)
     steps = {
         "analyze": "run" if config.analyze and _has_memory_bank(ws, settings) else "skip (no memory bank)",
         "setup": "run" if _needs_setup(ws) else "skip (workspace ready)",
         "prepare": (f"import {config.source}" if config.source else
                     f"import {len(pending)} new batch(es) from training/incoming" if pending else "skip (no new batch)"),
         "train": ("skip (--candidate given)" if config.candidate else
-                  f"{_training_plan(config, settings, ws, read_only=True, pending=[Path(p) for p in pending] + ([Path(config.source)] if config.source else [])).describe()} "
-                  f"at {config.imgsz} px, {config.epochs} epochs"),
+                  f"{train_plan.describe(checks=False)} at {train_plan.imgsz} px, {config.epochs} epochs"
+                  f"{train_plan.check_words()}" if train_plan else ""),
         "compare": ("evaluate the candidate (with two routes: the one better on the validation split) vs "
                     "production on the test split: mAP, per-class AP50, per-class recall at confidence "
                     f"{settings['promotion.operating_conf']} (promotion.operating_conf) against the line's spec "
@@ -181,7 +184,11 @@ def plan(config: PipelineConfig, settings: Settings | None = None) -> dict[str, 
     }
     if config.if_new_data and not new_data:
         steps = {name: "skip (no new data)" for name in STAGES}
-    return {"new_batches": pending, "new_data": new_data, "steps": steps, "production": production_info(ws)}
+    fit = {"estimate_s": train_plan.estimate_s, "total_s": round(train_plan.total_s(), 1), "budget_s": train_plan.budget_s,
+           "fit_time_h": train_plan.fit_time_h, "imgsz": train_plan.imgsz,
+           "small_defects": train_plan.small_defects,
+           "pilot": any(n.startswith("pilot:") for n in train_plan.estimate_notes)} if train_plan else {}
+    return {"new_batches": pending, "new_data": new_data, "steps": steps, "production": production_info(ws), **fit}
 
 
 def _spec_words(min_recall: Any) -> str:
@@ -345,24 +352,30 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def _training_plan(config: PipelineConfig, settings: Settings, ws: Workspace, read_only: bool = False,
-                   pending: list[Path] = ()):
+                   pending: list[Path] = (), pilot: bool = False):
     """Which route(s) the train stage trains (``training.strategy`` / ``--strategy``), and why.
 
     ``pending``: batches not imported yet (a dry run): their images count, at the train share.
+    ``pilot``: time a pilot first where no measured run matches (toolkit/model/pilot.py).
     """
     from toolkit.model.planning import plan_training
 
     waiting = sum(1 for folder in pending for p in Path(folder).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
     share = float(settings["dataset.split"].get("train", 0.8))
     return plan_training(ws, settings.section("training"), strategy=config.strategy, start_from=config.start_from,
-                         read_only=read_only, extra_train_images=int(waiting * share))
+                         read_only=read_only, extra_train_images=int(waiting * share), pilot=pilot)
 
 
 def _train(r: _Run) -> Any:
     from toolkit.model.planning import TrainedRoutes, pick_route
 
-    the_plan = _training_plan(r.config, r.settings, r.ws)
+    the_plan = _training_plan(r.config, r.settings, r.ws, pilot=True)
     logger.info("training plan: %s", the_plan.describe())
+    if the_plan.small_defects.get("words"):
+        r.notes.append(the_plan.small_defects["words"])
+    if the_plan.fit_time_h:
+        r.notes.append(f"time budget: the estimate (about {_fmt_seconds(the_plan.total_s())}) passed it, so the "
+                       f"run was fitted to it with ultralytics' time argument ({the_plan.fit_time_h} h)")
     runs = _train_routes(r, the_plan)
     choice = the_plan.choice
     metric = str(r.settings["promotion.metric"] or "map50_95")
@@ -386,9 +399,11 @@ def _train_routes(r: _Run, the_plan) -> dict:
     limit = the_plan.time_limit_per_route()
 
     def one(route: str, workers: int | None = None):
+        fit = the_plan.fit_time_h.get(route)
         return train_yolov8.run(train_yolov8.TrainConfig(
             root=r.ws.root, name="pipeline" if len(routes) == 1 else f"pipeline-{route}",
-            start_from=the_plan.starts[route], time_limit=limit, workers=workers), settings=r.settings)
+            start_from=the_plan.starts[route], time_limit=limit, workers=workers, imgsz=the_plan.imgsz,
+            extra={"time": fit} if fit else ()), settings=r.settings)
 
     if not the_plan.concurrent:
         return {route: one(route) for route in routes}
@@ -647,7 +662,9 @@ def describe(result: Any) -> str:
     if isinstance(result, PipelineResult):
         if result.dry_run:
             steps = result.stages["plan"]["steps"]
-            return "Dry run (nothing changed):\n" + "\n".join(f"  {k:8s} {v}" for k, v in steps.items())
+            head = ("Dry run (nothing changed but the history, which keeps the pilot's timing):"
+                    if result.stages["plan"].get("pilot") else "Dry run (nothing changed):")
+            return head + "\n" + "\n".join(f"  {k:8s} {v}" for k, v in steps.items())
         root = Path(result.production["path"]).parent
         first = result.decision == "kept" and result.production.get("sha256") is None
         lines = [_headline(result) if first else

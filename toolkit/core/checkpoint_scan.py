@@ -246,3 +246,25 @@ def holds_detection_model(path: str | Path) -> bool:
         if any(name.startswith("ultralytics.nn.tasks.") and name.endswith("DetectionModel") for name in names):
             return True
     return False
+
+
+def architecture_file(path: str | Path) -> str | None:
+    """The architecture yaml a checkpoint was built from (``yolov8n.yaml``), read from the pickle's
+    strings (the model's ``yaml['yaml_file']``) without unpickling anything; None when not found."""
+    try:
+        streams = _pickles(Path(path))
+    except (OSError, zipfile.BadZipFile, RuntimeError, _Oversized):
+        return None
+    for blob in streams:
+        previous = None
+        try:
+            for op, arg, _ in pickletools.genops(blob):
+                if op.name in _STRING_OPS:
+                    if previous == "yaml_file" and str(arg).strip():
+                        return str(arg)
+                    previous = str(arg)
+                elif op.name not in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+                    previous = None
+        except Exception:  # a damaged pickle: the loader reports it
+            continue
+    return None

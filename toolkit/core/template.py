@@ -30,6 +30,10 @@ training:
   # Every value below is ultralytics' own default unless marked; a value that differs stays
   # only with a measured gain (README.md, "Training recipes and the NEU-DET benchmark").
   epochs: 100
+  # Pixels of the long side the images are resized to for training, or auto: 640, unless a class
+  # has 10% or more of its boxes under 8 px there (the finest stride: such defects are missed) -
+  # then the size that shows 90% of them, when the estimated run fits time_limit (a night when
+  # unset). Import, the dry run and the reports name such classes at any size.
   imgsz: 640
   # Images per batch. auto: 64 on a GPU with 16 GB or more for yolov8n/s (ultralytics' nominal
   # batch), else -1 (ultralytics measures what fits); 16 on a CPU.

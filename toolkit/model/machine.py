@@ -167,6 +167,26 @@ def arch_name(arch: Any) -> str:
     return Path(str(arch or "yolov8n.yaml")).stem.lower() or "yolov8n"
 
 
+def model_arch(model: Any, root: str | Path | None = None, fallback: Any = None) -> str:
+    """The architecture a training from ``model`` runs: ``yolov8n`` for ``yolov8n.yaml`` and for any
+    checkpoint built from it (the user's own weights, production, a run's best.pt), read from the
+    file without unpickling it. Measured timings are recorded and looked up under this name.
+    A checkpoint whose architecture cannot be read: ``fallback`` (an architecture), else its stem."""
+    text = str(model or "yolov8n.yaml").strip()
+    if text.lower().endswith(".pt"):
+        from toolkit.core.checkpoint_scan import architecture_file
+
+        path = Path(text).expanduser()
+        if not path.is_absolute() and root is not None:
+            path = Path(root) / path
+        found = architecture_file(path) if path.is_file() else None
+        if found:
+            return arch_name(found)
+        if fallback is not None:
+            return arch_name(fallback)
+    return arch_name(text)
+
+
 def device_key(device: str, machine: Machine) -> str:
     """What a measured speed belongs to: this CPU (by its cores) or these GPUs (by their names)."""
     indices = _device_indices(device, machine)
@@ -217,6 +237,7 @@ def timings_from_history(records: Iterable[Mapping[str, Any]]) -> list[dict[str,
 class Estimate:
     seconds: float
     basis: str          # in words: which measurement (or table) it comes from
+    setup: float = 0.0  # of which the fixed cost (setup, final validation): what no epoch count changes
 
 
 def estimate_train(train_images: int, epochs: int, imgsz: int, device: str, machine: Machine,
@@ -230,9 +251,12 @@ def estimate_train(train_images: int, epochs: int, imgsz: int, device: str, mach
     """
     key, name = device_key(device, machine), arch_name(arch)
     work = work_images(train_images, val_images)
-    same = [t for t in measured if t.get("device") == key and t.get("arch") == name]
+    matching = [t for t in measured if t.get("device") == key and t.get("arch") == name]
+    same = [t for t in matching if not t.get("pilot")]
     exact = [t for t in same if int(t.get("imgsz") or 0) == int(imgsz)]
-    chosen = exact[-CALIBRATION_RUNS:]
+    # a real run beats a pilot; a pilot at this size beats a real run scaled from another size
+    pilots = [t for t in matching if t.get("pilot") and int(t.get("imgsz") or 0) == int(imgsz)]
+    chosen = exact[-CALIBRATION_RUNS:] or pilots[-1:]
     scale = 1.0
     if not chosen and same:
         nearest = min({int(t.get("imgsz") or 0) for t in same}, key=lambda s: abs(s - int(imgsz)))
@@ -242,16 +266,27 @@ def estimate_train(train_images: int, epochs: int, imgsz: int, device: str, mach
         rate = statistics.median(float(t["s_per_image_epoch"]) for t in chosen) * scale
         setup = statistics.median(float(t.get("setup_seconds") or 0.0) for t in chosen)
         sizes = sorted({int(t.get("imgsz") or 0) for t in chosen})
-        basis = (f"measured on this machine: median of the last {len(chosen)} {name} run(s) on {key} at "
+        what = ("a pilot of a few training iterations of this dataset" if chosen[0].get("pilot") else
+                f"median of the last {len(chosen)} {name} run(s)")
+        basis = (f"measured on this machine: {what} on {key} at "
                  f"{', '.join(map(str, sizes))} px, {rate * 1000:.2f} ms per image-epoch"
                  + (f" (scaled by imgsz squared to {imgsz} px)" if scale != 1.0 else "")
                  + f" + {setup:.0f} s fixed cost")
         seconds = setup + rate * work * max(0, int(epochs))
         if math.isfinite(seconds) and seconds >= 0:   # never a negative or NaN estimate
-            return Estimate(seconds, basis)
+            return Estimate(seconds, basis, setup)
     seconds = estimate_train_seconds(train_images, epochs, imgsz, device, machine, arch, val_images)
     return Estimate(seconds, f"built-in table (no measured {name} run on {key} in this workspace's history yet; "
-                             "the first real training calibrates it)")
+                             "the first real training calibrates it)",
+                    _SETUP_S["gpu" if _device_indices(device, machine) else "cpu"])
+
+
+def has_measurement(measured: Iterable[Mapping[str, Any]], arch: str, imgsz: int, device: str,
+                    machine: Machine) -> bool:
+    """A measured run or a pilot of this architecture at this imgsz on this device is in ``measured``."""
+    key, name = device_key(device, machine), arch_name(arch)
+    return any(t.get("device") == key and t.get("arch") == name and int(t.get("imgsz") or 0) == int(imgsz)
+               for t in measured)
 
 
 def estimate_train_seconds(train_images: int, epochs: int, imgsz: int, device: str, machine: Machine,

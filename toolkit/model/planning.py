@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from toolkit.core.errors import UserError
-from toolkit.model.machine import (Machine, detect_machine, estimate_train, resolve_machine_settings,
-                             timings_from_history)
+from toolkit.model.machine import Machine, detect_machine, resolve_machine_settings, timings_from_history
 from toolkit.model.training import format_duration
 
 logger = logging.getLogger(__name__)
@@ -56,6 +55,8 @@ class StrategyEvidence:
     time_budget_s: float = 0.0              # training.time_limit in seconds; 0: none
     route_history: tuple = ()               # earlier `both` runs: {"run", "winner", "metric", "val"}
     concurrent: bool = False                # both routes can train at the same time here
+    setup_s: dict = field(default_factory=dict)  # route -> the estimate's fixed cost (setup, final validation)
+    estimate_notes: tuple = ()              # the pilot: run, or why not
 
     @property
     def growth(self) -> float | None:
@@ -113,7 +114,8 @@ def choose_strategy(requested: Any, ev: StrategyEvidence) -> StrategyChoice:
                 "estimate_finetune_s": ev.estimate_finetune_s, "estimate_scratch_s": ev.estimate_scratch_s,
                 "estimate_basis": ev.estimate_basis, "time_budget_s": ev.time_budget_s,
                 "budget_s": budget, "both_s": round(both_seconds(ev), 1), "concurrent": ev.concurrent,
-                "route_history": list(ev.route_history)}
+                "route_history": list(ev.route_history), "setup_s": dict(ev.setup_s),
+                "estimate_notes": list(ev.estimate_notes)}
 
     def pick(strategy: str, reason: str) -> StrategyChoice:
         routes = ("finetune", "scratch") if strategy == "both" else (strategy,)
@@ -169,12 +171,16 @@ def _count_files(folder: Path) -> int:
 
 def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: str,
                     read_only: bool = False, extra_train_images: int = 0,
-                    concurrent: bool = False) -> StrategyEvidence:
+                    concurrent: bool = False, resolved: Mapping[str, Any] | None = None,
+                    pilot: bool = False) -> StrategyEvidence:
     """What ``auto`` decides from, read from the workspace.
 
     ``read_only`` (``--dry-run``): the production model's classes only from its registry entry,
     never by loading it (loading prepares ultralytics' settings folder in the workspace).
     ``extra_train_images``: training images not imported yet (a dry run counts pending batches).
+    ``pilot``: with no measured run of the route's architecture at this imgsz on this device, time
+    a pilot first (``toolkit/model/pilot.py``; it is recorded in the history); ``resolved``: the
+    device / workers / batch it trains with.
     """
     from toolkit.core.datafile import read_class_names
     from toolkit.core.run_history import read_history
@@ -187,6 +193,7 @@ def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: 
             train_now = _train_images_in_manifest(json.loads(workspace.manifest.read_text(encoding="utf-8")))
         except (OSError, ValueError, AttributeError) as exc:
             logger.debug("manifest unreadable (%s): counting the image files", exc)
+    imported = train_now
     train_now += max(0, int(extra_train_images))
     classes_changed = None
     at_production = None
@@ -219,15 +226,21 @@ def gather_evidence(workspace, ts: Mapping[str, Any], machine: Machine, device: 
             except (OSError, ValueError, AttributeError):
                 at_production = None
     history = read_history(workspace, last=1000)
-    epochs, imgsz, arch = int(ts.get("epochs") or 0), int(ts.get("imgsz") or 640), str(ts.get("arch") or "yolov8n.yaml")
-    estimate = estimate_train(train_now, epochs, imgsz, device, machine, arch, val_now,
-                              measured=timings_from_history(history))
-    seconds = round(estimate.seconds, 1)
+    from toolkit.model.pilot import route_estimates
+
+    settings = dict(resolved or {"device": device, "workers": 0, "batch": 16})
+    estimates, notes = route_estimates(workspace, ts, settings, machine, train_now, val_now, imported,
+                                       timings_from_history(history), pilot)
+    bases = list(dict.fromkeys(e.basis for e in estimates.values()))
+    basis = bases[0] if len(bases) == 1 else "; ".join(f"{r}: {e.basis}" for r, e in estimates.items())
+    finetune = estimates.get("finetune")
     return StrategyEvidence(production=production, classes_changed=classes_changed, train_images=train_now,
                             train_images_at_production=at_production or None, production_dataset_version=version,
-                            estimate_finetune_s=seconds if production else None, estimate_scratch_s=seconds,
-                            estimate_basis=estimate.basis, time_budget_s=float(ts.get("time_limit") or 0) * 3600.0,
-                            route_history=route_history(history), concurrent=concurrent)
+                            estimate_finetune_s=round(finetune.seconds, 1) if finetune else None,
+                            estimate_scratch_s=round(estimates["scratch"].seconds, 1),
+                            estimate_basis=basis, time_budget_s=float(ts.get("time_limit") or 0) * 3600.0,
+                            route_history=route_history(history), concurrent=concurrent,
+                            setup_s={r: round(e.setup, 1) for r, e in estimates.items()}, estimate_notes=tuple(notes))
 
 
 # ----------------------------------------------------------------------------- a training plan
@@ -268,28 +281,61 @@ class TrainingPlan:
     concurrent_workers: int = 0     # data workers of each route when they train at the same time
     concurrency: str = ""           # why (not) at the same time
     estimate_basis: str = ""
+    imgsz: int = 0                  # the size it trains at (training.imgsz: auto resolved)
+    imgsz_note: str = ""            # how training.imgsz: auto was resolved
+    labels: dict = field(default_factory=dict)        # route -> its name in words ("from your weights (PATH)")
+    fit_time_h: dict = field(default_factory=dict)    # route -> ultralytics' `time` (hours) fitting it to the budget
+    budget_s: float = NIGHT_S
+    small_defects: dict = field(default_factory=dict)  # toolkit.data.box_sizes.small_defect_check at imgsz
+    estimate_notes: tuple = ()
 
-    def describe(self) -> str:
-        runs = ", ".join(f"{r} (about {format_duration(self.estimate_s.get(r))})" for r in self.choice.routes)
+    def label(self, route: str) -> str:
+        return self.labels.get(route, route)
+
+    def total_s(self) -> float:
+        total = sum(v for v in self.estimate_s.values() if v)
+        return total / CONCURRENT_THROUGHPUT if self.concurrent else total
+
+    def describe(self, checks: bool = True) -> str:
+        """The plan in words; ``checks``: with the small-defect check and the imgsz auto note at the end."""
+        runs = ", ".join(f"{self.label(r)} (about {format_duration(self.estimate_s.get(r))})" for r in self.choice.routes)
         if self.choice.requested == self.choice.strategy and self.choice.routes == (self.choice.strategy,):
             # chosen by the user: said once ("strategy finetune -> finetune: train finetune ...; strategy finetune")
-            text = (f"strategy {self.choice.strategy} (training.yaml or --strategy): about "
+            text = (f"strategy {self.label(self.choice.strategy)} (training.yaml or --strategy): about "
                     f"{format_duration(self.estimate_s.get(self.choice.strategy))} on {self.device}, "
                     f"workers {self.workers}, batch {self.batch} ({self.machine})")
         else:
-            text = (f"strategy {self.choice.requested} -> {self.choice.strategy}: train {runs} on {self.device}, "
+            strategy = self.label(self.choice.strategy) if self.choice.strategy in self.labels else self.choice.strategy
+            text = (f"strategy {self.choice.requested} -> {strategy}: train {runs} on {self.device}, "
                     f"workers {self.workers}, batch {self.batch} ({self.machine}); {self.choice.reason}")
         if len(self.choice.routes) > 1:
             text += f"; {self.concurrency}"
         if self.estimate_basis and self.estimate_basis not in self.choice.reason:
             text += f"; estimate: {self.estimate_basis}"
-        total = sum(v for v in self.estimate_s.values() if v)
-        if self.concurrent:
-            total /= CONCURRENT_THROUGHPUT
-        if total > NIGHT_S and not self.time_limit_h:
-            text += (f"; about {format_duration(total)} in all, more than a night: set training.time_limit "
-                     "(hours; the run stops cleanly with its best epoch) or a smaller imgsz")
-        return text
+        for note in self.estimate_notes:
+            text += f"; {note}"
+        text += self._budget_words()
+        return text + self.check_words() if checks else text
+
+    def check_words(self) -> str:
+        """'; imgsz auto -> ...; small defects at imgsz ...' ('' when there is nothing to say)."""
+        return "".join(f"; {w}" for w in (self.imgsz_note, self.small_defects.get("words")) if w)
+
+    def _budget_words(self) -> str:
+        total = self.total_s()
+        if total <= self.budget_s:
+            return ""
+        budget = (f"training.time_limit ({format_duration(self.budget_s)})" if self.time_limit_h else
+                  f"a night ({format_duration(self.budget_s)}; no training.time_limit set)")
+        head = f"; about {format_duration(total)} in all, more than {budget}"
+        if self.fit_time_h:
+            fits = ", ".join(f"{self.label(r)} {h:.2f} h of training" for r, h in self.fit_time_h.items())
+            return (head + f": auto fits the run to it with ultralytics' own time argument ({fits}; ultralytics "
+                    "scales the epochs and the learning-rate schedule to that time)")
+        if self.time_limit_h:
+            return head + ": the run stops cleanly at the limit with its best epoch (fewer epochs than planned)"
+        return (head + ": set training.time_limit (hours; the run stops cleanly with its best epoch) or a smaller "
+                "imgsz or fewer epochs")
 
     def time_limit_per_route(self) -> float | None:
         """Hours each route may take: the whole limit when they train at once, else a share."""
@@ -300,18 +346,24 @@ class TrainingPlan:
 
 def plan_training(workspace, ts: Mapping[str, Any], strategy: Any = None, start_from: Any = None,
                   machine: Machine | None = None, read_only: bool = False,
-                  extra_train_images: int = 0) -> TrainingPlan:
+                  extra_train_images: int = 0, pilot: bool = False) -> TrainingPlan:
     """The routes to train and why, from ``training.strategy`` (or ``strategy``) and the workspace.
 
     An explicit ``start_from`` (``--from``) trains that one starting point: the strategy is not used.
-    Nothing in the workspace is changed (``--dry-run`` calls this too).
+    Nothing in the workspace is changed (``--dry-run`` calls this too), except that ``pilot`` may time
+    a pilot on this machine first and record it in the history (``toolkit/model/pilot.py``).
+    ``auto`` fits a run whose estimate passes the budget to it (``fit_time_h``: ultralytics' ``time``).
     """
     machine = machine or detect_machine()
     resolved, notes = resolve_machine_settings(ts, machine)
     requested = check_strategy(strategy if strategy not in (None, "") else ts.get("strategy", "auto"))
     at_once, each, why = concurrency(machine, resolved["device"], resolved["workers"])
+    from toolkit.model.fit import resolve_imgsz, small_defects
+
+    imgsz, imgsz_note = resolve_imgsz(workspace, ts, machine, resolved["device"])
+    ts = {**ts, "imgsz": imgsz}
     ev = gather_evidence(workspace, ts, machine, resolved["device"], read_only=read_only,
-                         extra_train_images=extra_train_images, concurrent=at_once)
+                         extra_train_images=extra_train_images, concurrent=at_once, resolved=resolved, pilot=pilot)
     explicit = str(start_from).strip() if start_from not in (None, "") else ""
     if explicit:
         route = {"production": "finetune", "scratch": "scratch"}.get(explicit, "path")
@@ -322,13 +374,21 @@ def plan_training(workspace, ts: Mapping[str, Any], strategy: Any = None, start_
         choice = choose_strategy(requested, ev)
         starts = {r: ROUTE_START[r] for r in choice.routes}
     estimate = {r: (ev.estimate_finetune_s if r == "finetune" else ev.estimate_scratch_s) for r in choice.routes}
+    estimate = {r: (v if v is not None else ev.estimate_scratch_s) for r, v in estimate.items()}
     two = len(choice.routes) > 1
+    from toolkit.model.fit import fit_to_budget, route_labels
+
+    budget = float(ts.get("time_limit") or 0) * 3600.0 or NIGHT_S
+    concurrent = two and at_once
+    fit = ({} if explicit or requested != "auto" else
+           fit_to_budget(estimate, ev.setup_s, budget, concurrent, CONCURRENT_THROUGHPUT))
     return TrainingPlan(choice=choice, machine=machine.describe(), device=resolved["device"],
                         workers=resolved["workers"], batch=resolved["batch"], starts=starts,
-                        estimate_s={r: (v if v is not None else ev.estimate_scratch_s) for r, v in estimate.items()},
-                        notes=tuple(notes), time_limit_h=float(ts.get("time_limit") or 0),
-                        concurrent=two and at_once, concurrent_workers=each if two and at_once else 0,
-                        concurrency=why, estimate_basis=ev.estimate_basis)
+                        estimate_s=estimate, notes=tuple(notes), time_limit_h=float(ts.get("time_limit") or 0),
+                        concurrent=concurrent, concurrent_workers=each if concurrent else 0,
+                        concurrency=why, estimate_basis=ev.estimate_basis, imgsz=imgsz, imgsz_note=imgsz_note,
+                        labels=route_labels(workspace, ts, starts), fit_time_h=fit, budget_s=budget,
+                        small_defects=small_defects(workspace, imgsz), estimate_notes=ev.estimate_notes)
 
 
 # ----------------------------------------------------------------------------- the routes trained
