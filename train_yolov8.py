@@ -205,11 +205,16 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
     machine = mc.detect_machine()
     resolved, machine_notes = mc.resolve_machine_settings(ts, machine)
     notes.extend(machine_notes)
-    from toolkit.model.fit import resolve_imgsz
+    from toolkit.model.fit import resolve_imgsz, small_defects
 
     imgsz, imgsz_note = resolve_imgsz(workspace, ts, machine, resolved["device"])  # training.imgsz: auto
     if imgsz_note:
         notes.append(imgsz_note)
+    if data == workspace.dataset_yaml:  # the managed dataset: are its defects visible at this size?
+        check = small_defects(workspace, imgsz)
+        if check.get("words"):
+            notes.append(check["words"])
+            logger.warning("%s", check["words"])
     args: dict[str, Any] = {
         "data": str(data), "epochs": ts["epochs"], "imgsz": imgsz, **resolved,
         "patience": ts["patience"], "seed": ts["seed"], "cache": ts["cache"] or False,

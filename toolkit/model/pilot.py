@@ -224,6 +224,10 @@ def route_estimates(workspace, ts: Mapping[str, Any], resolved: Mapping[str, Any
     for route, start in starts.items():
         if not pilot or has_measurement(measured, arches[route], imgsz, device, machine):
             continue
+        if "," in device:
+            notes.append("no pilot: on several GPUs ultralytics trains in worker processes, which a pilot cannot "
+                         "time (the first run calibrates the estimate)")
+            break
         if not ready or not pilot_worthwhile(imported_train, resolved["batch"]):
             notes.append(f"no pilot: {imported_train} training image(s) imported, under {PILOT_MIN_BATCHES} batches "
                          "(the first run times this machine)" if ready else
