@@ -213,17 +213,6 @@ def _band_arg(text_value: str) -> tuple[float, float]:
 
 
 
-def _imgsz_arg(text_value: str) -> int | str:
-    """--imgsz: a number of pixels, or auto (checked by the setting's rule)."""
-    value = text_value.strip()
-    if value.lower() == "auto":
-        return "auto"
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"--imgsz {short(text_value)}: give a size in pixels such as 640, or auto") from None
-
-
 GROUPS_CSV = "groups.csv"
 CSV_PREFIX = "csv:"
 
@@ -300,9 +289,8 @@ KEYS: dict[str, Key] = {
                                "(empty: production if yolov8_model.pt exists, else scratch)",
                                metavar="production|scratch|PATH"),
     "training.epochs": Key(integer(1, MAX_EPOCHS), "--epochs", "training epochs", type=int),
-    "training.imgsz": Key(auto_or(integer(32, MAX_IMGSZ)), "--imgsz", "image size in pixels that the model trains at, "
-                          "or auto (640, more where small defects need it and the run fits the budget)",
-                          type=_imgsz_arg, metavar="PX|auto"),
+    "training.imgsz": Key(auto_or(lambda v: integer(32, MAX_IMGSZ)(int(v) if str(v).strip().isdigit() else v)), "--imgsz",
+                          "pixels the images are resized to for training, or auto (see training.yaml)", metavar="PX|auto"),
     "training.batch": Key(auto_or(batch_size), "--batch", "images per training batch (-1: as many as fit one GPU)", type=float),
     "training.device": Key(device, "--device", "cpu | 0 | 0,1,2,3 (several GPUs: ultralytics DDP); "
                            "empty: GPU 0 if there is one, else cpu"),
