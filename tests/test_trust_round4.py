@@ -471,3 +471,23 @@ def test_a_view_without_order_counts_each_record_once(postgres, pg_password):
     for bank in (read_memory_bank(postgres.url("by_class")),
                  aggregate_memory_bank(postgres.url("by_class"), (0.25, 0.6), 0.5, chunk_rows=4)):
         assert bank.records == table.records == 6 and bank.skipped == 0
+
+
+def test_since_and_until_at_the_edges_of_the_range(tmp_path, capsys):
+    """--since 0001-01-01 / --until 9999-12-31 read everything (a file, SQLite by URL: its WHERE clause's
+    margin of a day stays within the range); a bound out of range is one line."""
+    import training_analyzer
+    from toolkit.core.errors import UserError
+    from toolkit.memory.bank_table import parse_date_bound
+
+    records = [_record(0), _record(1, "0001-01-01T00:00:00Z"), _record(2, "9999-12-31T23:59:59Z")]
+    jsonl = _write(records, tmp_path / "bank.jsonl", "jsonl")
+    db = _write(records, tmp_path / "bank.db", "sqlite")
+    root = tmp_path / "ws"
+    root.mkdir()
+    for bank in (str(jsonl), f"sqlite:///{db}"):
+        assert training_analyzer.main(["--root", str(root), "--memory-bank", bank, "--since", "0001-01-01",
+                                       "--until", "9999-12-31", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["records"] == 3
+    with pytest.raises(UserError, match="out of range"):
+        parse_date_bound("0001-01-01T00:00:00+05:00")

@@ -46,7 +46,9 @@ _NUMBER_KINDS = ("number", "decimal", "integer")
 
 
 def _shift(day: str, days: int) -> str:
-    return date.fromordinal(date.fromisoformat(day).toordinal() + days).isoformat()
+    ordinal = date.fromisoformat(day).toordinal() + days
+    return date.fromordinal(min(max(ordinal, 1), date.max.toordinal())).isoformat() if ordinal <= date.max.toordinal() \
+        else "9999-12-31T99"   # after every time of year 9999
 
 
 def _day_bound(seconds: float | None, end: bool) -> str | None | bool:

@@ -211,10 +211,15 @@ def parse_date_bound(text: str, end: bool = False) -> float:
         raise UserError(f"{text!r} is not a date or ISO timestamp; write it like 2026-03-01 or 2026-03-01T08:00:00Z") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=_UTC)
-    seconds = moment.timestamp()
+    try:
+        seconds = moment.timestamp()
+    except (OverflowError, ValueError, OSError):
+        seconds = float("nan")
     if end and len(text.strip()) == 10:  # a bare date: up to the end of that day
         seconds += 86400.0 - 1e-6
-    return seconds
+    if not TS_MIN <= seconds <= TS_MAX + 86400.0:
+        raise UserError(f"{text!r} is out of range: give a date from 0001-01-01 to 9999-12-31 (UTC)")
+    return min(seconds, TS_MAX)
 
 
 def _too_long(what: str, text: str, cap: int) -> str:

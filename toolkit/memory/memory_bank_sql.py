@@ -296,7 +296,11 @@ def _inspect_postgres(con, loc: BankLocation) -> TableInfo:
 
 
 def _day(seconds: float, days: int) -> str:
-    return (datetime.fromtimestamp(seconds, timezone.utc) + timedelta(days=days)).date().isoformat()
+    """The UTC day ``days`` after ``seconds``, kept within years 1-9999 (a bound at the edge of the range)."""
+    try:
+        return (datetime.fromtimestamp(seconds, timezone.utc) + timedelta(days=days)).date().isoformat()
+    except (OverflowError, ValueError, OSError):
+        return "0001-01-01" if days < 0 else "9999-12-31T99"   # sorts after every ISO time of year 9999
 
 
 def _quote(name: str) -> str:
