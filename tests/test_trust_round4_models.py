@@ -87,7 +87,7 @@ def _hostile(path: Path, obj) -> Path:
     return path
 
 
-@pytest.mark.parametrize("call", ["linear", "bytearray", "storage"])
+@pytest.mark.parametrize("call", ["linear", "bytearray", "storage", "from_type"])
 def test_the_safe_loader_never_builds_what_the_file_sizes(tmp_path, call):
     """Linear(20000, 20000) by REDUCE took 1.6 GB during the "safe" load (100,000 would be 40 GB); bytearray
     and a storage of the file's size likewise. Refused from the opcodes, before anything is allocated."""
@@ -99,7 +99,10 @@ def test_the_safe_loader_never_builds_what_the_file_sizes(tmp_path, call):
     from toolkit.core.offline import load_yolo
 
     func, args = {"linear": (torch.nn.Linear, (20000, 20000)), "bytearray": (bytearray, (10 ** 9,)),
-                  "storage": (torch.FloatStorage, (250_000_000,))}[call]
+                  "storage": (torch.FloatStorage, (250_000_000,)),
+                  # a rebuild function on the allow-list that calls its first argument: Linear(20000, 20000) again
+                  "from_type": (torch._tensor._rebuild_from_type_v2, (torch.nn.Linear, torch.Tensor, (20000, 20000), {}))
+                  }[call]
     path = _hostile(tmp_path / f"{call}.pt", _Call(func, *args))
     assert path.stat().st_size < 10_000
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -43,13 +43,14 @@ _storage_cap = [1 << 62]   # elements the storages may declare: at most the file
 # weights; a training checkpoint's plain data (IterableSimpleNamespace of its arguments) is rebuilt by a call
 _MODEL_CLASSES = ("ultralytics.nn.",)
 # what a checkpoint may call: torch.save's rebuild functions (views of storages read from the file) and plain
-# data; none allocates more than its arguments, which are in the file
+# data; none allocates more than its arguments, which are in the file (not _rebuild_from_type_v2: it calls
+# whatever its first argument names - Linear(20000, 20000) again)
 _SAFE_CALLS = frozenset({
     "collections.OrderedDict", "collections.Counter", "builtins.set", "__builtin__.set", "builtins.frozenset",
     "builtins.complex", "_codecs.encode", "builtins.getattr", "__builtin__.getattr", "torch.Size", "torch.device",
     "torch.serialization._get_layout", "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
     "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
-    "torch._tensor._rebuild_from_type_v2", "torch._utils._rebuild_device_tensor_from_cpu_tensor",
+    "torch._utils._rebuild_device_tensor_from_cpu_tensor",
     "torch.nn.parameter.Parameter", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
     "ultralytics.utils.IterableSimpleNamespace", "ultralytics.yolo.utils.IterableSimpleNamespace",
     "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib._local.PosixPath", "pathlib._local.WindowsPath",
