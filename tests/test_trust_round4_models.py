@@ -62,6 +62,9 @@ def test_a_checkpoint_that_is_no_detector_is_never_versioned_nor_installed(ws, s
     registry.save()
     with pytest.raises(UserError, match="does not load"):
         Registry.load(ws).rollback("1.2")
+    status = training_pipeline.status(ws.root)   # not production: named all the same
+    assert any("version 1.2" in p["problem"] and "no YOLO detection model" in p["problem"]
+               for p in status["problems"]), status["problems"]
     shutil.copyfile(kept, ws.production_model)
     status = training_pipeline.status(ws.root)
     assert not status["ok"] and any("version 1.2" in p["problem"] and "detection" in p["problem"]

@@ -2,6 +2,7 @@
 with the command that fixes it. Nothing here changes a file."""
 from __future__ import annotations
 
+from toolkit.core.checkpoint_scan import holds_detection_model
 from toolkit.core.files import sha256_file
 from toolkit.promotion.registry import Registry
 from toolkit.promotion.versions import ARCHIVE_RE, not_regular_kind, is_regular
@@ -78,6 +79,9 @@ def registry_problems(registry: Registry) -> list[dict[str, str]]:
         elif sha256_file(path) != entry["sha256"]:
             add(f"the archive of version {entry['version']} ({path.name}) was changed after archiving",
                 f"restore {path.name} from a backup; it is never restored as it is")
+        elif not holds_detection_model(path):  # versioned by an older toolkit: read from its opcodes, not loaded
+            add(f"version {entry['version']} ({path.name}) holds no YOLO detection model; it is never installed",
+                "nothing to do unless you need it: --rollback refuses it; choose another version")
     by_sha: dict[str, list[str]] = {}
     for entry in registry.versions:
         by_sha.setdefault(entry["sha256"], []).append(entry["version"])
