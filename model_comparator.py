@@ -3,8 +3,9 @@
 Every model is scored on the same split (default: test) of the managed dataset with identical
 settings (imgsz, conf, iou, batch, device), exactly as `ultralytics val` scores it: mAP50,
 mAP50-95, precision, recall, and the same per class; speed in ms per image after a warm-up.
-A paired bootstrap over the test images (1000+ resamples, no re-inference) gives the 95%
-interval of each candidate's gain. The promotion rules of training.yaml (`promotion:`) then
+How sure the gain is: the test images are redrawn at random 1000+ times (a paired bootstrap:
+both models on the same draw, no new inference), and the middle 95% of the gains drawn is the
+95% interval of each candidate's gain. The promotion rules of training.yaml (`promotion:`) then
 decide, and the reasons say why in words, naming every class that regressed.
 A model's evaluation is cached (by its sha256, the dataset version, split and settings), so a
 nightly run does not evaluate an unchanged production model again.
@@ -12,7 +13,7 @@ Report: training/reports/compare_<time>.json, .md and .png (per-class AP50 side 
 Nothing is promoted here: training_pipeline.py promotes the winner.
 
 Usage:
-    python model_comparator.py --candidates training/runs/<stamp>-train/weights/best.pt
+    python model_comparator.py --candidates training/runs/20260301-020000-train/weights/best.pt
     python model_comparator.py --root D:/inspection --production old.pt --candidates a.pt b.pt --json
     python model_comparator.py --candidates best.pt --data other/data.yaml --split val --subset 60
 """
@@ -34,7 +35,7 @@ from toolkit.data.dataset.store import settle_dataset
 from toolkit.promotion.decision import PromotionRules, decide, judge_candidate
 from toolkit.promotion.spec import below_spec, class_specs, entry_words
 from toolkit.core.errors import UserError
-from toolkit.core.layout import Workspace, require_workspace
+from toolkit.core.layout import Workspace, model_names, require_workspace
 from toolkit.core.lock import holds_workspace_lock
 from toolkit.core.progress import progress_bar
 from toolkit.core.reports import markdown_table, md, md_code, report_path, timestamp, write_report
@@ -157,6 +158,8 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
     for ev, rounds in zip(evaluations, speed_rounds):
         ev.ms_per_image = ev_mod.median(rounds)
     entries = [ev_mod.model_entry(ev, role) for ev, role in zip(evaluations, roles)]
+    for entry, name in zip(entries, model_names([e["path"] for e in entries])):
+        entry["name"] = name  # two runs' best.pt read as RUN/best.pt, never twice the same
     weights = ev_mod.resample_weights(len(data), rules.bootstrap_resamples, seed=BOOTSTRAP_SEED)
     for entry, model, ev, rounds in zip(entries, models, evaluations, speed_rounds):
         entry["trained_imgsz"] = model.trained_imgsz
@@ -182,7 +185,7 @@ def run(config: CompareConfig, progress: Callable | None = None, settings: Setti
     winner = decision.pop("winner")
     judged = _spec_verdict(decision, entries, winner, split)
     decision["reasons"].append(size_reason(entries, eval_settings))
-    decision["imgsz"] = {Path(e["path"]).name: e["imgsz"] for e in entries}
+    decision["imgsz"] = {e["name"]: e["imgsz"] for e in entries}
     for line in decision["reasons"]:  # the result (terminal, --json, reports) states them; here only with -v
         logger.debug("  %s", line)
 
@@ -209,7 +212,7 @@ def _spec_verdict(decision: dict[str, Any], entries: list[dict[str, Any]], winne
     decision["below_spec"] = list(judged["below_spec"]) if judged else []
     if judged is None:
         return None
-    name = Path(judged["path"]).name
+    name = _name(judged)
     if decision["promote"]:
         context = "first" if decision.get("first_model") else "promoted"
         decision["reasons"].insert(1, entry_words(judged, split, f"{name} is ", context))
@@ -218,9 +221,14 @@ def _spec_verdict(decision: dict[str, Any], entries: list[dict[str, Any]], winne
     return judged
 
 
+def _name(entry: dict[str, Any]) -> str:
+    """The model's short name (``RUN/best.pt`` for a training run's weights; see ``model_names``)."""
+    return entry.get("name") or model_names([entry["path"]])[0]
+
+
 def size_reason(entries: list[dict[str, Any]], settings) -> str:
     """Which image size the models were scored at, and why, in words."""
-    names = [f"{e['role']} {Path(e['path']).name}" for e in entries]
+    names = [f"{e['role']} {_name(e)}" for e in entries]
     trained = ", ".join(f"{n} {e['trained_imgsz'] or 'unknown'} px" for n, e in zip(names, entries))
     if settings.imgsz is not None:
         return (f"every model was scored at {settings.imgsz} px, as evaluation.imgsz says "
@@ -258,7 +266,7 @@ def chart_figure(entries: list[dict[str, Any]], names: tuple[str, ...], split: s
     ax = fig.subplots()
     for k, entry in enumerate(entries):
         values = [(entry["per_class"].get(n) or {}).get("ap50") or 0.0 for n in names]
-        label = f"{entry['role']}: {Path(entry['path']).name} (mAP50 {entry['map50']:.3f})"
+        label = f"{entry['role']}: {_name(entry)} (mAP50 {entry['map50']:.3f})"
         bars = ax.bar(x - 0.4 + width * (k + 0.5), values, width, label=label)
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(x, names, rotation=20, ha="right")
@@ -291,9 +299,9 @@ def markdown_report(result: CompareResult, names: tuple[str, ...]) -> str:
              "| role | model | mAP50 | mAP50-95 | precision | recall | ms/image | cached |", "|---|---|---|---|---|---|---|---|"]
     for m in result.models:
         ms = f"{m['ms_per_image']:.1f}" if m.get("ms_per_image") else "-"
-        lines.append(f"| {m['role']} | {md(Path(m['path']).name)} | {m['map50']:.3f} | {m['map50_95']:.3f} | "
+        lines.append(f"| {m['role']} | {md(_name(m))} | {m['map50']:.3f} | {m['map50_95']:.3f} | "
                      f"{m['precision']:.3f} | {m['recall']:.3f} | {ms} | {'yes' if m['cached'] else 'no'} |")
-    headers = ["class"] + [f"{Path(m['path']).name} AP50" for m in result.models]
+    headers = ["class"] + [f"{_name(m)} AP50" for m in result.models]
     rows = [[n] + [(m["per_class"].get(n) or {}).get("ap50") for m in result.models] for n in names]
     rows = [[r[0]] + ["-" if v is None else v for v in r[1:]] for r in rows]
     lines += ["", "## Per-class AP50", "", markdown_table(headers, rows)]
@@ -324,7 +332,7 @@ def operating_point_markdown(result: CompareResult, names: tuple[str, ...]) -> l
     models = [m for m in result.models if m.get("operating_point")]
     if not models:
         return []
-    headers = ["class"] + [f"{Path(m['path']).name} {what}" for m in models for what in ("recall", "false calls/img")]
+    headers = ["class"] + [f"{_name(m)} {what}" for m in models for what in ("recall", "false calls/img")]
     rows = []
     for n in names:
         row = [n]
@@ -366,23 +374,28 @@ def spec_markdown(result: CompareResult, names: tuple[str, ...]) -> list[str]:
 
 def describe(result: CompareResult) -> str:
     lines = [f"{result.images} {result.split} images (dataset version {result.dataset_version})"]
+    width = max([len(_name(m)) for m in result.models] + [28])
     for m in result.models:
         ms = f"{m['ms_per_image']:.1f} ms/img" if m.get("ms_per_image") else ""
-        lines.append(f"  {m['role']:<10} {Path(m['path']).name:<28} mAP50 {m['map50']:.3f}  mAP50-95 "
+        lines.append(f"  {m['role']:<10} {_name(m):<{width}} mAP50 {m['map50']:.3f}  mAP50-95 "
                      f"{m['map50_95']:.3f}  {ms}{'  (cached)' if m['cached'] else ''}")
     d = result.decision
     below = f" - BELOW SPEC ({', '.join(result.below_spec)})" if result.below_spec else ""
-    lines.append(("PROMOTE " + Path(result.winner).name + (" (forced)" if d.get("forced") else "") + below)
-                 if d["promote"] else "KEEP production" + below if result.winner else "NOTHING to promote")
+    won = next((m for m in result.models if m["path"] == result.winner), None)
+    lines.append(("PROMOTE " + (_name(won) if won else Path(result.winner).name) + (" (forced)" if d.get("forced") else "")
+                  + below) if d["promote"] else "KEEP production" + below if result.winner else "NOTHING to promote")
     lines += [f"  - {r}" for r in d["reasons"]]
     lines.append(f"Report: {result.report}")
     root = Path(result.report).parents[2]  # ROOT/training/reports/compare_<stamp>.json
     candidates = [m for m in result.models if m["role"] == "candidate"]
-    if d["promote"]:
-        won = next((m for m in result.models if m["path"] == result.winner), None)
-        below = (d.get("first_model") and won is not None
-                 and won[d["metric"]] < result.settings["promotion"]["min_first_map"])
-        force = ("--force",) if below else ()  # approved only because --force was given here
+    live = _production_sha256(root)
+    if d["promote"] and won is not None and live and won.get("sha256") == live:
+        lines.append(f"Next: it is already the production model ({Workspace.at(root).production_model}); "
+                     f"versions and past runs: {command('training_pipeline.py', root, '--status')}")
+    elif d["promote"]:
+        under_bar = (d.get("first_model") and won is not None
+                     and won[d["metric"]] < result.settings["promotion"]["min_first_map"])
+        force = ("--force",) if under_bar else ()  # approved only because --force was given here
         lines.append(f"Next: make it production: "
                      f"{command('training_pipeline.py', root, '--candidate', result.winner, *force)}")
     elif d.get("first_model") and candidates:
@@ -390,6 +403,17 @@ def describe(result: CompareResult) -> str:
         lines.append(f"Next: promote it anyway (below the bar): "
                      f"{command('training_pipeline.py', root, '--candidate', best['path'], '--force')}")
     return "\n".join(lines)
+
+
+def _production_sha256(root: Path) -> str | None:
+    """The sha256 of ROOT/yolov8_model.pt, if there is one (a Next: line never offers it again)."""
+    from toolkit.core.files import sha256_file
+
+    path = Workspace.at(root).production_model
+    try:
+        return sha256_file(path) if path.is_file() else None
+    except OSError:
+        return None
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from toolkit.core.cli import build_parser
 
-    args = build_parser(__doc__, prog="pipeline_demo.py", root_default="./demo").parse_args(argv)
+    args = build_parser(__doc__, prog="pipeline_demo.py", root_default="./demo, the folder demo in the current folder").parse_args(argv)
     passed = ["--root", str(args.root)] if args.root is not None else []
     passed += [flag for flag, on in (("--json", args.json), ("-v", args.verbose), ("-q", args.quiet)) if on]
     return training_pipeline.main(["--demo", *passed])

@@ -117,7 +117,8 @@ def resolve_classes(workspace: Workspace, requested: tuple[str, ...] | None, arc
         return tuple(read_class_names(workspace.dataset_yaml))
     if arch.endswith(".pt"):
         return tuple(model_class_names(arch, workspace.ultralytics_config))
-    raise UserError(f"no classes known: pass --classes a,b,c, put your production model at {workspace.production_model}, "
+    raise UserError(f"no classes known: put your production model at {workspace.production_model} (setup reads "
+                    "the class names from it), give the class names in model order, comma-separated, with --classes, "
                     "or start from your own weights with --arch PATH.pt (their classes are taken)")
 
 

@@ -22,7 +22,7 @@ line per epoch. Nothing is downloaded or waited on: the run works with no networ
 Usage:
     python train_yolov8.py --root D:/inspection                       # fine-tune production
     python train_yolov8.py --root ./ws --from scratch --epochs 150 --imgsz 640
-    python train_yolov8.py --root ./ws --device 0,1,2,3 --batch 64    # 4 GPUs (ultralytics DDP)
+    python train_yolov8.py --root ./ws --device 0,1,2,3 --batch 64    # 4 GPUs (one training process per GPU)
     python train_yolov8.py --root ./ws --time-limit 6 --name nightly  # stop cleanly after 6 hours
     python train_yolov8.py --root ./ws --set lr0=0.005 --set cos_lr=true
     python train_yolov8.py --root ./ws --resume                       # continue the last interrupted run
@@ -288,25 +288,29 @@ def _resume(workspace: Workspace, config: TrainConfig) -> TrainResult:
     toolkit_saved["start_mode"] = f"resume of {toolkit_saved.get('start_mode', 'a run')}"
     logger.info("resuming run %s after epoch %d of %d", run_dir.name, done, planned)
     return _train(model, args, run_dir, toolkit_saved, resumed=True, notes=[f"resumed after epoch {done}"],
-                  reinit_head=False)
+                  reinit_head=False, epochs_done=done)
 
 
 def _train(model, args: dict, run_dir: Path, info: dict, resumed: bool, notes: list[str],
-           reinit_head: bool) -> TrainResult:
+           reinit_head: bool, epochs_done: int = 0) -> TrainResult:
     from toolkit.core.progress import progress_enabled
 
     show = progress_enabled() or logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     monitor = tr.EpochMonitor(run_dir / tr.EPOCHS_NAME, time_limit_hours=float(info.get("time_limit") or 0),
-                              reinit_class_head=reinit_head)
+                              reinit_class_head=reinit_head, epochs_done=epochs_done)
     monitor.attach(model)
     t0 = time.time()
     try:
         with tr.ultralytics_output(show_progress=show), tr.sigterm_as_interrupt():
             returned = model.train(**args)
     except KeyboardInterrupt:
+        if not run_weights(run_dir, "last").is_file():  # nothing saved yet: nothing to continue
+            raise Interrupted(f"training interrupted before its first epoch was saved (run {run_dir}); "
+                              "nothing to continue: start the run again") from None
         resume = command("train_yolov8.py", run_dir.parent.parent.parent, "--resume", run_dir)
-        raise Interrupted(f"training interrupted after epoch {monitor.last_epoch} (saved in "
-                          f"{run_weights(run_dir, 'last')}); continue it with: {resume}", resume) from None
+        of = f" of {monitor.planned_epochs}" if monitor.planned_epochs else ""
+        raise Interrupted(f"training interrupted after epoch {monitor.last_epoch}{of} "
+                          f"(saved in {run_weights(run_dir, 'last')}); continue it with: {resume}", resume) from None
     seconds = time.time() - t0
     trainer = getattr(model, "trainer", None)
 
@@ -319,7 +323,7 @@ def _train(model, args: dict, run_dir: Path, info: dict, resumed: bool, notes: l
     if metrics is None:
         results = getattr(returned, "results_dict", returned if isinstance(returned, dict) else None)
         metrics = tr.metrics_from_ultralytics(results)
-    epochs_completed = monitor.last_epoch or (records[-1]["epoch"] if records else 0)
+    epochs_completed = max(monitor.last_epoch, records[-1]["epoch"] if records else 0)
     epochs_planned = int(getattr(trainer, "epochs", 0) or args.get("epochs") or monitor.planned_epochs)
     if monitor.stopped_by_time:
         reason = "time_limit"

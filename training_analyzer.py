@@ -30,7 +30,7 @@ from typing import Any
 from toolkit.core.cli import add_options, build_parser, config_from_args, run_main
 from toolkit.core.config import Settings, option, resolve_config, setting
 from toolkit.core.errors import UserError
-from toolkit.core.layout import Workspace, require_workspace
+from toolkit.core.layout import Workspace, command, require_workspace
 from toolkit.core.lock import holds_workspace_lock
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,9 @@ class AnalyzeResult:
     scanned: int | None
     report: Path
     plots: tuple[Path, ...]
+    root: Path | None = None                    # the workspace (the Next: line's --root)
+    set_up: bool = True                         # the workspace has a dataset file or a production model
+    export_requested: int = 0                   # --export N
 
 
 MAX_SCAN_BATCH = 1024   # images per inference batch: more only exhausts memory
@@ -287,7 +290,9 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
         missing_images_count=len(export.missing) if export else 0,
         refused_images=tuple(export.refused[:LIST_CAP]) if export else (),
         refused_images_count=len(export.refused) if export else 0,
-        scanned=scanned, report=json_path, plots=tuple(plots))
+        scanned=scanned, report=json_path, plots=tuple(plots), root=workspace.root,
+        set_up=workspace.dataset_yaml.is_file() or workspace.production_model.is_file(),
+        export_requested=config.export)
     from toolkit.core.reports import write_report
 
     write_report(json_path, result, markdown_report(result))
@@ -424,13 +429,35 @@ def describe(result: AnalyzeResult) -> str:
         lines.append(f"  chosen by: {_selection_line(result.selection)}")
     if result.incoming_batch:
         lines.append(f"Reviewed images as a labelled batch: {result.incoming_batch} "
-                     "(import it with dataset_preparer.py)")
+                     "(already in training/incoming/: the next import takes it)")
     if result.missing_images_count:
         lines.append(f"  {result.missing_images_count} image file(s) not found (listed in the report)")
     if result.refused_images_count:
         lines.append(f"  {result.refused_images_count} path(s) refused: not image files, never opened (listed in the report)")
     lines.append(f"Report: {result.report}")
+    lines += next_steps(result)
     return "\n".join(lines)
+
+
+def next_steps(result: AnalyzeResult) -> list[str]:
+    """After an export: the step that needs a person, then the command that takes it from there."""
+    if result.root is None or not (result.export_dir or result.incoming_batch or result.export_requested):
+        return []
+    ws = Workspace.at(result.root)
+    steps = []
+    if not (result.export_dir or result.incoming_batch):
+        steps.append(f"Exported no image: none of the {result.records} record(s) ranked as worth labelling "
+                     "(see the priorities above); label images of your own instead, in a folder under "
+                     f"{ws.incoming} (YOLO, Pascal VOC or COCO)")
+    if result.export_dir:
+        steps.append(f"By hand: label the {result.exported} image(s) in {result.export_dir} (check and correct "
+                     "the YOLO pre-labels in its labels/ folder; classes.txt names the classes), then move that "
+                     f"folder into {ws.incoming}")
+    if not result.set_up:  # no dataset file and no production model: setup needs the class names
+        steps.append("Once, before the first import: set the workspace up with these classes: "
+                     + command("setup_training.py", ws.root, "--classes", ",".join(result.classes)))
+    steps.append(f"Next: import, train, compare and promote: {command('training_pipeline.py', ws.root)}")
+    return steps
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -25,11 +25,11 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from toolkit.core.cli import add_options, build_parser, config_from_args, run_main, to_jsonable
+from toolkit.core.cli import FILE_ONLY, add_options, build_parser, config_from_args, run_main, to_jsonable
 from toolkit.core.layout import command
 from toolkit.core.config import Settings, option, resolve_config, setting
 from toolkit.core.errors import Interrupted, UserError, WorkspaceBusy
@@ -77,7 +77,12 @@ class PipelineConfig:
     batch: int | None = setting("training.batch", "evaluation.batch", group=_TRAIN,
                                 help="images per batch, for training and for scoring")
     device: str | None = setting("training.device", "evaluation.device", group=_TRAIN,
-                                 help="cpu | 0 | 0,1,2,3 for training and scoring; empty: GPU 0 if there is one")
+                                 help="cpu | 0 | 0,1,2,3 for training and scoring; not set: GPU 0 if there is one, "
+                                      "else cpu")
+    time_limit: float | None = setting("training.time_limit", group=_TRAIN,
+                                       help="hours the training may take: it stops cleanly at the first epoch end "
+                                            "that would pass them (best.pt kept; two routes trained one after the other share them; "
+                                            "0: no limit)")
     compare_subset: int | None = option("--compare-subset", "compare on the first N test images only (quick checks)",
                                         type=int, metavar="N", group=_TRAIN)
 
@@ -565,6 +570,10 @@ def _finish(r: _Run, stamp: str, decision: str, reasons: list[str], previous_ver
             "decision": decision, "reasons": reasons, "production": production, "stages": stages,
             "timings": runner.timings, "history": registry.versions,
             "previous_version": previous_version, "below_spec": below, "forced": forced}
+    result = PipelineResult(decision, production, stages, json_path, tuple(reasons), dict(runner.timings),
+                            below_spec=tuple(below), forced=forced)
+    first = decision == "kept" and production.get("sha256") is None
+    data["next_steps"] = [line.strip() for line in _next_lines(result, ws.root, first)]
     html_path = json_path.with_suffix(".html")
     try:
         from toolkit.report.html_report import write_pipeline_report
@@ -575,12 +584,10 @@ def _finish(r: _Run, stamp: str, decision: str, reasons: list[str], previous_ver
         html_path = None
     data["html_report"] = str(html_path) if html_path else None
     write_report(json_path, data, _markdown(data))
-    if decision == "kept" and production.get("sha256") is None:
-        logger.info("decision: no model promoted - there is no production model yet")
-    else:
-        logger.info("decision: %s - production: %s", decision_words(decision, below, forced), _production_words(production))
-    return PipelineResult(decision, production, stages, json_path, tuple(reasons), dict(runner.timings),
-                          html_report=html_path, below_spec=tuple(below), forced=forced)
+    # the terminal shows the decision once, from the result; the log file keeps it too
+    logger.info("decision: %s - production: %s", "no model promoted - there is no production model yet" if first
+                else decision_words(decision, below, forced), _production_words(production), extra=FILE_ONLY)
+    return replace(result, html_report=html_path)
 
 
 def _markdown(data: dict[str, Any]) -> str:
@@ -651,11 +658,23 @@ def rollback(root: Path, version: str | None) -> dict[str, Any]:
         if kept is not None:
             record["replaced_unloadable"] = str(kept)
         append_history(ws, record)
-    logger.info("rolled back: version %s is in production again", entry["version"])
-    result = {"decision": "rollback", "production": production, "from_version": before["version"] if before else None}
+    came_from = before["version"] if before else None
+    logger.info("%s: version %s is in production again", _direction(came_from, entry["version"]), entry["version"])
+    result = {"decision": "rollback", "production": production, "from_version": came_from}
     if kept is not None:
         result["kept_unloadable"] = str(kept)
     return result
+
+
+def _direction(from_version: str | None, to_version: str) -> str:
+    """'rolled back' to an older version, 'rolled forward' to a newer one (undoing a rollback)."""
+    from toolkit.promotion.versions import parse_version
+
+    try:
+        forward = from_version is not None and parse_version(to_version) > parse_version(from_version)
+    except UserError:
+        forward = False
+    return "rolled forward" if forward else "rolled back"
 
 
 def describe(result: Any) -> str:
@@ -687,7 +706,9 @@ def describe(result: Any) -> str:
         was = f"the file there did not load as a model; its bytes are kept as {result['kept_unloadable']}"
     else:
         was = f"was version {result['from_version']}" if result.get("from_version") else "was not registered"
-    lines = [f"Production is now version {result['production']['version']} ({was})"]
+    now = result['production']['version']
+    verb = _direction(result.get("from_version"), now)
+    lines = [f"Production is now version {now} ({was}): {verb} - version {now} restored from its archive"]
     if result.get("from_version"):
         lines.append(f"Next: to go back to version {result['from_version']}: "
                      f"{command('training_pipeline.py', Path(result['production']['path']).parent, '--rollback', result['from_version'])}")
@@ -727,8 +748,9 @@ def _next_lines(result: PipelineResult, root: Path, first: bool) -> list[str]:
     if first:
         best = _best_candidate(result)
         if best is None:
-            return ["Next: no production model yet - train longer or on more images and rerun, or promote the "
-                    "candidate anyway with --candidate <its weights/best.pt> --force"]
+            return ["Next: no production model yet - train longer (training.epochs in "
+                    "training/configs/training.yaml) or on more images, then: "
+                    f"{command('training_pipeline.py', root)}"]
         return [f"Next: no production model yet - promote this candidate anyway: "
                 f"{command('training_pipeline.py', root, '--candidate', best['path'], '--force')}",
                 "      or train longer (training.epochs in training/configs/training.yaml) or on more images, then: "
@@ -805,7 +827,7 @@ def _describe_run(record: dict[str, Any]) -> str:
     """One history record: time, decision, production version after it, run, headline metric."""
     version = (record.get("production") or {}).get("version")
     parts = [str(record.get("finished_at") or record.get("started_at") or "?"), f"{record.get('decision', '?'):9s}",
-             f"production {version or '-'}", f"run {record.get('run', '?')}"]
+             f"production {version}" if version else "no production yet", f"run {record.get('run', '?')}"]
     scores = {s.get("role"): s for s in record.get("scores") or [] if isinstance(s, dict)}
     cand, prod = scores.get("candidate"), scores.get("production")
     if cand and cand.get("map50_95") is not None:
@@ -828,7 +850,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = build_parser(__doc__, prog="training_pipeline.py")
     what = parser.add_argument_group(_WHAT)
     what.add_argument("--demo", action="store_true",
-                      help="run the whole loop on synthetic data in a demo workspace (--root, default ./demo)")
+                      help="run the whole loop on synthetic data in a demo workspace (--root; default: ./demo, the "
+                           "folder demo in the current folder)")
     what.add_argument("--status", action="store_true", help="show the production version, versions and last runs")
     what.add_argument("--rollback", nargs="?", const="previous", metavar="VERSION",
                       help="restore an archived version (default: the previous one), after checking its sha256")

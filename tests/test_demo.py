@@ -46,5 +46,14 @@ def test_demo_help_states_its_real_default_and_speaks_to_the_user(capsys):
     with pytest.raises(SystemExit):
         pipeline_demo.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: ./demo)" in text and "toolkit's own folder" not in text
+    assert "(default: ./demo, the folder demo in the current folder)" in text and "toolkit's own folder" not in text
     assert "top level" not in text and "prepare_demo" not in text and "``" not in text
+
+
+def test_the_demo_default_is_where_its_help_says(tmp_path, monkeypatch):
+    """Issue 27: the help names ./demo, and ./demo is where the demo writes - the current folder's demo/."""
+    from toolkit.workflow.demo import demo_root
+
+    monkeypatch.chdir(tmp_path)
+    assert demo_root() == (tmp_path / "demo").resolve()
+    assert demo_root(tmp_path / "elsewhere") == (tmp_path / "elsewhere").resolve()

@@ -199,6 +199,36 @@ def test_promotion_rules_and_reasons():
     assert first["promote"] and first["winner"] == "y.pt"
 
 
+def test_two_models_that_find_nothing_are_not_told_more_test_images_would_help():
+    """Issue 27: two models scoring 0.000 got "more test images would narrow it"; there is nothing to narrow."""
+    rules = PromotionRules(min_gain=0.0)
+    nothing = judge_candidate(entry("prod.pt", 0.0, [0.0] * 3), entry("cand.pt", 0.0, [0.0] * 3), rules, (0.0, 0.0))
+    assert not nothing.passes
+    assert any("neither finds the defects" in r and "0.000 and 0.000" in r for r in nothing.reasons), nothing.reasons
+    assert not any("narrow" in r for r in nothing.reasons)
+    unsure = judge_candidate(entry("prod.pt", 0.40, [0.5] * 3), entry("cand.pt", 0.42, [0.5] * 3), rules,
+                             (-0.01, 0.05))
+    assert any("includes zero (more test images would narrow it)" in r for r in unsure.reasons)
+
+
+def test_two_runs_best_pt_are_named_by_their_run_folder():
+    """Issue 27: the comparator called two candidates "best.pt"."""
+    from toolkit.core.layout import model_names
+
+    runs = "/plant/training/runs"
+    paths = ["/plant/yolov8_model.pt", f"{runs}/20261206-0100-pipeline-finetune/weights/best.pt",
+             f"{runs}/20261206-0100-pipeline-scratch/weights/best.pt"]
+    assert model_names(paths) == ["yolov8_model.pt", "20261206-0100-pipeline-finetune/best.pt",
+                                  "20261206-0100-pipeline-scratch/best.pt"]
+    assert model_names(["/a/x/m.pt", "/b/x/m.pt"]) == ["a/x/m.pt", "b/x/m.pt"]
+    rules = PromotionRules(require_significance=False, min_gain=0.0)
+    prod = entry("/plant/yolov8_model.pt", 0.40, [0.5] * 3)
+    both = [judge_candidate(prod, entry(p, v, [0.5] * 3), rules, None) for p, v in zip(paths[1:], (0.45, 0.43))]
+    reasons = decide(prod, both, rules)["reasons"]
+    assert reasons[0] == "promote 20261206-0100-pipeline-finetune/best.pt: it passes every promotion rule"
+    assert any(r.startswith("20261206-0100-pipeline-scratch/best.pt not chosen") for r in reasons)
+
+
 def test_settings_are_checked_with_a_message_that_says_what_to_fix():
     with pytest.raises(UserError, match="map50_95 or map50"):
         PromotionRules.from_settings({"metric": "f1"})

@@ -11,15 +11,19 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import dataset_preparer
 import setup_training
 import train_yolov8
+import training_analyzer
 import training_pipeline
+from toolkit.core.layout import TOOLKIT_HOME, Workspace, inside_toolkit, is_workspace, setup_hint
 from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,6 +32,10 @@ _COMMAND = re.compile(rf"python {_WORD}(?: (?!\(){_WORD})*")
 # cheap and deterministic: 1 epoch at 64 px; any different candidate passes the promotion rules
 _SETTINGS = {"epochs": "1", "imgsz": "64", "batch": "8", "device": "cpu", "min_gain": "0.0",
              "require_significance": "false", "max_class_drop": "1.0", "speed_images": "0"}
+
+
+# what a hint must never hold (issue 27): a made-up class list, a <placeholder>, an ellipsis
+PLACEHOLDER = re.compile(r"a,b,c|<[^<>\n]*>|\.\.\.")
 
 
 def hints(text: str) -> list[str]:
@@ -109,12 +117,14 @@ def test_each_hint_of_the_loop_runs_as_printed(tmp_path, capsys, elsewhere, ultr
     capsys.readouterr()
     second = run_hint(again, elsewhere)
     assert "Decision: PROMOTED" in second.stdout and "version 1.1" in second.stdout
+    # one decision line: the result's, not a log line saying it again (issue 27)
+    assert (second.stdout + second.stderr).lower().count("decision:") == 1, second.stdout + second.stderr
     status, back = hints(second.stdout)
     assert shlex.split(back)[-2:] == ["--rollback", "1.0"]
     rolled = run_hint(back, elsewhere)  # rollback: its hint undoes it
-    assert "Production is now version 1.0 (was version 1.1)" in rolled.stdout
+    assert "Production is now version 1.0 (was version 1.1): rolled back" in rolled.stdout
     [undo] = hints(rolled.stdout)
-    assert "Production is now version 1.1" in run_hint(undo, elsewhere).stdout
+    assert "Production is now version 1.1 (was version 1.0): rolled forward" in run_hint(undo, elsewhere).stdout
 
     # training done: compare (changes nothing), then promote through the pipeline
     assert train_yolov8.main(["--root", str(root), "--from", "production"]) == 0
@@ -123,7 +133,8 @@ def test_each_hint_of_the_loop_runs_as_printed(tmp_path, capsys, elsewhere, ultr
     best = shlex.split(promote)[-1]
     assert shlex.split(promote)[-2:] == ["--candidate", best] and Path(best).is_file()
     compared = run_hint(compare, elsewhere)
-    assert "PROMOTE best.pt" in compared.stdout
+    # the candidate is named by its run folder, not as one more "best.pt" (issue 27)
+    assert f"PROMOTE {Path(best).parent.parent.name}/best.pt" in compared.stdout
     [make_production] = hints(compared.stdout)
     assert make_production == promote
     assert "version 1.2" in run_hint(make_production, elsewhere).stdout
@@ -198,3 +209,109 @@ def test_a_nightly_run_that_finds_the_workspace_busy_exits_0(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def root_of(hint: str) -> Path:
+    argv = shlex.split(hint)
+    return Path(argv[argv.index("--root") + 1])
+
+
+def test_an_export_ends_with_a_next_line_whose_command_takes_the_labelled_images_in(
+        tmp_path, capsys, elsewhere, tiny_model, ultralytics_config_dir):
+    """Issue 27: ``--scan DIR --export 5`` says the step by hand (label, move into incoming/) and ends
+    with a complete command; done as said, that command imports the five images and trains."""
+    root = tmp_path / "plant"
+    root.mkdir()
+    shutil.copyfile(tiny_model, root / "yolov8_model.pt")
+    assert setup_training.main(["--root", str(root), "-q"]) == 0  # the classes come from the model
+    tune(root)
+    write_batch(root / "training" / "incoming" / "batch_001", 24, size=64, seed=35)
+    assert dataset_preparer.main(["--root", str(root), "--incoming", "-q"]) == 0
+    pool = write_batch(tmp_path / "unlabelled", 12, size=64, seed=36)
+    capsys.readouterr()
+    assert training_analyzer.main(["--root", str(root), "--scan", str(pool.root / "images"), "--export", "5",
+                                   "--scan-conf", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert not PLACEHOLDER.search(out), out
+    assert "dataset_preparer.py)" not in out  # the old "(import it with dataset_preparer.py)"
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("Next: "), out
+    [pipeline] = hints(last)
+    assert "training_pipeline.py" in pipeline and root_of(pipeline) == root.resolve()
+    # the step by hand, as the line before says: label the exported images (here with their true labels)
+    # and move the folder into training/incoming/
+    [export_dir] = list((root / "training" / "to_label").iterdir())
+    assert str(export_dir) in out and str(root / "training" / "incoming") in out
+    exported = sorted(p.name for p in (export_dir / "labels").glob("*.txt"))
+    assert len(exported) == 5
+    for name in exported:
+        (export_dir / "labels" / name).write_text((pool.root / "labels" / name).read_text())
+    shutil.move(str(export_dir), str(root / "training" / "incoming" / export_dir.name))
+    done = run_hint(pipeline, elsewhere)
+    assert "Decision:" in done.stdout
+    manifest = json.loads((root / "training" / "datasets" / "manifest.json").read_text())
+    assert manifest["version"] == 2 and len(manifest["images"]) == 24 + 5
+
+
+def test_a_missing_workspace_hint_has_no_placeholder_and_never_sets_one_up_in_the_toolkit(
+        tmp_path, capsys, elsewhere, tiny_model):
+    """Issue 27: the hint was ``setup_training.py --root <the toolkit folder> --classes a,b,c``."""
+    typo = tmp_path / "plnat"
+    assert dataset_preparer.main(["--root", str(typo)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not PLACEHOLDER.search(err), err
+    setup, prepare, demo = hints(err)
+    assert "--demo" in demo and root_of(setup) == root_of(prepare) == typo.resolve()
+    assert not typo.exists()  # nothing written by the refusal
+    # the step by hand the words ask for, then the commands as printed
+    model_at = Path(re.search(r"copy your production model to (\S+)", err).group(1).rstrip(","))
+    assert model_at == typo.resolve() / "yolov8_model.pt"
+    model_at.parent.mkdir(parents=True)
+    shutil.copyfile(tiny_model, model_at)
+    run_hint(setup, elsewhere)
+    assert (typo / "training" / "configs" / "dataset.yaml").is_file()
+    run_hint(prepare, elsewhere)
+
+    # the default root is the toolkit's own folder: the hint names a folder beside it, never in it
+    if is_workspace(Workspace.at(TOOLKIT_HOME)):
+        text = setup_hint(TOOLKIT_HOME)  # a developer's checkout that holds a workspace: ask directly
+    else:
+        capsys.readouterr()
+        assert dataset_preparer.main([]) == 1
+        text = capsys.readouterr().err
+    assert not PLACEHOLDER.search(text), text
+    found = hints(text)
+    assert len(found) == 3 and all(not inside_toolkit(root_of(h)) for h in found if "--demo" not in h), found
+    assert "outside the toolkit's folder" in text
+
+
+def test_a_rollback_and_its_undo_say_back_and_forward(tmp_path, capsys, elsewhere, tiny_model):
+    """Issue 27: going forward to 1.1 again printed "rolled back"; each direction now says its own word,
+    and the undo hint of each runs as printed."""
+    import torch
+
+    from toolkit.promotion.registry import Registry
+
+    root = tmp_path / "plant"
+    root.mkdir()
+    shutil.copyfile(tiny_model, root / "yolov8_model.pt")
+    assert setup_training.main(["--root", str(root), "-q"]) == 0
+    newer = tmp_path / "newer.pt"  # the same weights saved again: another file, another version
+    ckpt = torch.load(tiny_model, map_location="cpu", weights_only=False)
+    ckpt["date"] = "2026-12-06T00:00:00"
+    torch.save(ckpt, newer)
+    registry = Registry.load(Workspace.at(root))
+    registry.register_existing_production()
+    assert registry.promote(newer, classes=list(NEU_CLASSES))["version"] == "1.1"
+    capsys.readouterr()
+    assert training_pipeline.main(["--root", str(root), "--rollback"]) == 0
+    captured = capsys.readouterr()
+    assert "Production is now version 1.0 (was version 1.1): rolled back" in captured.out
+    assert "rolled back: version 1.0" in captured.err and "forward" not in captured.out + captured.err
+    [forward] = hints(captured.out)
+    assert shlex.split(forward)[-2:] == ["--rollback", "1.1"]
+    done = run_hint(forward, elsewhere)
+    assert "Production is now version 1.1 (was version 1.0): rolled forward" in done.stdout
+    assert "rolled forward: version 1.1" in done.stderr and "rolled back" not in done.stdout + done.stderr
+    [back] = hints(done.stdout)
+    assert shlex.split(back)[-2:] == ["--rollback", "1.0"]

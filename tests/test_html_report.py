@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -160,7 +161,7 @@ def test_full_report_has_every_section_embeds_its_pictures_and_escapes_user_stri
     # the figures themselves
     assert "PROMOTED" in page.sections["summary"] and "1.1" in page.sections["summary"]
     assert "0.786" in page.sections["training"] and "0.696" in page.sections["comparison"]
-    assert "+0.090" in page.sections["comparison"] and "[0.050, 0.130]" in page.sections["decision"]
+    assert "+0.090" in page.sections["comparison"] and "[+0.050, +0.130]" in page.sections["decision"]
     assert all(c in page.sections["comparison"] for c in CLASSES)
     assert "and 36 more" in page.sections["dataset"]  # 61 rejected, 25 shown
     assert page.svg_shapes["training"]["polyline"] == 6  # 4 metrics + 2 losses, one line each
@@ -355,3 +356,96 @@ def test_the_comparators_chart_legend_covers_no_bar():
     assert len(bars) == 2 * len(CLASSES)
     assert not any(legend_box.overlaps(bar) for bar in bars)
     assert not legend_box.overlaps(ax.get_window_extent(renderer))
+
+
+# ---------------------------------------------------------------------------------------------- issue 27
+def _epochs(run_dir: Path, n: int, base: float) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "epochs.jsonl").write_text("".join(json.dumps(
+        {"epoch": e, "map50": base + 0.1 * e, "map50_95": base / 2 + 0.05 * e, "precision": 0.5, "recall": 0.5,
+         "losses": {"box_loss": 2.41 - 0.3 * e, "cls_loss": 1.6 - 0.1 * e}}) + "\n" for e in range(1, n + 1)))
+
+
+def both_routes_data(tmp_path: Path) -> dict:
+    data = full_data(tmp_path)
+    runs = tmp_path / "training" / "runs"
+    fine, scratch = runs / "20261206-0100-pipeline-finetune", runs / "20261206-0100-pipeline-scratch"
+    _epochs(fine, 3, 0.3)
+    _epochs(scratch, 4, 0.1)
+    train = data["stages"]["train"]
+    train.pop("epochs")
+    train.update(run_dir=str(fine), best=str(fine / "weights" / "best.pt"), seconds=57.0)
+    train["strategy"] = {
+        "requested": "auto", "strategy": "both", "chosen": "finetune", "metric": "map50_95",
+        "reason": "auto: both routes fit a night (8h00m; no training.time_limit set): about 2m00s one after the "
+                  "other (measured on this machine ...); training both", "evidence": {"production": True},
+        "candidates": [
+            {"route": "finetune", "path": str(fine / "weights" / "best.pt"), "run_dir": str(fine), "epochs": 3,
+             "seconds": 57.0, "val": {"map50_95": 0.453}, "chosen_on_val": True,
+             "test": {"map50": 0.786, "map50_95": 0.453}, "passes": True, "promoted": True},
+            {"route": "scratch", "path": str(scratch / "weights" / "best.pt"), "run_dir": str(scratch), "epochs": 4,
+             "seconds": 64.0, "val": {"map50_95": 0.301}, "chosen_on_val": False, "test": None, "passes": None,
+             "promoted": False}]}
+    data["timings"]["train"] = 121.0
+    return data
+
+
+def test_both_routes_are_shown_with_their_times_curves_and_a_plain_reason(tmp_path):
+    page = Page(render_pipeline_report(both_routes_data(tmp_path)))
+    training = page.sections["training"]
+    assert "fine-tune" in training and "from scratch" in training
+    assert "57.0s" in training and "1m04s" in training and "2m01s" in training  # each route and both together
+    assert "Curves of the fine-tune model" in training and "Curves of the from scratch model" in training
+    assert page.svg_shapes["training"]["svg"] == 4  # metrics and losses of each route
+    # the reason in a plant engineer's words first, the toolkit's own reasoning kept as a detail
+    assert "Two models were trained, because both fitted in the time available" in training
+    assert "scored better on the validation images (mAP50-95 0.453 against 0.301)" in training
+    assert training.index("Two models were trained") < training.index("The toolkit's reasoning: auto:")
+
+
+def test_axis_ticks_are_round_numbers(tmp_path):
+    from toolkit.report.svg_charts import line_chart_svg, nice_ticks
+
+    assert nice_ticks(0.0, 2.41) == ([0.0, 0.5, 1.0, 1.5, 2.0, 2.5], 1)
+    assert nice_ticks(0.0, 1.0) == ([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], 1)
+    svg = line_chart_svg({"box_loss": [(1, 2.41), (2, 0.8)]}, "losses", "loss")
+    labels = re.findall(r'text-anchor="end">([^<]+)</text>', svg)  # the y axis
+    assert labels == ["0.0", "0.5", "1.0", "1.5", "2.0", "2.5"], labels
+
+
+def test_paths_wrap_only_between_folders_and_counts_read_as_words(tmp_path):
+    data = full_data(tmp_path)
+    data["history"] = data["history"][:1]
+    text = render_pipeline_report(data)
+    page = Page(text)
+    assert "word-break:break-all" not in text.split(".hash")[0]  # paths: never inside a name
+    assert "yolov8_model.pt</span>" in text and "/<wbr>yolov8_model.pt" in text
+    assert "History (1 version)" in page.sections["versions"] and "1 versions" not in text
+    assert "Rejected files (61 files)" in page.sections["dataset"]
+
+
+def test_a_next_steps_section_gives_complete_commands(tmp_path):
+    data = full_data(tmp_path)
+    data["next_steps"] = [f"Next: versions and past runs: python /opt/toolkit/training_pipeline.py --root "
+                          f"{tmp_path} --status; back to version 1.0: python /opt/toolkit/training_pipeline.py "
+                          f"--root {tmp_path} --rollback 1.0"]
+    text = render_pipeline_report(data)
+    steps = Page(text).sections["next"]
+    assert "versions and past runs: python /opt/toolkit/training_pipeline.py --root" in steps
+    assert steps.count("python ") == 2 and "Next:" not in steps and "--rollback 1.0" in steps
+    assert text.count('<code class="cmd">') == 2
+    # a page made without them still says where to look next, as a complete command
+    bare = Page(render_pipeline_report({"decision": "kept", "root": str(tmp_path)})).sections["next"]
+    assert f"--root {tmp_path} --status" in bare.replace("\u200b", "")
+
+
+def test_a_forced_first_model_is_not_shown_as_an_approval(tmp_path):
+    """Issue 27 (with issue 24's amber badge): --force is not the green PROMOTED of an approval."""
+    data = full_data(tmp_path)
+    data["forced"] = True
+    text = render_pipeline_report(data)
+    summary = Page(text).sections["summary"]
+    assert "PROMOTED (FORCED)" in summary and "--force overrode a promotion rule" in summary
+    assert 'class="decision promoted"' not in text.split('id="decision"')[0]
+    approved = render_pipeline_report(full_data(tmp_path))
+    assert 'class="decision promoted"' in approved and "FORCED" not in approved

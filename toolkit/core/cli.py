@@ -45,8 +45,20 @@ def build_parser(doc: str | None, prog: str | None = None,
     return parser
 
 
-def _yaml_value(value: Any) -> str:
-    return '""' if value in ("", None) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+def _human_value(value: Any) -> str:
+    """A default as a person writes it on the command line: ``not set``, ``0.25,0.6``, ``80/10/10``."""
+    if value in ("", None) or value == [] or value == {}:
+        return "not set"
+    if isinstance(value, dict):
+        numbers = [v for v in value.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) == len(value) and abs(sum(numbers) - 1.0) < 1e-6:  # shares: percentages, as --split takes them
+            return "/".join(f"{v * 100:g}" for v in numbers)
+        return ", ".join(f"{k} {_human_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ",".join(_human_value(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def _default_text(keys: tuple[str, ...], default: Any) -> str:
@@ -55,7 +67,7 @@ def _default_text(keys: tuple[str, ...], default: Any) -> str:
         value = DEFAULTS
         for part in keys[0].split("."):
             value = value[part]
-        return f" (training.yaml {where}, default: {_yaml_value(value)})"
+        return f" (training.yaml {where}, default: {_human_value(value)})"
     if default is None or isinstance(default, bool) or default == () or default == "":
         return ""
     return f" (default: {default})"
@@ -135,9 +147,18 @@ def _print_stdout(text: str) -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
+# ``logger.info(..., extra=FILE_ONLY)``: a line for the run's log file that the terminal already
+# shows in other words (the pipeline's decision: its result says it once, on stdout).
+FILE_ONLY = {"file_only": True}
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record is logged (a redirect, a test's capture),
-    never to a stream that was closed since logging was configured."""
+    never to a stream that was closed since logging was configured; ``FILE_ONLY`` records are left
+    to the log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        return not getattr(record, "file_only", False) and bool(super().filter(record))
 
     @property  # type: ignore[override]
     def stream(self):

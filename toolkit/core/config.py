@@ -286,14 +286,14 @@ KEYS: dict[str, Key] = {
                              "split) or auto (from this workspace's time budget, timings and earlier both runs)",
                              metavar="auto|finetune|scratch|both"),
     "training.start_from": Key(text(), "--from", "starting point: production | scratch | PATH to a .pt "
-                               "(empty: production if yolov8_model.pt exists, else scratch)",
+                               "(not set: production if yolov8_model.pt exists, else scratch)",
                                metavar="production|scratch|PATH"),
     "training.epochs": Key(integer(1, MAX_EPOCHS), "--epochs", "training epochs", type=int),
     "training.imgsz": Key(auto_or(lambda v: integer(32, MAX_IMGSZ)(int(v) if str(v).strip().isdigit() else v)), "--imgsz",
                           "pixels the images are resized to for training, or auto (see training.yaml)", metavar="PX|auto"),
     "training.batch": Key(auto_or(batch_size), "--batch", "images per training batch (-1: as many as fit one GPU)", type=float),
-    "training.device": Key(device, "--device", "cpu | 0 | 0,1,2,3 (several GPUs: ultralytics DDP); "
-                           "empty: GPU 0 if there is one, else cpu"),
+    "training.device": Key(device, "--device", "cpu | 0 | 0,1,2,3 (several GPUs: one training process per GPU, "
+                           "ultralytics' DDP); not set: GPU 0 if there is one, else cpu"),
     "training.workers": Key(auto_or(integer(0, 64)), "--workers", "data loader processes", type=int),
     "training.patience": Key(integer(0, MAX_EPOCHS), "--patience", "stop after this many epochs without val improvement "
                              "(0: never)", type=int),
@@ -302,22 +302,26 @@ KEYS: dict[str, Key] = {
                                "this many hours (best.pt kept; 0: no limit)", metavar="HOURS", type=float),
     "training.cache": Key(cache_mode),
     "training.optimizer": Key(text()),
-    "dataset.split": Key(split_shares, "--split", "shares of new images per split, e.g. 80/10/10 or 0.7,0.2,0.1"),
+    "dataset.split": Key(split_shares, "--split", "shares of new images per split (train/val/test), e.g. 70/20/10 or 0.7,0.2,0.1"),
     "dataset.max_bad_fraction": Key(number(0, 1), "--max-bad-fraction",
                                     "stop an import when a larger share of a batch is bad", type=float),
     "dataset.group_by": Key(lambda v: check_group_by(text()(v)), "--group-by",
                             "lot of each image, whose images share one split: a regex on the file name "
                             "(first group) or csv:COLUMN of the batch's groups.csv", metavar="REGEX|csv:COLUMN"),
     "dataset.near_duplicate_bits": Key(integer(0, 64), "--near-duplicate-bits",
-                                       "perceptual-hash distance (of 64 bits) for near-duplicates", type=int),
+                                       "how alike two images must be to count as near-duplicates (kept in one split): the number of "
+                                       "the 64 bits of their perceptual hash, a fingerprint of what the picture "
+                                       "shows, that may differ (0: only pictures that look the same)", type=int),
     "evaluation.split": Key(text(), "--split", "split to score on"),
-    "evaluation.imgsz": Key(optional(integer(32, MAX_IMGSZ)), "--imgsz", "image size for scoring; empty: each model at the "
+    "evaluation.imgsz": Key(optional(integer(32, MAX_IMGSZ)), "--imgsz", "image size for scoring; not set: each model at the "
                             "size it was trained at", type=int),
     "evaluation.batch": Key(integer(1, MAX_BATCH), "--batch", "images per inference batch", type=int),
     "evaluation.conf": Key(number(0, 1, hi_open=True), "--conf", "confidence threshold; keep it low for mAP",
                            type=float),
-    "evaluation.iou": Key(number(0, 1, lo_open=True), "--iou", "NMS IoU threshold", type=float),
-    "evaluation.device": Key(device, "--device", "cpu | 0 | ...; empty: GPU 0 if there is one, else cpu"),
+    "evaluation.iou": Key(number(0, 1, lo_open=True), "--iou", "overlap (IoU, 0-1) above which two boxes of one class "
+                          "count as one detection and the weaker is dropped (non-maximum suppression)", type=float),
+    "evaluation.device": Key(device, "--device", "cpu, or a GPU number (0, 1 ...); not set: GPU 0 if "
+                           "there is one, else cpu"),
     "evaluation.speed_images": Key(integer(0, 10_000), "--speed-images", "images timed per model for ms/image "
                                    "(0: no timing)", type=int),
     "evaluation.speed_rounds": Key(integer(1, 100), "--speed-rounds", "timing rounds the models take turns "
@@ -326,8 +330,9 @@ KEYS: dict[str, Key] = {
     "promotion.min_gain": Key(number(-1, 1)),
     "promotion.max_class_drop": Key(number(0, 1)),
     "promotion.require_significance": Key(flag_value),
-    "promotion.bootstrap_resamples": Key(integer(1000, MAX_RESAMPLES), "--resamples", "bootstrap resamples for the 95% "
-                                         "interval of the gain", type=int),
+    "promotion.bootstrap_resamples": Key(integer(1000, MAX_RESAMPLES), "--resamples", "how many times the test images "
+                                         "are redrawn at random (a bootstrap) to find the 95% interval of the gain: "
+                                         "more is steadier and slower", type=int),
     "promotion.max_slowdown": Key(number(0, 1000, lo_open=True)),
     "promotion.operating_conf": Key(number(0, 1, hi_open=True), "--operating-conf",
                                     "confidence the line runs at: per-class recall and false calls are "
@@ -347,7 +352,8 @@ KEYS: dict[str, Key] = {
     "analyzer.uncertain": Key(confidence_band, "--uncertain", "confidence band lo,hi where the model is unsure",
                               metavar="LO,HI", type=_band_arg),
     "analyzer.iou_match": Key(number(0, 1, lo_open=True), "--iou-match",
-                              "IoU at which a detection matches a reviewed label", type=float),
+                              "overlap (IoU, 0-1: the shared area over the "
+                              "joint area of two boxes) at which a detection matches a reviewed label", type=float),
 }
 # Every augmentation value is checked when the settings load, not when training starts: shares of
 # the image or probabilities in [0, 1], rotation in degrees, close_mosaic in epochs.

@@ -194,11 +194,63 @@ def require_workspace(root: str | Path | None, missing: str = "") -> Workspace:
                         f"{PRODUCTION_MODEL_NAME}, memory-bank/ and training/)")
     where = ("does not exist" if not ws.root.exists() else "is not a training workspace: no dataset file "
              f"(training/configs/dataset.yaml), no production model ({PRODUCTION_MODEL_NAME}) and no memory bank")
-    raise UserError(f"{missing + ': ' if missing else ''}{ws.root} {where} - check the --root path, or set a "
-                    "workspace up "
-                    f"with: {command('setup_training.py', ws.root, '--classes', 'a,b,c')} and import labelled batches "
-                    f"into it with dataset_preparer.py (to try the toolkit on "
-                    f"synthetic data: {command('training_pipeline.py', None, '--demo')})")
+    raise UserError(f"{missing + ': ' if missing else ''}{ws.root} {where} - {setup_hint(ws.root)}")
+
+
+def inside_toolkit(path: str | Path) -> bool:
+    """Is ``path`` the toolkit's own folder or a folder inside it (the code checkout)?"""
+    path = Path(path).expanduser().resolve()
+    return path == TOOLKIT_HOME or TOOLKIT_HOME in path.parents
+
+
+def suggested_root(root: str | Path) -> Path:
+    """Where to set a workspace up when ``root`` is not one: ``root`` itself, unless it lies in the
+    toolkit's own folder (a workspace there would mix the plant's models and data into the code
+    checkout): then a folder beside the toolkit."""
+    root = Path(root).expanduser().resolve()
+    return TOOLKIT_HOME.parent / "defect-workspace" if inside_toolkit(root) else root
+
+
+def setup_hint(root: str | Path) -> str:
+    """The words after "not a workspace": which --root to give, and the complete command that sets one up.
+
+    Setup takes the class names from the production model, so the command needs no class list: the
+    person copies the model in first (a step by hand, said in words; the command has no placeholder).
+    """
+    root = Path(root).expanduser().resolve()
+    target = suggested_root(root)
+    where = ("give --root the folder that holds your production model, or set a workspace up outside the "
+             f"toolkit's folder: copy your production model to {target / PRODUCTION_MODEL_NAME}, then run"
+             if target != root else
+             f"check the --root path, or set a workspace up there: copy your production model to "
+             f"{target / PRODUCTION_MODEL_NAME}, then run")
+    return (f"{where} {command('setup_training.py', target)} (it takes the class names from the model) and "
+            f"import labelled batches with {command('dataset_preparer.py', target)}; to try the toolkit on "
+            f"synthetic data first: {command('training_pipeline.py', None, '--demo')}")
+
+
+def model_names(paths: list[Any] | tuple[Any, ...]) -> list[str]:
+    """Short names that tell models apart, for tables and verdicts: the file name; a training run's
+    weights as ``<run folder>/best.pt`` (two runs' ``best.pt`` never read the same); where two names
+    still match, more parent folders until they differ."""
+    def label(path: Path, depth: int) -> str:
+        words, folder = [path.name], path.parent
+        while len(words) < depth and folder.name:
+            if folder.name != "weights":  # ultralytics' RUN/weights/best.pt: the run folder says which
+                words.insert(0, folder.name)
+            folder = folder.parent
+        return "/".join(words)
+
+    items = [Path(str(p)) for p in paths]
+    depths = [2 if p.parent.name == "weights" else 1 for p in items]
+    names = [label(p, d) for p, d in zip(items, depths)]
+    for _ in range(8):
+        clashes = {n for n in names if names.count(n) > 1}
+        if not clashes:
+            break
+        depths = [d + 1 if n in clashes else d for n, d in zip(names, depths)]
+        names = [label(p, d) for p, d in zip(items, depths)]
+    return names
 
 
 def run_weights(run_dir: str | Path, which: str = "best") -> Path:

@@ -158,13 +158,13 @@ def validate_ultralytics_args(args: Mapping[str, Any], from_set: Mapping[str, An
 
     for key in from_set:
         if key in OWN_FLAGS:
-            raise UserError(f"--set {key}=...: the toolkit sets '{key}' itself; use {OWN_FLAGS[key]} instead")
+            raise UserError(f"--set {key}={from_set[key]}: the toolkit sets '{key}' itself; use {OWN_FLAGS[key]} instead")
         if key not in DEFAULT_CFG_DICT:
             import difflib
 
             close = difflib.get_close_matches(key, list(DEFAULT_CFG_DICT), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UserError(f"--set {key}=...: '{key}' is not an ultralytics training argument{hint}; "
+            raise UserError(f"--set {key}={from_set[key]}: '{key}' is not an ultralytics training argument{hint}; "
                             "see https://docs.ultralytics.com/modes/train/#train-settings")
     try:
         get_cfg(overrides={k: v for k, v in args.items() if k != "model"})
@@ -197,7 +197,7 @@ class EpochMonitor:
     """
 
     def __init__(self, epochs_path: Path, time_limit_hours: float = 0.0, log_level: int = logging.INFO,
-                 reinit_class_head: bool = False):
+                 reinit_class_head: bool = False, epochs_done: int = 0):
         self.epochs_path = Path(epochs_path)
         self.time_limit_s = float(time_limit_hours or 0) * 3600.0
         self.log_level = log_level
@@ -205,7 +205,7 @@ class EpochMonitor:
         self.started = time.time()
         self.epochs_this_session = 0
         self.epoch_trained = False
-        self.last_epoch = 0           # 1-based number of the last epoch logged
+        self.last_epoch = int(epochs_done)  # 1-based number of the last epoch done (a resumed run: its last.pt's)
         self.planned_epochs = 0
         self.start_epoch = 0
         self.final_metrics: dict[str, float | None] | None = None
@@ -231,6 +231,7 @@ class EpochMonitor:
         self.started = time.time()
         self.start_epoch = int(trainer.start_epoch)
         self.planned_epochs = int(trainer.epochs)
+        self.last_epoch = max(self.last_epoch, self.start_epoch)  # a resumed run: its epochs done before
 
     def on_train_epoch_end(self, trainer) -> None:
         self.epoch_trained = True

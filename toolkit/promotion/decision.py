@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from toolkit.core.config import DEFAULTS, check_value
@@ -89,9 +88,13 @@ def judge_candidate(production: Mapping[str, Any], candidate: Mapping[str, Any],
         elif ci95[1] < 0:
             failures.append(f"the candidate is significantly worse: the 95% bootstrap interval of the gain "
                             f"[{ci95[0]:+.3f}, {ci95[1]:+.3f}] lies below zero")
+        elif max(before, after) < 0.0005:  # nothing to narrow: neither model finds a defect yet
+            failures.append(f"both models score {label} {before:.3f} and {after:.3f}: neither finds the defects on "
+                            "the test images yet, so there is no gain to measure - train longer or on more labelled "
+                            "images")
         elif ci95[0] <= 0:
             failures.append(f"the gain is not significant: its 95% bootstrap interval [{ci95[0]:+.3f}, {ci95[1]:+.3f}] "
-                            "includes zero (more test images would narrow it)")
+                            "includes zero" + (" (more test images would narrow it)" if ci95[1] > ci95[0] else ""))
     regressed = []
     for name, prod_cls in production.get("per_class", {}).items():
         cand_cls = candidate.get("per_class", {}).get(name) or {}
@@ -134,12 +137,15 @@ def decide(production: Mapping[str, Any] | None, verdicts: Sequence[Verdict], ru
     reaches ``min_first_map`` (there is nothing to regress from, and it has been loaded and
     evaluated); below that floor only ``force`` promotes it.
     """
+    from toolkit.core.layout import model_names
+
     label = _METRIC_LABEL[rules.metric]
     if production is None:
         if not candidates:
             raise UserError("nothing to compare: no production model and no --candidates")
         best = max(candidates, key=lambda c: c[rules.metric])
-        name, value = Path(best["path"]).name, float(best[rules.metric])
+        paths = [str(c["path"]) for c in candidates]
+        name, value = dict(zip(paths, model_names(paths)))[str(best["path"])], float(best[rules.metric])
         promote = value >= rules.min_first_map or force
         if value >= rules.min_first_map:
             why = (f"no production model yet: {name} becomes the first ({label} {value:.3f}, at least "
@@ -150,8 +156,9 @@ def decide(production: Mapping[str, Any] | None, verdicts: Sequence[Verdict], ru
         else:
             why = (f"no production model yet, and {name} is not good enough to be the first: {label} {value:.3f} "
                    f"is below promotion.min_first_map {rules.min_first_map:.3f} (it detects almost nothing); "
-                   "train longer or on more images, or promote this very file anyway with training_pipeline.py "
-                   "--candidate PATH --force (--force alone trains a new model)")
+                   "train longer or on more images, or promote this very file anyway with training_pipeline.py's "
+                   "--candidate and --force (the Next: line gives the whole command; --force alone trains a new "
+                   "model)")
         return {"promote": promote, "winner": str(best["path"]) if promote else None, "metric": rules.metric,
                 "gain": None, "ci95": None, "reasons": [why], "candidates": [], "first_model": True,
                 "forced": promote and value < rules.min_first_map}
@@ -160,20 +167,21 @@ def decide(production: Mapping[str, Any] | None, verdicts: Sequence[Verdict], ru
                 "ci95": None, "reasons": ["no candidate given: production was evaluated only"], "candidates": []}
     passing = [v for v in verdicts if v.passes]
     chosen = max(passing or verdicts, key=lambda v: v.metric_value)
+    names = dict(zip([v.path for v in verdicts], model_names([v.path for v in verdicts])))
     many = len(verdicts) > 1
     reasons: list[str] = []
     if passing:
-        reasons.append(f"promote {Path(chosen.path).name}: it passes every promotion rule")
+        reasons.append(f"promote {names[chosen.path]}: it passes every promotion rule")
         reasons += list(chosen.reasons)
         for v in verdicts:
             if v is not chosen:
                 why = "; ".join(v.reasons) if not v.passes else f"{label} {v.metric_value:.3f} is lower than the winner's"
-                reasons.append(f"{Path(v.path).name} not chosen: {why}")
+                reasons.append(f"{names[v.path]} not chosen: {why}")
     else:
         reasons.append("keep production: " + ("no candidate passes the promotion rules" if many
-                                              else f"{Path(chosen.path).name} does not pass the promotion rules"))
+                                              else f"{names[chosen.path]} does not pass the promotion rules"))
         for v in verdicts:
-            reasons += [f"{Path(v.path).name}: {r}" if many else r for r in v.reasons]
+            reasons += [f"{names[v.path]}: {r}" if many else r for r in v.reasons]
     return {"promote": bool(passing), "winner": chosen.path if passing else str(production["path"]),
             "metric": rules.metric, "gain": chosen.gain, "ci95": list(chosen.ci95) if chosen.ci95 else None,
             "reasons": reasons,

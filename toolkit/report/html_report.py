@@ -20,19 +20,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 from toolkit.core.cli import to_jsonable
 from toolkit.core.files import atomic_write_text
 from toolkit.report.html_text import (MAX_ROWS, Html, as_number, bullet_list, cut_note, data_uri, esc, field_words, fmt,
-                                      html_table, image_tag, kv_table, note, path_cell, seconds_text, stage_missing,
-                                      when_text)
+                                      hash_cell, html_table, image_tag, interval_text, kv_table, note, path_cell, plural,
+                                      seconds_text, stage_missing, when_text)
 from toolkit.report.svg_charts import bar_chart_svg, line_chart_svg
 
 logger = logging.getLogger(__name__)
 
-SECTION_IDS = ("summary", "priorities", "dataset", "training", "comparison", "chart", "decision", "versions")
+SECTION_IDS = ("summary", "priorities", "dataset", "training", "comparison", "chart", "decision", "versions", "next")
 METRICS = (("map50", "mAP50"), ("map50_95", "mAP50-95"), ("precision", "precision"), ("recall", "recall"))
 
 CSS = """
@@ -44,7 +45,8 @@ h3{font-size:1.05em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:.92em;max-width:100%}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.best{font-weight:bold}.path{font-family:ui-monospace,Consolas,monospace;font-size:.9em;word-break:break-all}
+td.best{font-weight:bold}.path,.hash{font-family:ui-monospace,Consolas,monospace;font-size:.9em}
+.path{word-break:normal;overflow-wrap:normal}.hash{word-break:break-all}
 .decision{display:inline-block;font-size:2.4em;font-weight:800;letter-spacing:.06em;padding:.1em .5em;
  border:3px solid;border-radius:.2em;margin:.2em 0}
 .promoted{color:#00693e;border-color:#00693e}.kept{color:#8a5300;border-color:#8a5300}
@@ -54,6 +56,7 @@ td.best{font-weight:bold}.path{font-family:ui-monospace,Consolas,monospace;font-
 .banner{background:#fff4d6;border:1px solid #e0b84a;padding:.4em .8em;margin:.6em 0}
 figure{margin:.6em 0 1.2em}figcaption{font-size:.9em;color:#444}
 svg{max-width:100%;height:auto}img.chart{max-width:100%;border:1px solid #ddd}
+code.cmd{font-family:ui-monospace,Consolas,monospace;font-size:.9em;background:#f4f4f4;padding:0 .2em}
 @media print{body{max-width:none;padding:0}h2{break-after:avoid}figure,table{break-inside:avoid}}
 """
 
@@ -216,13 +219,72 @@ def _dataset(stage: dict[str, Any]) -> str:
     if isinstance(boxes, dict) and boxes:
         parts.append("<h3>Boxes per class</h3>" + html_table(["class", "boxes"], list(boxes.items()), numeric=(1,)))
     rejected = [r for r in stage.get("rejected") or [] if isinstance(r, dict)]
-    parts.append(f"<h3>Rejected files ({len(rejected)})</h3>")
+    parts.append(f"<h3>Rejected files ({plural(len(rejected), 'file')})</h3>")
     parts.append(html_table(["file", "reason"], [[path_cell(r.get("path")), r.get("reason")] for r in rejected[:MAX_ROWS]])
                  + cut_note(len(rejected)) if rejected else note("none"))
     return "".join(parts)
 
 
 def _training(stage: dict[str, Any]) -> str:
+    routes = _routes(stage)
+    parts = [f"<p>{esc(route_words(stage.get('strategy')))}</p>"] if isinstance(stage.get("strategy"), dict) else []
+    details = (stage.get("strategy") or {}).get("reason") if isinstance(stage.get("strategy"), dict) else None
+    if details:
+        parts.append(note(f"The toolkit's reasoning: {details}"))
+    if len(routes) > 1:
+        return "".join(parts) + _both_routes(stage, routes)
+    return "".join(parts) + _one_run(stage)
+
+
+def _routes(stage: dict[str, Any]) -> list[dict[str, Any]]:
+    strategy = stage.get("strategy")
+    rows = strategy.get("candidates") if isinstance(strategy, dict) else None
+    return [r for r in rows or [] if isinstance(r, dict)]
+
+
+ROUTE_NAMES = {"finetune": "fine-tune", "scratch": "from scratch"}
+ROUTE_HOW = {"finetune": "the production model, trained further on the old and new images",
+             "scratch": "a new model, trained from its architecture's random start"}
+
+
+def route_words(strategy: Any) -> str:
+    """Which way(s) of training this run took, and why, in a plant engineer's words."""
+    if not isinstance(strategy, dict):
+        return ""
+    ev = strategy.get("evidence") if isinstance(strategy.get("evidence"), dict) else {}
+    requested, chosen = strategy.get("requested"), strategy.get("chosen")
+    rows = [r for r in strategy.get("candidates") or [] if isinstance(r, dict)]
+    metric = {"map50_95": "mAP50-95", "map50": "mAP50"}.get(strategy.get("metric"), strategy.get("metric") or "mAP50-95")
+    if len(rows) > 1:
+        why = ("because both fitted in the time available" if requested == "auto" else
+               "because training.strategy (or --strategy) asks for both")
+        text = ("Two models were trained, " + why + ": one fine-tuned from the production model (it keeps "
+                "what production learned and adds the new images) and one trained from scratch (a fresh start, "
+                "which can do better when the images have changed a lot). ")
+        scores = {r.get("route"): as_number((r.get("val") or {}).get(strategy.get("metric") or "map50_95"))
+                  for r in rows}
+        if chosen and all(v is not None for v in scores.values()):
+            other = [r for r in scores if r != chosen]
+            text += (f"The {ROUTE_NAMES.get(chosen, chosen)} model scored better on the validation images "
+                     f"({metric} {scores[chosen]:.3f} against {', '.join(f'{scores[o]:.3f}' for o in other)}), "
+                     "so only it was compared with production, on the test images kept for that.")
+        return text
+    route = rows[0].get("route") if rows else strategy.get("strategy")
+    if route == "finetune":
+        text = "The production model was fine-tuned: trained further on the old and new images together"
+        why = ("; the time available was too short to also train a model from scratch" if requested == "auto"
+               else "; training.strategy (or --strategy) asks for fine-tuning")
+    else:
+        text = "A new model was trained from scratch"
+        why = ("; there is no production model to start from" if not ev.get("production") else
+               "; the classes changed, so the production model's class layer does not fit them"
+               if ev.get("classes_changed") else
+               "; training.strategy (or --strategy) asks for training from scratch" if requested != "auto" else
+               "; the time available was too short to train both ways, and from scratch did better before")
+    return text + why + "."
+
+
+def _one_run(stage: dict[str, Any]) -> str:
     metrics = stage.get("metrics") or {}
     done, planned = stage.get("epochs_completed"), stage.get("epochs_planned")
     parts = [kv_table([("epochs", f"{done} of {planned}" if planned else done), ("stopped", stage.get("stop_reason")),
@@ -234,14 +296,46 @@ def _training(stage: dict[str, Any]) -> str:
         parts.append("<h3>Best weights on the validation split</h3>" + html_table(
             [label for _, label in METRICS], [[as_number(metrics.get(k)) for k, _ in METRICS]], numeric=range(4)))
     parts.append(bullet_list(stage.get("notes") or []))
+    parts.append(_curves(stage))
+    return "".join(parts)
+
+
+def _both_routes(stage: dict[str, Any], routes: list[dict[str, Any]]) -> str:
+    """Every route of a 'both' run: its time, epochs and scores side by side, then each one's curves."""
+    metric = (stage.get("strategy") or {}).get("metric") or "map50_95"
+    label = {"map50_95": "mAP50-95", "map50": "mAP50"}.get(metric, metric)
+    rows = []
+    for r in routes:
+        val, test = r.get("val") or {}, r.get("test") or {}
+        outcome = ("promoted" if r.get("promoted") else "chosen on validation" if r.get("chosen_on_val")
+                   else "not chosen")
+        rows.append([ROUTE_NAMES.get(r.get("route"), r.get("route")), ROUTE_HOW.get(r.get("route"), "-"),
+                     r.get("epochs"), seconds_text(r.get("seconds")), as_number(val.get(metric)),
+                     as_number(test.get("map50_95")) if test else None, outcome, path_cell(r.get("run_dir"))])
+    total = sum(v for v in (as_number(r.get("seconds")) for r in routes) if v is not None)
+    parts = ["<h3>The models trained</h3>" + html_table(
+        ["route", "what it is", "epochs", "time", f"validation {label}", "test mAP50-95", "outcome", "run folder"],
+        rows, numeric=(2, 4, 5)),
+        note(f"Training time of both: {seconds_text(total)} (the summary's train stage also counts the "
+             "preparation around them). Only the model chosen on the validation split meets production on the "
+             "test split.")]
+    parts.append(bullet_list(stage.get("notes") or []))
+    shown = str(stage.get("run_dir") or "")
+    for r in routes:
+        name = ROUTE_NAMES.get(r.get("route"), r.get("route"))
+        data = stage if shown and str(r.get("run_dir")) == shown else {"run_dir": r.get("run_dir")}
+        parts.append(f"<h3>Curves of the {esc(name)} model</h3>" + _curves(data))
+    return "".join(parts)
+
+
+def _curves(stage: dict[str, Any]) -> str:
     try:
         records = epoch_records(stage)
     except OSError as exc:
-        records = []
-        parts.append(note(f"could not read the epoch log: {exc}"))
+        return note(f"could not read the epoch log: {exc}")
     if not records:
-        parts.append(note("no per-epoch records found: no training curves"))
-        return "".join(parts)
+        return note("no per-epoch records found: no training curves")
+    parts = []
     xs = [as_number(r["epoch"]) for r in records]
     metric_series = {label: [(x, as_number(r.get(k))) for x, r in zip(xs, records)]
                      for k, label in METRICS if any(as_number(r.get(k)) is not None for r in records)}
@@ -271,8 +365,8 @@ def _comparison(stage: dict[str, Any]) -> str:
     winner = str(stage.get("winner") or "")
     rows = []
     for i, m in enumerate(models):
-        gain, ci = as_number(m.get("gain")), m.get("ci95")
-        ci_text = f"[{fmt(as_number(ci[0]))}, {fmt(as_number(ci[1]))}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "-"
+        gain = as_number(m.get("gain"))
+        ci_text = interval_text(m.get("ci95"), signed=True) or "-"
         mark = " (winner)" if winner and str(m.get("path")) == winner else ""
         rows.append([f"{m.get('role') or ('production' if i == 0 else 'candidate')}{mark}", path_cell(m.get("path")),
                      *[as_number(m.get(k)) for k, _ in METRICS],
@@ -334,8 +428,8 @@ def _operating_point(models: list[dict[str, Any]], names: list[str]) -> str:
     def cell(value: Any, ci: Any) -> str:
         if as_number(value) is None:
             return "-"
-        interval = f" [{fmt(as_number(ci[0]))}, {fmt(as_number(ci[1]))}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
-        return f"{fmt(as_number(value))}{interval}"
+        interval = interval_text(ci)
+        return f"{fmt(as_number(value))} {interval}" if interval else fmt(as_number(value))
 
     rows = []
     for name in names:
@@ -380,12 +474,10 @@ def _decision(data: dict[str, Any], stages: dict[str, Any]) -> str:
     compare = stages.get("compare")
     verdict = compare.get("decision") if isinstance(compare, dict) else None
     if isinstance(verdict, dict) and verdict:
-        ci = verdict.get("ci95")
         parts.append("<h3>The comparator's verdict</h3>" + kv_table([
             ("promote", verdict.get("promote")), ("metric", verdict.get("metric")),
             ("gain", f"{as_number(verdict['gain']):+.3f}" if as_number(verdict.get("gain")) is not None else None),
-            ("95% interval", f"[{fmt(as_number(ci[0]))}, {fmt(as_number(ci[1]))}]"
-             if isinstance(ci, (list, tuple)) and len(ci) == 2 else None)]))
+            ("95% interval of the gain", interval_text(verdict.get("ci95"), signed=True))]))
         extra = [r for r in verdict.get("reasons") or [] if r not in (data.get("reasons") or [])]
         parts.append(bullet_list(extra))
     promote = stages.get("promote")
@@ -401,10 +493,10 @@ def _versions(data: dict[str, Any]) -> str:
     prod = data.get("production") or {}
     parts = ["<h3>Production model</h3>" + (kv_table([
         ("version", prod.get("version")), ("file", path_cell(prod.get("path")) if prod.get("path") else None),
-        ("sha256", Html(f'<span class="path">{esc(prod.get("sha256"))}</span>') if prod.get("sha256") else None),
+        ("sha256", hash_cell(prod.get("sha256")) if prod.get("sha256") else None),
         ("previous version", data.get("previous_version"))]) or note("no production model"))]
     history = [h for h in data.get("history") or [] if isinstance(h, dict)]
-    parts.append(f"<h3>History ({len(history)} versions)</h3>")
+    parts.append(f"<h3>History ({plural(len(history), 'version')})</h3>")
     if not history:
         return "".join(parts) + note("no versions recorded yet")
     rows = []
@@ -414,7 +506,7 @@ def _versions(data: dict[str, Any]) -> str:
             not prod.get("sha256") and prod.get("version") and h.get("version") == prod.get("version"))
         rows.append([Html(f"<b>{esc(h.get('version'))}</b> (production)") if current else h.get("version"),
                      when_text(h.get("promoted_at") or h.get("registered_at")),
-                     Html(f'<span class="path">{esc(str(h.get("sha256") or "")[:12]) or "-"}</span>'),
+                     hash_cell(str(h.get("sha256") or "")[:12]),
                      h.get("dataset_version"), _scored_on(metrics), as_number(metrics.get("map50")),
                      as_number(metrics.get("map50_95")),
                      "this run: see the summary" if h.get("reasons") and h.get("reasons") == data.get("reasons")
@@ -440,6 +532,31 @@ def _scored_on(metrics: dict[str, Any]) -> str:
     return f"{where}, {metrics['imgsz']} px" if metrics.get("imgsz") else where
 
 
+_COMMAND = re.compile(r"python \S.*?(?=; |$)")
+
+
+def _next_steps(data: dict[str, Any]) -> str:
+    """What to do now: the run's own Next: lines (complete commands), one item each."""
+    steps = [str(x) for x in data.get("next_steps") or [] if x]
+    if not steps and data.get("root"):
+        from toolkit.core.layout import command
+
+        steps = [f"versions and past runs: {command('training_pipeline.py', data['root'], '--status')}"]
+    if not steps:
+        return note("no next steps recorded for this run")
+    items = []
+    for step in steps:
+        for part in re.split(r"; (?=[^;]*python )", re.sub(r"^Next:\s*", "", step.strip())):
+            out, last = [], 0
+            for match in _COMMAND.finditer(part):
+                out.append(esc(part[last:match.start()]))
+                out.append('<code class="cmd">' + re.sub(r"([/\\])", r"\1<wbr>", esc(match.group(0))) + "</code>")
+                last = match.end()
+            out.append(esc(part[last:]))
+            items.append("<li>" + "".join(out) + "</li>")
+    return "<ul>" + "".join(items) + "</ul>" + note("Each command works as written, from any folder.")
+
+
 def _images(images: dict[str, Any]) -> str:
     return "".join(image_tag(path, str(caption)) for caption, path in images.items())
 
@@ -463,6 +580,7 @@ def render_pipeline_report(data: dict[str, Any]) -> str:
         stage_section("chart", "Per-class chart", "compare", _chart),
         _section("decision", "Decision", _safe(lambda d: _decision(d, stages), data, "decision")),
         _section("versions", "Versions", _safe(_versions, data, "versions")),
+        _section("next", "Next steps", _safe(_next_steps, data, "next")),
     ]
     images = data.get("images")
     if isinstance(images, dict) and images:

@@ -117,7 +117,32 @@ def kv_table(pairs: Iterable[tuple[Any, Any]]) -> str:
 
 
 def path_cell(value: Any) -> Html:
-    return Html(f'<span class="path">{esc(value)}</span>') if value else Html("-")
+    """A path that may wrap only after a folder separator (``<wbr>``), never inside a name."""
+    if not value:
+        return Html("-")
+    text = esc(str(value))
+    return Html('<span class="path">' + re.sub(r"([/\\])", r"\1<wbr>", text) + "</span>")
+
+
+def hash_cell(value: Any) -> Html:
+    """A sha256 (one 64-letter word, no names in it): it may wrap anywhere."""
+    return Html(f'<span class="hash">{esc(value)}</span>') if value else Html("-")
+
+
+def plural(n: Any, word: str, many: str | None = None) -> str:
+    """'1 version', '2 versions', '0 versions'."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def interval_text(ci: Any, signed: bool = False) -> str | None:
+    """A 95% interval as every page writes it: ``[+0.144, +0.242]`` for a gain or a drop (signed, as
+    the gain itself), ``[0.61, 0.80]`` for a value; None when there is none."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return None
+    lo, hi = as_number(ci[0]), as_number(ci[1])
+    if lo is None or hi is None:
+        return None
+    return f"[{lo:+.3f}, {hi:+.3f}]" if signed else f"[{lo:.3f}, {hi:.3f}]"
 
 
 def bullet_list(items: Iterable[Any]) -> str:

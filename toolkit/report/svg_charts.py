@@ -12,6 +12,21 @@ from toolkit.report.html_text import esc, note
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 
 
+def nice_ticks(lo: float, hi: float, most: int = 6) -> tuple[list[float], int]:
+    """Round tick values from ``lo`` to at least ``hi`` (steps of 1, 2, 2.5 or 5 times a power of ten,
+    at most ``most`` ticks), and the decimals that write them: 0, 0.5, 1.0 ... never 0.80, 1.61, 2.41."""
+    hi = hi if hi > lo else lo + 1.0
+    span = hi - lo
+    for mag in (10.0 ** k for k in range(math.floor(math.log10(span / most)) - 1, 40)):
+        for unit in (1.0, 2.0, 2.5, 5.0):
+            step = unit * mag
+            first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+            if last - first + 1 <= most:
+                digits = next(d for d in range(13) if abs(step * 10 ** d - round(step * 10 ** d)) < 1e-6)
+                return [round(i * step, 12) for i in range(first, last + 1)], digits
+    return [lo, hi], 2
+
+
 def line_chart_svg(series: dict[str, list[tuple[float, float | None]]], title: str, y_label: str,
                    y_max: float | None = None, width: int = 720, height: int = 300) -> str:
     """An inline SVG line chart, one polyline (with markers) per series; None values leave gaps."""
@@ -25,19 +40,18 @@ def line_chart_svg(series: dict[str, list[tuple[float, float | None]]], title: s
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
     ys = [y for _, y in points]
-    y0 = min(0.0, min(ys))
     y1 = y_max if y_max is not None and max(ys) <= y_max else max(ys)
-    y1 = y1 if y1 > y0 else y0 + 1
+    ticks, digits = nice_ticks(min(0.0, min(ys)), y1 if y1 > min(0.0, min(ys)) else min(0.0, min(ys)) + 1)
+    y0, y1 = ticks[0], ticks[-1]
     sx = lambda x: left + (x - x0) / (x1 - x0) * pw  # noqa: E731
     sy = lambda y: top + ph - (y - y0) / (y1 - y0) * ph  # noqa: E731
     out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" '
            f'height="{height}" role="img" aria-label="{esc(title)}" font-size="14" font-family="sans-serif">',
            f'<text x="{left}" y="16" font-weight="bold">{esc(title)}</text>']
-    for i in range(6):
-        v = y0 + (y1 - y0) * i / 5
+    for v in ticks:
         y = sy(v)
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
-                   f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+                   f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.{digits}f}</text>')
     step = max(1, math.ceil((max(xs) - min(xs)) / 8))  # whole epochs, at most about nine ticks
     x_ticks = list(range(int(math.floor(min(xs))), int(math.ceil(max(xs))) + 1, step))
     for v in x_ticks:
@@ -75,17 +89,17 @@ def bar_chart_svg(categories: list[str], series: dict[str, list[float | None]], 
         return note(f"{title}: no values to draw")
     left, right, top, bottom = 56, 20, 46, 64
     pw, ph = width - left - right, height - top - bottom
-    y1 = max(1.0, max(values))
+    ticks, digits = nice_ticks(0.0, max(1.0, max(values)))
+    y1 = ticks[-1]
     group = pw / len(categories)
     bar = group * 0.8 / max(1, len(series))
     out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" '
            f'height="{height}" role="img" aria-label="{esc(title)}" font-size="14" font-family="sans-serif">',
            f'<text x="{left}" y="16" font-weight="bold">{esc(title)}</text>']
-    for i in range(6):
-        v = y1 * i / 5
+    for v in ticks:
         y = top + ph - v / y1 * ph
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
-                   f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+                   f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.{digits}f}</text>')
     for n, (name, vals) in enumerate(series.items()):
         colour = COLOURS[n % len(COLOURS)]
         for c, v in enumerate(vals):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from toolkit.core.errors import UserError
-from toolkit.core.layout import TOOLKIT_HOME, Workspace
+from toolkit.core.layout import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,9 @@ def _next_batch_number(workspace: Workspace) -> int:
 
 
 def demo_root(root: str | Path | None = None) -> Path:
-    """The demo's workspace: ``root``, default ``./demo`` next to the toolkit."""
-    return Workspace.at(root if root is not None else TOOLKIT_HOME / "demo").root
+    """The demo's workspace: ``root``, default ``./demo``: the folder ``demo`` in the current folder, as
+    the help says (run from the toolkit's folder, as the README's quick start does, it is ``demo/`` there)."""
+    return Workspace.at(root if root is not None else Path.cwd() / "demo").root
 
 
 def check_demo_root(root: Path) -> None:

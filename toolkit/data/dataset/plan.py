@@ -63,7 +63,8 @@ def resolve_classes(workspace: Workspace, manifest: dict | None, batches: Sequen
                 for b in item.boxes:
                     if isinstance(b.cls, int):
                         raise UserError(f"{batch.root}: YOLO labels without class names and no dataset.yaml; add a "
-                                        "classes.txt (one name per line, in id order) or run setup_training.py --classes ...")
+                                        "classes.txt (one name per line, in id order), or give setup_training.py the class names "
+                                        "(its --classes flag, in id order)")
                     source_names.append(class_map.get(b.cls, b.cls))
             # VOC names have no order of their own: sorted, so the same set always gives the same
             # ids (NEU-DET's first-seen order would differ from every NEU model's alphabetical one).
@@ -73,7 +74,8 @@ def resolve_classes(workspace: Workspace, manifest: dict | None, batches: Sequen
             if mapped not in names:
                 names.append(mapped)
     if not names:
-        raise UserError("no class names found in the source(s) and no dataset.yaml; run setup_training.py --classes a,b,c first")
+        raise UserError("no class names found in the source(s) and no dataset.yaml; set the workspace up first with "
+                        "setup_training.py, giving the class names in id order with its --classes flag")
     return names, True
 
 
@@ -93,8 +95,12 @@ def class_problems(checked: CheckedImage, class_index: dict[str, int], class_map
         elif cls not in unknown:
             unknown.append(cls)
     for cls in unknown:
+        import difflib
+
+        closest = (difflib.get_close_matches(str(cls), list(classes), n=1, cutoff=0.0) or list(classes) or ["?"])[0]
         problems.append(f"unknown class '{short(cls)}' (dataset classes: {', '.join(classes)}); image left out whole - "
-                        f"rename it with --map {short(cls)}=<class> or add the class with setup_training.py")
+                        f"if it is one of those, rename it, e.g. with --map {short(cls)}={closest}, or add the class "
+                        "with setup_training.py")
     where = checked.source.label or checked.source.image
     return [Problem(where, p if "left out" in p else f"{p}; image {checked.source.image.name} left out")
             for p in problems], rows
