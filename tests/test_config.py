@@ -12,6 +12,7 @@ from toolkit.core.config import (DEFAULTS, KEYS, Settings, check_value, options_
 from toolkit.core.template import TRAINING_YAML_TEMPLATE
 from toolkit.core.yaml_safe import short
 from toolkit.core.errors import ConfigError
+from toolkit.core.cli import config_from_args
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = ("training_analyzer", "setup_training", "dataset_preparer", "train_yolov8", "model_comparator",
@@ -121,6 +122,37 @@ def test_one_pipeline_flag_sets_every_key_it_names(tmp_path):
     assert settings["training.imgsz"] == 96
     assert settings["evaluation.imgsz"] is None  # scoring follows the checkpoint's training size
     assert (config.device, config.batch, config.imgsz) == ("cpu", 4, 96)
+
+
+def test_the_pipeline_takes_a_time_limit_and_its_plan_shares_it(tmp_path):
+    """Issue 27: train_yolov8.py had --time-limit, the pipeline had none."""
+    import training_pipeline
+
+    from toolkit.core.layout import Workspace
+
+    args = training_pipeline.build_arg_parser().parse_args(["--root", str(tmp_path), "--time-limit", "1.5"])
+    config = config_from_args(training_pipeline.PipelineConfig, args)
+    config, settings = training_pipeline.load_settings(config, Workspace.at(tmp_path))
+    assert config.time_limit == 1.5 and settings["training.time_limit"] == 1.5
+    assert "--time-limit HOURS" in training_pipeline.build_arg_parser().format_help()
+
+
+def test_help_states_defaults_as_a_person_writes_them():
+    """Issue 27: defaults read "", {"train": 0.8, ...} and [0.25, 0.6]; jargon went unexplained."""
+    import dataset_preparer
+    import model_comparator
+    import train_yolov8
+    import training_analyzer
+
+    texts = {m.__name__: " ".join(a.help for a in m.build_arg_parser()._actions if a.help)
+             for m in (dataset_preparer, model_comparator, train_yolov8, training_analyzer)}
+    every = " ".join(texts.values())
+    assert 'default: ""' not in every and "default: [" not in every and "default: {" not in every
+    assert "default: 80/10/10)" in texts["dataset_preparer"] and "default: 0.25,0.6)" in texts["training_analyzer"]
+    assert "default: not set)" in texts["model_comparator"]
+    assert "non-maximum suppression" in texts["model_comparator"] and "redrawn at random" in texts["model_comparator"]
+    assert "fingerprint of what the picture shows" in texts["dataset_preparer"]
+    assert "one training process per GPU" in texts["train_yolov8"]
 
 
 # --- the generated command lines ---------------------------------------------------------------

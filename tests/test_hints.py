@@ -178,7 +178,10 @@ def test_an_interrupted_pipeline_says_once_what_happens_next_and_its_hint_contin
     record = last_history(root)
     assert record["decision"] == "interrupted" and "KeyboardInterrupt" not in json.dumps(record)
     assert training_pipeline.main(["--root", str(root), "--status"]) == 0
-    assert "KeyboardInterrupt" not in capsys.readouterr().out
+    status = capsys.readouterr().out
+    assert "KeyboardInterrupt" not in status
+    # a run with no production model says so, not "kept production -" (issue 27)
+    assert "interrupted  no production yet  run " in status and "production -" not in status, status
 
     resumed = run_hint(resume, elsewhere)  # continues epoch 2 of the same run
     assert "epochs:  2/2 (completed)" in resumed.stdout, resumed.stdout

@@ -359,3 +359,38 @@ def test_copies_of_one_model_on_a_loaded_machine_are_never_refused_for_speed(
 def _burn(stop) -> None:
     while not stop.is_set():
         sum(i * i for i in range(10000))
+
+
+def test_the_next_line_never_offers_the_production_model_again(tmp_path):
+    """Issue 27: the comparator's Next: named a file that was already production (here: the workspace's
+    yolov8_model.pt as the candidate, against an older model given with --production)."""
+    from toolkit.core.files import sha256_file
+
+    root = tmp_path / "plant"
+    (root / "training" / "reports").mkdir(parents=True)
+    live = root / "yolov8_model.pt"
+    live.write_bytes(b"the production model's bytes")
+    older = tmp_path / "archive" / "old.pt"
+    older.parent.mkdir()
+    older.write_bytes(b"an older model")
+
+    def result(candidate: Path, sha: str) -> model_comparator.CompareResult:
+        models = ({"role": "production", "path": str(older), "sha256": sha256_file(older), "map50": 0.5,
+                   "map50_95": 0.3, "cached": False},
+                  {"role": "candidate", "path": str(candidate), "sha256": sha, "map50": 0.6, "map50_95": 0.4,
+                   "cached": False})
+        return model_comparator.CompareResult(
+            split="test", images=10, dataset_version="1", models=models, winner=str(candidate),
+            decision={"promote": True, "reasons": ["passes"], "metric": "map50_95"},
+            report=root / "training" / "reports" / "compare_x.json", markdown=root / "training" / "reports" / "x.md",
+            chart=None, data=tmp_path / "data.yaml", settings={"promotion": {"min_first_map": 0.05}}, skipped=(),
+            seconds=1.0)
+
+    text = model_comparator.describe(result(live, sha256_file(live)))
+    next_line = text.splitlines()[-1]
+    assert next_line.startswith("Next: it is already the production model") and "--candidate" not in next_line
+    assert next_line.endswith(f"--root {root.resolve()} --status"), next_line
+    other = tmp_path / "runs" / "20261206-train" / "weights" / "best.pt"
+    text = model_comparator.describe(result(other, "f" * 64))
+    assert "PROMOTE 20261206-train/best.pt" in text
+    assert text.splitlines()[-1].endswith(f"--candidate {other}")

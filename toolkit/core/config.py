@@ -320,8 +320,8 @@ KEYS: dict[str, Key] = {
                            type=float),
     "evaluation.iou": Key(number(0, 1, lo_open=True), "--iou", "overlap (IoU, 0-1) above which two boxes of one class "
                           "count as one detection and the weaker is dropped (non-maximum suppression)", type=float),
-    "evaluation.device": Key(device, "--device", "cpu, or a GPU number (0, 1 ...); not set: GPU 0 if "
-                           "there is one, else cpu"),
+    "evaluation.device": Key(device, "--device", "cpu, or the number of a GPU (0 for the first); not set: "
+                           "GPU 0 if there is one, else cpu"),
     "evaluation.speed_images": Key(integer(0, 10_000), "--speed-images", "images timed per model for ms/image "
                                    "(0: no timing)", type=int),
     "evaluation.speed_rounds": Key(integer(1, 100), "--speed-rounds", "timing rounds the models take turns "
