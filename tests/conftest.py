@@ -17,7 +17,9 @@ MODELS_DIR = SHARED / "models"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long test (real training or the full NEU test split); run with -m slow")
+    config.addinivalue_line("markers", "slow: over about 20 s on a quiet 2-core machine (real training, the full "
+                            "NEU test split, the demo's loop); left out of the default run, run by .ci/run "
+                            "(-m \"slow or not slow\") or alone with -m slow")
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +112,44 @@ def synthetic_workspace(tmp_path, tiny_model) -> Path:
     setup_training.run(setup_training.SetupConfig(root=root, classes=NEU_CLASSES))
     write_batch(root / "training" / "incoming" / "batch_001", 40, size=64, seed=21)
     return root
+
+
+# Optional: each test's CPU seconds (this process and its children, user + sys) and wall seconds,
+# one tab-separated line per test, to decide `slow` marks by CPU time, which depends far less on the
+# machine's load than wall time. Set TOOLKIT_TEST_CPU_LOG=/path/to/file to turn it on.
+_CPU_LOG = os.environ.get("TOOLKIT_TEST_CPU_LOG")
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    try:  # worker processes still alive (a pool kept between tests) are not in RUSAGE_CHILDREN yet
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                times = child.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+    except ImportError:
+        pass
+    return total
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not _CPU_LOG:
+        yield
+        return
+    import time
+
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    yield
+    cpu, wall = _cpu_seconds() - cpu0, time.perf_counter() - wall0
+    with open(_CPU_LOG, "a", encoding="utf-8") as log:
+        log.write(f"{cpu:.2f}\t{wall:.2f}\t{item.nodeid}\n")

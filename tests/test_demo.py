@@ -11,6 +11,7 @@ from toolkit.core.layout import Workspace
 from toolkit.promotion.registry import Registry
 
 
+@pytest.mark.slow  # the whole demo: two trainings and a comparison, about 115 CPU-s
 def test_demo_runs_the_whole_loop_and_says_where_things_are(tmp_path, capsys):
     root = tmp_path / "demo"
     assert training_pipeline.main(["--demo", "--root", str(root), "--json"]) == 0

@@ -80,6 +80,7 @@ def elsewhere(tmp_path, monkeypatch) -> Path:
     return other
 
 
+@pytest.mark.slow  # nine hints run as printed, three of them train: about 40 CPU-s
 def test_each_hint_of_the_loop_runs_as_printed(tmp_path, capsys, elsewhere, ultralytics_config_dir):
     root = tmp_path / "plant"
     # setup: Next names both ways on, with --root

@@ -327,6 +327,7 @@ def test_a_candidate_that_lets_one_class_escape_is_refused_even_with_higher_map(
     assert loose.decision["promote"] is True
 
 
+@pytest.mark.slow  # it loads every core on purpose while it times: about 25 CPU-s
 def test_copies_of_one_model_on_a_loaded_machine_are_never_refused_for_speed(
         first_run, workspace, subset_yaml, shared_models, tmp_path):
     """Busy loops on every core while two copies of one model are timed: whatever the timings say,

@@ -30,12 +30,13 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def neu_workspace(tmp_path_factory, neu_dir, shared_models):
-    """Production = real v1.0; the managed dataset holds NEU's fixed test split (+ a few train/val images)."""
+    """Production = real v1.0; the managed dataset holds a third of NEU's fixed test split (60 images, 10 per
+    class; + a few train/val images). The whole split is scored in test_model_comparator.py (slow)."""
     from dataset_helpers import export_voc_as_yolo_splits
 
     base = tmp_path_factory.mktemp("neu_pipeline")
     lists = {}
-    for split, per_list in (("train", 12), ("val", 6), ("test", None)):
+    for split, per_list in (("train", 12), ("val", 6), ("test", 60)):
         stems = (neu_dir / "splits" / f"{split}.txt").read_text().split()
         lists[split] = base / f"{split}.txt"
         lists[split].write_text("\n".join(stems if per_list is None else stems[::len(stems) // per_list][:per_list]))
@@ -44,10 +45,14 @@ def neu_workspace(tmp_path_factory, neu_dir, shared_models):
     root.mkdir()
     shutil.copyfile(shared_models / "neu_v1.0_half.pt", root / "yolov8_model.pt")
     setup_training.run(setup_training.SetupConfig(root=root))
+    # the speed rule is not under test here: no images timed (each run would time 16 x 5 rounds per model)
+    yaml_path = Workspace.at(root).training_yaml
+    yaml_path.write_text(re.sub(r"^(  speed_images:).*$", r"\1 0", yaml_path.read_text(), count=1, flags=re.M))
     dataset_preparer.run(dataset_preparer.PrepareConfig(root=root, source=export, keep_split=True))
     return root
 
 
+@pytest.mark.slow  # five pipeline runs that score real NEU models at 640 px: about 30 CPU-s
 def test_candidate_promoted_then_kept_then_rollback(neu_workspace, shared_models, capsys):
     root = neu_workspace
     ws = Workspace.at(root)
