@@ -105,7 +105,10 @@ def test_a_first_model_that_was_not_promoted_gets_a_next_hint(tmp_path):
         "kept", {"path": str(tmp_path / "yolov8_model.pt"), "version": None, "sha256": None}, {}, None,
         ("no production model yet, and best.pt is not good enough to be the first",))
     text = training_pipeline.describe(result)
-    assert "Next: no production model yet" in text and "--force" in text
+    assert "Next: no production model yet" in text
+    # no candidate scored: the hint is a complete command, not "--candidate <its weights/best.pt> --force" (issue 27)
+    assert "<" not in text and "training.epochs" in text
+    assert text.rstrip().endswith(f"training_pipeline.py --root {tmp_path.resolve()}")
 
 
 def test_ultralytics_first_use_notice_stays_out_of_the_users_way(tmp_path):

@@ -118,7 +118,8 @@ def test_setup_recreates_what_is_missing(tmp_path):
 def test_setup_without_classes_or_model_says_what_to_do(tmp_path, capsys):
     assert setup_training.main(["--root", str(tmp_path / "empty")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no classes known: pass --classes")
+    assert err.startswith("error: no classes known: put your production model at ")
+    assert "with --classes" in err and "a,b,c" not in err  # no made-up class list (issue 27)
     assert len(err.splitlines()) == 1
 
 
