@@ -151,7 +151,7 @@ def test_help_states_defaults_as_a_person_writes_them():
     assert "default: 80/10/10)" in texts["dataset_preparer"] and "default: 0.25,0.6)" in texts["training_analyzer"]
     assert "default: not set)" in texts["model_comparator"]
     assert "non-maximum suppression" in texts["model_comparator"] and "redrawn at random" in texts["model_comparator"]
-    assert "fingerprint of what the picture shows" in texts["dataset_preparer"]
+    assert "fingerprints of what a picture shows" in texts["dataset_preparer"]
     assert "one training process per GPU" in texts["train_yolov8"]
 
 

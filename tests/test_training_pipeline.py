@@ -227,7 +227,8 @@ def test_pipeline_flags_reach_training_and_scoring_and_training_yaml_is_read_onc
     sizes = {m["role"]: (m["imgsz"], m["trained_imgsz"]) for m in compare["models"]}
     assert sizes == {"production": (64, 64), "candidate": (96, 96)}
     size_reason = [r for r in result["reasons"] if "trained at different sizes" in r]
-    assert len(size_reason) == 1 and "candidate best.pt 96 px" in size_reason[0]
+    run_name = Path(result["stages"]["train"]["run_dir"]).name  # a run's best.pt is named by its run (issue 27)
+    assert len(size_reason) == 1 and f"candidate {run_name}/best.pt 96 px" in size_reason[0]
     assert "production tiny" not in size_reason[0]  # names the real file
     html = Path(result["html_report"]).read_text()
     assert "scored at" in html and "96 px" in html

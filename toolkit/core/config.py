@@ -309,9 +309,8 @@ KEYS: dict[str, Key] = {
                             "lot of each image, whose images share one split: a regex on the file name "
                             "(first group) or csv:COLUMN of the batch's groups.csv", metavar="REGEX|csv:COLUMN"),
     "dataset.near_duplicate_bits": Key(integer(0, 64), "--near-duplicate-bits",
-                                       "how alike two images must be to count as near-duplicates (kept in one split): the number of "
-                                       "the 64 bits of their perceptual hash, a fingerprint of what the picture "
-                                       "shows, that may differ (0: only pictures that look the same)", type=int),
+                                       "near-duplicates (kept in one split): how many of the 64 bits of two images' "
+                                       "perceptual hashes, fingerprints of what a picture shows, may differ", type=int),
     "evaluation.split": Key(text(), "--split", "split to score on"),
     "evaluation.imgsz": Key(optional(integer(32, MAX_IMGSZ)), "--imgsz", "image size for scoring; not set: each model at the "
                             "size it was trained at", type=int),
@@ -320,8 +319,7 @@ KEYS: dict[str, Key] = {
                            type=float),
     "evaluation.iou": Key(number(0, 1, lo_open=True), "--iou", "overlap (IoU, 0-1) above which two boxes of one class "
                           "count as one detection and the weaker is dropped (non-maximum suppression)", type=float),
-    "evaluation.device": Key(device, "--device", "cpu, or the number of a GPU (0 for the first); not set: "
-                           "GPU 0 if there is one, else cpu"),
+    "evaluation.device": Key(device, "--device", "cpu or a GPU number (0 is the first); not set: GPU 0 if any, else cpu"),
     "evaluation.speed_images": Key(integer(0, 10_000), "--speed-images", "images timed per model for ms/image "
                                    "(0: no timing)", type=int),
     "evaluation.speed_rounds": Key(integer(1, 100), "--speed-rounds", "timing rounds the models take turns "
@@ -330,9 +328,8 @@ KEYS: dict[str, Key] = {
     "promotion.min_gain": Key(number(-1, 1)),
     "promotion.max_class_drop": Key(number(0, 1)),
     "promotion.require_significance": Key(flag_value),
-    "promotion.bootstrap_resamples": Key(integer(1000, MAX_RESAMPLES), "--resamples", "how many times the test images "
-                                         "are redrawn at random (a bootstrap) to find the 95% interval of the gain: "
-                                         "more is steadier and slower", type=int),
+    "promotion.bootstrap_resamples": Key(integer(1000, MAX_RESAMPLES), "--resamples", "times the test images are redrawn "
+                                         "at random (a bootstrap) for the gain's 95% interval: more is steadier, slower", type=int),
     "promotion.max_slowdown": Key(number(0, 1000, lo_open=True)),
     "promotion.operating_conf": Key(number(0, 1, hi_open=True), "--operating-conf",
                                     "confidence the line runs at: per-class recall and false calls are "
@@ -352,8 +349,7 @@ KEYS: dict[str, Key] = {
     "analyzer.uncertain": Key(confidence_band, "--uncertain", "confidence band lo,hi where the model is unsure",
                               metavar="LO,HI", type=_band_arg),
     "analyzer.iou_match": Key(number(0, 1, lo_open=True), "--iou-match",
-                              "overlap (IoU, 0-1: the shared area over the "
-                              "joint area of two boxes) at which a detection matches a reviewed label", type=float),
+                              "overlap (IoU: shared / joint area of two boxes) where a detection matches a review", type=float),
 }
 # Every augmentation value is checked when the settings load, not when training starts: shares of
 # the image or probabilities in [0, 1], rotation in degrees, close_mosaic in epochs.
