@@ -245,3 +245,34 @@ def test_a_run_killed_without_a_word_gets_its_history_line_from_the_next_run(ws,
 
     assert record_interrupted_runs(Registry.load(ws)) == []   # written once
     assert len([r for r in read_history(ws, last=10) if r["run"] == "20260101-000000-000001"]) == 1
+
+
+@pytest.mark.slow
+def test_a_both_run_sigkilled_mid_route_gets_its_history_line(synthetic_workspace):
+    """The real thing: a `training_pipeline.py --strategy both` SIGKILLed once its first route's run folder
+    exists; the next run writes the 'interrupted' line naming the unfinished folder(s)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from toolkit.core.run_history import read_history
+
+    ws = Workspace.at(synthetic_workspace)
+    proc = subprocess.Popen([sys.executable, str(Path(dp.__file__).with_name("training_pipeline.py")), "--root",
+                             str(ws.root), "--strategy", "both", "--epochs", "30", "--imgsz", "64", "--batch", "8",
+                             "--device", "cpu", "--no-analyze"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not (
+            ws.runs.is_dir() and any((d / "weights").is_dir() or (d / "epochs.jsonl").exists() for d in ws.runs.iterdir())):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-1500:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not read_history(ws, last=10)          # the killed run wrote nothing itself
+    import training_pipeline
+
+    assert training_pipeline.main(["--root", str(ws.root), "--if-new-data"]) == 0
+    [line] = read_history(ws, last=10)[:1]
+    assert line["decision"] == "interrupted" and "killed" in line["error"] and line["unfinished_run_dirs"]
