@@ -210,3 +210,24 @@ def test_setup_from_your_own_weights_takes_their_classes_and_names_the_route(tmp
     assert plan.starts == {"scratch": "scratch"} and "measured on this machine" in plan.estimate_basis
     text = plan.describe()
     assert f"from your weights ({weights})" in text and "train scratch" not in text
+
+
+@pytest.mark.slow
+def test_a_run_over_the_budget_is_fitted_to_it_by_ultralytics_time(fresh_workspace):
+    """auto, a budget of 40 s and a measured speed that makes 50 epochs far longer: the run gets ultralytics'
+    time argument, stops on it (not on the epoch count), and the reasons say so."""
+    ws = Workspace.at(fresh_workspace)
+    key = mc.device_key("cpu", mc.detect_machine())
+    append_history(ws, {"run": "1", "decision": "kept", "trainings": [
+        {"arch": "yolov8n", "imgsz": 64, "device": key, "s_per_image_epoch": 0.05, "setup_seconds": 5.0}]})
+    path = ws.training_yaml
+    settings = yaml.safe_load(path.read_text())
+    settings["training"]["time_limit"] = round(40 / 3600, 4)
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    result = training_pipeline.run(training_pipeline.PipelineConfig(
+        root=fresh_workspace, epochs=50, imgsz=64, batch=8, device="cpu", analyze=False, compare_subset=8,
+        force=True))
+    train = result.stages["train"]
+    # ultralytics' time (40 s less the 5 s fixed cost) ends it, or the toolkit's own time_limit just after
+    assert train["stop_reason"] in ("time_budget", "time_limit") and train["epochs_completed"] < 50
+    assert any("fitted to it with ultralytics' time argument" in r for r in result.reasons)
