@@ -134,15 +134,17 @@ def test_export_explains_each_pick_and_embeds_once(synthetic_workspace, capsys):
     args = ["--root", str(root), "--scan", str(incoming), "--export", "8", "--json", "-q"]
     assert training_analyzer.main(args) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["selection"]["mode"] == "diversity" and first["exported"] == 8
+    assert first["selection"]["mode"] == "hybrid" and first["exported"] == 8
     emb = first["selection"]["embedding"]
     assert emb["embedded_now"] == emb["images"] > 0
     rows = list(csv.DictReader(open(Path(first["export_dir"]) / "selection.csv", newline="", encoding="utf-8")))
     assert len(rows) == 8
     for row in rows:
-        assert row["selection"] == "diversity" and row["cluster"] and row["distance"] and row["uncertainty"]
+        assert row["selection"] == "hybrid" and row["cluster"] and row["distance"] and row["uncertainty"]
         assert "cluster" in row["reason"]
-    assert training_analyzer.main(["--root", str(root), "--export", "8", "--selection", "hybrid", "--json", "-q"]) == 0
+    report = Path(first["report"]).with_suffix(".md").read_text(encoding="utf-8")
+    assert "chosen by: hybrid selection, measured on NEU-DET" in report   # what its picks are worth
+    assert training_analyzer.main(["--root", str(root), "--export", "8", "--selection", "diversity", "--json", "-q"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["selection"]["embedding"]["embedded_now"] == 0
     assert second["selection"]["embedding"]["from_cache"] == emb["images"]

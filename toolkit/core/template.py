@@ -150,12 +150,12 @@ analyzer:
   # (1: by score; 0: equal shares, most uncertain first within each class, missed classes taking
   # one share). 0 measured better than 1 on NEU-DET (CPU proxy, benchmarks/results/).
   class_weight_power: 0.0
-  # How --export chooses: diversity (class quotas, then typical clusters of the production
-  # model's own embeddings and the most typical image of each) | hybrid (the same clusters, the
-  # most uncertain of each cluster's typical half) | uncertainty (uncertain detections first) |
-  # random. The default is the best measured on NEU-DET (README, benchmarks/results/); compare
-  # them on your own line with benchmarks/label_efficiency.py.
-  selection: diversity
+  # How --export chooses: hybrid (class quotas, typical clusters of the production model's own
+  # embeddings, the most uncertain of each cluster's typical half) | diversity (the most typical
+  # image of each cluster) | uncertainty (uncertain detections first) | random. hybrid measured
+  # best on average on NEU-DET and still no better than random picks (below them at 30 images;
+  # README, benchmarks/results/2026-12-06-cpu-proxy.md): compare them on your own line.
+  selection: hybrid
   # Seed of the clustering and of the random selection (the same seed gives the same picks).
   seed: 0
 """

@@ -3,9 +3,10 @@
 ``analyzer.selection`` (training.yaml) picks the mode; each gives an order over the open (not
 reviewed) candidate records, best first, with why each was chosen:
 
-- ``diversity`` (the default): class quotas, then within each class the typical clusters of its
-  images (coverage), and the most typical image of each cluster;
-- ``hybrid``: the same quotas and clusters, in each cluster the most uncertain of its typical half;
+- ``hybrid`` (the default, the best measured on average - and still no better than random, see
+  ``MEASURED``): class quotas, then within each class the typical clusters of its images
+  (coverage), and in each cluster the most uncertain of its typical half;
+- ``diversity``: the same quotas and clusters, the most typical image of each cluster;
 - ``uncertainty``: the older order (``toolkit.memory.analysis.candidate_order``): uncertain
   detections first, shared among classes, then images without a detection for missed classes;
 - ``random``: a seeded random order (a plant's own baseline).
@@ -46,11 +47,15 @@ NONE_GROUP = "(no detection)"
 # What each mode's picks were worth against random picks in benchmarks/label_efficiency.py (NEU-DET,
 # CPU proxy; the newest result in benchmarks/results/): said with every export, so no plant takes the
 # picks for more than they are. A plant's own line may differ: compare the modes on it.
-MEASURED = {
-    "diversity": "not measured yet",
-    "hybrid": "not measured yet",
-    "uncertainty": "not measured yet",
-    "random": "the baseline every mode is measured against",
+MEASURED = {   # benchmarks/results/2026-12-06-cpu-proxy.md: 3 seeds per mode, 5 random draws; test mAP50-95 at K 30 / 90 / 240
+    "hybrid": "test mAP50-95 0.101 / 0.114 / 0.149 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
+              "its images were worth 0.81x / 1.15x / 1.10x as many random ones - no better than random "
+              "(within one standard deviation; below it at K 30); the best of the modes on average, not a proven gain",
+    "diversity": "test mAP50-95 0.095 / 0.115 / 0.148 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
+                 "worth 0.69x / 1.20x / 1.06x as many random images - below random at K 30, not a proven gain",
+    "uncertainty": "test mAP50-95 0.090 / 0.117 / 0.145 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
+                   "worth 0.55x / 1.30x / 0.97x as many random images - clearly below random at K 30",
+    "random": "the baseline the other modes are measured against; no mode beat it at K 30",
 }
 
 
