@@ -141,7 +141,8 @@ def test_export_explains_each_pick_and_embeds_once(synthetic_workspace, capsys):
     assert len(rows) == 8
     for row in rows:
         assert row["selection"] == "hybrid" and row["cluster"] and row["distance"] and row["uncertainty"]
-        assert "cluster" in row["reason"]
+        n, of = (int(v) for v in row["reason"].split(": cluster ")[1].split(" in this class")[0].split(" of "))
+        assert 1 <= n <= of, row["reason"]
     report = Path(first["report"]).with_suffix(".md").read_text(encoding="utf-8")
     assert "chosen by: hybrid selection, measured on NEU-DET" in report   # what its picks are worth
     assert training_analyzer.main(["--root", str(root), "--export", "8", "--selection", "diversity", "--json", "-q"]) == 0

@@ -236,7 +236,7 @@ def select(records: np.ndarray, groups: list[str], vectors: np.ndarray | None, u
             i = int(rows[r])
             u = float(uncertainty[i])
             what = "most uncertain of its typical members" if mode == "hybrid" else "its most typical member"
-            why = (f"{g}: cluster {cluster_base + j + 1} of {q} in this class ({what}; uncertainty {u:.2f}, "
+            why = (f"{g}: cluster {j + 1} of {q} in this class ({what}; uncertainty {u:.2f}, "
                    f"distance to the centre {dist:.2f})")
             picks.append(Pick(int(records[i]), why, g, cluster_base + j + 1, round(dist, 4), round(typ, 4), round(u, 4)))
         per_group[g] = picks
