@@ -571,7 +571,7 @@ def describe(result: PrepareResult) -> str:
     for n in result.notes:
         lines.append(f"  note: {n}")
     if result.small_defects.get("words"):
-        lines.append(f"  small defects: {result.small_defects['words']}")
+        lines.append(f"  {result.small_defects['words']}")
     if result.report:
         lines.append(f"  report: {result.report}")
         if result.changed and not result.check_only:  # ROOT/training/reports/prepare_<stamp>.json

@@ -148,7 +148,7 @@ def small_defect_check(workspace, classes: Sequence[str], imgsz: int) -> dict[st
     suggested = max((s.suggested_imgsz or s.max_imgsz for s in risky), default=None)
     if risky:
         words = (f"small defects at imgsz {imgsz}: " + "; ".join(s.words() for s in risky)
-                 + (f" -> train at imgsz {suggested} or more (--imgsz {suggested}, or training.imgsz: auto)"
+                 + (f" -> train at imgsz {suggested} (--imgsz {suggested}, or training.imgsz: auto)"
                     if suggested and suggested > imgsz else ""))
     else:
         words = ""
