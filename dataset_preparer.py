@@ -211,7 +211,7 @@ def _markdown(result: PrepareResult, counts: dict, classes: Sequence[str], bad_b
     listing("Warnings", result.warnings, ("path", "reason"))
     if result.small_defects.get("at_risk"):
         lines += ["## Small defects", "", md(result.small_defects["words"]), "",
-                  markdown_table(["class", "boxes", "median short side px", "share under 8 px", "imgsz showing 90%"],
+                  markdown_table(["class", "boxes", "median short side px", f"share under {result.small_defects['min_side_px']:.0f} px", "imgsz showing 90%"],
                                  [[c["class"], c["boxes"], c["median_px"], f"{c['share_small']:.0%}",
                                    c["suggested_imgsz"] or f"none up to {c['max_imgsz']}"]
                                   for c in result.small_defects["classes"]]), ""]

@@ -31,7 +31,7 @@ training:
   # only with a measured gain (README.md, "Training recipes and the NEU-DET benchmark").
   epochs: 100
   # Pixels of the long side the images are resized to for training, or auto: 640, unless a class
-  # has 10% or more of its boxes under 8 px there (the finest stride: such defects are missed) -
+  # has 10% or more of its boxes under 16 px there (two cells of the finest stride: often missed) -
   # then the size that shows 90% of them, when the estimated run fits time_limit (a night when
   # unset). Import, the dry run and the reports name such classes at any size.
   imgsz: 640

@@ -1,7 +1,7 @@
 """What the data and the machine allow, for the plan: the size defects need, the budget, the first run.
 
 - ``small_defects``: the small-defect check of the managed dataset at the planned imgsz
-  (``toolkit/data/box_sizes.py``): classes with a real share of boxes under 8 px, and a size that
+  (``toolkit/data/box_sizes.py``): classes with a real share of boxes under 16 px, and a size that
   shows them;
 - ``resolve_imgsz``: ``training.imgsz: auto`` -> 640, or the size the check suggests when 640 hides
   a class's defects and the estimated run at that size fits the budget (else 640, and why);
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from toolkit.model.machine import Machine, estimate_train, model_arch, timings_from_history
+from toolkit.data.box_sizes import MIN_SIDE_PX
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ def resolve_imgsz(workspace, ts: Mapping[str, Any], machine: Machine, device: st
     check = small_defects(workspace, AUTO_IMGSZ)
     wanted = check.get("suggested_imgsz")
     if not check.get("at_risk"):
-        why = ("no class has 10% of its boxes under 8 px there" if check else "no managed dataset to check yet")
+        why = (f"no class has 10% of its boxes under {MIN_SIDE_PX:.0f} px there" if check else "no managed dataset to check yet")
         return AUTO_IMGSZ, f"imgsz auto -> {AUTO_IMGSZ} ({why})"
     if not wanted or wanted <= AUTO_IMGSZ:
         return AUTO_IMGSZ, (f"imgsz auto -> {AUTO_IMGSZ}: {', '.join(check['at_risk'])} keep 10% or more of their boxes "
-                            f"under 8 px even at the images' own size; larger labels or tiles of the images are needed")
+                            f"under {MIN_SIDE_PX:.0f} px even at the images' own size; larger labels or tiles of the images are needed")
     from toolkit.core.run_history import read_history
     from toolkit.model.pilot import start_models
 
@@ -68,7 +69,7 @@ def resolve_imgsz(workspace, ts: Mapping[str, Any], machine: Machine, device: st
     classes = ", ".join(check["at_risk"])
     if estimate.seconds <= budget:
         return wanted, (f"imgsz auto -> {wanted}: at {AUTO_IMGSZ} px {classes} lose 10% or more of their boxes under "
-                        f"8 px, and the run at {wanted} fits the budget (about {_duration(estimate.seconds)} of "
+                        f"{MIN_SIDE_PX:.0f} px, and the run at {wanted} fits the budget (about {_duration(estimate.seconds)} of "
                         f"{_duration(budget)})")
     return AUTO_IMGSZ, (f"imgsz auto -> {AUTO_IMGSZ}: {classes} need imgsz {wanted} to show 90% of their boxes, but the "
                         f"run there (about {_duration(estimate.seconds)}) does not fit the budget of {_duration(budget)}; "
