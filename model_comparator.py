@@ -97,7 +97,7 @@ def check_checkpoint_name(path: Path, what: str) -> None:
     """Only YOLOv8 PyTorch checkpoints are scored: anything else is refused before ultralytics sees it."""
     if path.suffix.lower() != ".pt":
         raise UserError(f"{what} {path}: not a .pt checkpoint; give a YOLOv8 model saved by ultralytics "
-                        "(e.g. training/runs/<stamp>-train/weights/best.pt)")
+                        "(a training run's weights/best.pt, or a yolov8_model.pt)")
 
 
 def _resolve_models(workspace: Workspace, config: CompareConfig) -> tuple[Path | None, list[Path]]:
