@@ -11,17 +11,9 @@ import cv2
 import pytest
 
 import dataset_preparer as dp
-import setup_training
-from test_grouped_split import write_lots
+from test_grouped_split import write_lots, ws  # noqa: F401  (ws: the set-up workspace fixture)
 from toolkit.core.layout import Workspace
 from toolkit.data.dataset.manifest import load_manifest
-from toolkit.data.synthetic import NEU_CLASSES
-
-
-@pytest.fixture
-def ws(tmp_path) -> Workspace:
-    setup_training.run(setup_training.SetupConfig(root=tmp_path / "ws", classes=NEU_CLASSES))
-    return Workspace.at(tmp_path / "ws")
 
 
 def _lot_splits(ws: Workspace) -> dict[str, set[str]]:
