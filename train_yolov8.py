@@ -215,11 +215,7 @@ def run(config: TrainConfig, settings: Settings | None = None) -> TrainResult:
         if check.get("words"):
             notes.append(check["words"])
             logger.warning("%s", check["words"])
-    args: dict[str, Any] = {
-        "data": str(data), "epochs": ts["epochs"], "imgsz": imgsz, **resolved,
-        "patience": ts["patience"], "seed": ts["seed"], "cache": ts["cache"] or False,
-        "optimizer": ts["optimizer"], **tr.TOOLKIT_ULTRALYTICS_DEFAULTS, **(ts.get("augment") or {}),
-    }
+    args: dict[str, Any] = tr.ultralytics_train_args(data, ts, imgsz, resolved)
     args.update(extra)
     tr.validate_ultralytics_args(args, extra)
     time_limit = ts["time_limit"]

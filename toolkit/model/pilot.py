@@ -116,7 +116,7 @@ def run_pilot(workspace, start_model: str, arch: str, ts: Mapping[str, Any], res
     machine. Returns the timing record (None when the pilot could not run; the reason is logged).
     """
     from toolkit.core.offline import load_yolo
-    from toolkit.model.training import TOOLKIT_ULTRALYTICS_DEFAULTS, ultralytics_output
+    from toolkit.model.training import ultralytics_output, ultralytics_train_args
 
     folder = workspace.cache / "pilot"
     shutil.rmtree(folder, ignore_errors=True)
@@ -129,9 +129,7 @@ def run_pilot(workspace, start_model: str, arch: str, ts: Mapping[str, Any], res
         data = _pilot_data(workspace, folder, val_count)
         model = load_yolo(start_model, workspace.ultralytics_config)
         clock.attach(model)
-        args = {"data": str(data), "epochs": int(ts.get("epochs") or 1), "imgsz": int(ts["imgsz"]), **resolved,
-                "seed": ts.get("seed", 0), "cache": ts.get("cache") or False, "optimizer": ts.get("optimizer", "auto"),
-                **TOOLKIT_ULTRALYTICS_DEFAULTS, **(ts.get("augment") or {}),
+        args = {**ultralytics_train_args(data, ts, int(ts["imgsz"]), resolved),
                 "save": False, "val": True, "project": str(folder), "name": "run", "exist_ok": True}
         t0 = time.perf_counter()
         try:
@@ -247,9 +245,8 @@ def route_estimates(workspace, ts: Mapping[str, Any], resolved: Mapping[str, Any
         if record is None:
             notes.append("no pilot: it could not run (see the log); the estimate is the built-in table's")
             break
-        if record is not None:
-            measured.append(record)
-            notes.append(f"pilot: {record['pilot_batches']} batches timed in {record['seconds']:.0f} s "
+        measured.append(record)
+        notes.append(f"pilot: {record['pilot_batches']} batches timed in {record['seconds']:.0f} s "
                          f"({record['train_s_per_image'] * 1000:.1f} ms per training image at {imgsz} px, "
                          f"{record['pilot_setup_seconds']:.1f} s setup); recorded in the history")
     estimates = {route: estimate_train(train_images, epochs, imgsz, device, machine, arches[route], val_images,

@@ -61,6 +61,14 @@ OWN_FLAGS = {
 # curves.png cover the same ground. ``--set plots=true`` brings them back.
 TOOLKIT_ULTRALYTICS_DEFAULTS = {"plots": False}
 
+
+def ultralytics_train_args(data: str | Path, ts: Mapping[str, Any], imgsz: int,
+                           resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of ``YOLO.train`` from the training settings: one place for a run and its pilot."""
+    return {"data": str(data), "epochs": int(ts.get("epochs") or 1), "imgsz": int(imgsz), **resolved,
+            "patience": ts.get("patience", 100), "seed": ts.get("seed", 0), "cache": ts.get("cache") or False,
+            "optimizer": ts.get("optimizer", "auto"), **TOOLKIT_ULTRALYTICS_DEFAULTS, **(ts.get("augment") or {})}
+
 # ultralytics metric names -> the toolkit's (DESIGN.md) names
 _METRIC_KEYS = {
     "metrics/precision(B)": "precision",
