@@ -262,7 +262,9 @@ def _run(config: AnalyzeConfig, settings: Settings | None, charts: "ChartWorker"
     export = None
     embed_model = Path(config.scan_model or workspace.production_model)
     selection, fallback = config.selection, None
-    if config.export > 0 and selection in ("hybrid", "diversity") and not embed_model.is_file():
+    from toolkit.memory.selection import COVERED   # the modes that cluster the production model's embeddings
+
+    if config.export > 0 and selection in COVERED and not embed_model.is_file():
         fallback = (f"analyzer.selection {selection} needs the production model's embeddings and {embed_model} is "
                     "not there: chose by uncertainty instead (put the model in place, or give --scan-model)")
         logger.warning("%s", fallback)

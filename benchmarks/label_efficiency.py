@@ -387,6 +387,8 @@ def random_rise(table: list[dict]) -> dict | None:
 def markdown(report: dict) -> str:
     s = report["settings"]
     label = "CPU PROXY (not GPU figures)" if report["mode"] == "cpu-proxy" else report["device_name"]
+    other_modes = [r for r in s.get("reused_runs", []) if not r.startswith(("random_", "old_only", "all_pool"))]
+    who_ran = "default mode" if other_modes else "analyzer"   # --reuse-analyzer took other modes' runs over
     lines = [f"# Label efficiency of the analyzer's picks - {label}", "",
              f"{report['date']}, {report['device_name']}; production `{Path(s['model']).name}`, "
              f"fine-tune {s['epochs']} epoch(s) at imgsz {s['imgsz']}, batch {s['batch']}, plain ultralytics "
@@ -395,7 +397,7 @@ def markdown(report: dict) -> str:
              f"training seed of the old-only / all runs: {s['train_seed']}, analyzer seeds (each both the "
              f"selection's analyzer.seed and the training seed) of the default mode: "
              f"{', '.join(map(str, s.get('analyzer_seeds', [s['train_seed']])))}"
-             + (f"; runs other than the analyzer's reused from `{Path(s['reused_from']).name}`" if s.get("reused_from") else "")
+             + (f"; runs other than the {who_ran}'s reused from `{Path(s['reused_from']).name}`" if s.get("reused_from") else "")
              + ".", ""]
     if s.get("run_started_with"):
         lines += [f"The toolkit's default is `{s['default_selection']}`, which leads this summary; the run started "
@@ -496,14 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the results file names (a variant's name)")
     parser.add_argument("--analyzer-seeds", type=int, default=3,
                         help="training seeds for the analyzer's fine-tunes (its spread; the selection is fixed)")
-    parser.add_argument("--selections", default="hybrid,diversity,uncertainty",
+    parser.add_argument("--selections", default="confident,hybrid,diversity,uncertainty",
                         help="analyzer.selection modes to run, the default one first (random is the random arm)")
     parser.add_argument("--other-seeds", type=int, default=None,
                         help="training seeds for the modes after the first (default: --analyzer-seeds)")
     parser.add_argument("--random-first-seed", type=int, default=1, help="first seed of the random draws")
     parser.add_argument("--analyzer-first-seed", type=int, default=0, help="first training seed of the analyzer's runs")
-    parser.add_argument("--reuse-analyzer", action="store_true", help="with --reuse: take over its analyzer runs too "
-                        "(same analyzer settings required), e.g. to add training seeds")
+    parser.add_argument("--reuse-analyzer", action="store_true", help="with --reuse: take over its analyzer runs of "
+                        "the modes not run now too (same analyzer settings required), e.g. to add a mode")
     parser.add_argument("--reuse", type=Path, help="a results JSON of the same settings: its runs of the arms not "
                         "run now are taken over (e.g. rerun only the analyzer after changing its selection)")
     for key, value in MODES["gpu"].items():
@@ -599,8 +601,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         running = {spec["name"] for spec in specs}
         arms_now = {spec["arm"] for spec in specs}
-        reused = [r for r in old["runs"] if r["name"] not in running and r["arm"] not in arms_now
-                  and (r["arm"] != "analyzer" or args.reuse_analyzer)]
+        # an analyzer run is taken over with --reuse-analyzer when its mode is not run now (modes do not
+        # share picks), any other run when its arm is not run now
+        reused = [r for r in old["runs"] if r["name"] not in running
+                  and ((r["arm"] == "analyzer" and args.reuse_analyzer and r.get("selection") not in selections)
+                       or (r["arm"] != "analyzer" and r["arm"] not in arms_now))]
+        for mode, summaries in (old.get("selection_picks") or {}).items():
+            if args.reuse_analyzer and mode not in selections:
+                pick_summaries.setdefault(mode, summaries)
         logger.info("reusing %d run(s) of %s from %s", len(reused), sorted({r["arm"] for r in reused}), args.reuse)
     import ultralytics
 

@@ -63,7 +63,7 @@ def test_embedding_cache_embeds_each_image_once(tmp_path, shared_models, ultraly
     np.testing.assert_array_equal(third.vectors[::-1], second.vectors)
 
 
-@pytest.mark.parametrize("mode", ["hybrid", "diversity", "random"])
+@pytest.mark.parametrize("mode", ["confident", "hybrid", "diversity", "random"])
 def test_selection_is_deterministic_for_a_seed(mode):
     x, _ = _blobs([40, 25, 15, 10])
     rng = np.random.default_rng(5)
@@ -81,7 +81,7 @@ def test_selection_is_deterministic_for_a_seed(mode):
         assert run(3) != run(4)
 
 
-@pytest.mark.parametrize("mode", ["hybrid", "diversity"])
+@pytest.mark.parametrize("mode", ["confident", "hybrid", "diversity"])
 def test_picks_spread_over_clusters(mode):
     """One dominant look (200 images) and five rare ones (8 each), each look tight against the distance
     between looks: coverage takes every look in its first 6 picks, where a random draw of 6 mostly
@@ -114,6 +114,22 @@ def test_hybrid_takes_the_most_uncertain_of_the_typical_half():
     assert uncertainty[order[0][0]] == max(uncertainty[r] for r in typical_half)
 
 
+def test_confident_takes_the_member_the_model_is_surest_of():
+    """One cluster per look: confident picks each look's least uncertain member, whether or not it is
+    typical; among equally sure members (a group without detections) the most typical one."""
+    x, blob = _blobs([20, 20], spread=0.2)
+    uncertainty = np.full(len(x), 0.5)
+    uncertainty[[3, 31]] = 0.05       # the surest member of each look
+    uncertainty[[4, 32]] = 0.95
+    order = covered_order(x, uncertainty, 2, 0, "confident")
+    assert sorted(r for r, *_ in order[:2]) == [3, 31]
+    assert {r for r, *_ in order[-2:]} == {4, 32}     # the least sure: last
+    flat = np.full(len(x), 0.75)       # no detection anywhere: the most typical member, as diversity
+    assert covered_order(x, flat, 2, 0, "confident")[:2] == covered_order(x, flat, 2, 0, "diversity")[:2]
+    picks = select(np.arange(len(x)), ["a"] * len(x), x, uncertainty, {"a": 1.0}, 2, "confident", seed=0)
+    assert "the one the model is surest of" in picks[0].reason and picks[0].uncertainty == 0.05
+
+
 def test_quotas_follow_size_and_priority_and_starve_no_group():
     sizes = {"big": 90, "small": 10, "none": 0}
     assert quotas(sizes, {"big": 1.0, "small": 1.0}, 10) == {"big": 9, "small": 1, "none": 0}
@@ -134,17 +150,17 @@ def test_export_explains_each_pick_and_embeds_once(synthetic_workspace, capsys):
     args = ["--root", str(root), "--scan", str(incoming), "--export", "8", "--json", "-q"]
     assert training_analyzer.main(args) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["selection"]["mode"] == "hybrid" and first["exported"] == 8
+    assert first["selection"]["mode"] == "confident" and first["exported"] == 8
     emb = first["selection"]["embedding"]
     assert emb["embedded_now"] == emb["images"] > 0
     rows = list(csv.DictReader(open(Path(first["export_dir"]) / "selection.csv", newline="", encoding="utf-8")))
     assert len(rows) == 8
     for row in rows:
-        assert row["selection"] == "hybrid" and row["cluster"] and row["distance"] and row["uncertainty"]
+        assert row["selection"] == "confident" and row["cluster"] and row["distance"] and row["uncertainty"]
         n, of = (int(v) for v in row["reason"].split(": cluster ")[1].split(" in this class")[0].split(" of "))
         assert 1 <= n <= of, row["reason"]
     report = Path(first["report"]).with_suffix(".md").read_text(encoding="utf-8")
-    assert "chosen by: hybrid selection, measured on NEU-DET" in report   # what its picks are worth
+    assert "chosen by: confident selection, measured on NEU-DET" in report   # what its picks are worth
     assert training_analyzer.main(["--root", str(root), "--export", "8", "--selection", "diversity", "--json", "-q"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["selection"]["embedding"]["embedded_now"] == 0

@@ -343,8 +343,8 @@ KEYS: dict[str, Key] = {
     "memory_bank.url": Key(text()),  # --memory-bank (training_analyzer.py) overrides it, relative to the cwd
     "analyzer.near_duplicate_bits": Key(integer(0, 64)),
     "analyzer.class_weight_power": Key(number(0, 4)),
-    "analyzer.selection": Key(text("hybrid", "diversity", "uncertainty", "random"), "--selection",
-                              "how --export chooses: hybrid | diversity | uncertainty | random"),
+    "analyzer.selection": Key(text("confident", "hybrid", "diversity", "uncertainty", "random"), "--selection",
+                              "how --export chooses: confident | hybrid | diversity | uncertainty | random"),
     "analyzer.seed": Key(integer(0, 2**32 - 1)),
     "analyzer.uncertain": Key(confidence_band, "--uncertain", "confidence band lo,hi where the model is unsure",
                               metavar="LO,HI", type=_band_arg),

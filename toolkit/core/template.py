@@ -150,12 +150,13 @@ analyzer:
   # (1: by score; 0: equal shares, most uncertain first within each class, missed classes taking
   # one share). 0 measured better than 1 on NEU-DET (CPU proxy, benchmarks/results/).
   class_weight_power: 0.0
-  # How --export chooses: hybrid (class quotas, typical clusters of the production model's own
-  # embeddings, the most uncertain of each cluster's typical half) | diversity (the most typical
-  # image of each cluster) | uncertainty (uncertain detections first) | random. hybrid measured
-  # best on average on NEU-DET and still no better than random picks (below them at 30 images;
-  # README, benchmarks/results/2026-12-06-cpu-proxy.md): compare them on your own line.
-  selection: hybrid
+  # How --export chooses: confident (class quotas, typical clusters of the production model's own
+  # embeddings, in each cluster the image the model is surest of) | hybrid (the same clusters, the
+  # most uncertain of each cluster's typical half) | diversity (the most typical image of each
+  # cluster) | uncertainty (uncertain detections first) | random. On NEU-DET (README,
+  # benchmarks/results/2026-12-06-cpu-proxy.md) confident's 90 images were worth 1.7x as many random
+  # ones and its 240 above random, but its 30 were below random: compare them on your own line.
+  selection: confident
   # Seed of the clustering and of the random selection (the same seed gives the same picks).
   seed: 0
 """

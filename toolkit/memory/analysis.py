@@ -399,7 +399,7 @@ def export_for_labelling(workspace, bank: MemoryBank, analysis: Analysis, n: int
     dataset_preparer.py imports. Source images are only read; missing ones are listed, paths that
     are not image files are refused unopened (``read_logged_image``), neither is fatal.
 
-    ``selection``: ``uncertainty`` (``candidate_order``) or ``hybrid`` / ``diversity`` / ``random``
+    ``selection``: ``uncertainty`` (``candidate_order``) or ``confident`` / ``hybrid`` / ``diversity`` / ``random``
     (``toolkit.memory.selection``; ``embed(paths) -> (vectors, info)`` embeds the candidates).
     """
     import pandas as pd

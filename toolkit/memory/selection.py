@@ -1,11 +1,15 @@
-"""Which images to label next: class quotas, coverage of the line's variety, then uncertainty.
+"""Which images to label next: class quotas, coverage of the line's variety, then the clearest look.
 
 ``analyzer.selection`` (training.yaml) picks the mode; each gives an order over the open (not
 reviewed) candidate records, best first, with why each was chosen:
 
-- ``hybrid`` (the default, the best measured on average - and still no better than random, see
-  ``MEASURED``): class quotas, then within each class the typical clusters of its images
-  (coverage), and in each cluster the most uncertain of its typical half;
+- ``confident`` (the default, the best measured - see ``MEASURED``: above random at 90 and 240
+  images, below it at 30): class quotas, then within each class the typical clusters of its images
+  (coverage), and in each cluster the image the production model is surest of (its highest
+  detection confidence; ties: the most typical). At small budgets the typical, clear example of
+  each look teaches more than the doubtful one (Hacohen et al. 2022, "Active learning on a budget");
+  on NEU-DET the uncertain picks scored lowest at 30 images;
+- ``hybrid``: the same quotas and clusters, the most uncertain of each cluster's typical half;
 - ``diversity``: the same quotas and clusters, the most typical image of each cluster;
 - ``uncertainty``: the older order (``toolkit.memory.analysis.candidate_order``): uncertain
   detections first, shared among classes, then images without a detection for missed classes;
@@ -25,7 +29,8 @@ cold-start failure measured in ``benchmarks/results/2026-12-04-cpu-proxy.md``): 
 
 Uncertainty of an image: 1 - its highest detection confidence; an image without any detection
 counts as just below the lowest logged confidence (the uncertain band's low end), so it is
-uncertain too (a possible miss).
+uncertain too (a possible miss); ``confident`` takes such an image only where its group has
+no detection at all (the "no detection" group: its most typical image).
 
 After the K primary picks (one per cluster), the order goes on round-robin through the clusters'
 next members, so the export can skip near-duplicates (perceptual hash) and missing files and still
@@ -37,7 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODES = ("hybrid", "diversity", "uncertainty", "random")
+MODES = ("confident", "hybrid", "diversity", "uncertainty", "random")
+COVERED = ("confident", "hybrid", "diversity")   # the modes that cluster the production model's embeddings
 NEIGHBOURS = 20            # typicality: mean distance to this many nearest neighbours (fewer in small groups)
 KMEANS_ITERS = 30
 KMEANS_STARTS = 4          # k-means++ starts; the lowest inertia wins (one start can merge two rare looks)
@@ -48,9 +54,12 @@ NONE_GROUP = "(no detection)"
 # CPU proxy; the newest result in benchmarks/results/): said with every export, so no plant takes the
 # picks for more than they are. A plant's own line may differ: compare the modes on it.
 MEASURED = {   # benchmarks/results/2026-12-06-cpu-proxy.md: 3 seeds per mode, 5 random draws; test mAP50-95 at K 30 / 90 / 240
+    "confident": "test mAP50-95 0.096 / 0.125 / 0.150 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
+                 "its images were worth 0.71x / 1.68x / 1.13x as many random ones - a gain at 90 and 240 images, "
+                 "below random at 30 (no mode beat random at 30)",
     "hybrid": "test mAP50-95 0.101 / 0.114 / 0.149 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
               "its images were worth 0.81x / 1.15x / 1.10x as many random ones - no better than random "
-              "(within one standard deviation; below it at K 30); the best of the modes on average, not a proven gain",
+              "(within one standard deviation; below it at K 30)",
     "diversity": "test mAP50-95 0.095 / 0.115 / 0.148 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
                  "worth 0.69x / 1.20x / 1.06x as many random images - below random at K 30, not a proven gain",
     "uncertainty": "test mAP50-95 0.090 / 0.117 / 0.145 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
@@ -168,9 +177,10 @@ def covered_order(x: np.ndarray, uncertainty: np.ndarray, k: int, seed: int, mod
     """Within one group: rows of ``x`` in pick order, each (row, cluster, distance, typicality).
 
     k typical clusters (k-means); the first k rows are one per cluster (largest cluster first): the
-    most typical member (``diversity``) or the most uncertain of the cluster's more typical half
-    (``hybrid``), with its distance to the cluster's centre; then the clusters' other members
-    round-robin, in the same preference.
+    member the model is surest of, ties by typicality (``confident``), the most typical member
+    (``diversity``) or the most uncertain of the cluster's more typical half (``hybrid``), with its
+    distance to the cluster's centre; then the clusters' other members round-robin, in the same
+    preference.
     """
     n = len(x)
     if n == 0 or k <= 0:
@@ -184,7 +194,9 @@ def covered_order(x: np.ndarray, uncertainty: np.ndarray, k: int, seed: int, mod
         if not len(members):
             continue
         by_typ = members[np.lexsort((members, -typ[members]))]
-        if mode == "hybrid":
+        if mode == "confident":   # the clearest example of the look: least uncertain, then most typical
+            order = members[np.lexsort((members, -typ[members], uncertainty[members]))]
+        elif mode == "hybrid":
             core = by_typ[: max(1, (len(by_typ) + 1) // 2)]
             rest = by_typ[len(core):]
             core = core[np.lexsort((core, -uncertainty[core]))]
@@ -212,8 +224,8 @@ def select(records: np.ndarray, groups: list[str], vectors: np.ndarray | None, u
     ``groups[i]``: the class group of records[i]; ``vectors``: their embeddings (rows with NaN,
     e.g. unreadable images, go last); ``weights``: the quota weight of each group.
     """
-    if mode not in ("hybrid", "diversity", "random"):
-        raise ValueError(f"selection mode {mode!r}: one of hybrid, diversity, random here")
+    if mode not in COVERED + ("random",):
+        raise ValueError(f"selection mode {mode!r}: one of {', '.join(COVERED)}, random here")
     n = len(records)
     if mode == "random":
         order = np.random.default_rng(seed).permutation(n)
@@ -235,7 +247,8 @@ def select(records: np.ndarray, groups: list[str], vectors: np.ndarray | None, u
         for r, j, dist, typ in got:
             i = int(rows[r])
             u = float(uncertainty[i])
-            what = "most uncertain of its typical members" if mode == "hybrid" else "its most typical member"
+            what = {"confident": "the one the model is surest of", "hybrid": "most uncertain of its typical members",
+                    "diversity": "its most typical member"}[mode]
             why = (f"{g}: cluster {j + 1} of {q} in this class ({what}; uncertainty {u:.2f}, "
                    f"distance to the centre {dist:.2f})")
             picks.append(Pick(int(records[i]), why, g, cluster_base + j + 1, round(dist, 4), round(typ, 4), round(u, 4)))
@@ -271,7 +284,7 @@ MAX_POOL = 5000   # more open candidates than this: a seeded random sample of th
 
 
 def bank_picks(bank, analysis, k: int, mode: str, power: float, seed: int, image_path, embed) -> tuple[list[Pick], dict]:
-    """The open (not reviewed) records of ``bank`` in pick order for ``hybrid`` / ``diversity`` / ``random``.
+    """The open (not reviewed) records of ``bank`` in pick order for ``confident`` / ``hybrid`` / ``diversity`` / ``random``.
 
     ``image_path(record) -> Path | None`` gives a record's image when it may be opened (an image
     file that exists), ``embed(paths) -> (vectors, info)`` their embeddings. Returns the picks and
