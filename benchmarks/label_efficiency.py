@@ -50,7 +50,7 @@ Every size can be overridden (--imgsz --epochs --batch --ks --draws --old-limit 
 
 Usage:
     python benchmarks/label_efficiency.py --mode cpu-proxy --arms analyzer \\
-        --reuse benchmarks/results/2026-12-04-cpu-proxy.json --selections diversity,hybrid,uncertainty
+        --reuse benchmarks/results/2026-12-04-cpu-proxy.json --selections confident,hybrid,diversity,uncertainty
     python benchmarks/label_efficiency.py --mode gpu --neu .gpu/NEU-DET --model .gpu/models/neu_v1.0_half.pt --jobs 4
     python benchmarks/label_efficiency.py --mode cpu-proxy --imgsz 64 --epochs 1 --ks 4,8 --draws 2 \\
         --old-limit 24 --pool-limit 30 --test-limit 12 --analyzer-seeds 1   # smoke test (2-7 minutes)

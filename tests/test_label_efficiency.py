@@ -98,3 +98,18 @@ def test_cpu_proxy_runs_end_to_end(neu_dir, shared_models, tmp_path):
     embeds = [sm["selection"]["embedding"] for sm in report["selection_picks"]["diversity"].values()]
     assert sum(e["embedded_now"] for e in embeds) == 30 and embeds[-1]["from_cache"] == 30
     assert "CPU PROXY" in next(out.glob("*-cpu-proxy.md")).read_text()
+    # a new mode added later: only its runs are made, every other run (other modes' included) taken over
+    first = next(out.glob("*-cpu-proxy.json"))
+    out2 = tmp_path / "results2"
+    code = le.main(["--mode", "cpu-proxy", "--neu", str(neu_dir), "--model", str(shared_models / "neu_v1.0_half.pt"),
+                    "--imgsz", "64", "--epochs", "1", "--ks", "4,8", "--old-limit", "24", "--pool-limit", "30",
+                    "--test-limit", "12", "--work", str(tmp_path / "work"), "--out", str(out2), "--analyzer-seeds", "1",
+                    "--arms", "analyzer", "--selections", "confident", "--reuse", str(first), "--reuse-analyzer"])
+    assert code == 0
+    added = json.loads(next(out2.glob("*-cpu-proxy.json")).read_text())
+    assert added["summary"]["modes"] == ["confident", "diversity", "uncertainty"]
+    assert sorted(r["name"] for r in added["runs"] if r["name"] not in added["settings"]["reused_runs"]) == \
+        ["confident_k4", "confident_k8"]
+    assert {r["name"] for r in report["runs"]} <= set(added["settings"]["reused_runs"])
+    assert set(added["selection_picks"]) == {"confident", "diversity", "uncertainty"}
+    assert "runs other than the default mode's reused" in next(out2.glob("*-cpu-proxy.md")).read_text()
