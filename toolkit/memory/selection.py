@@ -3,8 +3,8 @@
 ``analyzer.selection`` (training.yaml) picks the mode; each gives an order over the open (not
 reviewed) candidate records, best first, with why each was chosen:
 
-- ``confident`` (the default, the best measured - see ``MEASURED``: above random at 90 and 240
-  images, below it at 30): class quotas, then within each class the typical clusters of its images
+- ``confident`` (the default, the best measured - see ``MEASURED``: above random at 90 images,
+  even with it at 240, below it at 30): class quotas, then within each class the typical clusters of its images
   (coverage), and in each cluster the image the production model is surest of (its highest
   detection confidence; ties: the most typical). At small budgets the typical, clear example of
   each look teaches more than the doubtful one (Hacohen et al. 2022, "Active learning on a budget");
@@ -53,17 +53,16 @@ NONE_GROUP = "(no detection)"
 # What each mode's picks were worth against random picks in benchmarks/label_efficiency.py (NEU-DET,
 # CPU proxy; the newest result in benchmarks/results/): said with every export, so no plant takes the
 # picks for more than they are. A plant's own line may differ: compare the modes on it.
-MEASURED = {   # benchmarks/results/2026-12-06-cpu-proxy.md: 3 seeds per mode, 5 random draws; test mAP50-95 at K 30 / 90 / 240
-    "confident": "test mAP50-95 0.096 / 0.125 / 0.150 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
-                 "its images were worth 0.71x / 1.68x / 1.13x as many random ones - a gain at 90 and 240 images, "
-                 "below random at 30 (no mode beat random at 30)",
-    "hybrid": "test mAP50-95 0.101 / 0.114 / 0.149 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
-              "its images were worth 0.81x / 1.15x / 1.10x as many random ones - no better than random "
-              "(within one standard deviation; below it at K 30)",
-    "diversity": "test mAP50-95 0.095 / 0.115 / 0.148 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
-                 "worth 0.69x / 1.20x / 1.06x as many random images - below random at K 30, not a proven gain",
-    "uncertainty": "test mAP50-95 0.090 / 0.117 / 0.145 at K 30 / 90 / 240 against random picks' 0.108 / 0.110 / 0.146: "
-                   "worth 0.55x / 1.30x / 0.97x as many random images - clearly below random at K 30",
+MEASURED = {   # benchmarks/results/2026-12-06-cpu-proxy.md: test mAP50-95 at K 30 / 90 / 240; confident 5 seeds, the others 3, random 10 draws
+    "confident": "test mAP50-95 0.100 / 0.125 / 0.149 at K 30 / 90 / 240 against random picks' 0.107 / 0.114 / 0.149: "
+                 "its images were worth 0.81x / 1.54x / 0.99x as many random ones - a gain at 90 images (about 4 "
+                 "standard errors), even with random at 240, below it at 30 (no mode beat random at 30)",
+    "hybrid": "test mAP50-95 0.101 / 0.114 / 0.149 at K 30 / 90 / 240 against random picks' 0.107 / 0.114 / 0.149: "
+              "its images were worth 0.84x / 0.96x / 1.00x as many random ones - no better than random",
+    "diversity": "test mAP50-95 0.095 / 0.115 / 0.148 at K 30 / 90 / 240 against random picks' 0.107 / 0.114 / 0.149: "
+                 "worth 0.71x / 1.04x / 0.98x as many random images - no better than random, below it at K 30",
+    "uncertainty": "test mAP50-95 0.090 / 0.117 / 0.145 at K 30 / 90 / 240 against random picks' 0.107 / 0.114 / 0.149: "
+                   "worth 0.57x / 1.13x / 0.92x as many random images - clearly below random at K 30",
     "random": "the baseline the other modes are measured against; no mode beat it at K 30",
 }
 
