@@ -4,11 +4,12 @@
 reviewed) candidate records, best first, with why each was chosen:
 
 - ``confident`` (the default, the best measured - see ``MEASURED``: above random at 90 images,
-  even with it at 240, below it at 30): class quotas, then within each class the typical clusters of its images
-  (coverage), and in each cluster the image the production model is surest of (its highest
-  detection confidence; ties: the most typical). At small budgets the typical, clear example of
-  each look teaches more than the doubtful one (Hacohen et al. 2022, "Active learning on a budget");
-  on NEU-DET the uncertain picks scored lowest at 30 images;
+  even with it at 240, below it at 30): class quotas, then within each class the typical clusters
+  of its images (coverage), and in each cluster the image the production model is surest of (its
+  highest detection confidence; ties: the most typical). The case for it: at small budgets a
+  typical, clear example of each look teaches more than a doubtful one (Hacohen et al. 2022,
+  "Active learning on a budget"); on NEU-DET that paid at 90 images, not at 30, where the
+  uncertain picks scored lowest;
 - ``hybrid``: the same quotas and clusters, the most uncertain of each cluster's typical half;
 - ``diversity``: the same quotas and clusters, the most typical image of each cluster;
 - ``uncertainty``: the older order (``toolkit.memory.analysis.candidate_order``): uncertain
