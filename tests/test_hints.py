@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from training_helpers import interrupt_training_at
 
 import dataset_preparer
 import setup_training
@@ -143,18 +144,7 @@ def test_each_hint_of_the_loop_runs_as_printed(tmp_path, capsys, elsewhere, ultr
 
 def _interrupt_after_first_epoch(monkeypatch) -> None:
     """Ctrl-C as the user gives it: a KeyboardInterrupt in the training loop, after epoch 1 was saved."""
-    from toolkit.model import training as tr
-    attach = tr.EpochMonitor.attach
-
-    def attach_and_interrupt(self, model):
-        attach(self, model)
-
-        def on_model_save(trainer):
-            raise KeyboardInterrupt
-
-        model.add_callback("on_model_save", on_model_save)
-
-    monkeypatch.setattr(tr.EpochMonitor, "attach", attach_and_interrupt)
+    interrupt_training_at(monkeypatch, "on_model_save")
 
 
 def test_an_interrupted_pipeline_says_once_what_happens_next_and_its_hint_continues_the_training(

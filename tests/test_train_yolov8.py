@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from training_helpers import interrupt_training_at
 import yaml
 
 import train_yolov8
@@ -279,18 +280,8 @@ def test_interrupted_run_resumes_with_epochs_counted_once(tmp_path, monkeypatch,
 
     # issue 27: a Ctrl-C right after a resume counts the epochs the resume said were done ("resuming ...
     # after epoch 1 of 4", then "interrupted after epoch 0" was printed)
-    attach = tr.EpochMonitor.attach
-
-    def attach_and_interrupt(self, model):
-        attach(self, model)
-
-        def on_train_epoch_start(trainer):
-            raise KeyboardInterrupt
-
-        model.add_callback("on_train_epoch_start", on_train_epoch_start)
-
     with monkeypatch.context() as patch, caplog.at_level("INFO"):
-        patch.setattr(tr.EpochMonitor, "attach", attach_and_interrupt)
+        interrupt_training_at(patch, "on_train_epoch_start")
         with pytest.raises(Interrupted) as stopped:
             train_yolov8.run(train_yolov8.TrainConfig(root=ws.root, resume=True))
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming run")]
