@@ -154,8 +154,8 @@ analyzer:
   # embeddings, in each cluster the image the model is surest of) | hybrid (the same clusters, the
   # most uncertain of each cluster's typical half) | diversity (the most typical image of each
   # cluster) | uncertainty (uncertain detections first) | random. On NEU-DET (README,
-  # benchmarks/results/2026-12-06-cpu-proxy.md) confident's 90 images were worth 1.5x as many random
-  # ones, its 240 as many, its 30 fewer (no mode beat random at 30): compare them on your own line.
+  # benchmarks/results/2026-12-06-cpu-proxy.md) confident's 90 images were worth 1.4x as many random
+  # ones, its 30 and 240 about as many (no mode beat random at 30): compare them on your own line.
   selection: confident
   # Seed of the clustering and of the random selection (the same seed gives the same picks).
   seed: 0

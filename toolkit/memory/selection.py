@@ -4,12 +4,12 @@
 reviewed) candidate records, best first, with why each was chosen:
 
 - ``confident`` (the default, the best measured - see ``MEASURED``: above random at 90 images,
-  even with it at 240, below it at 30): class quotas, then within each class the typical clusters
+  level with it at 30 and 240): class quotas, then within each class the typical clusters
   of its images (coverage), and in each cluster the image the production model is surest of (its
   highest detection confidence; ties: the most typical). The case for it: at small budgets a
   typical, clear example of each look teaches more than a doubtful one (Hacohen et al. 2022,
-  "Active learning on a budget"); on NEU-DET that paid at 90 images, not at 30, where the
-  uncertain picks scored lowest;
+  "Active learning on a budget"); on NEU-DET that paid at 90 images, not at 30 or 240
+  (level with random there), and the uncertain picks scored lowest at 30;
 - ``hybrid``: the same quotas and clusters, the most uncertain of each cluster's typical half;
 - ``diversity``: the same quotas and clusters, the most typical image of each cluster;
 - ``uncertainty``: the older order (``toolkit.memory.analysis.candidate_order``): uncertain
@@ -54,16 +54,16 @@ NONE_GROUP = "(no detection)"
 # What each mode's picks were worth against random picks in benchmarks/label_efficiency.py (NEU-DET,
 # CPU proxy; the newest result in benchmarks/results/): said with every export, so no plant takes the
 # picks for more than they are. A plant's own line may differ: compare the modes on it.
-MEASURED = {   # benchmarks/results/2026-12-06-cpu-proxy.md: test mAP50-95 at K 30 / 90 / 240; confident 5 seeds, the others 3, random 10 draws
-    "confident": "test mAP50-95 0.100 / 0.125 / 0.149 at K 30 / 90 / 240 against random picks' 0.107 / 0.114 / 0.149: "
-                 "its images were worth 0.81x / 1.54x / 0.99x as many random ones - a gain at 90 images (about 4 "
-                 "standard errors), even with random at 240, below it at 30 (no mode beat random at 30)",
-    "hybrid": "test mAP50-95 0.101 / 0.114 / 0.149 at K 30 / 90 / 240 against random picks' 0.107 / 0.114 / 0.149: "
-              "its images were worth 0.84x / 0.96x / 1.00x as many random ones - no better than random",
-    "diversity": "test mAP50-95 0.095 / 0.115 / 0.148 at K 30 / 90 / 240 against random picks' 0.107 / 0.114 / 0.149: "
-                 "worth 0.71x / 1.04x / 0.98x as many random images - no better than random, below it at K 30",
-    "uncertainty": "test mAP50-95 0.090 / 0.117 / 0.145 at K 30 / 90 / 240 against random picks' 0.107 / 0.114 / 0.149: "
-                   "worth 0.57x / 1.13x / 0.92x as many random images - clearly below random at K 30",
+MEASURED = {   # benchmarks/results/2026-12-06-cpu-proxy.md: test mAP50-95 at K 30 / 90 / 240; confident 10 seeds, the others 3, random 20 draws
+    "confident": "test mAP50-95 0.101 / 0.123 / 0.149 at K 30 / 90 / 240 against random picks' 0.103 / 0.114 / 0.149: "
+                 "its images were worth 0.95x / 1.42x / 1.00x as many random ones - a gain at 90 images (about 4 "
+                 "standard errors), level with random at 30 and 240 within the noise (no mode beat random at 30)",
+    "hybrid": "test mAP50-95 0.101 / 0.114 / 0.149 at K 30 / 90 / 240 against random picks' 0.103 / 0.114 / 0.149: "
+              "its images were worth 0.93x / 0.96x / 1.01x as many random ones - no better than random",
+    "diversity": "test mAP50-95 0.095 / 0.115 / 0.148 at K 30 / 90 / 240 against random picks' 0.103 / 0.114 / 0.149: "
+                 "worth 0.79x / 1.03x / 0.99x as many random images - no better than random, below it at K 30",
+    "uncertainty": "test mAP50-95 0.090 / 0.117 / 0.145 at K 30 / 90 / 240 against random picks' 0.103 / 0.114 / 0.149: "
+                   "worth 0.63x / 1.12x / 0.93x as many random images - clearly below random at K 30",
     "random": "the baseline the other modes are measured against; no mode beat it at K 30",
 }
 
