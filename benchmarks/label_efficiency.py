@@ -45,6 +45,11 @@ Modes:
                     40 to 120 images (0.214 / 0.210 / 0.212), so no method could show a gain in it.
                     Its figures are a CPU proxy, labelled so in the results, and say nothing about
                     GPU-sized fine-tunes.
+``--epoch-images N`` (same steps): in the proxy a bigger K also trains longer (8 epochs of old + K
+images), and on NEU-DET most of random's rise from K 0 to 90 came from those steps, not from the
+images: the 60 replay images repeated to the image count of K 30 / 90 (no new image) scored 0.092 /
+0.104 on test against random's 0.103 / 0.114 (3 seeds; 2026-12-06). With N, every run's train list
+is cycled to N images per epoch, so all runs take the same steps and only the images differ.
 Every size can be overridden (--imgsz --epochs --batch --ks --draws --old-limit --pool-limit
 --test-limit). Results: ``benchmarks/results/<UTC date>-<card | cpu-proxy>.json`` and ``.md``.
 
@@ -240,9 +245,28 @@ def finetune(spec: dict) -> dict:
     ap50 = {spec["names"][int(c)]: round(float(a), 4) for c, a in zip(metrics.box.ap_class_index, metrics.box.ap50)}
     return {"name": spec["name"], "arm": spec["arm"], **({"selection": spec["selection"]} if "selection" in spec else {}),
             "k": spec["k"], "draw": spec["draw"], "seed": spec["seed"],
-            "images": len(spec["train"]), "map50": round(float(metrics.box.map50), 4),
+            "images": len(spec["train"]), "unique_images": len(set(spec["train"])),
+            "map50": round(float(metrics.box.map50), 4),
             "map50_95": round(float(metrics.box.map), 4), "ap50_per_class": ap50,
             "seconds": round(time.perf_counter() - start, 1), "train_seconds": round(train_s, 1)}
+
+
+def same_steps(specs: list[dict], per_epoch: int) -> tuple[list[dict], str | None]:
+    """Every spec's train list cycled to ``per_epoch`` images (the same steps for every arm; the old : new
+    mix kept), named ``<name>_e<per_epoch>`` so its run never takes over a standard one. The whole-pool
+    arm is left out when it holds more; (specs, None), or (specs, the error) when another arm does."""
+    out = []
+    for spec in specs:
+        n = len(spec["train"])
+        if n > per_epoch:
+            if spec["arm"] == "all":
+                logger.info("--epoch-images %d: the whole-pool arm (%d images) is left out", per_epoch, n)
+                continue
+            return specs, (f"--epoch-images {per_epoch} is below {spec['name']}'s {n} images (old + K): "
+                           f"give at least {max(len(s['train']) for s in specs if s['arm'] != 'all')}")
+        out.append(dict(spec, name=f"{spec['name']}_e{per_epoch}", epoch_images=per_epoch,
+                        train=[spec["train"][i % n] for i in range(per_epoch)]))
+    return out, None
 
 
 def run_specs(specs: list[dict], jobs: int, work: Path, on_result=None) -> list[dict]:
@@ -391,7 +415,10 @@ def markdown(report: dict) -> str:
     who_ran = "default mode" if other_modes else "analyzer"   # --reuse-analyzer took other modes' runs over
     lines = [f"# Label efficiency of the analyzer's picks - {label}", "",
              f"{report['date']}, {report['device_name']}; production `{Path(s['model']).name}`, "
-             f"fine-tune {s['epochs']} epoch(s) at imgsz {s['imgsz']}, batch {s['batch']}, plain ultralytics "
+             f"fine-tune {s['epochs']} epoch(s) at imgsz {s['imgsz']}, batch {s['batch']}"
+             + (f", **same steps: every run's train list cycled to {s['epoch_images']} images per epoch** (the curve "
+                "measures images, not steps; not the standard proxy's settings)" if s.get("epoch_images") else "")
+             + f", plain ultralytics "
              f"{report.get('ultralytics', '?')}; old (replay) {s['old_images']} images, pool {s['pool_images']}, "
              f"test {s['test_images']}; random draws {s['draws']} (seeds {', '.join(map(str, s['random_seeds']))}); "
              f"training seed of the old-only / all runs: {s['train_seed']}, analyzer seeds (each both the "
@@ -506,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analyzer-first-seed", type=int, default=0, help="first training seed of the analyzer's runs")
     parser.add_argument("--reuse-analyzer", action="store_true", help="with --reuse: take over its analyzer runs of "
                         "the modes not run now too (same analyzer settings required), e.g. to add a mode")
+    parser.add_argument("--epoch-images", type=int, default=None, metavar="N",
+                        help="same steps for every arm: each fine-tune's train list (old + K) is cycled to N images "
+                        "per epoch, so every run takes the same number of steps and the curve measures images, "
+                        "not steps (in the standard proxy a bigger K also trains longer); N must be at least "
+                        "old + the largest K; the whole-pool arm is left out when it holds more than N")
     parser.add_argument("--reuse", type=Path, help="a results JSON of the same settings: its runs of the arms not "
                         "run now are taken over (e.g. rerun only the analyzer after changing its selection)")
     for key, value in MODES["gpu"].items():
@@ -589,13 +621,18 @@ def main(argv: list[str] | None = None) -> int:
         specs.append(dict(common, name="all_pool", arm="all", k=len(sets["pool"]), draw=0, seed=train_seed,
                           train=sets["old"] + sets["pool"]))
     specs += [analyzer_spec(m, k, seed) for seed in other_seeds[1:] for m in selections[1:] for k in ks]
+    if args.epoch_images:
+        specs, refused = same_steps(specs, args.epoch_images)
+        if refused:
+            print(refused, file=sys.stderr)
+            return 1
     reused = []
     if args.reuse:
         old = json.loads(args.reuse.read_text())
         same = {key: old["settings"].get(key) for key in ("epochs", "imgsz", "batch", "old_images", "pool_images",
-                                                          "test_images")}
+                                                          "test_images", "epoch_images")}
         now = dict(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, old_images=len(sets["old"]),
-                   pool_images=len(sets["pool"]), test_images=len(sets["test"]))
+                   pool_images=len(sets["pool"]), test_images=len(sets["test"]), epoch_images=args.epoch_images)
         if same != now:
             print(f"--reuse {args.reuse}: other settings ({same} vs {now})", file=sys.stderr)
             return 1
@@ -629,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
                                "random_seeds": sorted({r["seed"] for r in runs if r["arm"] == "random"}),
                                "train_seed": train_seed,
                                "old_images": len(sets["old"]), "pool_images": len(sets["pool"]),
-                               "test_images": len(sets["test"]), "device": device, "trainer": "plain ultralytics",
+                               "test_images": len(sets["test"]), "epoch_images": args.epoch_images, "device": device, "trainer": "plain ultralytics",
                                "selections": selections, "default_selection": default,
                                "analyzer_seeds": sorted({r["seed"] for r in runs if r["arm"] == "analyzer"
                                                          and r.get("selection", default) == default}),
