@@ -49,7 +49,10 @@ Modes:
 images), and on NEU-DET most of random's rise from K 0 to 90 came from those steps, not from the
 images: the 60 replay images repeated to the image count of K 30 / 90 (no new image) scored 0.092 /
 0.104 on test against random's 0.103 / 0.114 (3 seeds; 2026-12-06). With N, every run's train list
-is cycled to N images per epoch, so all runs take the same steps and only the images differ.
+is cycled to N images per epoch, so all runs take the same steps and only the images differ. At
+N 300 (152 steps, K 240's) the proxy's curve was flat: 0.142 with no new image, 0.143 / 0.147 /
+0.150 with 30 / 90 / 240 random ones (2026-12-06-cpu-proxy-same-steps.md): at 128 px, 8 epochs,
+new images teach production little more than repeating its old ones.
 Every size can be overridden (--imgsz --epochs --batch --ks --draws --old-limit --pool-limit
 --test-limit). Results: ``benchmarks/results/<UTC date>-<card | cpu-proxy>.json`` and ``.md``.
 
@@ -447,12 +450,15 @@ def markdown(report: dict) -> str:
             return "-"
         return f"{st['mean']:.3f}" + (f" ± {st['std']:.3f} (n={st['n']})" if st["n"] > 1 else "")
 
+    curve = report["summary"].get("random_curve_map50_95") or [[0, 0]]
+    # above random's whole curve: beyond the whole pool, or beyond the largest K where that arm was not run
+    beyond = "> pool" if report["summary"].get("all_pool") else f"> {max(k for k, _ in curve)}"
     for row in report["summary"]["per_k"]:
         match = row.get("random_images_to_match")
         eff = row.get("label_efficiency")
         lines.append(f"| {row['k']} | {fmt(row['analyzer']['map50'])} | {fmt(row['random']['map50'])} | "
                      f"{fmt(row['analyzer']['map50_95'])} | {fmt(row['random']['map50_95'])} | "
-                     f"{'> pool' if match is None else f'{match:.0f}'} | {'-' if eff is None else f'{eff:.2f}x'} |")
+                     f"{beyond if match is None else f'{match:.0f}'} | {'-' if eff is None else f'{eff:.2f}x'} |")
     modes = report["summary"].get("modes") or []
     if len(modes) > 1 or (modes and modes[0] != "analyzer"):
         lines += ["", "Every selection mode's curve (mAP50-95 on the test split; `random` is the random draws):", "",
@@ -464,7 +470,7 @@ def markdown(report: dict) -> str:
                 e = row["modes"][mode]
                 eff = e.get("label_efficiency")
                 cells.append(fmt(e["map50_95"]) + ("" if e["map50_95"]["mean"] is None else
-                                                   f", {'> pool' if eff is None and 'label_efficiency' in e else (f'{eff:.2f}x' if eff is not None else '-')}"))
+                                                   f", {beyond if eff is None and 'label_efficiency' in e else (f'{eff:.2f}x' if eff is not None else '-')}"))
             lines.append(f"| {mode}{' (default)' if mode == modes[0] else ''} | " + " | ".join(cells) + " |")
         lines.append("| random | " + " | ".join(fmt(row["random"]["map50_95"]) for row in report["summary"]["per_k"]) + " |")
         g = report["summary"].get("goal", {})
