@@ -132,3 +132,16 @@ def test_cpu_proxy_runs_end_to_end(neu_dir, shared_models, tmp_path):
     assert {r["name"] for r in report["runs"]} <= set(added["settings"]["reused_runs"])
     assert set(added["selection_picks"]) == {"confident", "diversity", "uncertainty"}
     assert "runs other than the default mode's reused" in next(out2.glob("*-cpu-proxy.md")).read_text()
+    # same steps: every run cycled to the same images per epoch; a number below old + K is refused
+    common = ["--mode", "cpu-proxy", "--neu", str(neu_dir), "--model", str(shared_models / "neu_v1.0_half.pt"),
+              "--imgsz", "64", "--epochs", "1", "--ks", "4", "--draws", "1", "--old-limit", "24", "--pool-limit", "30",
+              "--test-limit", "12", "--work", str(tmp_path / "work"), "--arms", "old_only,random"]
+    assert le.main(common + ["--out", str(tmp_path / "refused"), "--epoch-images", "27"]) == 1
+    assert not (tmp_path / "refused").exists()
+    out3 = tmp_path / "results3"
+    assert le.main(common + ["--out", str(out3), "--epoch-images", "32", "--tag", "same-steps"]) == 0
+    steps = json.loads(next(out3.glob("*-cpu-proxy-same-steps.json")).read_text())
+    assert steps["settings"]["epoch_images"] == 32
+    assert sorted((r["name"], r["images"], r["unique_images"]) for r in steps["runs"]) == \
+        [("old_only_e32", 32, 24), ("random_k4_s1_e32", 32, 28)]
+    assert "same steps" in next(out3.glob("*-cpu-proxy-same-steps.md")).read_text()
