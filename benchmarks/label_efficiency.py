@@ -24,7 +24,8 @@ Runs: the default mode's (all seeds) first, then one seed of every other mode, t
 control / the whole pool, then the other modes' further seeds; the results file is rewritten
 after every fine-tune (marked PARTIAL until the end), and a fine-tune whose spec (images, seeds,
 settings) finished before in the same --work is taken over, so a cut-off run resumes. CPU
-fine-tunes repeat (the same spec gave the same mAP50-95 within 0.0001 in two runs), so
+fine-tunes repeat closely (the same spec: within 0.0001 in two runs; 2026-12-04's random draws run
+again on 2026-12-06 in another --work: within 0.0006 at K 30 / 90, 0.0032 at K 240), so
 ``--arms analyzer --reuse OLD.json`` takes random / control / whole-pool runs of the same
 settings over instead of repeating them; the results say which runs were reused.
 
@@ -38,9 +39,10 @@ Modes:
   --mode cpu-proxy  a proxy that took 34 min on 2 busy shared cores: imgsz 128, 8 epochs,
                     a class-balanced 60-image replay of the old set, the whole 720-image pool,
                     K 30,90,240, 5 draws. At 128 px production is weak (mAP50-95 0.067 after a
-                    fine-tune on the replay alone), so new labelled images show: random rose from
-                    0.108 +- 0.010 at K 30 to 0.146 +- 0.007 at K 240 (5 draws, 4.0 SD; results of
-                    2026-12-04). The first proxy (224 px, 3 epochs,
+                    fine-tune on the replay alone) and random rose from 0.108 +- 0.010 at K 30 to
+                    0.146 +- 0.007 at K 240 (5 draws, 4.0 SD; 2026-12-04) - but that rise is mostly
+                    the longer training a bigger K brings, not the images (see --epoch-images
+                    below). The first proxy (224 px, 3 epochs,
                     a 240-image replay of a model that already knew those images) was flat from
                     40 to 120 images (0.214 / 0.210 / 0.212), so no method could show a gain in it.
                     Its figures are a CPU proxy, labelled so in the results, and say nothing about
