@@ -256,10 +256,10 @@ def finetune(spec: dict) -> dict:
             "seconds": round(time.perf_counter() - start, 1), "train_seconds": round(train_s, 1)}
 
 
-def same_steps(specs: list[dict], per_epoch: int) -> tuple[list[dict], str | None]:
+def same_steps(specs: list[dict], per_epoch: int) -> list[dict]:
     """Every spec's train list cycled to ``per_epoch`` images (the same steps for every arm; the old : new
     mix kept), named ``<name>_e<per_epoch>`` so its run never takes over a standard one. The whole-pool
-    arm is left out when it holds more; (specs, None), or (specs, the error) when another arm does."""
+    arm is left out when it holds more; ValueError (what to give instead) when another arm does."""
     out = []
     for spec in specs:
         n = len(spec["train"])
@@ -267,11 +267,11 @@ def same_steps(specs: list[dict], per_epoch: int) -> tuple[list[dict], str | Non
             if spec["arm"] == "all":
                 logger.info("--epoch-images %d: the whole-pool arm (%d images) is left out", per_epoch, n)
                 continue
-            return specs, (f"--epoch-images {per_epoch} is below {spec['name']}'s {n} images (old + K): "
-                           f"give at least {max(len(s['train']) for s in specs if s['arm'] != 'all')}")
+            raise ValueError(f"--epoch-images {per_epoch} is below {spec['name']}'s {n} images (old + K): "
+                             f"give at least {max(len(s['train']) for s in specs if s['arm'] != 'all')}")
         out.append(dict(spec, name=f"{spec['name']}_e{per_epoch}", epoch_images=per_epoch,
                         train=[spec["train"][i % n] for i in range(per_epoch)]))
-    return out, None
+    return out
 
 
 def run_specs(specs: list[dict], jobs: int, work: Path, on_result=None) -> list[dict]:
@@ -452,9 +452,9 @@ def markdown(report: dict) -> str:
             return "-"
         return f"{st['mean']:.3f}" + (f" ± {st['std']:.3f} (n={st['n']})" if st["n"] > 1 else "")
 
-    curve = report["summary"].get("random_curve_map50_95") or [[0, 0]]
     # above random's whole curve: beyond the whole pool, or beyond the largest K where that arm was not run
-    beyond = "> pool" if report["summary"].get("all_pool") else f"> {max(k for k, _ in curve)}"
+    ends = report["summary"].get("random_curve_map50_95") or [(0, None)]
+    beyond = "> pool" if report["summary"].get("all_pool") else f"> {ends[-1][0]}"
     for row in report["summary"]["per_k"]:
         match = row.get("random_images_to_match")
         eff = row.get("label_efficiency")
@@ -630,8 +630,9 @@ def main(argv: list[str] | None = None) -> int:
                           train=sets["old"] + sets["pool"]))
     specs += [analyzer_spec(m, k, seed) for seed in other_seeds[1:] for m in selections[1:] for k in ks]
     if args.epoch_images:
-        specs, refused = same_steps(specs, args.epoch_images)
-        if refused:
+        try:
+            specs = same_steps(specs, args.epoch_images)
+        except ValueError as refused:
             print(refused, file=sys.stderr)
             return 1
     reused = []
@@ -674,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
                                "random_seeds": sorted({r["seed"] for r in runs if r["arm"] == "random"}),
                                "train_seed": train_seed,
                                "old_images": len(sets["old"]), "pool_images": len(sets["pool"]),
-                               "test_images": len(sets["test"]), "epoch_images": args.epoch_images, "device": device, "trainer": "plain ultralytics",
+                               "test_images": len(sets["test"]), "epoch_images": args.epoch_images,
+                               "device": device, "trainer": "plain ultralytics",
                                "selections": selections, "default_selection": default,
                                "analyzer_seeds": sorted({r["seed"] for r in runs if r["arm"] == "analyzer"
                                                          and r.get("selection", default) == default}),

@@ -78,15 +78,15 @@ def test_same_steps_gives_every_run_the_same_images_per_epoch_and_keeps_its_mix(
              dict(name="random_k3_s1", arm="random", k=3, train=old + ["p0", "p1", "p2"]),
              dict(name="confident_k6", arm="analyzer", k=6, train=old + [f"p{i}" for i in range(6)]),
              dict(name="all_pool", arm="all", k=30, train=old + [f"p{i}" for i in range(30)])]
-    out, refused = le.same_steps(specs, 18)
-    assert refused is None and [s["name"] for s in out] == ["old_only_e18", "random_k3_s1_e18", "confident_k6_e18"]
+    out = le.same_steps(specs, 18)
+    assert [s["name"] for s in out] == ["old_only_e18", "random_k3_s1_e18", "confident_k6_e18"]
     assert all(len(s["train"]) == 18 and s["epoch_images"] == 18 for s in out)   # the whole pool (36) is left out
     assert out[0]["train"] == old * 3
     assert out[1]["train"] == (old + ["p0", "p1", "p2"]) * 2                     # 2 : 1 old : new, as before
     assert set(out[2]["train"]) == set(specs[2]["train"]) and out[2]["k"] == 6
     assert specs[1]["train"] == old + ["p0", "p1", "p2"]                          # the given specs are not changed
-    _, refused = le.same_steps(specs, 10)
-    assert "below confident_k6's 12 images" in refused and "at least 12" in refused
+    with pytest.raises(ValueError, match=r"below confident_k6's 12 images .* give at least 12"):
+        le.same_steps(specs, 10)
 
 
 def test_balanced_subset_keeps_every_class():
