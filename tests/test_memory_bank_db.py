@@ -100,6 +100,30 @@ def test_since_until_is_a_where_clause(postgres, pg_password, same_records):
     assert from_db.ts.min() >= since and from_db.ts.max() <= until and tz.ts.min() >= since
 
 
+@pytest.mark.parametrize("ts_type", ["TIMESTAMPTZ", "TIMESTAMP", "DATE"])
+def test_a_date_before_year_1_or_infinite_is_out_of_range_never_another_date(postgres, pg_password, ts_type):
+    """PostgreSQL holds what Python cannot: 2026-03-01 BC (to_char alone writes it as 2026-03-01, a date
+    in the window) and +-infinity (to_char gives NULL: "missing"). Each is a malformed record that says
+    it is out of range; the good rows are read."""
+    records = [{"timestamp": f"2026-03-0{i}T08:00:00Z", "image": f"{name}.jpg", "model_version": "v1", "detections": []}
+               for i, name in enumerate(["bc", "inf", "neginf", "good1", "good2"], 1)]
+    table = f"eras_{ts_type.lower()}"
+    with postgres.admin("inspection") as con:
+        write_pg_table(con, table, records, ts_type=ts_type)
+        for image, value in (("bc", "2026-03-01 08:00:00+00 BC"), ("inf", "infinity"), ("neginf", "-infinity")):
+            con.execute(f"UPDATE {table} SET timestamp = %s WHERE image = %s", (value, f"{image}.jpg"))
+    bank = read_memory_bank(postgres.url(table))
+    assert sorted(bank.image) == ["good1.jpg", "good2.jpg"] and bank.skipped == 3
+    reasons = sorted(m["reason"] for m in bank.malformed.items)
+    assert all("is out of range" in r for r in reasons), reasons
+    assert [r.split("'")[1].endswith(" BC") for r in reasons].count(True) == 1
+    assert sum("infinity'" in r for r in reasons) == 2
+    # a window around the BC row's month and day takes only the good rows in it
+    window = read_memory_bank(postgres.url(table), since=parse_date_bound("2026-03-01"),
+                              until=parse_date_bound("2026-03-04", end=True))
+    assert sorted(window.image) == ["good1.jpg"] and window.skipped == 0
+
+
 def test_pgpass_file_and_training_yaml_url(postgres, same_records, tmp_path, monkeypatch):
     import pg_server
 

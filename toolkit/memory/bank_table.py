@@ -187,6 +187,8 @@ def parse_timestamp(value: Any) -> float:
         moment = value
     elif type(value) is not str:
         raise BadRecord(f"timestamp must be an ISO 8601 string, got {type(value).__name__}")
+    elif value.endswith(" BC") or value in ("infinity", "-infinity"):  # from a database (memory_bank_sql)
+        raise _out_of_range(value)
     else:
         try:
             moment = datetime.fromisoformat(value)

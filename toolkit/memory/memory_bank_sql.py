@@ -329,7 +329,12 @@ def build_select(loc: BankLocation, info: TableInfo, since: float | None, until:
             return f"CAST({quote(name)} AS DOUBLE PRECISION)"
         if cols[name] in ("datetime", "datetimetz") and loc.backend == "postgresql":  # as ISO 8601 text
             utc = " AT TIME ZONE 'UTC'" if cols[name] == "datetimetz" else ""
-            return f"""to_char({quote(name)}{utc}, 'YYYY-MM-DD"T"HH24:MI:SS.US{'"Z"' if utc else ''}')"""
+            moment = f"{quote(name)}{utc}"
+            # the era too (to_char writes 0044 BC as 0044, which would read as AD) and infinity as such
+            # (to_char gives NULL, a "missing" timestamp): both are out of range for the reader
+            return (f"""CASE WHEN isfinite({moment}) THEN to_char({moment}, 'YYYY-MM-DD"T"HH24:MI:SS.US"""
+                    f"""{'"Z"' if utc else ''}') || CASE WHEN to_char({moment}, 'BC') = 'BC' THEN ' BC' ELSE '' END"""
+                    f" ELSE ({moment})::text END")
         return quote(name)
 
     line = info.line_column
