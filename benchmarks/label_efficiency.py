@@ -55,6 +55,13 @@ is cycled to N images per epoch, so all runs take the same steps and only the im
 N 300 (152 steps, K 240's) the proxy's curve was flat: 0.142 with no new image, 0.143 / 0.147 /
 0.150 with 30 / 90 / 240 random ones (2026-12-06-cpu-proxy-same-steps.md): at 128 px, 8 epochs,
 new images teach production little more than repeating its old ones.
+``--native-epochs E``: the proxy also changes the image size. ``neu_v1.0_half.pt`` was trained at
+640 px and scores 0.054 mAP50-95 on test at 128 px (0.276 at 256, 0.376 at 640), so the standard
+proxy's curve is mostly production re-learning 128 px. With E, production is first fine-tuned E
+epochs on all its old images at --imgsz (once per --work; runs named ``<name>_n<E>``) and every arm
+starts from that. At E 20 (266 s, test 0.244) random rose only 1.9 SD from K 30 to 240 (3 draws:
+0.213 +- 0.016 / 0.243 +- 0.008; replay alone 0.202, below the start: 2026-12-06-cpu-proxy-native.md),
+so the 128-px proxy does not resolve K 30 from that start either.
 Every size can be overridden (--imgsz --epochs --batch --ks --draws --old-limit --pool-limit
 --test-limit). Results: ``benchmarks/results/<UTC date>-<card | cpu-proxy>.json`` and ``.md``.
 
@@ -423,12 +430,17 @@ def markdown(report: dict) -> str:
              f"fine-tune {s['epochs']} epoch(s) at imgsz {s['imgsz']}, batch {s['batch']}"
              + (f", **same steps: every run's train list cycled to {s['epoch_images']} images per epoch** (the curve "
                 "measures images, not steps; not the standard proxy's settings)" if s.get("epoch_images") else "")
+             + (f", **production first fine-tuned {s['native_epochs']} epoch(s) on all its old images at imgsz "
+                f"{s['imgsz']}** (at home at the proxy's size; test mAP50-95 "
+                f"{(report.get('native') or {}).get('map50_95', float('nan')):.3f}), the start of every run"
+                if s.get("native_epochs") else "")
              + f", plain ultralytics "
              f"{report.get('ultralytics', '?')}; old (replay) {s['old_images']} images, pool {s['pool_images']}, "
              f"test {s['test_images']}; random draws {s['draws']} (seeds {', '.join(map(str, s['random_seeds']))}); "
-             f"training seed of the old-only / all runs: {s['train_seed']}, analyzer seeds (each both the "
-             f"selection's analyzer.seed and the training seed) of the default mode: "
-             f"{', '.join(map(str, s.get('analyzer_seeds', [s['train_seed']])))}"
+             f"training seed of the old-only / all runs: {s['train_seed']}"
+             + (f", analyzer seeds (each both the selection's analyzer.seed and the training seed) of the default "
+                f"mode: {', '.join(map(str, s.get('analyzer_seeds', [s['train_seed']])))}"
+                if s.get("analyzer_seeds", [s["train_seed"]]) else ", no analyzer run")
              + (f"; runs other than the {who_ran}'s reused from `{Path(s['reused_from']).name}`" if s.get("reused_from") else "")
              + ".", ""]
     if s.get("run_started_with"):
@@ -460,7 +472,8 @@ def markdown(report: dict) -> str:
         eff = row.get("label_efficiency")
         lines.append(f"| {row['k']} | {fmt(row['analyzer']['map50'])} | {fmt(row['random']['map50'])} | "
                      f"{fmt(row['analyzer']['map50_95'])} | {fmt(row['random']['map50_95'])} | "
-                     f"{beyond if match is None else f'{match:.0f}'} | {'-' if eff is None else f'{eff:.2f}x'} |")
+                     f"{'-' if row['analyzer']['map50_95']['mean'] is None else beyond if match is None else f'{match:.0f}'}"
+                     f" | {'-' if eff is None else f'{eff:.2f}x'} |")
     modes = report["summary"].get("modes") or []
     if len(modes) > 1 or (modes and modes[0] != "analyzer"):
         lines += ["", "Every selection mode's curve (mAP50-95 on the test split; `random` is the random draws):", "",
@@ -491,6 +504,7 @@ def markdown(report: dict) -> str:
         lines.insert(3, "")
     pick = report["analyzer"]
     if not pick:
+        lines += (["", "Notes:"] + [f"- {n}" for n in report["notes"]]) if report.get("notes") else []
         return "\n".join(lines + ["", f"Wall time {report['seconds'] / 60:.1f} min."]) + "\n"
     embeds = [(sm.get("selection") or {}).get("embedding") for per_k in (report.get("selection_picks") or {}).values()
               for sm in per_k.values()]
@@ -546,6 +560,11 @@ def main(argv: list[str] | None = None) -> int:
                         "per epoch, so every run takes the same number of steps and the curve measures images, "
                         "not steps (in the standard proxy a bigger K also trains longer); N must be at least "
                         "old + the largest K; the whole-pool arm is left out when it holds more than N")
+    parser.add_argument("--native-epochs", type=int, default=None, metavar="E",
+                        help="production at home at the proxy's size: first fine-tune it E epochs on all its old "
+                        "images at --imgsz (once, kept in --work) and use that as production for the analyzer "
+                        "and every arm; without it a proxy at 128 px mostly measures production's re-adaptation "
+                        "from 640 px (neu_v1.0_half.pt scores 0.054 mAP50-95 on test at 128 px, 0.376 at 640)")
     parser.add_argument("--reuse", type=Path, help="a results JSON of the same settings: its runs of the arms not "
                         "run now are taken over (e.g. rerun only the analyzer after changing its selection)")
     for key, value in MODES["gpu"].items():
@@ -579,6 +598,16 @@ def main(argv: list[str] | None = None) -> int:
     ks = [k for k in ks if k <= len(sets["pool"])]
     logger.info("old %d (replay %d), pool %d, test %d; K %s", len(sets["old_all"]), len(sets["old"]),
                 len(sets["pool"]), len(sets["test"]), ks)
+    production = args.model.resolve()
+    native = None
+    if args.native_epochs:
+        spec = dict(work=str(work), model=str(production), names=names, test=sets["test"], epochs=args.native_epochs,
+                    imgsz=args.imgsz, batch=args.batch, device=device, workers=workers, name=f"native_e{args.native_epochs}",
+                    arm="native", k=0, draw=0, seed=0, train=sets["old_all"])
+        logger.info("production first fine-tuned %d epoch(s) on its %d old images at imgsz %d", args.native_epochs,
+                    len(sets["old_all"]), args.imgsz)
+        native = run_specs([spec], 1, work)[0]
+        production = work / "runs" / spec["name"] / "train" / "weights" / "last.pt"
     import yaml
 
     analyzer_settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.analyzer_set)}
@@ -597,13 +626,13 @@ def main(argv: list[str] | None = None) -> int:
                 if mode == "uncertainty" and seed != analyzer_seeds[0]:
                     picks[mode][(k, seed)] = picks[mode][(k, analyzer_seeds[0])]
                     continue
-                chosen, summary = analyzer_picks(work, args.model.resolve(), sets, names, k, settings_now)
+                chosen, summary = analyzer_picks(work, production, sets, names, k, settings_now)
                 picks.setdefault(mode, {})[(k, seed)] = chosen[:k]
                 summary["settings"] = settings_now
                 pick_summaries.setdefault(mode, {})[f"{k}" + (f"_seed{seed}" if seed != analyzer_seeds[0] else "")] = summary
                 logger.info("%s seed %d picked %d in %.0f s: %s", mode, seed, len(chosen), summary["seconds"],
                             summary["picked_per_class"])
-    common = dict(work=str(work), model=str(args.model.resolve()), names=names, test=sets["test"], epochs=args.epochs,
+    common = dict(work=str(work), model=str(production), names=names, test=sets["test"], epochs=args.epochs,
                   imgsz=args.imgsz, batch=args.batch, device=device, workers=workers)
     train_seed = 0
     random_seeds = list(range(args.random_first_seed, args.random_first_seed + args.draws))
@@ -635,13 +664,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as refused:
             print(refused, file=sys.stderr)
             return 1
+    if native:   # its own names: a run from the native start never takes over (or over-writes) a standard one
+        specs = [dict(spec, name=f"{spec['name']}_n{args.native_epochs}") for spec in specs]
     reused = []
     if args.reuse:
         old = json.loads(args.reuse.read_text())
         same = {key: old["settings"].get(key) for key in ("epochs", "imgsz", "batch", "old_images", "pool_images",
-                                                          "test_images", "epoch_images")}
+                                                          "test_images", "epoch_images", "native_epochs")}
         now = dict(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, old_images=len(sets["old"]),
-                   pool_images=len(sets["pool"]), test_images=len(sets["test"]), epoch_images=args.epoch_images)
+                   pool_images=len(sets["pool"]), test_images=len(sets["test"]), epoch_images=args.epoch_images,
+                   native_epochs=args.native_epochs)
         if same != now:
             print(f"--reuse {args.reuse}: other settings ({same} vs {now})", file=sys.stderr)
             return 1
@@ -676,6 +708,7 @@ def main(argv: list[str] | None = None) -> int:
                                "train_seed": train_seed,
                                "old_images": len(sets["old"]), "pool_images": len(sets["pool"]),
                                "test_images": len(sets["test"]), "epoch_images": args.epoch_images,
+                               "native_epochs": args.native_epochs,
                                "device": device, "trainer": "plain ultralytics",
                                "selections": selections, "default_selection": default,
                                "analyzer_seeds": sorted({r["seed"] for r in runs if r["arm"] == "analyzer"
@@ -683,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
                                "reused_from": str(args.reuse) if args.reuse else None,
                                "reused_runs": sorted(r["name"] for r in reused)},
                   "analyzer": (pick_summaries.get(default) or {}).get(str(max(ks)), {}) if default else {},
-                  "selection_picks": pick_summaries, "runs": runs,
+                  "native": native, "selection_picks": pick_summaries, "runs": runs,
                   "summary": summarise(runs, ks, len(sets["pool"]), default),
                   "seconds": round(time.perf_counter() - started, 1)}
         stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

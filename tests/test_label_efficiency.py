@@ -145,3 +145,16 @@ def test_cpu_proxy_runs_end_to_end(neu_dir, shared_models, tmp_path):
     assert sorted((r["name"], r["images"], r["unique_images"]) for r in steps["runs"]) == \
         [("old_only_e32", 32, 24), ("random_k4_s1_e32", 32, 28)]
     assert "same steps" in next(out3.glob("*-cpu-proxy-same-steps.md")).read_text()
+    # native start: production first fine-tuned on all its old images at the proxy's size; every arm
+    # starts from that model, under its own names (a standard run in the same --work is never taken over)
+    out4 = tmp_path / "results4"
+    assert le.main(common + ["--out", str(out4), "--native-epochs", "1", "--tag", "native"]) == 0
+    native = json.loads(next(out4.glob("*-cpu-proxy-native.json")).read_text())
+    assert native["settings"]["native_epochs"] == 1
+    assert native["native"]["images"] == 720 and native["native"]["arm"] == "native"   # train_half, whole
+    assert sorted(r["name"] for r in native["runs"]) == ["old_only_n1", "random_k4_s1_n1"]
+    start = tmp_path / "work" / "runs" / "native_e1" / "train" / "weights" / "last.pt"
+    assert start.is_file()
+    for name in ("old_only_n1", "random_k4_s1_n1"):
+        assert json.loads((tmp_path / "work" / "runs" / f"{name}.spec.json").read_text())["model"] == str(start)
+    assert "production first fine-tuned 1 epoch(s)" in next(out4.glob("*-cpu-proxy-native.md")).read_text()
