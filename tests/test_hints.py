@@ -24,12 +24,13 @@ import setup_training
 import train_yolov8
 import training_analyzer
 import training_pipeline
-from toolkit.core.layout import TOOLKIT_HOME, Workspace, inside_toolkit, is_workspace, setup_hint
+from toolkit.core.layout import (PYTHON_WORD, TOOLKIT_HOME, Workspace, inside_toolkit, is_workspace, python_word,
+                                  setup_hint)
 from toolkit.data.synthetic import NEU_CLASSES, write_batch
 
 REPO = Path(__file__).resolve().parent.parent
 _WORD = r'(?:"[^"]*"|[^\s;()"]+)'
-_COMMAND = re.compile(rf"python {_WORD}(?: (?!\(){_WORD})*")
+_COMMAND = re.compile(rf"{PYTHON_WORD} {_WORD}(?: (?!\(){_WORD})*")   # python, or this interpreter's path
 # cheap and deterministic: 1 epoch at 64 px; any different candidate passes the promotion rules
 _SETTINGS = {"epochs": "1", "imgsz": "64", "batch": "8", "device": "cpu", "min_gain": "0.0",
              "require_significance": "false", "max_class_drop": "1.0", "speed_images": "0"}
@@ -49,7 +50,7 @@ def hints(text: str) -> list[str]:
 
 def run_hint(hint: str, cwd: Path) -> subprocess.CompletedProcess:
     argv = shlex.split(hint)
-    assert argv[0] == "python" and Path(argv[1]).is_absolute() and argv[1].endswith(".py"), hint
+    assert argv[0] in ("python", sys.executable) and Path(argv[1]).is_absolute() and argv[1].endswith(".py"), hint
     if "--demo" not in argv:
         assert "--root" in argv, f"a hint without --root: {hint}"
     done = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, capture_output=True, text=True, timeout=600)
@@ -309,3 +310,52 @@ def test_a_rollback_and_its_undo_say_back_and_forward(tmp_path, capsys, elsewher
     assert "rolled forward: version 1.1" in done.stderr and "rolled back" not in done.stdout + done.stderr
     [back] = hints(done.stdout)
     assert shlex.split(back)[-2:] == ["--rollback", "1.0"]
+
+
+def test_python_in_a_hint_is_the_interpreter_running_now(tmp_path, monkeypatch):
+    """``python`` only where that name on PATH starts this interpreter (an activated venv, under any of
+    its names); else the interpreter's full path (no ``python`` at all, or another one first on PATH)."""
+    real = Path(sys.executable).resolve()
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    for name in ("python", "python3"):
+        (venv / name).symlink_to(real)
+    monkeypatch.setattr(sys, "executable", str(venv / "python3"))
+    monkeypatch.setenv("PATH", str(venv))
+    assert python_word() == "python"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))   # no python on PATH
+    assert python_word() == str(venv / "python3")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "python").symlink_to(real)                    # the same binary, but not this environment
+    monkeypatch.setenv("PATH", str(other))
+    assert python_word() == str(venv / "python3")
+    spaced = tmp_path / "Program Files" / "python3"
+    spaced.parent.mkdir()
+    spaced.symlink_to(real)
+    monkeypatch.setattr(sys, "executable", str(spaced))
+    hint = setup_hint(tmp_path / "nowhere")
+    assert f'"{spaced}" ' in hint and shlex.split(hints(hint)[0])[0] == str(spaced)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX shell script stands in for the other python")
+def test_a_hint_works_as_printed_when_python_on_path_is_another_one(tmp_path):
+    """Another ``python`` first on PATH (here one that fails): the hints a script prints start this
+    interpreter, and run as printed."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text("#!/bin/sh\necho 'not the toolkit python' >&2\nexit 3\n")
+    (bin_dir / "python").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    done = subprocess.run([sys.executable, str(REPO / "train_yolov8.py"), "--root", str(tmp_path / "nowhere")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    printed = hints(done.stdout + done.stderr)
+    assert printed and all(shlex.split(h)[0] == sys.executable for h in printed), done.stderr
+    for hint in printed:   # as printed, with that PATH: the interpreter starts and reads the script
+        argv = shlex.split(hint)
+        ran = subprocess.run([*argv[:2], "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert ran.returncode == 0 and "--root" in ran.stdout, hint

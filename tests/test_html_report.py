@@ -434,6 +434,14 @@ def test_a_next_steps_section_gives_complete_commands(tmp_path):
     assert "versions and past runs: python /opt/toolkit/training_pipeline.py --root" in steps
     assert steps.count("python ") == 2 and "Next:" not in steps and "--rollback 1.0" in steps
     assert text.count('<code class="cmd">') == 2
+    # a hint made where `python` on PATH is not the toolkit's interpreter starts with that one's path
+    data["next_steps"] = [f"Next: versions: /srv/venv/bin/python3.11 /opt/toolkit/training_pipeline.py --root {tmp_path} "
+                          f'--status; back: "C:\\Program Files\\Python311\\python.exe" C:\\toolkit\\training_pipeline.py '
+                          f"--root C:\\ws --rollback 1.0"]
+    text = render_pipeline_report(data)
+    steps = Page(text).sections["next"].replace("\u200b", "")
+    assert text.count('<code class="cmd">') == 2 and '<code class="cmd">/<wbr>srv' in text
+    assert "versions: /srv/venv/bin/python3.11 /opt" in steps and "back: " in steps and "--rollback 1.0" in steps
     # a page made without them still says where to look next, as a complete command
     bare = Page(render_pipeline_report({"decision": "kept", "root": str(tmp_path)})).sections["next"]
     assert f"--root {tmp_path} --status" in bare.replace("\u200b", "")

@@ -6,7 +6,10 @@ DESIGN.md in one file, so a change of layout is a change here only.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,11 +161,32 @@ SPLITS = ("train", "val", "test")
 _SAFE_WORD = re.compile(r"[\w@%+=:,./\\-]+")
 
 
+def python_word() -> str:
+    """How a hint starts Python: ``python`` when that name on PATH is the interpreter running now (an
+    activated virtual environment: the usual case), else this interpreter's full path - with no
+    ``python`` on PATH (many Linux systems have only ``python3``), or another Python there that may lack
+    the toolkit's packages, a hint that says ``python`` would not work."""
+    here = sys.executable
+    found = shutil.which("python")
+    if not here:
+        return "python"
+    if found:
+        a, b = (os.path.normcase(os.path.abspath(p)) for p in (found, here))
+        # the same file, or a sibling name of the same interpreter (a venv's python / python3)
+        if a == b or (os.path.dirname(a) == os.path.dirname(b) and os.path.realpath(a) == os.path.realpath(b)):
+            return "python"
+    return here
+
+
+# a hint's first word: ``python`` or an interpreter's path (python3, python3.11, python.exe), maybe quoted
+PYTHON_WORD = r'(?:"[^"]*python[\d.]*(?:\.exe)?"|[^\s"();]*python[\d.]*(?:\.exe)?)'
+
+
 def command(script: str, root: str | Path | None, *args: Any) -> str:
     """A hint as a complete command that works from any folder: ``python <toolkit>/<script> --root
-    <absolute root> <args>``; a word with spaces or shell characters is put in double quotes (which
-    both a POSIX shell and Windows' cmd read as one word)."""
-    words = ["python", str(TOOLKIT_HOME / script)]
+    <absolute root> <args>`` (``python``: see ``python_word``); a word with spaces or shell characters is
+    put in double quotes (which both a POSIX shell and Windows' cmd read as one word)."""
+    words = [python_word(), str(TOOLKIT_HOME / script)]
     if root is not None:
         words += ["--root", str(Workspace.at(root).root)]
     words += [str(a) for a in args]

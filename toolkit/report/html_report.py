@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from toolkit.core.cli import to_jsonable
 from toolkit.core.files import atomic_write_text
+from toolkit.core.layout import PYTHON_WORD
 from toolkit.report.html_text import (MAX_ROWS, Html, as_number, bullet_list, cut_note, data_uri, esc, field_words, fmt,
                                       hash_cell, html_table, image_tag, interval_text, kv_table, note, path_cell, plural,
                                       seconds_text, stage_missing, when_text)
@@ -491,7 +492,7 @@ def _scored_on(metrics: dict[str, Any]) -> str:
     return f"{where}, {metrics['imgsz']} px" if metrics.get("imgsz") else where
 
 
-_COMMAND = re.compile(r"python \S.*?(?=; |$)")
+_COMMAND = re.compile(rf"{PYTHON_WORD} \S.*?(?=; |$)")
 
 
 def _next_steps(data: dict[str, Any]) -> str:
@@ -505,7 +506,7 @@ def _next_steps(data: dict[str, Any]) -> str:
         return note("no next steps recorded for this run")
     items = []
     for step in steps:
-        for part in re.split(r"; (?=[^;]*python )", re.sub(r"^Next:\s*", "", step.strip())):
+        for part in re.split(rf"; (?=[^;]*{PYTHON_WORD} )", re.sub(r"^Next:\s*", "", step.strip())):
             out, last = [], 0
             for match in _COMMAND.finditer(part):
                 out.append(esc(part[last:match.start()]))
