@@ -220,9 +220,35 @@ def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: l
 
 # --- one fine-tune ---------------------------------------------------------------------------------
 
-def write_list(path: Path, work: Path, stems: list[str]) -> Path:
-    path.write_text("".join(f"{image_of(work, s)}\n" for s in stems))
+def write_list(path: Path, images: Path, stems: list[str]) -> Path:
+    path.write_text("".join(f"{images / image_of(Path(), s).name}\n" for s in stems))
     return path
+
+
+def linked_view(run_dir: Path, work: Path, stems: set[str]) -> Path:
+    """``run_dir/data/images`` and ``labels``: links to the shared copies in ``work/data``, so that the
+    ``labels.cache`` ultralytics writes beside a labels folder is this run's own - fine-tunes run at
+    once (``--jobs``) on one shared folder raced on it (FileNotFoundError). Returns the images folder."""
+    import os
+    import shutil
+
+    view = run_dir / "data"
+    for kind, suffix in (("images", None), ("labels", ".txt")):
+        (view / kind).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            source = image_of(work, stem) if suffix is None else work / "data" / "labels" / f"{stem}{suffix}"
+            target = view / kind / source.name
+            if target.is_file():
+                continue
+            target.unlink(missing_ok=True)   # a dangling link from an earlier --work
+            try:
+                os.symlink(source, target)
+            except OSError:   # no symlinks (Windows without the right): a hard link, else a copy
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copyfile(source, target)
+    return view / "images"
 
 
 def finetune(spec: dict) -> dict:
@@ -237,9 +263,10 @@ def finetune(spec: dict) -> dict:
     prepare_ultralytics(work / "ultralytics_cfg", verbose=False)
     from ultralytics import YOLO
 
+    images = linked_view(run_dir, work, set(spec["train"]) | set(spec["test"]))
     data = {"path": str(work), "names": dict(enumerate(spec["names"])),
-            "train": str(write_list(run_dir / "train.txt", work, spec["train"])),
-            "val": str(write_list(run_dir / "test.txt", work, spec["test"]))}
+            "train": str(write_list(run_dir / "train.txt", images, spec["train"])),
+            "val": str(write_list(run_dir / "test.txt", images, spec["test"]))}
     (run_dir / "data.yaml").write_text(yaml.safe_dump(data))
     start = time.perf_counter()
     model = YOLO(spec["model"])

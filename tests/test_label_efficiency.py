@@ -139,7 +139,14 @@ def test_cpu_proxy_runs_end_to_end(neu_dir, shared_models, tmp_path):
     assert le.main(common + ["--out", str(tmp_path / "refused"), "--epoch-images", "27"]) == 1
     assert not (tmp_path / "refused").exists()
     out3 = tmp_path / "results3"
-    assert le.main(common + ["--out", str(out3), "--epoch-images", "32", "--tag", "same-steps"]) == 0
+    assert le.main(common + ["--out", str(out3), "--epoch-images", "32", "--tag", "same-steps", "--jobs", "2"]) == 0
+    # two fine-tunes at once: each reads its own linked view of the data, so ultralytics' labels.cache
+    # (written beside the labels folder) is never shared - on one shared folder they raced on it
+    runs = tmp_path / "work" / "runs"
+    assert not (tmp_path / "work" / "data" / "labels.cache").exists()
+    assert (runs / "old_only_e32" / "data" / "labels.cache").is_file()
+    assert (runs / "random_k4_s1_e32" / "data" / "labels.cache").is_file()
+    assert len((runs / "random_k4_s1_e32" / "train.txt").read_text().split()) == 32
     steps = json.loads(next(out3.glob("*-cpu-proxy-same-steps.json")).read_text())
     assert steps["settings"]["epoch_images"] == 32
     assert sorted((r["name"], r["images"], r["unique_images"]) for r in steps["runs"]) == \
