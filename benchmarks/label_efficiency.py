@@ -62,6 +62,9 @@ epochs on all its old images at --imgsz (once per --work; runs named ``<name>_n<
 starts from that. At E 20 (266 s, test 0.244) random rose only 1.9 SD from K 30 to 240 (3 draws:
 0.213 +- 0.016 / 0.243 +- 0.008; replay alone 0.202, below the start: 2026-12-06-cpu-proxy-native.md),
 so the 128-px proxy does not resolve K 30 from that start either.
+At ``--imgsz 256`` (production as it is scores 0.276 there) random rose 6.0 SD from K 30 to 240
+(5 draws) and ``confident`` gave 1.39x / 1.29x / 0.95x, none of it resolved at 5 seeds
+(2026-12-06-cpu-proxy-256px.md; 46 min with ``--jobs 2``, each run on its own view of the data).
 Every size can be overridden (--imgsz --epochs --batch --ks --draws --old-limit --pool-limit
 --test-limit). Results: ``benchmarks/results/<UTC date>-<card | cpu-proxy>.json`` and ``.md``.
 

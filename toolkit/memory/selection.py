@@ -57,7 +57,9 @@ NONE_GROUP = "(no detection)"
 MEASURED = {   # benchmarks/results/2026-12-06-cpu-proxy.md: test mAP50-95 at K 30 / 90 / 240; confident 10 seeds, the others 3, random 20 draws
     "confident": "test mAP50-95 0.101 / 0.123 / 0.149 at K 30 / 90 / 240 against random picks' 0.103 / 0.114 / 0.149: "
                  "its images were worth 0.95x / 1.42x / 1.00x as many random ones - a gain at 90 images (about 4 "
-                 "standard errors), level with random at 30 and 240 within the noise (no mode beat random at 30)",
+                 "standard errors), level with random at 30 and 240 within the noise (no mode beat random at 30); in a "
+                 "256-px proxy (2026-12-06-cpu-proxy-256px.md, 5 seeds / 5 draws) 1.39x / 1.29x / 0.95x, none of it "
+                 "beyond the noise yet",
     "hybrid": "test mAP50-95 0.101 / 0.114 / 0.149 at K 30 / 90 / 240 against random picks' 0.103 / 0.114 / 0.149: "
               "its images were worth 0.93x / 0.96x / 1.01x as many random ones - no better than random",
     "diversity": "test mAP50-95 0.095 / 0.115 / 0.148 at K 30 / 90 / 240 against random picks' 0.103 / 0.114 / 0.149: "
