@@ -51,14 +51,17 @@ from toolkit.memory.detection_api import MemoryBankWriter
 sys.path.insert(0, sys.argv[1] + "/tests")
 from test_detection_api import _record
 writer_id, n, target = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+pace = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 with MemoryBankWriter(target, model_version=f"{writer_id}.0") as bank:
     for i in range(n):
         bank.append(_record(i, writer_id, pad=int(sys.argv[5])))
+        time.sleep(pace)
 """
 
 
-def _start_appenders(target: str, writers: int, n: int, pad: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", APPENDER, str(REPO), str(w), str(n), target, str(pad)])
+def _start_appenders(target: str, writers: int, n: int, pad: int, pace: float = 0.0) -> list[subprocess.Popen]:
+    """``writers`` processes appending ``n`` records each; ``pace``: seconds each waits after an append."""
+    return [subprocess.Popen([sys.executable, "-c", APPENDER, str(REPO), str(w), str(n), target, str(pad), str(pace)])
             for w in range(writers)]
 
 
@@ -77,7 +80,10 @@ def _check_complete(bank, writers: int, n: int) -> None:
 def test_several_processes_append_whole_lines_while_the_analyzer_reads(tmp_path):
     path = tmp_path / "detections.jsonl"
     writers, n = 4, 400
-    procs = _start_appenders(str(path), writers, n, pad=6000)  # lines over 4 KiB: bigger than a pipe's atomic write
+    # lines over 4 KiB (bigger than a pipe's atomic write); paced (about 3 s of writing each) so that the
+    # analyzer reads several times while they write, even on a loaded machine (unpaced, the four were
+    # once done before its second read: CI, 2026-12-06, two test processes at once)
+    procs = _start_appenders(str(path), writers, n, pad=6000, pace=0.008)
     reads = 0
     while any(p.poll() is None for p in procs) or reads == 0:
         if path.exists():
