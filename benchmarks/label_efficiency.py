@@ -139,12 +139,16 @@ def build_data(neu: Path, work: Path, names: list[str], args) -> dict[str, list[
         target = images / img.name
         if not target.exists():
             target.write_bytes(img.read_bytes())
-        (labels / f"{stem}.txt").write_text(voc_as_yolo_text(xml, names))  # the import's own conversion
+        label_of(work, stem).write_text(voc_as_yolo_text(xml, names))  # the import's own conversion
     return sets
 
 
 def image_of(work: Path, stem: str) -> Path:
     return work / "data" / "images" / f"{stem}.jpg"
+
+
+def label_of(work: Path, stem: str) -> Path:
+    return work / "data" / "labels" / f"{stem}.txt"
 
 
 # --- the analyzer's picks --------------------------------------------------------------------------
@@ -223,24 +227,23 @@ def analyzer_picks(work: Path, model: Path, sets: dict[str, list[str]], names: l
 
 # --- one fine-tune ---------------------------------------------------------------------------------
 
-def write_list(path: Path, images: Path, stems: list[str]) -> Path:
-    path.write_text("".join(f"{images / image_of(Path(), s).name}\n" for s in stems))
+def write_list(path: Path, root: Path, stems: list[str]) -> Path:
+    """The image list ultralytics reads: each stem's image under ``root`` (a --work or a run's view)."""
+    path.write_text("".join(f"{image_of(root, s)}\n" for s in stems))
     return path
 
 
-def linked_view(run_dir: Path, work: Path, stems: set[str]) -> Path:
+def linked_view(run_dir: Path, work: Path, stems: set[str]) -> None:
     """``run_dir/data/images`` and ``labels``: links to the shared copies in ``work/data``, so that the
     ``labels.cache`` ultralytics writes beside a labels folder is this run's own - fine-tunes run at
-    once (``--jobs``) on one shared folder raced on it (FileNotFoundError). Returns the images folder."""
+    once (``--jobs``) on one shared folder raced on it (FileNotFoundError)."""
     import os
     import shutil
 
-    view = run_dir / "data"
-    for kind, suffix in (("images", None), ("labels", ".txt")):
-        (view / kind).mkdir(parents=True, exist_ok=True)
+    for of in (image_of, label_of):
+        of(run_dir, "x").parent.mkdir(parents=True, exist_ok=True)
         for stem in stems:
-            source = image_of(work, stem) if suffix is None else work / "data" / "labels" / f"{stem}{suffix}"
-            target = view / kind / source.name
+            source, target = of(work, stem), of(run_dir, stem)
             if target.is_file():
                 continue
             target.unlink(missing_ok=True)   # a dangling link from an earlier --work
@@ -251,7 +254,6 @@ def linked_view(run_dir: Path, work: Path, stems: set[str]) -> Path:
                     os.link(source, target)
                 except OSError:
                     shutil.copyfile(source, target)
-    return view / "images"
 
 
 def finetune(spec: dict) -> dict:
@@ -266,10 +268,10 @@ def finetune(spec: dict) -> dict:
     prepare_ultralytics(work / "ultralytics_cfg", verbose=False)
     from ultralytics import YOLO
 
-    images = linked_view(run_dir, work, set(spec["train"]) | set(spec["test"]))
+    linked_view(run_dir, work, set(spec["train"]) | set(spec["test"]))
     data = {"path": str(work), "names": dict(enumerate(spec["names"])),
-            "train": str(write_list(run_dir / "train.txt", images, spec["train"])),
-            "val": str(write_list(run_dir / "test.txt", images, spec["test"]))}
+            "train": str(write_list(run_dir / "train.txt", run_dir, spec["train"])),
+            "val": str(write_list(run_dir / "test.txt", run_dir, spec["test"]))}
     (run_dir / "data.yaml").write_text(yaml.safe_dump(data))
     start = time.perf_counter()
     model = YOLO(spec["model"])
@@ -630,9 +632,10 @@ def main(argv: list[str] | None = None) -> int:
                 len(sets["pool"]), len(sets["test"]), ks)
     production = args.model.resolve()
     native = None
+    base = dict(work=str(work), names=names, test=sets["test"], imgsz=args.imgsz, batch=args.batch, device=device,
+                workers=workers)   # what every fine-tune shares
     if args.native_epochs:
-        spec = dict(work=str(work), model=str(production), names=names, test=sets["test"], epochs=args.native_epochs,
-                    imgsz=args.imgsz, batch=args.batch, device=device, workers=workers, name=f"native_e{args.native_epochs}",
+        spec = dict(base, model=str(production), epochs=args.native_epochs, name=f"native_e{args.native_epochs}",
                     arm="native", k=0, draw=0, seed=0, train=sets["old_all"])
         logger.info("production first fine-tuned %d epoch(s) on its %d old images at imgsz %d", args.native_epochs,
                     len(sets["old_all"]), args.imgsz)
@@ -662,8 +665,7 @@ def main(argv: list[str] | None = None) -> int:
                 pick_summaries.setdefault(mode, {})[f"{k}" + (f"_seed{seed}" if seed != analyzer_seeds[0] else "")] = summary
                 logger.info("%s seed %d picked %d in %.0f s: %s", mode, seed, len(chosen), summary["seconds"],
                             summary["picked_per_class"])
-    common = dict(work=str(work), model=str(production), names=names, test=sets["test"], epochs=args.epochs,
-                  imgsz=args.imgsz, batch=args.batch, device=device, workers=workers)
+    common = dict(base, model=str(production), epochs=args.epochs)
     train_seed = 0
     random_seeds = list(range(args.random_first_seed, args.random_first_seed + args.draws))
 
