@@ -162,3 +162,27 @@ def test_installed_pillow_and_opencv_are_in_the_range_requirements_allow():
     assert "pillow" in reqs and "opencv-python" in reqs
     assert reqs["pillow"].specifier.contains(PIL.__version__), PIL.__version__
     assert reqs["opencv-python"].specifier.contains(cv2.__version__), cv2.__version__
+
+
+def test_detect_on_a_kind_opencv_cannot_read_names_the_kind_not_an_index_error(tmp_path, tiny_model):
+    """The line's detection service handed a 32-bit float TIFF: ultralytics fails deep inside with an
+    IndexError; ``detect`` says what the file is and what to save it as (a ValueError, one line).
+    A readable TIFF beside it still gives its record, and a missing file stays FileNotFoundError."""
+    from toolkit.memory.detection_api import ProductionModel, UnreadableImage
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "yolov8_model.pt").write_bytes(tiny_model.read_bytes())
+    model = ProductionModel.load(root)
+    img, _ = render_image(np.random.default_rng(3), 64, NEU_CLASSES, [0])
+    write_kind(img, tmp_path / "float.tif", "tiff_float")
+    write_kind(img, tmp_path / "sixteen.tiff", "tiff_16bit")
+    with pytest.raises(UnreadableImage) as caught:
+        model.detect(tmp_path / "float.tif")
+    message = str(caught.value)
+    assert isinstance(caught.value, ValueError) and "\n" not in message
+    assert "float.tif" in message and "32-bit float TIFF" in message and "8- or 16-bit" in message
+    record = model.detect(tmp_path / "sixteen.tiff")
+    assert (record["image_width"], record["image_height"]) == (64, 64)
+    with pytest.raises(FileNotFoundError):
+        model.detect(tmp_path / "gone.tif")

@@ -24,6 +24,9 @@ Usage:
             if model.changed():
                 model = model.reload()
             bank.append(model.detect(image, source="line3"))
+
+``detect`` raises ``UnreadableImage`` (a ValueError: which kind, what to save it as) for a file
+OpenCV cannot decode, e.g. a 32-bit float TIFF.
 """
 from __future__ import annotations
 
@@ -155,8 +158,21 @@ class ProductionModel:
         if not isinstance(image, (str, Path)) and name is None:
             raise ValueError("detect(frame): give name=, the path where this frame is stored")
         source_arg = str(image) if isinstance(image, (str, Path)) else image
-        result = self.model.predict(source_arg, imgsz=imgsz or self.imgsz, conf=conf, verbose=False)[0]
+        try:
+            result = self.model.predict(source_arg, imgsz=imgsz or self.imgsz, conf=conf, verbose=False)[0]
+        except Exception as exc:
+            from toolkit.data.dataset.checks import why_undecodable
+
+            # ultralytics fails deep inside (an IndexError for a 32-bit float TIFF): say what the file is
+            why = why_undecodable(Path(image)) if isinstance(image, (str, Path)) else None
+            if why:
+                raise UnreadableImage(f"{image}: {why}") from exc
+            raise
         return record_from_result(result, name or str(image), self.names, self.version, source)
+
+
+class UnreadableImage(ValueError):
+    """``detect`` was given an image file that OpenCV (which ultralytics detects with) cannot decode."""
 
 
 def record_from_result(result: Any, image: str | Path, names: dict[int, str], model_version: str | None,

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from toolkit.data.images import apply_orientation, exif_orientation, sniff_image_kind
 from toolkit.data.labels.yolo import yolo_boxes
@@ -64,6 +65,26 @@ def _undecodable(data: bytes, kind: str) -> str:
         return (f"{words} {kind.upper()}: OpenCV, which training and detection use, cannot read it; "
                 "save it as 8- or 16-bit grayscale or RGB")
     return f"corrupt {kind.upper()}: cannot be decoded"
+
+
+def why_undecodable(path: Path) -> str | None:
+    """Why OpenCV cannot decode the image file ``path`` (one line), or None where it can (or the file
+    cannot be read at all: that error is the caller's own, e.g. FileNotFoundError)."""
+    import cv2
+    import numpy as np
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    if not data:
+        return "empty file (0 bytes)"
+    kind = sniff_image_kind(data[:16])
+    if kind is None:
+        return "not an image (content is not JPEG, PNG, BMP, TIFF or WebP)"
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
+    return _undecodable(data, kind) if img is None or img.size == 0 else None
 
 
 def check_image(item: SourceImage) -> CheckedImage:
