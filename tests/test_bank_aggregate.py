@@ -88,7 +88,8 @@ def test_jsonl_in_small_chunks_gives_the_whole_bank_analysis(planted, monkeypatc
     assert max(sizes) < 1000   # 128 KB of lines at a time: the whole bank's frames are never built
 
 
-@pytest.mark.parametrize("name", ["planted.csv", "planted.db", "planted.parquet"])
+@pytest.mark.parametrize("name", ["planted.csv", pytest.param("planted.db", marks=pytest.mark.slow),  # ~22 s
+                                  "planted.parquet"])
 def test_tables_in_chunks_give_the_whole_bank_analysis(planted, monkeypatch, name):
     path = planted / name
     for case in CASES.values():
@@ -97,6 +98,8 @@ def test_tables_in_chunks_give_the_whole_bank_analysis(planted, monkeypatch, nam
         assert len(sizes) > 20 and max(sizes) <= 997
 
 
+@pytest.mark.slow  # every case through SQLAlchemy in chunks: about 14 s; test_sqlite_computes_the_figures_itself
+# (default run) reads a SQLite bank through its URL, its reviewed rows in chunks
 def test_a_database_url_in_chunks_gives_the_whole_bank_analysis(planted, monkeypatch):
     url = f"sqlite:///{planted / 'planted.db'}"
     for case in CASES.values():

@@ -163,6 +163,7 @@ def _versions_in(path: Path) -> list:
     return [json.loads(line).get("model_version") for line in path.read_text().splitlines() if line.endswith("}")]
 
 
+@pytest.mark.slow  # real NEU models detect while a promotion runs: about 19 s
 def test_detection_system_notices_a_promotion_while_appending(neu_dir, shared_models, tmp_path, capsys):
     """A detection process appends with the API while training_pipeline.py --candidate promotes v1.1."""
     import yaml

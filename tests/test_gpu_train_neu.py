@@ -49,6 +49,7 @@ def test_both_keeps_the_better_validation_run_and_sums_the_time():
     assert "0.430 ± 0.014" in text and "| 1.21 |" in text
 
 
+@pytest.mark.slow  # the GPU benchmark's own script, trained tiny on the CPU: about 15 s
 def test_tiny_real_run_writes_the_results_files(neu_dir, shared_models, tmp_path):
     """Two real trainings (ours, finetune + scratch = the both route) at imgsz 64, one epoch, 12 images."""
     rc = bench.main(["--neu", str(neu_dir), "--model", str(shared_models / "neu_v1.0_half.pt"),

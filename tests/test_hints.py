@@ -148,6 +148,8 @@ def _interrupt_after_first_epoch(monkeypatch) -> None:
     interrupt_training_at(monkeypatch, "on_model_save")
 
 
+@pytest.mark.slow  # two trainings (interrupted, then continued as the hint says): about 16 s; the
+# interrupted-resume contract itself stays in the default run (test_train_yolov8)
 def test_an_interrupted_pipeline_says_once_what_happens_next_and_its_hint_continues_the_training(
         tmp_path, capsys, elsewhere, monkeypatch, ultralytics_config_dir):
     root = tmp_path / "plant"

@@ -163,6 +163,7 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.slow  # a real training killed mid-epoch, then the registry checked: about 22 s
 def test_sigkill_during_training_leaves_production_and_registry_untouched(synthetic_workspace):
     root = synthetic_workspace
     ws = Workspace.at(root)
