@@ -167,9 +167,9 @@ def python_word() -> str:
     ``python`` on PATH (many Linux systems have only ``python3``), or another Python there that may lack
     the toolkit's packages, a hint that says ``python`` would not work."""
     here = sys.executable
-    found = shutil.which("python")
     if not here:
         return "python"
+    found = shutil.which("python")
     if found:
         a, b = (os.path.normcase(os.path.abspath(p)) for p in (found, here))
         # the same file, or a sibling name of the same interpreter (a venv's python / python3)

@@ -67,24 +67,36 @@ def _undecodable(data: bytes, kind: str) -> str:
     return f"corrupt {kind.upper()}: cannot be decoded"
 
 
-def why_undecodable(path: Path) -> str | None:
-    """Why OpenCV cannot decode the image file ``path`` (one line), or None where it can (or the file
-    cannot be read at all: that error is the caller's own, e.g. FileNotFoundError)."""
+def _kind_or_why(data: bytes) -> tuple[str | None, str | None]:
+    """The image kind of ``data`` (jpeg, png, ...), or None and why it is no image at all."""
+    if not data:
+        return None, "empty file (0 bytes)"
+    kind = sniff_image_kind(data[:16])
+    return (kind, None) if kind else (None, "not an image (content is not JPEG, PNG, BMP, TIFF or WebP)")
+
+
+def _decode_grey(data: bytes):
+    """``data`` decoded by OpenCV as training and detection read it (grayscale, raw orientation), or None."""
     import cv2
     import numpy as np
 
+    # OpenCV's own "Sorry, can not handle ..." lines stay quiet: the caller says it once
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
+    return None if grey is None or grey.size == 0 else grey
+
+
+def why_undecodable(path: Path) -> str | None:
+    """Why OpenCV cannot decode the image file ``path`` (one line, the import's words), or None where it
+    can (or the file cannot be read at all: that error is the caller's own, e.g. FileNotFoundError)."""
     try:
         data = Path(path).read_bytes()
     except OSError:
         return None
-    if not data:
-        return "empty file (0 bytes)"
-    kind = sniff_image_kind(data[:16])
-    if kind is None:
-        return "not an image (content is not JPEG, PNG, BMP, TIFF or WebP)"
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
-    return _undecodable(data, kind) if img is None or img.size == 0 else None
+    kind, why = _kind_or_why(data)
+    if why:
+        return why
+    return _undecodable(data, kind) if _decode_grey(data) is None else None
 
 
 def check_image(item: SourceImage) -> CheckedImage:
@@ -102,9 +114,6 @@ def check_image(item: SourceImage) -> CheckedImage:
 
 
 def _check_image(item: SourceImage) -> CheckedImage:
-    import cv2
-    import numpy as np
-
     from toolkit.data.phash import phash64  # numpy and cv2 load when the first image is checked, not at import
 
     path = item.image
@@ -115,12 +124,9 @@ def _check_image(item: SourceImage) -> CheckedImage:
         return CheckedImage(item, (Problem(path, f"cannot read the image ({exc.strerror or exc})"), *item.problems))
     base = dict(size=st.st_size, mtime_ns=st.st_mtime_ns)
     label_problems = tuple(item.problems)  # reported too when the image itself is bad
-    if not data:
-        return CheckedImage(item, (Problem(path, "empty file (0 bytes)"), *label_problems), **base)
-    kind = sniff_image_kind(data[:16])
-    if kind is None:
-        return CheckedImage(item, (Problem(path, "not an image (content is not JPEG, PNG, BMP, TIFF or WebP)"),
-                                   *label_problems), **base)
+    kind, why = _kind_or_why(data)
+    if why:
+        return CheckedImage(item, (Problem(path, why), *label_problems), **base)
     sha = hashlib.sha256(data).hexdigest()
     base.update(sha256=sha, kind=kind)
     reencode = ""
@@ -136,10 +142,8 @@ def _check_image(item: SourceImage) -> CheckedImage:
         reencode = "data after the JPEG end marker (ultralytics would rewrite it)"
     if kind == "png" and b"IEND" not in data[-64:]:
         return CheckedImage(item, (Problem(path, "truncated PNG (no IEND chunk)"), *label_problems), **base)
-    # OpenCV's own "Sorry, can not handle ..." lines stay quiet: the problem below says it once
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
-    if grey is None or grey.size == 0:
+    grey = _decode_grey(data)
+    if grey is None:
         return CheckedImage(item, (Problem(path, _undecodable(data, kind)), *label_problems), **base)
     raw_h, raw_w = grey.shape[:2]
     orientation = exif_orientation(data, kind)
